@@ -1,0 +1,63 @@
+"""Self-attention mechanisms behind one API.
+
+    layer = longseq.attention.build("longformer", hidden_size=768, num_heads=12, window=512)
+    out = layer(hidden_states, attention_mask=mask, global_attention_mask=glob)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from longseq.attention.base import SelfAttention
+
+# name -> "module:Class"; imported on first use so one mechanism never slows another's import.
+_REGISTRY: dict[str, str] = {
+    "full": "longseq.attention.dense:FullAttention",
+    "longformer": "longseq.attention.longformer:LongformerAttention",
+    "bigbird": "longseq.attention.bigbird:BigBirdAttention",
+    "linformer": "longseq.attention.linformer:LinformerAttention",
+    "lsh": "longseq.attention.lsh:LSHAttention",
+}
+
+MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get(name: str) -> type[SelfAttention]:
+    """The layer class registered under `name`."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown attention mechanism {name!r}; valid names: {', '.join(MECHANISMS)}"
+        )
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def options(name: str) -> dict[str, Any]:
+    """Keyword options `build(name, ...)` accepts, with their defaults."""
+    cls = get(name)
+    out: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if "__init__" not in vars(klass) or not issubclass(klass, SelfAttention):
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.kind is p.KEYWORD_ONLY:
+                out[p.name] = p.default
+    return out
+
+
+def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAttention:
+    """Build the self-attention layer `name` (projections included)."""
+    cls = get(name)
+    valid = options(name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for {name!r} attention; valid options: "
+            f"{', '.join(sorted(valid))}"
+        )
+    return cls(hidden_size, num_heads, **opts)
+
+
+__all__ = ["MECHANISMS", "SelfAttention", "build", "get", "options"]

@@ -1,0 +1,92 @@
+"""The layer every mechanism shares: projections, input checks, output projection.
+
+A mechanism subclasses `SelfAttention` and implements `attend`, which maps the hidden states
+(already checked) to the per-head context `(batch, heads, seq, head_dim)`. Padding positions
+of the output are set to zero, so what they hold never depends on the mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from longseq.attention import ops
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; subclasses choose which (query, key) pairs are scored."""
+
+    name: ClassVar[str] = "base"
+    supports_causal: ClassVar[bool] = True
+    supports_global: ClassVar[bool] = False
+    shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if hidden_size <= 0 or num_heads <= 0:
+            raise ValueError("hidden_size and num_heads must be positive")
+        if hidden_size % num_heads:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}"
+            )
+        if causal and not self.supports_causal:
+            raise ValueError(f"'{self.name}' attention cannot be causal (causal=True)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.causal = causal
+        self.dropout = dropout
+        self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
+        if not self.shared_qk:
+            self.key = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """(batch, seq, hidden) -> (batch, seq, hidden); masks are (batch, seq) of 0/1."""
+        ops.check_hidden(hidden_states, self.hidden_size)
+        real, glob = ops.check_masks(
+            hidden_states, attention_mask, global_attention_mask, self.supports_global, self.name
+        )
+        context = self.attend(hidden_states, real, glob)
+        out = self.out(ops.merge_heads(context))
+        return out.masked_fill(~real.unsqueeze(-1), 0.0)
+
+    def project(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (pre-scaled by 1/sqrt(head_dim)), keys, values as (B, H, N, D)."""
+        h = self.num_heads
+        q = ops.split_heads(self.query(hidden_states), h) * self.head_dim**-0.5
+        k = ops.split_heads(self.key(hidden_states), h)
+        v = ops.split_heads(self.value(hidden_states), h)
+        return q, k, v
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        """Per-head context (B, H, N, D). `real` (B, N) bool; `glob` (B, N) bool or None."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, causal={self.causal}"
+
+
+def zero_padding_rows(x: Tensor, real: Tensor) -> Tensor:
+    """Zero (B, H, N, D) rows at padding positions (B, N)."""
+    return x.masked_fill(~real[:, None, :, None], 0.0)
+
+
+__all__ = ["SelfAttention", "zero_padding_rows"]

@@ -1,0 +1,33 @@
+"""Full softmax attention, the O(n^2) baseline every other mechanism is measured against.
+
+    out_i = sum_j softmax_j(q_i . k_j / sqrt(d) over allowed j) v_j
+
+allowed j: real (non-padding) keys, and j <= i when causal. Runs on PyTorch's
+`scaled_dot_product_attention`, which picks a fused kernel where it can.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longseq.attention.base import SelfAttention
+
+
+class FullAttention(SelfAttention):
+    name = "full"
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        q, k, v = self.project(hidden_states)
+        p = self.dropout if self.training else 0.0
+        if bool(real.all()):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal,
+                                                  scale=1.0)
+        n = q.shape[-2]
+        allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
+        if self.causal:
+            tril = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+            # the diagonal keeps padding queries from having an empty row (their output is zeroed)
+            allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)

@@ -1,0 +1,136 @@
+"""Shared mechanics for every attention kernel.
+
+Input checks, head reshapes, padding a sequence to a block multiple (and back), key-padding
+masks, and the masked softmax. Kernels call these instead of re-implementing them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Finite "minus infinity": a fully masked row gives finite (ignored) values instead of NaN.
+NEG_INF = -1e9
+
+
+def check_hidden(hidden_states: Tensor, hidden_size: int) -> None:
+    if not isinstance(hidden_states, Tensor):
+        raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+    if hidden_states.dim() != 3:
+        raise ValueError(
+            "hidden_states must have shape (batch, seq, hidden), got "
+            f"{tuple(hidden_states.shape)}; add a batch dimension with .unsqueeze(0)"
+        )
+    if hidden_states.shape[-1] != hidden_size:
+        raise ValueError(
+            f"hidden_states has hidden size {hidden_states.shape[-1]} but the layer was built with "
+            f"hidden_size={hidden_size}"
+        )
+    if hidden_states.shape[1] == 0:
+        raise ValueError("hidden_states has an empty sequence (seq = 0)")
+
+
+def check_mask(mask: Tensor | None, name: str, batch: int, seq: int) -> Tensor | None:
+    """Validate a (batch, seq) 0/1 mask and return it as bool (None stays None)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 0/1 values, got {type(mask).__name__}")
+    if tuple(mask.shape) != (batch, seq):
+        raise ValueError(
+            f"{name} must have shape (batch, seq) = {(batch, seq)}, got {tuple(mask.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(
+            f"{name} must be bool or integer (1 = keep, 0 = mask), got {mask.dtype}; "
+            "additive float masks are not accepted: pass mask.bool() / mask.long() instead"
+        )
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError(f"{name} must contain only 0 and 1")
+    return mask.bool()
+
+
+def check_masks(
+    hidden_states: Tensor,
+    attention_mask: Tensor | None,
+    global_attention_mask: Tensor | None,
+    supports_global: bool,
+    name: str,
+) -> tuple[Tensor, Tensor | None]:
+    """Return (real, glob): real (B, N) bool, glob (B, N) bool or None when no token is global."""
+    batch, seq = hidden_states.shape[:2]
+    real = check_mask(attention_mask, "attention_mask", batch, seq)
+    glob = check_mask(global_attention_mask, "global_attention_mask", batch, seq)
+    if real is None:
+        real = torch.ones(batch, seq, dtype=torch.bool, device=hidden_states.device)
+    else:
+        real = real.to(hidden_states.device)
+        empty = (~real.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"attention_mask leaves no real token in sequence(s) {empty}: every query would "
+                "have no key to attend to; remove those sequences from the batch"
+            )
+    if glob is not None:
+        glob = glob.to(hidden_states.device)
+        if not glob.any():
+            glob = None
+        elif not supports_global:
+            raise ValueError(
+                f"'{name}' attention has no global tokens; global_attention_mask must be None "
+                "(use 'longformer' or 'bigbird' for global attention)"
+            )
+        elif (glob & ~real).any():
+            raise ValueError("global_attention_mask marks padding positions (attention_mask = 0)")
+    return real, glob
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, N, H*D) -> (B, H, N, D)."""
+    b, n, _ = x.shape
+    return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, N, D) -> (B, N, H*D)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def pad_to_multiple(x: Tensor, multiple: int, dim: int, value: float | bool = 0) -> Tensor:
+    """Pad `x` at the end of `dim` so its size is a multiple of `multiple` (no copy if it is)."""
+    n = x.shape[dim]
+    extra = -n % multiple
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
+def blocks(x: Tensor, block: int, dim: int = -2) -> Tensor:
+    """Split `dim` (a multiple of `block`) into (num_blocks, block)."""
+    dim = dim % x.dim()
+    return x.unflatten(dim, (x.shape[dim] // block, block))
+
+
+def masked_softmax(scores: Tensor, allowed: Tensor | None, dropout: float = 0.0,
+                   training: bool = False) -> Tensor:
+    """Softmax over the last dim with disallowed entries set to NEG_INF.
+
+    A row with no allowed entry gives finite weights (callers zero such rows' outputs: they
+    only occur at padding positions, since every real query can see itself).
+    """
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, NEG_INF)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout > 0.0 and training:
+        probs = F.dropout(probs, dropout, training=True)
+    return probs
+
+
+def causal_allowed(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """Broadcasted `k_pos <= q_pos`: the causal rule written once."""
+    return k_pos.unsqueeze(-2) <= q_pos.unsqueeze(-1)

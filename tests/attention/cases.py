@@ -1,0 +1,39 @@
+"""Small configurations of every mechanism, shared by the invariant tests.
+
+Each mechanism's own file registers the configurations that exercise its options; the
+invariants (padding, batching, causality, determinism, gradcheck) then run on all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HIDDEN, HEADS = 16, 2
+
+# name -> list of option dicts (small sizes so fp64 gradcheck stays fast)
+CASES: dict[str, list[dict[str, Any]]] = {
+    "full": [{}, {"causal": True}],
+    "longformer": [
+        {"window": 4},
+        {"window": 6, "dilation": [1, 2]},
+        {"window": 4, "causal": True},
+    ],
+    "bigbird": [
+        {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 2, "seed": 3},
+        {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1, "causal": True},
+    ],
+    "linformer": [{"k": 5, "max_seq_len": 16}, {"k": 4, "max_seq_len": 16, "sharing": "kv"}],
+    "lsh": [
+        {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4, "seed": 1},
+        {"num_buckets": 4, "n_hashes": 1, "chunk_length": 4, "seed": 1, "causal": True},
+    ],
+}
+
+
+def all_cases() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, opts) for name, lst in CASES.items() for opts in lst]
+
+
+def case_id(case: tuple[str, dict[str, Any]]) -> str:
+    name, opts = case
+    return name + "".join(f"-{k}={v}" for k, v in opts.items())

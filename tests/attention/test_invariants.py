@@ -1,0 +1,113 @@
+"""Behaviour every mechanism owes its users, whatever its pattern."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import HEADS, HIDDEN, all_cases, case_id
+
+from longseq import attention
+
+CASES = all_cases()
+
+
+def make(name, opts):
+    try:
+        layer = attention.build(name, HIDDEN, HEADS, **opts)
+    except ModuleNotFoundError:  # pragma: no cover - mechanism not written yet
+        pytest.skip(f"{name} not implemented")
+    return layer.double().eval()
+
+
+def _glob(name, opts, batch, n):
+    if not attention.get(name).supports_global or opts.get("causal"):
+        return None
+    g = torch.zeros(batch, n, dtype=torch.long)
+    g[:, 1] = 1
+    return g
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_padding_does_not_change_real_outputs(case):
+    name, opts = case
+    layer = make(name, opts)
+    n = 11
+    x = torch.randn(1, n, HIDDEN, dtype=torch.float64)
+    glob = _glob(name, opts, 1, n)
+    alone = layer(x, global_attention_mask=glob)
+    pad = 5
+    xp = torch.cat([x, torch.randn(1, pad, HIDDEN, dtype=torch.float64)], dim=1)
+    mask = torch.ones(1, n + pad, dtype=torch.long)
+    mask[:, n:] = 0
+    gp = None if glob is None else torch.cat([glob, torch.zeros(1, pad, dtype=torch.long)], 1)
+    padded = layer(xp, attention_mask=mask, global_attention_mask=gp)
+    torch.testing.assert_close(padded[:, :n], alone, rtol=1e-9, atol=1e-9)
+    assert torch.all(padded[:, n:] == 0), "padding positions must be zero"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_batch_equals_each_sequence_alone(case):
+    name, opts = case
+    layer = make(name, opts)
+    lengths = [13, 7, 10]
+    n = max(lengths)
+    x = torch.randn(len(lengths), n, HIDDEN, dtype=torch.float64)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for i, L in enumerate(lengths):
+        mask[i, :L] = 1
+    glob = _glob(name, opts, len(lengths), n)
+    batched = layer(x, attention_mask=mask, global_attention_mask=glob)
+    for i, L in enumerate(lengths):
+        g = None if glob is None else glob[i : i + 1, :L]
+        alone = layer(x[i : i + 1, :L], global_attention_mask=g)
+        torch.testing.assert_close(batched[i : i + 1, :L], alone, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].get("causal")], ids=case_id)
+def test_causal_never_sees_the_future(case):
+    name, opts = case
+    layer = make(name, opts)
+    n = 12
+    x = torch.randn(1, n, HIDDEN, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    for i in range(n):
+        (g,) = torch.autograd.grad(out[0, i].sum(), x, retain_graph=True)
+        assert torch.all(g[0, i + 1 :] == 0), f"position {i} depends on a later position"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_eval_is_deterministic(case):
+    name, opts = case
+    layer = make(name, opts)
+    x = torch.randn(2, 9, HIDDEN, dtype=torch.float64)
+    assert torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gradcheck(case):
+    name, opts = case
+    layer = make(name, opts)
+    n = 8
+    x = torch.randn(1, n, HIDDEN, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, n, dtype=torch.long)
+    mask[:, -2:] = 0
+    glob = _glob(name, opts, 1, n)
+    assert torch.autograd.gradcheck(
+        lambda t: layer(t, attention_mask=mask, global_attention_mask=glob), (x,)
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_float32_runs_and_is_finite(case):
+    name, opts = case
+    layer = make(name, opts).float()
+    x = torch.randn(2, 21, HIDDEN)
+    mask = torch.ones(2, 21, dtype=torch.bool)
+    mask[1, 15:] = False
+    out = layer(x, attention_mask=mask)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_every_registered_mechanism_is_covered():
+    names = {name for name, _ in CASES}
+    assert names == set(attention.MECHANISMS)
