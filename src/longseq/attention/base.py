@@ -80,6 +80,13 @@ class SelfAttention(nn.Module):
         """Per-head context (B, H, N, D). `real` (B, N) bool; `glob` (B, N) bool or None."""
         raise NotImplementedError
 
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        """(heads, n, n) bool: which keys each query of an n-token sequence may see.
+
+        Defined by mask-based mechanisms from `patterns.py`; used by tests and pictures.
+        """
+        raise NotImplementedError(f"'{self.name}' attention is not defined by a token mask")
+
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, causal={self.causal}"
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longseq.attention import patterns
 from longseq.attention.base import SelfAttention
 
 
@@ -31,3 +32,7 @@ class FullAttention(SelfAttention):
             # the diagonal keeps padding queries from having an empty row (their output is zeroed)
             allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        mod = patterns.causal() if self.causal else patterns.full()
+        return patterns.materialize(mod, n).expand(self.num_heads, n, n)
