@@ -22,7 +22,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 2, "seed": 3},
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1, "causal": True},
     ],
-    "linformer": [{"k": 5, "max_seq_len": 16}, {"k": 4, "max_seq_len": 16, "sharing": "kv"}],
+    "linformer": [
+        {"k": 5, "max_seq_len": 24},
+        {"k": 12, "max_seq_len": 24, "sharing": "headwise"},
+        {"k": 4, "max_seq_len": 24, "sharing": "kv"},
+    ],
     "lsh": [
         {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4, "seed": 1},
         {"num_buckets": 4, "n_hashes": 1, "chunk_length": 4, "seed": 1, "causal": True},

@@ -1,0 +1,188 @@
+"""Linformer attention (Wang et al., 2020): keys and values projected along the sequence axis.
+
+For each head h, with E_h, F_h of shape (k, max_seq_len) and an n-token sequence (n <= max_seq_len)
+using their first n columns:
+
+    head_h = softmax(Q_h (E_h[:, :n] K_h)^T / sqrt(d)) (F_h[:, :n] V_h)
+
+Q_h, K_h, V_h are (n, d). Every query scores k projected keys instead of n keys: time and memory
+O(n k) instead of O(n^2).
+
+Sharing of E, F (`sharing=`), as in the paper's section 4:
+  "none"       separate E_h and F_h per head, (heads, k, max_seq_len) each
+  "headwise"   one E and one F shared by all heads
+  "kv"         one matrix used as both E and F, shared by all heads
+  "layerwise"  as "kv", and shared by every layer of a model: build one `LinformerProjection` and
+               pass it to every layer as `projection=`; without one, the layer makes its own
+               (a lone layer then equals "kv").
+
+`projection=` works with every sharing mode (it is how E, F are shared across layers); the
+projection's shape must match the mode (`LinformerProjection.for_sharing` builds the right one).
+
+Padding: the keys and values of padding tokens are zeroed before projecting and real tokens are
+moved to the front (in order), so a real token at rank i always meets column i of E and F and a
+padded sequence gives exactly the output of the sequence alone, whatever the mask.
+Linformer cannot be causal: every projected key mixes all positions.
+
+Initialisation as lucidrains' `linformer`: E, F ~ uniform(-1/sqrt(k), 1/sqrt(k)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longseq.attention.base import SelfAttention
+
+SHARING: tuple[str, ...] = ("none", "headwise", "kv", "layerwise")
+
+
+class LinformerProjection(nn.Module):
+    """The sequence-axis projections E (keys) and F (values) of Linformer attention.
+
+    Shape (k, max_seq_len), or (heads, k, max_seq_len) with `heads` for one matrix per head.
+    `share_kv=True` uses one matrix as both E and F. The defaults (heads=None, share_kv=True)
+    are the "layerwise" projection: create one per model and pass it to every layer.
+    """
+
+    def __init__(
+        self, k: int, max_seq_len: int, *, heads: int | None = None, share_kv: bool = True
+    ) -> None:
+        super().__init__()
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (projected length) must be a positive int, got {k!r}")
+        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+        if k > max_seq_len:
+            raise ValueError(
+                f"k={k} is larger than max_seq_len={max_seq_len}: projecting to more rows than "
+                "the longest sequence has only adds cost; use k <= max_seq_len"
+            )
+        if heads is not None and (not isinstance(heads, int) or heads < 1):
+            raise ValueError(f"heads must be None (shared by all heads) or a positive int, "
+                             f"got {heads!r}")
+        self.k, self.max_seq_len, self.heads, self.share_kv = k, max_seq_len, heads, share_kv
+        shape = (k, max_seq_len) if heads is None else (heads, k, max_seq_len)
+        self.e = nn.Parameter(torch.empty(shape))
+        self.f = None if share_kv else nn.Parameter(torch.empty(shape))
+        self.reset_parameters()
+
+    @classmethod
+    def for_sharing(
+        cls, sharing: str, k: int, max_seq_len: int, num_heads: int
+    ) -> LinformerProjection:
+        """The projection a layer with `sharing` uses (shape and E/F sharing)."""
+        heads, share_kv = _layout(sharing, num_heads)
+        return cls(k, max_seq_len, heads=heads, share_kv=share_kv)
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.k)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def matrices(self, n: int) -> tuple[Tensor, Tensor]:
+        """E and F restricted to the first n positions: (..., k, n) views, no copy."""
+        f = self.e if self.f is None else self.f
+        return self.e[..., :n], f[..., :n]
+
+    def extra_repr(self) -> str:
+        return (f"k={self.k}, max_seq_len={self.max_seq_len}, heads={self.heads}, "
+                f"share_kv={self.share_kv}")
+
+
+def _layout(sharing: str, num_heads: int) -> tuple[int | None, bool]:
+    """(heads, share_kv) of the projection that `sharing` needs."""
+    if sharing not in SHARING:
+        raise ValueError(f"unknown sharing={sharing!r} for linformer attention; "
+                         f"valid values: {', '.join(map(repr, SHARING))}")
+    return (num_heads if sharing == "none" else None), sharing in ("kv", "layerwise")
+
+
+def _project(m: Tensor, x: Tensor) -> Tensor:
+    """m (k, n) or (H, k, n) applied along the sequence axis of x (B, H, n, D) -> (B, H, k, D)."""
+    # one batched matmul over heads (and batch); shared m folds heads into the GEMM's columns
+    return torch.einsum("kn,bhnd->bhkd" if m.dim() == 2 else "hkn,bhnd->bhkd", m, x)
+
+
+class LinformerAttention(SelfAttention):
+    """Linformer: each query attends to k learned projections of the keys/values (module doc)."""
+
+    name = "linformer"
+    supports_causal: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        k: int = 256,
+        max_seq_len: int = 4096,
+        sharing: str = "none",
+        projection: LinformerProjection | None = None,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        if causal:
+            raise ValueError(
+                "'linformer' attention cannot be causal (causal=True): its projections E, F mix "
+                "all positions, so every projected key would see the future; use a causal "
+                "mechanism instead, e.g. 'full', 'longformer', 'bigbird' or 'lsh' with causal=True"
+            )
+        heads, share_kv = _layout(sharing, num_heads)
+        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        if projection is None:
+            projection = LinformerProjection(k, max_seq_len, heads=heads, share_kv=share_kv)
+        elif not isinstance(projection, LinformerProjection):
+            raise TypeError(f"projection must be a LinformerProjection or None, "
+                            f"got {type(projection).__name__}")
+        elif (projection.k, projection.max_seq_len, projection.heads, projection.share_kv) != (
+            k, max_seq_len, heads, share_kv
+        ):
+            raise ValueError(
+                f"projection ({projection.extra_repr()}) does not match this layer (k={k}, "
+                f"max_seq_len={max_seq_len}, sharing={sharing!r}), which needs k={k}, "
+                f"max_seq_len={max_seq_len}, heads={heads}, share_kv={share_kv}; build it with "
+                f"LinformerProjection.for_sharing({sharing!r}, {k}, {max_seq_len}, {num_heads}) "
+                "or pass the projection's k and max_seq_len to the layer"
+            )
+        self.k, self.max_seq_len, self.sharing = k, max_seq_len, sharing
+        self.projection = projection
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        padded = not bool(real.all())
+        # trailing padding contributes nothing: only the longest real length is projected
+        n = int(real.sum(dim=1).max()) if padded else hidden_states.shape[1]
+        if n > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {n} exceeds max_seq_len={self.max_seq_len} of linformer "
+                f"attention (E and F have {self.max_seq_len} columns); build the layer with "
+                f"max_seq_len >= {n}"
+            )
+        q, k, v = self.project(hidden_states)
+        if padded:
+            keep = real[:, None, :, None]
+            k, v = k.masked_fill(~keep, 0.0), v.masked_fill(~keep, 0.0)
+            if not bool((real[:, 1:] <= real[:, :-1]).all()):
+                # padding before a real token: move real tokens to the front, in order, so
+                # real token i meets column i of E, F as it does in the sequence alone
+                order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+                idx = order[:, None, :, None].expand_as(k)
+                k, v = k.gather(2, idx), v.gather(2, idx)
+            k, v = k[:, :, :n], v[:, :, :n]
+        e, f = self.projection.matrices(n)
+        pk, pv = _project(e, k), _project(f, v)  # (B, H, k, D)
+        p = self.dropout if self.training else 0.0
+        # q is pre-scaled; no mask: every projected key is valid for every query
+        return F.scaled_dot_product_attention(q, pk, pv, dropout_p=p, scale=1.0)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, k={self.k}, max_seq_len={self.max_seq_len}, "
+                f"sharing={self.sharing!r}")
+
+
+__all__ = ["SHARING", "LinformerAttention", "LinformerProjection"]
