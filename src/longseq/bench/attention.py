@@ -1,0 +1,619 @@
+"""Attention benchmark: time and peak memory of each mechanism, its peer and two baselines.
+
+For every sequence length n, each row (a layer with fixed settings, see `SPECS`) is measured:
+
+- time: median of `repeats` calls after `warmup`, forward (eval, no grad) and forward+backward
+  (train mode, dropout 0, loss = out.sum(), gradients w.r.t. the input and the parameters).
+  All rows run in ONE process, round-robin per repeat (the order rotates each repeat), so
+  drift of the machine (other load, frequency) hits every row alike;
+- peak memory: one forward then one forward+backward in a fresh process (forked, per row and
+  length, by a small server process that has imported the modules but never run an op), as
+  the growth of the resident set size (VmHWM after, reset via /proc/self/clear_refs, minus
+  VmRSS before); on CUDA as `max_memory_allocated` minus the memory allocated before. The
+  layer's parameters and the input exist before the measurement starts, so peak =
+  activations + gradients + workspace.
+
+A row is skipped, with the reason recorded, when its layer cannot run the setting (a peer's
+length rule, a failure), when its memory or time extrapolated from the smaller lengths
+exceeds `max_memory_gb` / `max_seconds`, or when its probe process dies or times out.
+
+Baselines: `projections` (the q, k, v, out nn.Linear layers and no attention: the floor any
+attention layer pays) and `full` (dense softmax attention through SDPA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import longseq
+from longseq import attention
+
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+          "fp16": torch.float16}
+MODES = ("forward", "fwd+bwd")
+MIB = 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# What is measured
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One row of the benchmark: a layer and its fixed settings."""
+
+    name: str
+    family: str  # the --mechanisms name that selects it ("baseline" rows are always run)
+    kind: str  # "baseline" | "ours" | "peer"
+    builder: str  # "projections" | "longseq" | a key of peers.BUILDERS
+    settings: dict[str, Any] = field(default_factory=dict)
+    global_tokens: int = 0  # tokens 0..g-1 are global (Longformer)
+    compare_to: str | None = None  # a peer's longseq row
+
+    def options(self, n: int) -> dict[str, Any]:
+        """The settings at length n (Linformer's length and k, LSH's bucket count)."""
+        opts = dict(self.settings)
+        if self.family == "linformer":
+            opts["k"] = min(opts["k"], n)
+            if self.kind == "ours":
+                opts["max_seq_len"] = n
+        if self.family == "lsh":
+            opts["num_buckets"] = lsh_buckets(n, opts["chunk_length"])
+        return opts
+
+
+def lsh_buckets(n: int, chunk_length: int) -> int:
+    """Hugging Face Reformer's default: 2 * n / chunk_length rounded down to a power of 2."""
+    return 2 ** max(1, (2 * (n // chunk_length)).bit_length() - 1)
+
+
+LONGFORMER = {"window": 512}
+BIGBIRD = {"block_size": 64, "num_random_blocks": 3, "num_global_blocks": 2,
+           "num_sliding_blocks": 3}
+LINFORMER = {"k": 256, "sharing": "headwise"}  # E, F shared by the heads, as lucidrains'
+LSH = {"chunk_length": 64, "seed": 0}
+
+SPECS: tuple[Spec, ...] = (
+    Spec("projections", "baseline", "baseline", "projections"),
+    Spec("full", "baseline", "baseline", "longseq"),
+    Spec("longformer", "longformer", "ours", "longseq", LONGFORMER),
+    Spec("longformer+global", "longformer", "ours", "longseq", LONGFORMER, global_tokens=1),
+    Spec("bigbird", "bigbird", "ours", "longseq", BIGBIRD),
+    Spec("linformer", "linformer", "ours", "longseq", LINFORMER),
+    Spec("lsh-4h", "lsh", "ours", "longseq", {**LSH, "n_hashes": 4}),
+    Spec("lsh-1h", "lsh", "ours", "longseq", {**LSH, "n_hashes": 1}),
+    Spec("hf-longformer", "longformer", "peer", "hf_longformer", LONGFORMER,
+         compare_to="longformer"),
+    Spec("hf-longformer+global", "longformer", "peer", "hf_longformer", LONGFORMER,
+         global_tokens=1, compare_to="longformer+global"),
+    Spec("hf-bigbird", "bigbird", "peer", "hf_bigbird",
+         {"block_size": 64, "num_random_blocks": 3}, compare_to="bigbird"),
+    Spec("lucidrains-linformer", "linformer", "peer", "lucidrains_linformer", {"k": 256},
+         compare_to="linformer"),
+    Spec("hf-reformer-4h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 4},
+         compare_to="lsh-4h"),
+    Spec("hf-reformer-1h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 1},
+         compare_to="lsh-1h"),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+FAMILIES: tuple[str, ...] = tuple(m for m in attention.MECHANISMS if m != "full")
+# Valid --mechanisms values: registry names (a family selects its variants and peers) or rows.
+CHOICES: tuple[str, ...] = (*attention.MECHANISMS, *(s.name for s in SPECS if s.name != "full"))
+
+
+def select(mechanisms: list[str], peers: bool) -> list[Spec]:
+    """Baselines, then the chosen rows of ours, then their peers (when `peers`)."""
+    unknown = [m for m in mechanisms if m not in CHOICES]
+    if unknown:
+        raise ValueError(f"unknown mechanism(s) {unknown}; valid: {', '.join(CHOICES)}")
+    chosen = [s for s in SPECS
+              if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms]
+    if not peers:
+        chosen = [s for s in chosen if s.kind != "peer"]
+    return chosen
+
+
+@dataclass
+class Config:
+    mechanisms: list[str] = field(default_factory=lambda: list(FAMILIES))
+    lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    hidden: int = 768
+    heads: int = 12
+    batch: int = 1
+    threads: int = 2
+    repeats: int = 5
+    warmup: int = 1
+    dtype: str = "fp32"
+    device: str = "cpu"
+    peers: bool = True
+    max_memory_gb: float = 18.0
+    max_seconds: float = 120.0  # one forward+backward call
+    out: str = "bench-out"
+    progress: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Building the layers
+
+
+class Projections(nn.Module):
+    """The four projections of an attention layer and no attention: the floor."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.query, self.key, self.value, self.out = (nn.Linear(hidden, hidden) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.query(x) + self.key(x) + self.value(x))
+
+
+def make_layer(spec: Spec, n: int, cfg: Config) -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+    """The layer of `spec` at length n and a call `f(x) -> (B, N, hidden)`."""
+    torch.manual_seed(0)
+    opts = spec.options(n)
+    if spec.builder == "projections":
+        module: nn.Module = Projections(cfg.hidden)
+        fn: Callable[[Tensor], Tensor] = module
+    elif spec.builder == "longseq":
+        name = "full" if spec.name == "full" else spec.family
+        layer = attention.build(name, cfg.hidden, cfg.heads, **opts)
+        module = layer
+        if spec.global_tokens:
+            glob = torch.zeros(cfg.batch, n, dtype=torch.bool, device=cfg.device)
+            glob[:, : spec.global_tokens] = True
+            fn = lambda x: layer(x, global_attention_mask=glob)  # noqa: E731
+        else:
+            fn = layer
+    else:
+        from longseq.bench import peers
+
+        if spec.global_tokens:
+            opts["global_tokens"] = spec.global_tokens
+        peer = peers.build_peer(spec.builder, cfg.hidden, cfg.heads, n, **opts)
+        module, fn = peer.module, peer.fn
+    return module.to(device=cfg.device, dtype=DTYPES[cfg.dtype]), fn
+
+
+def make_input(n: int, cfg: Config) -> Tensor:
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(cfg.batch, n, cfg.hidden, generator=gen, dtype=torch.float32)
+    return x.to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def call_once(module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor, mode: str,
+              device: str) -> float:
+    """Seconds for one forward (eval, no grad) or forward+backward (train, loss = out.sum())."""
+    if mode == "forward":
+        module.eval()
+        with torch.no_grad():
+            _sync(device)
+            t0 = time.perf_counter()
+            out = fn(x)
+            _sync(device)
+            dt = time.perf_counter() - t0
+        del out
+        return dt
+    module.train()
+    xg = x.detach().requires_grad_()
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(xg).sum().backward()
+    _sync(device)
+    dt = time.perf_counter() - t0
+    module.zero_grad(set_to_none=True)
+    return dt
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory, in a fresh process
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> Callable[[], int]:
+    """Reset the RSS high-water mark; return a function giving bytes of growth since then."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+        before = _status_kb("VmRSS")
+        return lambda: (_status_kb("VmHWM") - before) * 1024
+    except OSError:  # not resettable: ru_maxrss (KiB on Linux) minus the RSS now
+        import resource
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/statm") as f:
+            before_b = int(f.read().split()[1]) * page
+        return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before_b
+
+
+def _warm_up(device: str) -> None:
+    """Run a tiny forward+backward so thread pools and allocators exist before measuring."""
+    lin = nn.Linear(8, 8).to(device)
+    lin(torch.randn(4, 8, device=device, requires_grad=True)).sum().backward()
+
+
+def probe(spec_name: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory (bytes) and cold time of one forward, then one forward+backward."""
+    cfg = Config(**cfg_dict)
+    torch.set_num_threads(cfg.threads)
+    _warm_up(cfg.device)
+    module, fn = make_layer(SPEC_BY_NAME[spec_name], n, cfg)
+    x = make_input(n, cfg)
+    gc.collect()
+    result: dict[str, Any] = {}
+    for mode in MODES:
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            seconds = call_once(module, fn, x, mode, cfg.device)
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            growth = _reset_peak_rss()
+            seconds = call_once(module, fn, x, mode, cfg.device)
+            peak = growth()
+        result[mode] = {"peak_bytes": max(peak, 0), "seconds": seconds}
+    return result
+
+
+def _short_error(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:300]
+
+
+def _serve(preload: list[str]) -> None:
+    """Probe server: import once, then fork a fresh child per job read from stdin.
+
+    A job is a JSON line {"spec", "n", "cfg", "timeout"}; the reply a JSON line with "ok" and
+    the probe's figures or an "error". The server itself never runs a torch op, so each child
+    starts without thread pools or cached allocations, as a new process would, but without
+    paying the imports again (torch ~2 s, transformers ~5 s).
+    """
+    import importlib
+    import select
+    import signal
+
+    for mod in preload:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(mod)
+    for line in sys.stdin:
+        job = json.loads(line)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: quiet, measure, reply through the pipe, exit without cleanup
+            os.close(read_fd)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            try:
+                reply = {"ok": True, **probe(job["spec"], job["n"], job["cfg"])}
+            except BaseException as err:  # every failure goes back to the parent, recorded
+                reply = {"ok": False, "error": _short_error(err)}
+            os.write(write_fd, json.dumps(reply).encode())
+            os._exit(0)
+        os.close(write_fd)
+        chunks, error = [], None
+        deadline = time.monotonic() + job["timeout"]
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                error = f"memory probe exceeded {job['timeout']:.0f} s"
+                break
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        os.close(read_fd)
+        if error is None and not chunks:
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            error = f"probe process died (signal {sig}; killed for memory?)"
+        # fatal: the layer ran out of time or memory, so longer lengths are not tried
+        reply = ({"ok": False, "error": error, "fatal": True} if error
+                 else json.loads(b"".join(chunks)))
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+class Prober:
+    """Peak-memory probes, each in a fresh process (forked by a `_serve` subprocess)."""
+
+    def __init__(self, preload: list[str]) -> None:
+        self.preload = ["longseq.bench.attention", *preload]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "longseq.bench.attention", "--probe-server",
+                 *self.preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self.proc
+
+    def __call__(self, spec: Spec, n: int, cfg: Config, timeout: float) -> dict[str, Any]:
+        import select
+
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        job = {"spec": spec.name, "n": n, "cfg": asdict(cfg), "timeout": timeout}
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            # the server answers within `timeout`; the margin covers its own start (imports)
+            if select.select([proc.stdout], [], [], timeout + 120)[0]:
+                line = proc.stdout.readline()
+                if line:
+                    return json.loads(line)
+        except (BrokenPipeError, json.JSONDecodeError):
+            pass
+        self.close()
+        return {"ok": False, "error": "probe server stopped (killed for memory?)", "fatal": True}
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+def extrapolate(history: list[tuple[int, float]], n: int) -> float | None:
+    """Value at n from the last two (length, value) points, growth exponent clamped to [1, 2].
+
+    With one point, assume quadratic growth (the worst a layer here may do); none: unknown.
+    """
+    pts = [(m, v) for m, v in history if m < n and v > 0]
+    if not pts:
+        return None
+    m2, v2 = pts[-1]
+    p = 2.0
+    if len(pts) >= 2:
+        m1, v1 = pts[-2]
+        p = min(2.0, max(1.0, math.log(v2 / v1) / math.log(m2 / m1))) if v1 > 0 else 2.0
+    return v2 * (n / m2) ** p
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "longseq": longseq.__version__,
+    }
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["processor"] = line.split(":", 1)[1].strip()
+                break
+    for pkg in ("transformers", "linformer"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            info[pkg] = version(pkg)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def describe(specs: list[Spec], cfg: Config) -> str:
+    """The fixed settings of every row, printed before a run and written in table.md."""
+    n = max(cfg.lengths)
+    lines = [f"hidden {cfg.hidden}, heads {cfg.heads}, batch {cfg.batch}, {cfg.dtype}, "
+             f"{cfg.device}, {cfg.threads} threads, median of {cfg.repeats} "
+             f"(+{cfg.warmup} warm-up), lengths {', '.join(map(str, cfg.lengths))}"]
+    for s in specs:
+        opts = s.options(n)
+        if s.family == "lsh":
+            opts["num_buckets"] = "2^floor(log2(2n/chunk))"
+        if s.family == "linformer" and "max_seq_len" in opts:
+            opts["max_seq_len"] = "n"
+        extra = f", global tokens: first {s.global_tokens}" if s.global_tokens else ""
+        vs = f"  (peer of {s.compare_to})" if s.compare_to else ""
+        text = ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
+        lines.append(f"- {s.name}: {text}{extra}{vs}")
+    return "\n".join(lines)
+
+
+def _preload(specs: list[Spec]) -> list[str]:
+    mods = {"hf_longformer": "transformers.models.longformer.modeling_longformer",
+            "hf_bigbird": "transformers.models.big_bird.modeling_big_bird",
+            "hf_reformer": "transformers.models.reformer.modeling_reformer",
+            "lucidrains_linformer": "linformer"}
+    out = []
+    for s in specs:
+        if s.builder in mods and mods[s.builder] not in out:
+            with contextlib.suppress(ImportError):
+                __import__(mods[s.builder])
+                out.append(mods[s.builder])
+    return out
+
+
+def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Measure every selected row at every length; write the outputs to cfg.out; return rows."""
+    from tqdm import tqdm
+
+    from longseq.bench import report
+
+    specs = select(cfg.mechanisms, cfg.peers)
+    lengths = sorted(set(cfg.lengths))
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    log("attention benchmark settings:\n" + describe(specs, cfg))
+    common = {"hidden": cfg.hidden, "heads": cfg.heads, "batch": cfg.batch, "dtype": cfg.dtype,
+              "device": cfg.device, "threads": cfg.threads, "repeats": cfg.repeats,
+              "warmup": cfg.warmup, "machine": machine_info(cfg.device),
+              "torch": torch.__version__}
+    prober = Prober(_preload(specs))
+    rounds = cfg.warmup + cfg.repeats
+    records: list[dict[str, Any]] = []
+    history: dict[str, dict[str, list[tuple[int, float]]]] = {
+        s.name: {"mem": [], "sec": []} for s in specs}
+    gave_up: dict[str, str] = {}  # rows dropped for memory/time at a shorter length
+    bar = tqdm(total=len(lengths) * len(specs) * (1 + rounds), disable=not cfg.progress,
+               desc="bench", unit="step", file=sys.stderr)
+
+    with (out_dir / "results.jsonl").open("w") as results:
+
+        def record(spec: Spec, n: int, mode: str, *, reason: str | None = None,
+                   times: list[float] | None = None, peak: float | None = None) -> None:
+            row = {"mechanism": spec.name, "kind": spec.kind, "family": spec.family,
+                   "compare_to": spec.compare_to, "n": n, "mode": mode,
+                   "status": "skipped" if reason else "ok", "reason": reason,
+                   "median_ms": statistics.median(times) if times else None,
+                   "times_ms": times or [], "peak_mb": None if peak is None else peak / MIB,
+                   "settings": {**spec.options(n), "global_tokens": spec.global_tokens},
+                   **common}
+            records.append(row)
+            results.write(json.dumps(row) + "\n")
+            results.flush()
+
+        def skip(spec: Spec, n: int, reason: str, steps: int) -> None:
+            for mode in MODES:
+                record(spec, n, mode, reason=reason)
+            bar.update(steps)
+
+        for n in lengths:
+            # 1. peak memory (and a cold time for the limits), one fresh process per row
+            probes: dict[str, dict[str, Any]] = {}
+            for spec in specs:
+                bar.set_description(f"n={n} memory {spec.name}")
+                reason = _precheck(spec, n, cfg, history[spec.name], gave_up)
+                res = (prober(spec, n, cfg, timeout=3 * cfg.max_seconds + 60) if not reason
+                       else {"ok": False, "error": reason})
+                if res["ok"]:
+                    fb = res["fwd+bwd"]
+                    history[spec.name]["mem"].append((n, fb["peak_bytes"]))
+                    history[spec.name]["sec"].append((n, fb["seconds"]))
+                    if fb["seconds"] > cfg.max_seconds:
+                        res = {"ok": False, "fatal": True,
+                               "error": f"one fwd+bwd took {fb['seconds']:.1f} s > "
+                                        f"--max-seconds {cfg.max_seconds:g}"}
+                if not res["ok"]:
+                    if res.get("fatal"):
+                        gave_up[spec.name] = f"{res['error']} at n={n}"
+                    skip(spec, n, res["error"], 1 + rounds)
+                    continue
+                probes[spec.name] = res
+                bar.update(1)
+
+            # 2. time, all rows in this process, round-robin
+            layers = []
+            for spec in specs:
+                if spec.name in probes:
+                    try:
+                        layers.append((spec, *make_layer(spec, n, cfg)))
+                    except Exception as err:  # the probe built it: unexpected, but recorded
+                        skip(spec, n, _short_error(err), rounds)
+            times, failed = time_round_robin(layers, make_input(n, cfg), cfg, bar)
+            for spec, _, _ in layers:
+                for mode in MODES:
+                    if spec.name in failed:
+                        record(spec, n, mode, reason=failed[spec.name])
+                    else:
+                        record(spec, n, mode, times=times[spec.name][mode],
+                               peak=probes[spec.name][mode]["peak_bytes"])
+            del layers
+            gc.collect()
+    bar.close()
+    prober.close()
+
+    (out_dir / "table.md").write_text(report.table(records, describe(specs, cfg)))
+    report.plot(records, out_dir / "plot.png")
+    return records
+
+
+Layer = tuple[Spec, nn.Module, Callable[[Tensor], Tensor]]
+
+
+def time_round_robin(layers: list[Layer], x: Tensor, cfg: Config, bar: Any = None
+                     ) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+    """Milliseconds per call of every layer and mode, warm-up rounds dropped; and failures.
+
+    Each round calls every layer once per mode; the order rotates by one layer each round, so
+    no layer always runs first (after a cold cache) or right after the same neighbour.
+    """
+    times: dict[str, dict[str, list[float]]] = {s.name: {m: [] for m in MODES}
+                                                for s, _, _ in layers}
+    failed: dict[str, str] = {}
+    rounds = cfg.warmup + cfg.repeats
+    for r in range(rounds):
+        k = r % max(1, len(layers))
+        for spec, module, fn in layers[k:] + layers[:k]:
+            if spec.name in failed:
+                continue
+            if bar is not None:
+                bar.set_description(f"n={x.shape[1]} time {spec.name}")
+            try:
+                for mode in MODES:
+                    dt = call_once(module, fn, x, mode, cfg.device)
+                    if r >= cfg.warmup:
+                        times[spec.name][mode].append(dt * 1e3)
+            except Exception as err:  # e.g. out of memory on CUDA: record, go on
+                failed[spec.name] = _short_error(err)
+                if bar is not None:
+                    bar.update(rounds - r - 1)
+            if bar is not None:
+                bar.update(1)
+    return times, failed
+
+
+def _precheck(spec: Spec, n: int, cfg: Config, hist: dict[str, list[tuple[int, float]]],
+              gave_up: dict[str, str]) -> str | None:
+    """A reason to skip `spec` at n before running it, or None."""
+    if spec.name in gave_up:
+        return f"skipped after: {gave_up[spec.name]}"
+    mem = extrapolate(hist["mem"], n)
+    if mem is not None and mem > cfg.max_memory_gb * 2**30:
+        return (f"expected peak memory {mem / 2**30:.1f} GiB > --max-memory-gb "
+                f"{cfg.max_memory_gb:g}")
+    sec = extrapolate(hist["sec"], n)
+    if sec is not None and sec > cfg.max_seconds:
+        return f"expected fwd+bwd time {sec:.0f} s > --max-seconds {cfg.max_seconds:g}"
+    return None
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe-server"]:
+        _serve(sys.argv[2:])
+    else:
+        sys.exit("usage: python -m longseq.bench.attention --probe-server [MODULE ...] "
+                 "(internal; run benchmarks with `longseq bench attention`)")
