@@ -150,7 +150,7 @@ class LSHAttention(SelfAttention):
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]
-        c, r = self.chunk_length, self.n_hashes
+        c = self.chunk_length
         qk, v = self.qk_and_value(hidden_states)
         qk = ops.pad_to_multiple(qk, c, dim=2)
         v = ops.pad_to_multiple(v, c, dim=2)
@@ -163,12 +163,7 @@ class LSHAttention(SelfAttention):
             mask = self._window_mask(perm, real, idx.window_pos(), not bool(real.all()))
 
         p = self.dropout if self.training else 0.0
-        out, lse = _LSHChunkAttention.apply(qk, key, v, idx, mask, c, p)  # (B,H,N,R,D), (B,H,N,R)
-        if r == 1:
-            ctx = out.squeeze(-2)
-        else:
-            w = torch.softmax(lse, dim=-1)
-            ctx = torch.matmul(w.unsqueeze(-2), out).squeeze(-2)
+        ctx = _LSHChunkAttention.apply(qk, key, v, idx, mask, c, p)  # (B, H, N, D)
         return ctx[:, :, :n0]
 
     def _window_mask(
@@ -246,7 +241,7 @@ def _take(real: Tensor, pos: Tensor) -> Tensor:
 
 
 class _Indices:
-    """Flat row indices for the sort, the chunk windows and the unsort (all int64, no grad).
+    """Flat row indices for the sort and the unsort (int64, no grad).
 
     Rows of the unsorted inputs are (b, h, n) flattened; sorted rows are (b, h, r, s);
     outputs are returned unsorted as (b, h, n, r) so the rounds of a token are adjacent.
@@ -256,99 +251,120 @@ class _Indices:
         b, h, r, n = perm.shape
         dev = perm.device
         self.perm, self.chunk = perm, chunk
-        base = (torch.arange(b * h, device=dev) * n).view(b, h, 1, 1)
-        rows = perm + base  # (B, H, R, N): input row of each sorted slot
-        self.sort = rows.reshape(-1)
-        win = rows.view(b, h, r, n // chunk, chunk)
-        # (previous chunk, own chunk); the first chunk's "previous" is masked, never used
-        self.window = torch.cat([win.roll(1, dims=3), win], dim=-1).reshape(-1)
+        rows = perm + (torch.arange(b * h, device=dev) * n).view(b, h, 1, 1)
+        self.sort = rows.reshape(-1)  # sorted slot -> input row
         inv = torch.empty_like(perm).scatter_(-1, perm, torch.arange(n, device=dev).expand_as(perm))
         sorted_base = (torch.arange(b * h * r, device=dev) * n).view(b, h, r, 1)
-        self.unsort = (inv + sorted_base).transpose(2, 3).reshape(-1)  # (b, h, n, r) order
+        self.unsort = (inv + sorted_base).transpose(2, 3).reshape(-1)  # output row -> slot
         self.resort = (rows * r + torch.arange(r, device=dev).view(1, 1, r, 1)).reshape(-1)
 
     def window_pos(self) -> Tensor:
-        """Original positions of each window's keys, (B, H, R, C, 2c)."""
+        """Original positions of each window's keys (previous chunk, own chunk): (B, H, R, C, 2c).
+
+        The first chunk's previous chunk is a placeholder (the last chunk): always masked."""
         b, h, r, n = self.perm.shape
         c = self.chunk
         win = self.perm.view(b, h, r, n // c, c)
         return torch.cat([win.roll(1, dims=3), win], dim=-1)
 
 
-class _LSHChunkAttention(torch.autograd.Function):
-    """Sort, chunked attention with a look-back of one chunk, unsort; hand-written backward.
+def _windows(rows: Tensor, chunks: int, c: int) -> Tensor:
+    """(chunks, 2c, D) overlapping view of rows ((chunks + 1) * c, D): window t is chunk t - 1
+    then chunk t of the rows after a leading placeholder chunk; no copy."""
+    stride = rows.stride(0)
+    return rows.as_strided((chunks, 2 * c, rows.shape[1]), (c * stride, stride, rows.stride(1)),
+                           rows.storage_offset())
 
-    Forward returns, per token and round, the attention output and the row's logsumexp, in
-    the original order: (B, H, N, R, D) and (B, H, N, R). The backward re-sorts the incoming
-    gradients with gathers (the sort is a permutation per round), so no scatter-add is needed.
+
+class _LSHChunkAttention(torch.autograd.Function):
+    """Sort, chunked attention with a look-back of one chunk, combine the rounds, unsort.
+
+    (qk, key, value) (B, H, N, D) -> context (B, H, N, D), with a hand-written backward.
+    Queries, keys and values are sorted with one gather into a buffer that starts with a
+    placeholder chunk; a chunk's window (previous chunk, own chunk) is then an overlapping view
+    of that buffer, so keys and values are never copied per window. A window crossing a round
+    (or head) boundary only does so in a first chunk's masked half. Round r's output is scaled
+    by its weight w_r = softmax_r(lse_r) in sorted order, then unsorted and summed. The
+    backward sorts the incoming gradient with the forward's gather indices (a sort is a
+    permutation per round), so no scatter-add is needed.
     """
 
     @staticmethod
     def forward(ctx: Any, qk: Tensor, key: Tensor, value: Tensor, idx: _Indices,
-                mask: Tensor | None, chunk: int, dropout: float) -> tuple[Tensor, Tensor]:
+                mask: Tensor | None, chunk: int, dropout: float) -> Tensor:
         b, h, n, d = qk.shape
         r = idx.perm.shape[2]
         c, nc = chunk, n // chunk
-        q = qk.reshape(-1, d).index_select(0, idx.sort).view(-1, c, d)  # (BHRC, c, D)
-        k = key.reshape(-1, d).index_select(0, idx.window).view(-1, 2 * c, d)
-        v = value.reshape(-1, d).index_select(0, idx.window).view(-1, 2 * c, d)
-        s = torch.bmm(q, k.transpose(1, 2))  # (BHRC, c, 2c)
+        t = b * h * r * nc  # chunks over all heads and rounds
+        rows = torch.cat([qk, key, value], dim=-1).view(-1, 3 * d)
+        buf = rows.new_empty(((t + 1) * c, 3 * d))
+        buf[:c].zero_()  # the placeholder chunk (masked, but must be finite)
+        torch.index_select(rows, 0, idx.sort, out=buf[c:])
+        q, k, v = _views(buf, t, c, d)
+        s = torch.bmm(q, k.transpose(1, 2))  # (T, c, 2c)
         s6 = s.view(b, h, r, nc, c, 2 * c)
         s6[:, :, :, 0, :, :c] = ops.NEG_INF  # the first chunk has no previous chunk
         if mask is not None:
             s6.masked_fill_(mask, ops.NEG_INF)
         s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(SELF_MASK)
         p = torch.softmax(s, dim=-1)
-        # logsumexp without another exp pass: at the row max, p = exp(max - lse)
-        lse = s.amax(-1) - p.amax(-1).log()
+        w = None
+        if r > 1:  # round weights softmax_r(lse_r); at the row max, p = exp(max - lse)
+            lse = s.amax(-1).sub_(p.amax(-1).log_())
+            lse_u = lse.view(-1).index_select(0, idx.unsort).view(b, h, n, r)
+            w = torch.softmax(lse_u, dim=-1).view(-1).index_select(0, idx.resort)  # sorted
         del s, s6
         pd = p
         if dropout > 0.0:
-            keep = torch.rand_like(p) >= dropout
-            pd = p * keep / (1.0 - dropout)
-        out = torch.bmm(pd, v)  # (BHRC, c, D)
-        out_u = out.view(-1, d).index_select(0, idx.unsort).view(b, h, n, r, d)
-        lse_u = lse.view(-1).index_select(0, idx.unsort).view(b, h, n, r)
-        ctx.save_for_backward(q, k, v, p, pd, out_u)
-        ctx.idx, ctx.chunk, ctx.dropout, ctx.shape = idx, chunk, dropout, (b, h, n, r, d)
-        return out_u, lse_u
+            pd = p * (torch.rand_like(p) >= dropout) / (1.0 - dropout)
+        out = torch.bmm(pd, v).view(-1, d)  # (T * c, D) sorted
+        if w is not None:
+            out.mul_(w.unsqueeze(-1))
+        out = out.index_select(0, idx.unsort).view(b, h, n, r, d).sum(-2)
+        ctx.save_for_backward(buf, p, pd, out, w)
+        ctx.idx, ctx.chunk, ctx.dropout = idx, chunk, dropout
+        return out
 
     @staticmethod
-    def backward(ctx: Any, g_out: Tensor | None, g_lse: Tensor | None) -> tuple[Any, ...]:
-        q, k, v, p, pd, out_u = ctx.saved_tensors
+    def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
+        buf, p, pd, out, w = ctx.saved_tensors
         idx, c, dropout = ctx.idx, ctx.chunk, ctx.dropout
-        b, h, n, r, d = ctx.shape
-        if g_out is None:
-            g_out = torch.zeros_like(out_u)
-        # d lse_r / d s = p_r, d out_r / d s = p_r * (dO v^T - rowsum(dO * out_r)) (true with
-        # dropout too: rowsum(dO * out) = rowsum(p * dp) after undoing the dropout scaling)
-        shift = (g_out * out_u).sum(-1)
-        if g_lse is not None:
-            shift = shift - g_lse
-        shift = shift.reshape(-1).index_select(0, idx.resort).view(-1, c, 1)
-        do = g_out.reshape(-1, d).index_select(0, idx.resort).view(-1, c, d)
-        ds = torch.bmm(do, v.transpose(1, 2))  # dP, (BHRC, c, 2c)
+        d = out.shape[-1]
+        q, k, v = _views(buf, p.shape[0], c, d)
+        # Per round: d out / d out_r = w_r, d out / d lse_r = w_r (out_r - out), so with
+        # d out_r / d s = p (dO v^T - rowsum(dO * out_r)) and d lse_r / d s = p, the
+        # softmax backward of round r is p * (dO_r v^T - w_r <g, out>), dO_r = w_r g (with
+        # dropout too: rowsum(dO * out_r) = rowsum(p * dP) once the dropout scaling is undone).
+        shift = (g * out).sum(-1).view(-1).index_select(0, idx.sort)
+        do = g.reshape(-1, d).index_select(0, idx.sort)  # (T * c, D) sorted
+        if w is not None:
+            shift.mul_(w)
+            do.mul_(w.unsqueeze(-1))
+        do, shift = do.view(-1, c, d), shift.view(-1, c, 1)
+        ds = torch.bmm(do, v.transpose(1, 2))  # dP, (T, c, 2c)
         if dropout > 0.0:
             ds.mul_((pd != 0) / (1.0 - dropout))
         ds.sub_(shift).mul_(p)
         ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
         dq = torch.bmm(ds, k)
-        dk = _fold(torch.bmm(ds.transpose(1, 2), q), b * h * r, n // c)
-        dv = _fold(torch.bmm(pd.transpose(1, 2), do), b * h * r, n // c)
-        grads = []
-        for g in (dq, dk, dv):
-            g = g.view(-1, d).index_select(0, idx.unsort).view(b, h, n, r, d)
-            grads.append(g.sum(-2) if r > 1 else g.squeeze(-2))
+        # a key/value chunk serves its own window and, as the look-back, the next one
+        dk = torch.bmm(ds[:, :, c:].transpose(1, 2), q)
+        dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
+        dv = torch.bmm(pd[:, :, c:].transpose(1, 2), do)
+        dv[:-1].baddbmm_(pd[1:, :, :c].transpose(1, 2), do[1:])
+        b, h, n, _ = out.shape
+        r = idx.perm.shape[2]
+        grads = [
+            gr.view(-1, d).index_select(0, idx.unsort).view(b, h, n, r, d).sum(-2)
+            for gr in (dq, dk, dv)
+        ]
         return grads[0], grads[1], grads[2], None, None, None, None
 
 
-def _fold(g_window: Tensor, rounds: int, nc: int) -> Tensor:
-    """Window gradients (BHR*C, 2c, D) -> sorted-row gradients (BHR*C*c, D): chunk j receives
-    its own half and the previous half of chunk j + 1 (the first chunk's is masked: zero)."""
-    g = g_window.view(rounds, nc, 2, -1, g_window.shape[-1])
-    out = g[:, :, 1].clone()
-    out[:, :-1] += g[:, 1:, 0]
-    return out.view(-1, g.shape[-1])
+def _views(buf: Tensor, chunks: int, c: int, d: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sorted queries (T, c, D) and key/value windows (T, 2c, D) inside the sort buffer."""
+    q = buf[c:, :d].unflatten(0, (chunks, c))
+    return q, _windows(buf[:, d : 2 * d], chunks, c), _windows(buf[:, 2 * d :], chunks, c)
 
 
 __all__ = ["SELF_MASK", "LSHAttention", "derived_num_buckets"]
