@@ -119,6 +119,7 @@ def plot(records: list[Record], path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     rows, lengths, fb = _grid(records, "fwd+bwd", "median_ms")
     _, _, mem = _grid(records, "fwd+bwd", "peak_mb")
@@ -129,7 +130,7 @@ def plot(records: list[Record], path: str | Path) -> None:
     for m in rows:
         if kind[m] == "ours" and m not in colour:
             colour[m] = next(palette)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.8))
     for ax, data, label in ((axes[0], fb, "forward+backward time (ms)"),
                             (axes[1], mem, "peak memory, fwd+bwd (MiB)")):
         for m in rows:
@@ -153,16 +154,23 @@ def plot(records: list[Record], path: str | Path) -> None:
                                 color="0.6", fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8, ncol=2)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(7, len(handles)), fontsize=8,
+                   frameon=False)
     r0 = records[0] if records else {}
     fig.suptitle(f"Attention layer, hidden {r0.get('hidden')}, {r0.get('heads')} heads, "
                  f"batch {r0.get('batch')}, {r0.get('dtype')}, {r0.get('device')}, "
                  f"{r0.get('threads')} threads  (solid: longseq, dashed: peers)")
-    fig.tight_layout()
+    rows_of_legend = -(-len(handles) // 7)
+    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
