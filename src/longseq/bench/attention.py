@@ -114,7 +114,7 @@ SPECS: tuple[Spec, ...] = (
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 FAMILIES: tuple[str, ...] = tuple(m for m in attention.MECHANISMS if m != "full")
 # Valid --mechanisms values: registry names (a family selects its variants and peers) or rows.
-CHOICES: tuple[str, ...] = (*attention.MECHANISMS, *(s.name for s in SPECS if s.name != "full"))
+CHOICES: tuple[str, ...] = tuple(dict.fromkeys([*attention.MECHANISMS, *(s.name for s in SPECS)]))
 
 
 def select(mechanisms: list[str], peers: bool) -> list[Spec]:
