@@ -87,6 +87,8 @@ class LinformerProjection(nn.Module):
     def matrices(self, n: int) -> tuple[Tensor, Tensor]:
         """E and F restricted to the first n positions: (..., k, n) views, no copy."""
         f = self.e if self.f is None else self.f
+        if n == self.max_seq_len:  # no slice: its backward would copy a full-size gradient
+            return self.e, f
         return self.e[..., :n], f[..., :n]
 
     def extra_repr(self) -> str:
