@@ -1,0 +1,253 @@
+"""Longformer attention (Beltagy et al., 2020): a sliding window plus a few global tokens.
+
+Local (band) attention. With window w (even, as Hugging Face's `attention_window`) and
+dilation d (per head), query i sees the keys
+
+    j = i + d*t,  |t| <= w/2          (w + 1 keys including itself)
+    j = i - d*t,  0 <= t <= w/2       when causal (the w/2 previous tokens and itself)
+
+and, when some tokens are global, every global token g (band keys that are global are
+counted once, as global keys):
+
+    out_i = sum_j softmax_j(q_i . k_j) v_j        over j in band(i) | global, real j only
+
+with the ordinary projections q, k, v (q carries the 1/sqrt(D) scale). The row of a global
+token is then recomputed with the separate global projections over ALL real tokens:
+
+    out_g = sum_j softmax_j(qg_g . kg_j) vg_j,  qg = query_global(x) / sqrt(D),
+                                                 kg = key_global(x), vg = value_global(x)
+
+This is the paper's and Hugging Face's `LongformerSelfAttention` (tested against it). Causal
+attention cannot have global tokens (they would see the future).
+
+Kernel (never n x n, memory linear in n). Heads are grouped by dilation; a group with
+dilation d reorders the sequence into d interleaved subsequences (position m*d + r ->
+subsequence r, index m), where the dilated band becomes an ordinary band of half-width h=w/2.
+Each subsequence is cut into query blocks of c tokens; block i needs the keys
+[i*c - h, i*c + c + h) (only the left part when causal), gathered with `unfold` into one
+window, prefixed by the (few) global keys. One fused `scaled_dot_product_attention` call over
+all (head, batch, subsequence, block) windows, with an additive mask for the exact band, key
+padding and global slots, does the rest: (c + w + G) keys scored per query instead of w + 1.
+
+Global rows never need the key_global / value_global projections of the whole sequence:
+qg . (Wk x_j + bk) = (Wk^T qg) . x_j + (a constant of the row, which softmax ignores) and
+sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv, so a few (G x N) products replace two
+(N x hidden x hidden) projections when G * heads < hidden.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longseq.attention import ops, patterns
+from longseq.attention.base import SelfAttention
+
+# Query block size c = clamp(w/2, MIN_BLOCK, MAX_BLOCK): FLOPs spent per query are c + w + G
+# instead of w + 1, while small blocks cost more kernel overhead and key copies; measured
+# (fp32, 2 threads, fwd+bwd) best or within noise of the best at w = 64, 128, 512.
+MIN_BLOCK, MAX_BLOCK = 64, 256
+
+
+class LongformerAttention(SelfAttention):
+    """Sliding-window (optionally dilated) attention with global tokens.
+
+    Args:
+        window: total window width w (Hugging Face's `attention_window`): w/2 tokens on each
+            side, so w + 1 keys including the token itself; when causal, the w/2 previous
+            tokens plus itself. Even, >= 2.
+        dilation: gap between the keys of the window: one int for all heads or one per head.
+            A head with dilation d sees the keys i + d*t, |t| <= w/2.
+        causal, dropout, bias: as for every layer; global tokens need causal=False.
+
+    Global tokens (`global_attention_mask`) are seen by every query and see every real token,
+    through the separate projections `query_global`, `key_global`, `value_global`.
+    """
+
+    name = "longformer"
+    supports_global = True
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        window: int = 512,
+        dilation: int | Sequence[int] = 1,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2 or window % 2:
+            raise ValueError(
+                f"window must be an even int >= 2 (w/2 tokens on each side), got {window!r}"
+            )
+        if isinstance(dilation, int) and not isinstance(dilation, bool):
+            dilations = (dilation,) * num_heads
+        elif isinstance(dilation, Sequence) and not isinstance(dilation, str):
+            dilations = tuple(dilation)
+            if len(dilations) != num_heads:
+                raise ValueError(
+                    f"dilation has {len(dilations)} values but the layer has num_heads="
+                    f"{num_heads}; give one int for all heads or exactly one per head"
+                )
+        else:
+            raise ValueError(f"dilation must be an int or a sequence of ints, got {dilation!r}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations):
+            raise ValueError(f"dilation values must be ints >= 1, got {dilation!r}")
+        self.window = window
+        self.dilation = dilation if isinstance(dilation, int) else dilations
+        self.dilations = dilations
+        self.query_global = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.key_global = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.value_global = nn.Linear(hidden_size, hidden_size, bias=bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
+
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        return patterns.longformer(
+            n, self.window, self.dilations, self.causal, is_global, self.num_heads
+        )
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        if glob is not None and self.causal:
+            raise ValueError(
+                "causal longformer attention cannot have global tokens (they see every token, "
+                "the future included); pass global_attention_mask=None or use causal=False"
+            )
+        # work in the projections' own (B, N, H, D) memory: the fused kernel reads strided
+        # inputs, writes (blocks, c, H, D), and merging the heads afterwards is free
+        q, k, v = (t.transpose(1, 2) for t in self.project(hidden_states))
+        h, d = q.shape[2:]
+        key_ok = real
+        gk = gv = g_ok = gidx = None
+        if glob is not None:
+            gidx, g_ok = _global_indices(glob)
+            at = gidx[:, :, None, None].expand(-1, -1, h, d)
+            gk, gv = k.gather(1, at), v.gather(1, at)  # (B, G, H, D)
+            key_ok = real & ~glob  # global keys in the band are counted once, as global keys
+        groups: dict[int, list[int]] = {}
+        for i, dil in enumerate(self.dilations):
+            groups.setdefault(dil, []).append(i)
+        if len(groups) == 1:
+            ctx = self._band(q, k, v, key_ok, self.dilations[0], gk, gv, g_ok)
+        else:
+            outs = []
+            for dil, heads in groups.items():
+                sel = torch.tensor(heads, device=q.device)
+                outs.append(self._band(q[:, :, sel], k[:, :, sel], v[:, :, sel], key_ok, dil,
+                                       None if gk is None else gk[:, :, sel],
+                                       None if gv is None else gv[:, :, sel], g_ok))
+            order = torch.tensor([i for heads in groups.values() for i in heads])
+            ctx = torch.cat(outs, dim=2).index_select(2, torch.argsort(order).to(q.device))
+        if glob is not None:
+            rows = self._global_rows(hidden_states, real, gidx, g_ok)  # (B, G, H, D)
+            bi, si = g_ok.nonzero(as_tuple=True)
+            ctx = ctx.index_put((bi, gidx[bi, si]), rows[bi, si])
+        return ctx.transpose(1, 2)
+
+    def _band(self, q: Tensor, k: Tensor, v: Tensor, key_ok: Tensor, dil: int,
+              gk: Tensor | None, gv: Tensor | None, g_ok: Tensor | None) -> Tensor:
+        """Band (+ global keys) attention for the h heads of one dilation.
+
+        q, k, v: (B, N, h, D); key_ok: (B, N) keys that may be seen in the band; gk, gv:
+        (B, G, h, D) global keys/values, g_ok: (B, G) valid global slots. Returns (B, N, h, D).
+        """
+        b, n, h, d = q.shape
+        half = self.window // 2
+        sub = -(-n // dil)  # length of each interleaved subsequence
+        c = min(max(half, MIN_BLOCK), MAX_BLOCK, sub)
+        nb = -(-sub // c)
+        lp = nb * c
+        # halo: keys beyond the neighbouring blocks are never needed (short sequences)
+        left = min(half, (nb - 1) * c)
+        right = 0 if self.causal else left
+        width = c + left + right
+
+        def interleave(x: Tensor) -> Tensor:  # (B, N, ...) -> (B, dil, lp, ...)
+            x = ops.pad_to_multiple(x, dil * lp, dim=1)
+            return x.unflatten(1, (lp, dil)).transpose(1, 2)
+
+        def windows(x: Tensor, g: Tensor | None) -> Tensor:  # -> (B*dil*nb, h, G + width, D)
+            x = F.pad(interleave(x), (0, 0, 0, 0, left, right))
+            x = x.unfold(2, width, c).transpose(-1, -2)  # (B, dil, nb, h, width, D)
+            if g is not None:
+                g = g.transpose(1, 2)[:, None, None].expand(-1, dil, nb, -1, -1, -1)
+                x = torch.cat([g, x], dim=-2)
+            return x.reshape(b * dil * nb, h, -1, d)  # a view when b * dil == 1
+
+        qb = interleave(q).reshape(b * dil * nb, c, h, d).transpose(1, 2)
+        kw, vw = windows(k, gk), windows(v, gv)
+        # additive mask (B*dil*nb, 1, c, G + width) = key bias (padding, global slots, halo)
+        # + band bias (the exact band inside each window), written in one op
+        ok = F.pad(interleave(key_ok), (left, right), value=False).unfold(2, width, c)
+        if g_ok is not None:  # ok: (B, dil, nb, [G +] width)
+            ok = torch.cat([g_ok[:, None, None, :].expand(-1, dil, nb, -1), ok], dim=-1)
+        key_bias = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            ~ok, ops.NEG_INF)
+        band = _band_bias(c, left, half, self.causal, ok.shape[-1] - width, q.dtype, q.device)
+        mask = (key_bias.unsqueeze(-2) + band).view(b * dil * nb, 1, c, -1)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask, dropout_p=p, scale=1.0)
+        # (B*dil*nb, h, c, D) -> (B, N, h, D); views only when dil == 1
+        out = out.transpose(1, 2).reshape(b, dil, lp, h, d).transpose(1, 2)
+        return out.reshape(b, lp * dil, h, d)[:, :n]
+
+    def _global_rows(self, x: Tensor, real: Tensor, gidx: Tensor, g_ok: Tensor) -> Tensor:
+        """Rows of the global tokens with the global projections: (B, G, H, D)."""
+        b, _, e = x.shape
+        h, d = self.num_heads, self.head_dim
+        g = gidx.shape[1]
+        xg = x.gather(1, gidx[..., None].expand(-1, -1, e))
+        qg = ops.split_heads(self.query_global(xg), h) * d**-0.5  # (B, H, G, D)
+        if g * h < e:  # fold the global key/value projections into the G query rows
+            # qg . (Wk x_j + bk): the bias term is the same for every key j, softmax drops it
+            qk = torch.einsum("bhgd,hde->bhge", qg, self.key_global.weight.view(h, d, e))
+            scores = qk.reshape(b, h * g, e) @ x.transpose(1, 2)
+            probs = ops.masked_softmax(scores, real[:, None, :], self.dropout, self.training)
+            px = (probs @ x).view(b, h, g, e)
+            out = torch.einsum("bhge,hde->bhgd", px, self.value_global.weight.view(h, d, e))
+            bv = self.value_global.bias
+            if bv is not None:  # sum_j p_j bv = bv, unless dropout removed some p_j
+                weight = probs.sum(-1).view(b, h, g, 1) if self.training and self.dropout else 1
+                out = out + weight * bv.view(h, 1, d)
+        else:  # many global tokens: project the whole sequence
+            kg = ops.split_heads(self.key_global(x), h)
+            vg = ops.split_heads(self.value_global(x), h)
+            probs = ops.masked_softmax(qg @ kg.transpose(-1, -2), real[:, None, None, :],
+                                       self.dropout, self.training)
+            out = probs @ vg
+        return out.transpose(1, 2)
+
+
+def _global_indices(glob: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of each sequence's global tokens, padded to the batch maximum G.
+
+    Returns gidx (B, G) long (padding slots point at a valid position) and g_ok (B, G) bool.
+    """
+    counts = glob.sum(1)
+    g = int(counts.max())
+    gidx = torch.sort((~glob).to(torch.uint8), dim=1, stable=True).indices[:, :g]
+    g_ok = torch.arange(g, device=glob.device) < counts[:, None]
+    return gidx, g_ok
+
+
+def _band_bias(c: int, left: int, half: int, causal: bool, g: int, dtype: torch.dtype,
+               device: torch.device) -> Tensor:
+    """(c, g + width) additive mask of the band inside a window (0 on the g global slots).
+
+    Query a of a block and key t of its window (which starts `left` tokens before the block)
+    are |a + left - t| <= half apart, and t <= a + left when causal.
+    """
+    width = c + left + (0 if causal else left)
+    a = torch.arange(c, device=device)[:, None]
+    t = torch.arange(width, device=device)[None, :]
+    diff = a + left - t
+    ok = (diff <= half) & (diff >= (0 if causal else -half))
+    ok = F.pad(ok, (g, 0), value=True)
+    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(~ok, ops.NEG_INF)
