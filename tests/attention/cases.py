@@ -17,6 +17,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"window": 4},
         {"window": 6, "dilation": [1, 2]},
         {"window": 4, "causal": True},
+        {"window": 2, "dilation": 3, "bias": False},
     ],
     "bigbird": [
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 2, "seed": 3},
