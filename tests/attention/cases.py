@@ -22,6 +22,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "bigbird": [
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 2, "seed": 3},
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1, "causal": True},
+        {"block_size": 3, "num_random_blocks": 1, "num_global_blocks": 1, "variant": "etc"},
     ],
     "linformer": [
         {"k": 5, "max_seq_len": 24},

@@ -134,3 +134,9 @@ def masked_softmax(scores: Tensor, allowed: Tensor | None, dropout: float = 0.0,
 def causal_allowed(q_pos: Tensor, k_pos: Tensor) -> Tensor:
     """Broadcasted `k_pos <= q_pos`: the causal rule written once."""
     return k_pos.unsqueeze(-2) <= q_pos.unsqueeze(-1)
+
+
+def mask_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """0 where `allowed`, NEG_INF elsewhere. Adding it to scores masks them like masked_fill,
+    but its backward is free (masked_fill's backward masks the gradient again)."""
+    return (~allowed).to(dtype) * NEG_INF

@@ -8,7 +8,9 @@ backend. Fast kernels are checked against these functions, never the other way r
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -90,3 +92,142 @@ def longformer(
             mod = or_masks(mod, global_tokens(is_global))
         masks.append(materialize(mod, n))
     return torch.stack(masks)
+
+
+# --- BigBird ---------------------------------------------------------------------------------
+
+
+class BigBirdLayout(NamedTuple):
+    """Which key blocks each query block of one sequence sees (blocks, not tokens).
+
+    index: (heads, nb, K) long. Row i lists query block i's key blocks in slots: the sliding
+        window (num_sliding_blocks slots, or its past half when causal), then the global
+        blocks (num_global_blocks slots), then the random blocks (num_random_blocks slots).
+    valid: (heads, nb, K) bool, the slots in use (an unused slot's index is 0). The valid slots
+        of a row never repeat a block.
+    global_blocks: (G,) long, sorted, G <= num_global_blocks: the query blocks that see every
+        key (their rows in `index` are all invalid); every query sees them.
+    """
+
+    index: Tensor
+    valid: Tensor
+    global_blocks: Tensor
+
+
+# Rows of random block scores drawn per generator: bounds the memory of very long layouts.
+_RANDOM_ROWS = 256
+
+
+def _bigbird_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (stable across runs and platforms)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def bigbird_layout(
+    nb_real: int,
+    *,
+    num_heads: int,
+    num_random_blocks: int = 3,
+    num_global_blocks: int = 2,
+    num_sliding_blocks: int = 3,
+    variant: str = "itc",
+    causal: bool = False,
+    seed: int = 0,
+    layer_idx: int = 0,
+) -> BigBirdLayout:
+    """BigBird's block layout for a sequence of `nb_real` real blocks.
+
+    ITC: the blocks are the sequence's; the global blocks are its first ceil(g/2) and last
+    floor(g/2) blocks (the first g when causal). ETC: blocks 0..g-1 are the g extra global
+    blocks prepended by the layer and blocks g..g+nb_real-1 the sequence's (nb = g + nb_real).
+
+    Non-global query block i sees the window i-s..i+s (i-s..i when causal; s =
+    (num_sliding_blocks - 1) / 2), the global blocks, and r random blocks drawn without
+    replacement from the blocks it does not already see (not in the window, not global; when
+    causal, only blocks before the window). The draw is a function of (seed, layer_idx, head,
+    i, nb_real) only: iid uniform scores over the blocks from a generator seeded by them,
+    forbidden blocks removed, top r kept. Fewer than r allowed blocks: all of them.
+    """
+    g, r, s = num_global_blocks, num_random_blocks, (num_sliding_blocks - 1) // 2
+    etc = variant == "etc"
+    nb = nb_real + (g if etc else 0)
+    blk = torch.arange(nb)
+    first, last = (g, 0) if etc or causal else ((g + 1) // 2, g // 2)
+    is_glob = (blk < first) | (blk >= nb - last)
+    global_blocks = blk[is_glob]
+    i = blk[:, None]
+
+    # Sliding window, without the blocks that are global anyway (no duplicates).
+    sl = i + torch.arange(-s, 1 if causal else s + 1)
+    sl_ok = (sl >= 0) & (sl < nb)
+    sl = sl.clamp(0, nb - 1)
+    sl_ok &= ~is_glob[sl]
+
+    gl = torch.zeros(g, dtype=torch.long)
+    gl[: len(global_blocks)] = global_blocks
+    gl_ok = (torch.arange(g) < len(global_blocks)).expand(nb, g)
+    gl = gl.expand(nb, g)
+
+    # Random blocks: top r of iid scores over the allowed blocks, per head and row chunk.
+    rnd = torch.zeros(num_heads, nb, r, dtype=torch.long)
+    rnd_ok = torch.zeros(num_heads, nb, r, dtype=torch.bool)
+    k = min(r, nb)
+    for start in range(0, nb, _RANDOM_ROWS):
+        rows = i[start : start + _RANDOM_ROWS]
+        far = blk < rows - s if causal else (blk - rows).abs() > s
+        forbidden = ~far | is_glob
+        for h in range(num_heads):
+            gen = torch.Generator().manual_seed(
+                _bigbird_seed(seed, layer_idx, h, nb_real, start)
+            )
+            scores = torch.rand(len(rows), nb, generator=gen).masked_fill(forbidden, -1.0)
+            top, idx = scores.topk(k, dim=-1)
+            rnd[h, start : start + len(rows), :k] = idx
+            rnd_ok[h, start : start + len(rows), :k] = top >= 0
+
+    index = torch.cat([sl.expand(num_heads, nb, -1), gl.expand(num_heads, nb, g), rnd], -1)
+    valid = torch.cat([sl_ok.expand(num_heads, nb, -1), gl_ok.expand(num_heads, nb, g), rnd_ok], -1)
+    valid[:, global_blocks] = False
+    return BigBirdLayout(index.masked_fill(~valid, 0), valid, global_blocks)
+
+
+def bigbird(
+    n: int,
+    *,
+    block_size: int,
+    num_heads: int,
+    num_random_blocks: int = 3,
+    num_global_blocks: int = 2,
+    num_sliding_blocks: int = 3,
+    variant: str = "itc",
+    causal: bool = False,
+    seed: int = 0,
+    layer_idx: int = 0,
+) -> Tensor:
+    """BigBird's pattern for one n-token sequence: (heads, N, N) bool, from `bigbird_layout`.
+
+    ITC: N = n. ETC: N = g * block_size + n; the extra global tokens are the first g *
+    block_size rows and columns. A query sees the tokens of its layout's key blocks (every
+    key for a global block), and only keys k <= q when causal.
+    """
+    b = block_size
+    lay = bigbird_layout(
+        -(-n // b),
+        num_heads=num_heads,
+        num_random_blocks=num_random_blocks,
+        num_global_blocks=num_global_blocks,
+        num_sliding_blocks=num_sliding_blocks,
+        variant=variant,
+        causal=causal,
+        seed=seed,
+        layer_idx=layer_idx,
+    )
+    h, nb, _ = lay.index.shape
+    blk = torch.zeros(h, nb, nb + 1, dtype=torch.bool)
+    blk.scatter_(2, lay.index.masked_fill(~lay.valid, nb), True)
+    blk = blk[..., :nb]
+    blk[:, lay.global_blocks] = True
+    big_n = n + (num_global_blocks * b if variant == "etc" else 0)
+    mask = blk.repeat_interleave(b, 1).repeat_interleave(b, 2)[:, :big_n, :big_n]
+    return mask.tril() if causal else mask

@@ -1,0 +1,335 @@
+"""BigBird block-sparse attention (Zaheer et al., 2020), ITC and ETC variants.
+
+The sequence is cut into blocks of `block_size` tokens (b). With s = (num_sliding_blocks-1)/2,
+g = num_global_blocks and r = num_random_blocks, query block i sees the key blocks
+
+    sliding   i-s .. i+s
+    global    the g global blocks (whose own queries see every key)
+    random    r blocks drawn for (head, i) among the blocks it does not already see
+
+and each query t attends with softmax over exactly those keys:
+
+    out_t = sum_{k in allowed(t)} softmax_k(q_t . k_k / sqrt(d)) v_k
+
+`patterns.bigbird_layout` is the single source of truth for the blocks; `patterns.bigbird`
+turns it into the token mask the tests compare this kernel with.
+
+Variants:
+- ITC (internal transformer construction): the global blocks are blocks of the sequence, the
+  first ceil(g/2) and the last floor(g/2) real blocks (g = 2: first and last, as in Hugging
+  Face).
+- ETC (extended): g*b extra global tokens with learned states (`global_states`, initialised
+  N(0, 0.02) like BERT/BigBird embeddings) are prepended inside the layer, projected by the
+  layer's key/value projections. They see everything and everything sees them; every sequence
+  block is non-global. Simplification: their outputs are dropped (so their queries are never
+  computed); in a full ETC model their states would flow from layer to layer. In `pattern`
+  they are the first g*b rows and columns.
+- causal: the pattern restricted to keys k <= q (token level); the global blocks are the first
+  g blocks, the window is i-s..i, and random blocks come from blocks before the window.
+
+Global attention is given by blocks, not tokens: `global_attention_mask` is not accepted
+(supports_global = False), as in the paper's ITC, where no token-level globals exist.
+
+Random blocks depend only on (seed, layer_idx, head, query block, number of real blocks): a
+sequence's prediction never depends on what else is in the batch, and train and eval draw the
+same blocks. The number of real blocks is ceil(t / b), t = one past the last real token.
+
+Kernel (never n x n): per batch element the layout depends only on its real length, so one
+index (B, H, nb, K) gathers the K key/value blocks of every query block, (B, H, nb, K*b, D);
+one batched matmul gives the scores (B, H, nb, b, K*b), masked (unused slots, padding keys,
+causal) and softmaxed, and one more multiplies by the values. Global query blocks (ITC) are
+dense rows over all keys (g*b x n) written over their block-sparse rows. The layout is always
+used, even when it covers everything (short sequences): there is no dense fallback. Memory and
+time are O(n * (num_sliding_blocks + g + r) * b).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longseq.attention import ops, patterns
+from longseq.attention.base import SelfAttention
+
+VARIANTS = ("itc", "etc")
+
+
+def _check_int(name: str, value: object, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+# Layouts are tiny (blocks, not tokens) and reused by every forward of the same length.
+_layout = functools.lru_cache(maxsize=128)(patterns.bigbird_layout)
+
+
+class BigBirdAttention(SelfAttention):
+    name = "bigbird"
+    supports_global = False
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        block_size: int = 64,
+        num_random_blocks: int = 3,
+        num_global_blocks: int = 2,
+        num_sliding_blocks: int = 3,
+        variant: str = "itc",
+        seed: int = 0,
+        layer_idx: int = 0,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        _check_int("block_size", block_size, 1)
+        _check_int("num_random_blocks", num_random_blocks, 0)
+        _check_int("num_global_blocks", num_global_blocks, 0)
+        _check_int("num_sliding_blocks", num_sliding_blocks, 1)
+        if num_sliding_blocks % 2 == 0:
+            raise ValueError(
+                f"num_sliding_blocks must be odd (a window centred on the query block), got "
+                f"{num_sliding_blocks}"
+            )
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        _check_int("seed", seed, None)
+        _check_int("layer_idx", layer_idx, 0)
+        self.block_size = block_size
+        self.num_random_blocks = num_random_blocks
+        self.num_global_blocks = num_global_blocks
+        self.num_sliding_blocks = num_sliding_blocks
+        self.variant = variant
+        self.seed = seed
+        self.layer_idx = layer_idx
+        # ETC's extra global tokens: whole blocks prepended to the keys and values.
+        self.extra_blocks = num_global_blocks if variant == "etc" else 0
+        self.global_states = (
+            nn.Parameter(torch.randn(self.extra_blocks * block_size, hidden_size) * 0.02)
+            if self.extra_blocks
+            else None
+        )
+
+    def layout(self, nb_real: int) -> patterns.BigBirdLayout:
+        """This layer's (cached) block layout for a sequence of `nb_real` real blocks."""
+        return _layout(
+            nb_real,
+            num_heads=self.num_heads,
+            num_random_blocks=self.num_random_blocks,
+            num_global_blocks=self.num_global_blocks,
+            num_sliding_blocks=self.num_sliding_blocks,
+            variant=self.variant,
+            causal=self.causal,
+            seed=self.seed,
+            layer_idx=self.layer_idx,
+        )
+
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        """(heads, N, N) bool; ETC: N = g*block_size + n, the extra tokens first."""
+        if is_global is not None and bool(is_global.any()):
+            raise ValueError("'bigbird' attention has no global tokens; its globals are blocks")
+        return patterns.bigbird(
+            n,
+            block_size=self.block_size,
+            num_heads=self.num_heads,
+            num_random_blocks=self.num_random_blocks,
+            num_global_blocks=self.num_global_blocks,
+            num_sliding_blocks=self.num_sliding_blocks,
+            variant=self.variant,
+            causal=self.causal,
+            seed=self.seed,
+            layer_idx=self.layer_idx,
+        )
+
+    def _batch_layout(self, nb_real: list[int], nb: int, device: torch.device
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """Stacked layouts: index, valid (B, H, gx + nb, K) and global blocks (B, g).
+
+        Rows past a sequence's real blocks are unused; global-block slots a sequence lacks
+        point at block nb (a dummy block the kernel discards).
+        """
+        gx, g = self.extra_blocks, self.num_global_blocks
+        first = self.layout(nb_real[0])
+        h, _, k = first.index.shape
+        index = torch.zeros(len(nb_real), h, gx + nb, k, dtype=torch.long)
+        valid = torch.zeros(len(nb_real), h, gx + nb, k, dtype=torch.bool)
+        glob = torch.full((len(nb_real), g), nb, dtype=torch.long)
+        for length in set(nb_real):  # a loop over the batch's distinct lengths, not blocks
+            lay = self.layout(length)
+            rows = torch.tensor([i for i, x in enumerate(nb_real) if x == length])
+            index[rows, :, : gx + length] = lay.index
+            valid[rows, :, : gx + length] = lay.valid
+            glob[rows, : len(lay.global_blocks)] = lay.global_blocks
+        return index.to(device), valid.to(device), glob.to(device)
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        b, gx = self.block_size, self.extra_blocks
+        n = hidden_states.shape[1]
+        # One past each sequence's last real token; trailing all-padding positions are dropped.
+        ends = n - real.flip(1).to(torch.int8).argmax(1)
+        n_eff = int(ends.max())
+        q, k, v = self.project(hidden_states[:, :n_eff])
+        q, k, v = (ops.pad_to_multiple(t, b, dim=2) for t in (q, k, v))
+        real = ops.pad_to_multiple(real[:, :n_eff], b, dim=1, value=False)
+        bsz, h, length, d = q.shape
+        nb = length // b
+        index, valid, glob_blocks = self._batch_layout(
+            (-(-ends // b)).tolist(), nb, hidden_states.device
+        )
+        if gx:  # ETC: the extra global tokens' keys and values come first
+            _, ek, ev = self.project(self.global_states[None].to(q.dtype))
+            k = torch.cat([ek.expand(bsz, -1, -1, -1), k], dim=2)
+            v = torch.cat([ev.expand(bsz, -1, -1, -1), v], dim=2)
+            real_k = torch.cat([real.new_ones(bsz, gx * b), real], dim=1)
+        else:
+            real_k = real
+        ctx = self._sparse_rows(q, k, v, real_k, index[:, :, gx:], valid[:, :, gx:])
+        if self.num_global_blocks and not gx:
+            ctx = self._global_rows(ctx, q, k, v, real, glob_blocks)
+        return F.pad(ctx.view(bsz, h, length, d)[:, :, :n_eff], (0, 0, 0, n - n_eff))
+
+    def _sparse_rows(self, q: Tensor, k: Tensor, v: Tensor, real_k: Tensor, index: Tensor,
+                     valid: Tensor) -> Tensor:
+        """Every query block against its K gathered key blocks: (B, H, nb, b, D)."""
+        b, gx = self.block_size, self.extra_blocks
+        bsz, h, length, d = q.shape
+        nb, nbk, kk = length // b, k.shape[2] // b, index.shape[-1]
+        # Rows: (batch, head, query block) flattened; index rows of the (B*H*nbk, b*D) blocks.
+        flat = (index + torch.arange(bsz * h, device=q.device).view(bsz, h, 1, 1) * nbk)
+        batch = torch.arange(bsz, device=q.device).view(bsz, 1, 1, 1)
+        key_ok = real_k.view(bsz, nbk, b)[batch, index] & valid[..., None]  # (B, H, nb, K, b)
+        key_bias = ops.mask_bias(key_ok.view(-1, 1, kk * b), q.dtype)
+        if self.causal:
+            offs = torch.arange(b, device=q.device)
+            k_pos = (index[..., None] * b + offs).view(-1, kk * b)
+            q_pos = (torch.arange(gx, gx + nb, device=q.device)[:, None] * b + offs).repeat(
+                bsz * h, 1
+            )
+
+            def bias(s: int, e: int) -> Tensor:
+                causal = ops.causal_allowed(q_pos[s:e], k_pos[s:e])
+                return key_bias[s:e] + ops.mask_bias(causal, q.dtype)
+        else:
+
+            def bias(s: int, e: int) -> Tensor:
+                return key_bias[s:e]
+
+        p = self.dropout if self.training else 0.0
+        out = _GatheredAttention.apply(
+            ops.blocks(q, b).reshape(-1, b, d),
+            k.reshape(bsz * h * nbk, b * d),
+            v.reshape(bsz * h * nbk, b * d),
+            flat.view(-1, kk),
+            bias,
+            p,
+        )
+        return out.view(bsz, h, nb, b, d)
+
+    def _global_rows(self, ctx: Tensor, q: Tensor, k: Tensor, v: Tensor, real: Tensor,
+                     glob_blocks: Tensor) -> Tensor:
+        """ITC: overwrite the global query blocks of ctx (B, H, nb, b, D) with dense rows."""
+        b = self.block_size
+        bsz, h, nb, _, d = ctx.shape
+        g = glob_blocks.shape[1]
+        pick = glob_blocks.view(bsz, 1, g, 1, 1).expand(bsz, h, g, b, d)
+        gq = ops.blocks(q, b).gather(2, pick.clamp(max=nb - 1)).view(bsz, h, g * b, d)
+        allowed = real[:, None, None, :]
+        if self.causal:
+            q_pos = (glob_blocks[..., None] * b + torch.arange(b, device=q.device)).view(bsz, g * b)
+            allowed = allowed & ops.causal_allowed(q_pos, torch.arange(nb * b, device=q.device))[
+                :, None
+            ]
+        scores = gq @ k.transpose(-1, -2)
+        scores += ops.mask_bias(allowed, scores.dtype)
+        probs = ops.masked_softmax(scores, None, self.dropout, self.training)
+        rows = (probs @ v).view(bsz, h, g, b, d)
+        # Block nb is a dummy that takes the slots of global blocks a sequence does not have.
+        ctx = torch.cat([ctx, ctx.new_zeros(bsz, h, 1, b, d)], dim=2)
+        return ctx.scatter(2, pick, rows)[:, :, :nb]
+
+
+# Rows of scores per chunk: a chunk's buffers stay small (~16 MB in fp32), so they are reused
+# from chunk to chunk (and call to call) instead of being freshly faulted in by the OS.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+class _GatheredAttention(torch.autograd.Function):
+    """softmax(q_r kg_r^T + bias_r) vg_r for every row r of query blocks, where kg_r, vg_r are
+    the key/value blocks listed in index[r]. Chunked over rows, with reused buffers.
+
+    q (R, b, D); k, v (Rk, b*D) blocks; index (R, K) rows of k/v; bias(s, e) -> additive mask
+    broadcastable to (e-s, b, K*b); dropout on the probabilities (0 in eval).
+    Saves the probabilities (R, b, K*b) (and the dropout mask), re-gathers kg, vg in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, index, bias, dropout):  # type: ignore[override]
+        rows, b, d = q.shape
+        kk = index.shape[1]
+        chunk = max(1, _CHUNK_ELEMENTS // (b * kk * b))
+        out = q.new_empty(rows, b, d)
+        probs = q.new_empty(rows, b, kk * b)
+        keep = torch.empty(rows, b, kk * b, dtype=torch.bool, device=q.device) if dropout else None
+        kg = q.new_empty(min(chunk, rows), kk * b, d)
+        vg = torch.empty_like(kg)
+        scores = q.new_empty(min(chunk, rows), b, kk * b)
+        for s in range(0, rows, chunk):
+            e = min(s + chunk, rows)
+            c, idx = e - s, index[s:e].reshape(-1)
+            torch.index_select(k, 0, idx, out=kg[:c].view(c * kk, b * d))
+            torch.index_select(v, 0, idx, out=vg[:c].view(c * kk, b * d))
+            torch.matmul(q[s:e], kg[:c].transpose(1, 2), out=scores[:c])
+            scores[:c] += bias(s, e)
+            torch.ops.aten._softmax.out(scores[:c], -1, False, out=probs[s:e])
+            p = probs[s:e]
+            if keep is not None:
+                torch.ge(torch.rand(p.shape, out=scores[:c]), dropout, out=keep[s:e])
+                p = torch.mul(p, keep[s:e], out=scores[:c]).div_(1.0 - dropout)
+            torch.matmul(p, vg[:c], out=out[s:e])
+        ctx.save_for_backward(q, k, v, index, probs, out, keep)
+        ctx.dropout = dropout
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):  # type: ignore[override]
+        q, k, v, index, probs, out, keep = ctx.saved_tensors
+        dropout = ctx.dropout
+        rows, b, d = q.shape
+        kk = index.shape[1]
+        chunk = max(1, _CHUNK_ELEMENTS // (b * kk * b))
+        dout = dout.contiguous()
+        # Softmax backward needs sum_j P_ij dP_ij, which equals dout_i . out_i.
+        delta = (dout * out).sum(-1, keepdim=True)
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        kg = q.new_empty(min(chunk, rows), kk * b, d)
+        dkv = torch.empty_like(kg)
+        dp = q.new_empty(min(chunk, rows), b, kk * b)
+        pd = torch.empty_like(dp) if keep is not None else None
+        for s in range(0, rows, chunk):
+            e = min(s + chunk, rows)
+            c, idx = e - s, index[s:e].reshape(-1)
+            p = probs[s:e]
+            # the (dropped-out) probabilities the forward multiplied by v
+            pdrop = p if pd is None else torch.mul(p, keep[s:e], out=pd[:c]).div_(1 - dropout)
+            torch.matmul(pdrop.transpose(1, 2), dout[s:e], out=dkv[:c])
+            dv.index_add_(0, idx, dkv[:c].view(c * kk, b * d))
+            torch.index_select(v, 0, idx, out=kg[:c].view(c * kk, b * d))
+            torch.matmul(dout[s:e], kg[:c].transpose(1, 2), out=dp[:c])
+            if keep is not None:
+                dp[:c].mul_(keep[s:e]).div_(1.0 - dropout)
+            dp[:c].sub_(delta[s:e]).mul_(p)  # now d scores
+            torch.index_select(k, 0, idx, out=kg[:c].view(c * kk, b * d))
+            torch.matmul(dp[:c], kg[:c], out=dq[s:e])
+            torch.matmul(dp[:c].transpose(1, 2), q[s:e], out=dkv[:c])
+            dk.index_add_(0, idx, dkv[:c].view(c * kk, b * d))
+        return dq, dk, dv, None, None, None
