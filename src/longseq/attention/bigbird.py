@@ -242,14 +242,17 @@ class BigBirdAttention(SelfAttention):
         gq = ops.blocks(q, b).gather(2, pick.clamp(max=nb - 1)).view(bsz, h, g * b, d)
         allowed = real[:, None, None, :]
         if self.causal:
-            q_pos = (glob_blocks[..., None] * b + torch.arange(b, device=q.device)).view(bsz, g * b)
-            allowed = allowed & ops.causal_allowed(q_pos, torch.arange(nb * b, device=q.device))[
-                :, None
-            ]
-        scores = gq @ k.transpose(-1, -2)
-        scores += ops.mask_bias(allowed, scores.dtype)
-        probs = ops.masked_softmax(scores, None, self.dropout, self.training)
-        rows = (probs @ v).view(bsz, h, g, b, d)
+            k_pos = torch.arange(nb * b, device=q.device)
+            q_pos = (glob_blocks.clamp(max=nb - 1)[..., None] * b + k_pos[:b]).view(bsz, g * b)
+            # the diagonal keeps a padding query from having an empty row (its output is unused)
+            allowed = (ops.causal_allowed(q_pos, k_pos) & allowed[:, 0]) | (
+                q_pos[..., None] == k_pos
+            )
+            allowed = allowed[:, None]
+        # Dense rows over all keys: PyTorch's fused (flash) kernel, no (g*b, n) scores kept.
+        p = self.dropout if self.training else 0.0
+        rows = F.scaled_dot_product_attention(gq, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+        rows = rows.view(bsz, h, g, b, d)
         # Block nb is a dummy that takes the slots of global blocks a sequence does not have.
         ctx = torch.cat([ctx, ctx.new_zeros(bsz, h, 1, b, d)], dim=2)
         return ctx.scatter(2, pick, rows)[:, :, :nb]
@@ -258,6 +261,16 @@ class BigBirdAttention(SelfAttention):
 # Rows of scores per chunk: a chunk's buffers stay small (~16 MB in fp32), so they are reused
 # from chunk to chunk (and call to call) instead of being freshly faulted in by the OS.
 _CHUNK_ELEMENTS = 1 << 22
+
+
+def _accumulate(dst: Tensor, idx: Tensor, src: Tensor) -> None:
+    """dst[idx[i]] += src[i], repeated indices summed, over the few rows idx spans.
+
+    Embedding's backward does this with row-wise vector adds; index_add_ goes through
+    scatter_add, many times slower on CPU when indices repeat (they do: window blocks).
+    """
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    dst[lo:hi] += torch.ops.aten.embedding_dense_backward(src, idx - lo, hi - lo, -1, False)
 
 
 class _GatheredAttention(torch.autograd.Function):
@@ -322,7 +335,7 @@ class _GatheredAttention(torch.autograd.Function):
             # the (dropped-out) probabilities the forward multiplied by v
             pdrop = p if pd is None else torch.mul(p, keep[s:e], out=pd[:c]).div_(1 - dropout)
             torch.matmul(pdrop.transpose(1, 2), dout[s:e], out=dkv[:c])
-            dv.index_add_(0, idx, dkv[:c].view(c * kk, b * d))
+            _accumulate(dv, idx, dkv[:c].view(c * kk, b * d))
             torch.index_select(v, 0, idx, out=kg[:c].view(c * kk, b * d))
             torch.matmul(dout[s:e], kg[:c].transpose(1, 2), out=dp[:c])
             if keep is not None:
@@ -331,5 +344,5 @@ class _GatheredAttention(torch.autograd.Function):
             torch.index_select(k, 0, idx, out=kg[:c].view(c * kk, b * d))
             torch.matmul(dp[:c], kg[:c], out=dq[s:e])
             torch.matmul(dp[:c].transpose(1, 2), q[s:e], out=dkv[:c])
-            dk.index_add_(0, idx, dkv[:c].view(c * kk, b * d))
+            _accumulate(dk, idx, dkv[:c].view(c * kk, b * d))
         return dq, dk, dv, None, None, None
