@@ -35,12 +35,16 @@ sequence's prediction never depends on what else is in the batch, and train and 
 same blocks. The number of real blocks is ceil(t / b), t = one past the last real token.
 
 Kernel (never n x n): per batch element the layout depends only on its real length, so one
-index (B, H, nb, K) gathers the K key/value blocks of every query block, (B, H, nb, K*b, D);
-one batched matmul gives the scores (B, H, nb, b, K*b), masked (unused slots, padding keys,
-causal) and softmaxed, and one more multiplies by the values. Global query blocks (ITC) are
-dense rows over all keys (g*b x n) written over their block-sparse rows. The layout is always
-used, even when it covers everything (short sequences): there is no dense fallback. Memory and
-time are O(n * (num_sliding_blocks + g + r) * b).
+index (B, H, nb, K) lists the K key blocks of every query block. Rows (batch, head, query
+block) are processed in chunks of ~4M scores: gather the chunk's key/value blocks (c, K*b, D),
+one batched matmul for the scores (c, b, K*b), an additive mask (unused slots, padding keys,
+causal), softmax, one batched matmul with the values. The backward is written out
+(`_GatheredAttention`): it keeps only the probabilities, re-gathers keys/values, uses
+sum_j P dP = dout . out for the softmax, and sums key/value gradients back per block. Chunk
+buffers are reused, so memory beyond the probabilities stays small. Global query blocks (ITC)
+are dense rows over all keys (g*b x n, PyTorch's fused SDPA) written over their block rows.
+The layout is always used, even when it covers everything (short sequences): there is no dense
+fallback. Time and memory are O(n * (num_sliding_blocks + g + r) * b).
 """
 
 from __future__ import annotations
@@ -193,7 +197,8 @@ class BigBirdAttention(SelfAttention):
         ctx = self._sparse_rows(q, k, v, real_k, index[:, :, gx:], valid[:, :, gx:])
         if self.num_global_blocks and not gx:
             ctx = self._global_rows(ctx, q, k, v, real, glob_blocks)
-        return F.pad(ctx.view(bsz, h, length, d)[:, :, :n_eff], (0, 0, 0, n - n_eff))
+        ctx = ctx.view(bsz, h, length, d)[:, :, :n_eff]
+        return ctx if n_eff == n else F.pad(ctx, (0, 0, 0, n - n_eff))
 
     def _sparse_rows(self, q: Tensor, k: Tensor, v: Tensor, real_k: Tensor, index: Tensor,
                      valid: Tensor) -> Tensor:
@@ -240,8 +245,9 @@ class BigBirdAttention(SelfAttention):
         g = glob_blocks.shape[1]
         pick = glob_blocks.view(bsz, 1, g, 1, 1).expand(bsz, h, g, b, d)
         gq = ops.blocks(q, b).gather(2, pick.clamp(max=nb - 1)).view(bsz, h, g * b, d)
-        allowed = real[:, None, None, :]
+        allowed = None if bool(real.all()) else real[:, None, None, :]
         if self.causal:
+            allowed = real[:, None, None, :]
             k_pos = torch.arange(nb * b, device=q.device)
             q_pos = (glob_blocks.clamp(max=nb - 1)[..., None] * b + k_pos[:b]).view(bsz, g * b)
             # the diagonal keeps a padding query from having an empty row (its output is unused)
