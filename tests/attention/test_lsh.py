@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longseq import attention
-from longseq.attention import ops
+from longseq.attention import lsh, ops
 from longseq.attention.lsh import SELF_MASK, LSHAttention, derived_num_buckets
 
 HIDDEN, HEADS = 16, 2
@@ -121,8 +121,11 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("unit_groups", [False, True], ids=["one-group", "unit-groups"])
 @pytest.mark.parametrize("opts", CONFIGS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
-def test_equals_dense_over_scored_pairs(opts):
+def test_equals_dense_over_scored_pairs(opts, unit_groups, monkeypatch):
+    if unit_groups:  # the kernel then runs one (sequence, head) pair at a time
+        monkeypatch.setattr(lsh, "_GROUP_BYTES", 1)
     layer = make(**opts)
     x, real = padded_batch([18, 11, 14], 18)
     real[2, :3] = False  # left padding too
@@ -256,7 +259,8 @@ def test_shares_query_and_key_projection():
     }
 
 
-def test_dropout_in_training_only_and_gradients_exact():
+def test_dropout_in_training_only_and_gradients_exact(monkeypatch):
+    monkeypatch.setattr(lsh, "_GROUP_BYTES", 1)  # one head per group: masks kept per group
     layer = make(num_buckets=4, n_hashes=2, chunk_length=4, dropout=0.3)
     x = torch.randn(1, 12, HIDDEN, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(1, 12, dtype=torch.long)

@@ -37,6 +37,7 @@ are linear in the sequence length. The sequence is padded internally to a multip
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -156,34 +157,12 @@ class LSHAttention(SelfAttention):
         v = ops.pad_to_multiple(v, c, dim=2)
         real = ops.pad_to_multiple(real, c, dim=1, value=False)
         key = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * self.head_dim**-0.5
-
         with torch.no_grad():
             perm = self.sort_order(self.hash(qk, real))  # (B, H, R, N)
-            idx = _Indices(perm, c)
-            mask = self._window_mask(perm, real, idx.window_pos(), not bool(real.all()))
-
+            n_real = None if bool(real.all()) else real.sum(-1)
+            plan = _Plan(perm, c, n_real, self.causal, qk.element_size())
         p = self.dropout if self.training else 0.0
-        ctx = _LSHChunkAttention.apply(qk, key, v, idx, mask, c, p)  # (B, H, N, D)
-        return ctx[:, :, :n0]
-
-    def _window_mask(
-        self, perm: Tensor, real: Tensor, win_pos: Tensor, padded: bool
-    ) -> Tensor | None:
-        """True where a window key gets NEG_INF (padding; later keys when causal), broadcastable
-        to (B, H, R, C, c, 2c); None when nothing is. The first chunk's missing previous chunk
-        is masked separately, in place."""
-        b, h, r, n = perm.shape
-        c = self.chunk_length
-        mask = None
-        if padded:
-            # padding sorts last, so a key is padding iff its rank in the round >= #real tokens
-            rank = torch.arange(-c, n, device=perm.device).unfold(0, 2 * c, c)  # (C, 2c)
-            n_real = real.sum(-1).view(b, 1, 1, 1, 1, 1)
-            mask = rank[:, None, :] >= n_real  # (B, 1, 1, C, 1, 2c)
-        if self.causal:
-            later = win_pos.unsqueeze(-2) > perm.view(b, h, r, n // c, c, 1)
-            mask = later if mask is None else mask | later
-        return mask
+        return _LSHKernel.apply(qk, key, v, plan, p)[:, :, :n0]
 
     # ----------------------------------------------------------------------------- pattern
 
@@ -202,9 +181,8 @@ class LSHAttention(SelfAttention):
         c = self.chunk_length
         with torch.no_grad():
             perm = self.sort_order(self.hash(qk, real))
-            idx = _Indices(perm, c)
             q_pos = perm.view(b, h, -1, n // c, c, 1)
-            k_pos = idx.window_pos().unsqueeze(-2)  # (B, H, R, C, 1, 2c)
+            k_pos = _window_pos(perm, c).unsqueeze(-2)  # (B, H, R, C, 1, 2c)
             rank = torch.arange(-c, n, device=qk.device).unfold(0, 2 * c, c)[:, None, :]
             ok = (rank >= 0) & _take(real, q_pos) & _take(real, k_pos)
             if self.causal:
@@ -240,131 +218,215 @@ def _take(real: Tensor, pos: Tensor) -> Tensor:
     return real.gather(1, pos.reshape(pos.shape[0], -1)).view(pos.shape)
 
 
-class _Indices:
-    """Flat row indices for the sort and the unsort (int64, no grad).
+def _window_pos(perm: Tensor, c: int) -> Tensor:
+    """Original positions of each window's keys (previous chunk, own chunk): (..., R, C, 2c).
 
-    Rows of the unsorted inputs are (b, h, n) flattened; sorted rows are (b, h, r, s);
-    outputs are returned unsorted as (b, h, n, r) so the rounds of a token are adjacent.
+    A round's first chunk has no previous chunk: its first half is a placeholder (masked)."""
+    win = perm.unflatten(-1, (perm.shape[-1] // c, c))
+    return torch.cat([win.roll(1, dims=-2), win], dim=-1)
+
+
+_GROUP_BYTES = 32 << 20  # a group's scores (fp32, n = 4096, 4 hashes: four heads)
+
+
+class _Plan:
+    """The non-differentiable part of a call: each round's sort, the masks, the head groups.
+
+    Units are the B*H (sequence, head) pairs. The kernel works on groups of whole units (every
+    round of a head at once, so the rounds can be combined within a group) sized so that a
+    group's scores take about _GROUP_BYTES: the per-group buffers are allocated once per call
+    and reused (large fresh allocations cost page faults that can exceed the arithmetic), and
+    a group's scores stay in cache between the ops that use them.
     """
 
-    def __init__(self, perm: Tensor, chunk: int) -> None:
+    def __init__(self, perm: Tensor, chunk: int, n_real: Tensor | None, causal: bool,
+                 element_size: int) -> None:
         b, h, r, n = perm.shape
-        dev = perm.device
-        self.perm, self.chunk = perm, chunk
-        rows = perm + (torch.arange(b * h, device=dev) * n).view(b, h, 1, 1)
-        self.sort = rows.reshape(-1)  # sorted slot -> input row
-        inv = torch.empty_like(perm).scatter_(-1, perm, torch.arange(n, device=dev).expand_as(perm))
-        sorted_base = (torch.arange(b * h * r, device=dev) * n).view(b, h, r, 1)
-        self.unsort = (inv + sorted_base).transpose(2, 3).reshape(-1)  # output row -> slot
-        self.resort = (rows * r + torch.arange(r, device=dev).view(1, 1, r, 1)).reshape(-1)
-
-    def window_pos(self) -> Tensor:
-        """Original positions of each window's keys (previous chunk, own chunk): (B, H, R, C, 2c).
-
-        The first chunk's previous chunk is a placeholder (the last chunk): always masked."""
-        b, h, r, n = self.perm.shape
-        c = self.chunk
-        win = self.perm.view(b, h, r, n // c, c)
-        return torch.cat([win.roll(1, dims=3), win], dim=-1)
+        self.units, self.heads, self.rounds, self.n = b * h, h, r, n
+        self.chunk, self.causal = chunk, causal
+        self.perm = perm.reshape(b * h, r, n)
+        self.inv = torch.empty_like(self.perm).scatter_(
+            -1, self.perm, torch.arange(n, device=perm.device).expand_as(self.perm)
+        )
+        self.n_real = None if n_real is None else n_real.repeat_interleave(h)  # per unit
+        per_unit = r * n * 2 * chunk * element_size
+        size = max(1, min(b * h, _GROUP_BYTES // per_unit))
+        self.groups = [_Group(self, u0, min(u0 + size, b * h)) for u0 in range(0, b * h, size)]
 
 
-def _windows(rows: Tensor, chunks: int, c: int) -> Tensor:
-    """(chunks, 2c, D) overlapping view of rows ((chunks + 1) * c, D): window t is chunk t - 1
-    then chunk t of the rows after a leading placeholder chunk; no copy."""
-    stride = rows.stride(0)
-    return rows.as_strided((chunks, 2 * c, rows.shape[1]), (c * stride, stride, rows.stride(1)),
-                           rows.storage_offset())
+class _Workspace:
+    """Buffers reused by the groups of one call, by name (a smaller last group takes a prefix)."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like, self.bufs = like, {}
+
+    def __call__(self, name: str, *shape: int, zero_rows: int = 0) -> Tensor:
+        """A (shape) view of buffer `name`; its first `zero_rows` rows are zero (set once)."""
+        numel = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < numel:
+            buf = self.bufs[name] = self.like.new_empty(numel)
+            buf[: zero_rows * math.prod(shape[1:])].zero_()
+        return buf[:numel].view(shape)
 
 
-class _LSHChunkAttention(torch.autograd.Function):
-    """Sort, chunked attention with a look-back of one chunk, combine the rounds, unsort.
+class _Group:
+    """Units [u0, u1) of a plan: gather indices, masks and the masked scores of its windows."""
 
-    (qk, key, value) (B, H, N, D) -> context (B, H, N, D), with a hand-written backward.
-    Queries, keys and values are sorted with one gather into a buffer that starts with a
-    placeholder chunk; a chunk's window (previous chunk, own chunk) is then an overlapping view
-    of that buffer, so keys and values are never copied per window. A window crossing a round
-    (or head) boundary only does so in a first chunk's masked half. Round r's output is scaled
-    by its weight w_r = softmax_r(lse_r) in sorted order, then unsorted and summed. The
-    backward sorts the incoming gradient with the forward's gather indices (a sort is a
-    permutation per round), so no scatter-add is needed.
+    def __init__(self, plan: _Plan, u0: int, u1: int) -> None:
+        r, n, c = plan.rounds, plan.n, plan.chunk
+        g, dev = u1 - u0, plan.perm.device
+        self.plan, self.u0, self.u1, self.chunks = plan, u0, u1, g * r * (n // c)
+        self.slots = slice(u0 * r * n, u1 * r * n)  # this group's rows in sorted order
+        perm = plan.perm[u0:u1]
+        rows = perm + (torch.arange(u0, u1, device=dev) * n).view(g, 1, 1)
+        self.sort = rows.reshape(-1)  # sorted slot -> input row (b, h, n) of the whole batch
+        local = torch.arange(g * r, device=dev).view(g, r, 1) * n
+        self.unsort = (plan.inv[u0:u1] + local).transpose(1, 2).reshape(-1)  # (u, n, r) -> slot
+        # sorted slot -> position in (u, n, r) order, for per-token round weights
+        self.resort = ((rows - u0 * n) * r + torch.arange(r, device=dev).view(1, r, 1)).reshape(-1)
+        self.mask = self._mask(perm)
+
+    def _mask(self, perm: Tensor) -> Tensor | None:
+        """True where a window key gets NEG_INF (padding; later keys when causal), broadcastable
+        to (units, R, C, c, 2c); None when nothing is masked beyond the first chunks."""
+        plan, c = self.plan, self.plan.chunk
+        mask = None
+        if plan.n_real is not None:
+            # padding sorts last: a key is padding iff its rank in the round >= #real tokens
+            rank = torch.arange(-c, plan.n, device=perm.device).unfold(0, 2 * c, c)  # (C, 2c)
+            n_real = plan.n_real[self.u0 : self.u1].view(-1, 1, 1, 1, 1)
+            mask = rank[:, None, :] >= n_real
+        if plan.causal:
+            q_pos = perm.unflatten(-1, (-1, c)).unsqueeze(-1)
+            later = _window_pos(perm, c).unsqueeze(-2) > q_pos
+            mask = later if mask is None else mask | later
+        return mask
+
+    def gather(self, ws: _Workspace, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sorted queries (T, c, D) and key/value windows (T, 2c, D) of this group, as views of
+        one buffer filled by a single gather from the rows (B * H * N, 3D) of qk | key | value.
+
+        The rows go after a placeholder chunk, so that the window of chunk t (chunk t - 1,
+        chunk t) is an overlapping view: no copy per window. A window crossing a round or unit
+        boundary only does so in a first chunk's masked half."""
+        c, t, d3 = self.plan.chunk, self.chunks, qkv.shape[-1]
+        d = d3 // 3
+        buf = ws("qkv", (t + 1) * c, d3, zero_rows=c)  # placeholder: masked, must be finite
+        torch.index_select(qkv, 0, self.sort, out=buf[c:])
+        q = buf[c:, :d].unflatten(0, (t, c))
+        k, v = (buf[:, j * d : (j + 1) * d].as_strided((t, 2 * c, d), (c * d3, d3, 1))
+                for j in (1, 2))
+        return q, k, v
+
+    def scores(self, ws: _Workspace, q: Tensor, k: Tensor) -> Tensor:
+        """Masked window scores (T, c, 2c): q . k, NEG_INF where masked, SELF_MASK on self."""
+        plan, c = self.plan, self.plan.chunk
+        s = torch.bmm(q, k.transpose(1, 2), out=ws("s", self.chunks, c, 2 * c))
+        s5 = s.view(self.u1 - self.u0, plan.rounds, plan.n // c, c, 2 * c)
+        s5[:, :, 0, :, :c] = ops.NEG_INF  # a round's first chunk has no previous chunk
+        if self.mask is not None:
+            s5.masked_fill_(self.mask, ops.NEG_INF)
+        s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(SELF_MASK)
+        return s
+
+    def to_tokens(self, ws: _Workspace, x: Tensor, out: Tensor) -> None:
+        """Sorted rows (T * c, W) -> out (B * H * N, W): back to token order, rounds summed.
+
+        A gather then a sum (index_add_ would avoid the sum but is slower on CPU with several
+        threads, and its order of additions is not deterministic on GPU)."""
+        n, r = self.plan.n, self.plan.rounds
+        dst = out[self.u0 * n : self.u1 * n]
+        if r == 1:
+            torch.index_select(x, 0, self.unsort, out=dst)
+        else:
+            tmp = torch.index_select(x, 0, self.unsort, out=ws("u", x.shape[0], x.shape[1]))
+            torch.sum(tmp.view(-1, r, x.shape[1]), 1, out=dst)
+
+
+class _LSHKernel(torch.autograd.Function):
+    """(qk, key, value) (B, H, N, D) -> context (B, H, N, D).
+
+    Per group of heads: gather the sorted queries and key/value windows, score, softmax (keeping
+    each row's logsumexp), attend, weight round r by w_r = softmax_r(lse_r) in sorted order,
+    gather back into token order and sum the rounds. Like FlashAttention, the hand-written
+    backward recomputes the probabilities from the saved logsumexps instead of storing them,
+    so memory stays O(n) with a small constant; it sorts the incoming gradient with the
+    forward's gather indices.
     """
 
     @staticmethod
-    def forward(ctx: Any, qk: Tensor, key: Tensor, value: Tensor, idx: _Indices,
-                mask: Tensor | None, chunk: int, dropout: float) -> Tensor:
+    def forward(ctx: Any, qk: Tensor, key: Tensor, value: Tensor, plan: _Plan,
+                dropout: float) -> Tensor:
         b, h, n, d = qk.shape
-        r = idx.perm.shape[2]
-        c, nc = chunk, n // chunk
-        t = b * h * r * nc  # chunks over all heads and rounds
-        rows = torch.cat([qk, key, value], dim=-1).view(-1, 3 * d)
-        buf = rows.new_empty(((t + 1) * c, 3 * d))
-        buf[:c].zero_()  # the placeholder chunk (masked, but must be finite)
-        torch.index_select(rows, 0, idx.sort, out=buf[c:])
-        q, k, v = _views(buf, t, c, d)
-        s = torch.bmm(q, k.transpose(1, 2))  # (T, c, 2c)
-        s6 = s.view(b, h, r, nc, c, 2 * c)
-        s6[:, :, :, 0, :, :c] = ops.NEG_INF  # the first chunk has no previous chunk
-        if mask is not None:
-            s6.masked_fill_(mask, ops.NEG_INF)
-        s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(SELF_MASK)
-        p = torch.softmax(s, dim=-1)
-        w = None
-        if r > 1:  # round weights softmax_r(lse_r); at the row max, p = exp(max - lse)
-            lse = s.amax(-1).sub_(p.amax(-1).log_())
-            lse_u = lse.view(-1).index_select(0, idx.unsort).view(b, h, n, r)
-            w = torch.softmax(lse_u, dim=-1).view(-1).index_select(0, idx.resort)  # sorted
-        del s, s6
-        pd = p
-        if dropout > 0.0:
-            pd = p * (torch.rand_like(p) >= dropout) / (1.0 - dropout)
-        out = torch.bmm(pd, v).view(-1, d)  # (T * c, D) sorted
-        if w is not None:
-            out.mul_(w.unsqueeze(-1))
-        out = out.index_select(0, idx.unsort).view(b, h, n, r, d).sum(-2)
-        ctx.save_for_backward(buf, p, pd, out, w)
-        ctx.idx, ctx.chunk, ctx.dropout = idx, chunk, dropout
-        return out
+        r, c = plan.rounds, plan.chunk
+        rows = torch.cat([qk, key, value], dim=-1).view(-1, 3 * d)  # one gather sorts all three
+        out = qk.new_empty(b * h * n, d)
+        lse = qk.new_empty(b * h * r * n)  # sorted order
+        w = qk.new_empty(b * h * r * n) if r > 1 else None
+        keeps = []
+        ws = _Workspace(qk)
+        for grp in plan.groups:
+            t = grp.chunks
+            q, k, v = grp.gather(ws, rows)
+            s = grp.scores(ws, q, k)
+            p = torch.softmax(s, dim=-1, out=ws("p", t, c, 2 * c))
+            lse_g = lse[grp.slots].view(t, c)
+            torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)  # at the row max, p = e^(s - lse)
+            if dropout > 0.0:
+                keeps.append(torch.rand_like(p) >= dropout)
+                p.mul_(keeps[-1]).div_(1.0 - dropout)
+            o = torch.bmm(p, v, out=ws("o", t, c, d)).view(-1, d)  # (T * c, D) sorted
+            if w is not None:
+                w_u = torch.softmax(lse_g.view(-1)[grp.unsort].view(-1, n, r), dim=-1)
+                w_g = w[grp.slots]
+                torch.index_select(w_u.view(-1), 0, grp.resort, out=w_g)
+                o.mul_(w_g.unsqueeze(-1))
+            grp.to_tokens(ws, o, out)
+        ctx.save_for_backward(rows, out, lse, w)
+        ctx.plan, ctx.dropout, ctx.keeps = plan, dropout, keeps
+        return out.view(b, h, n, d)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
-        buf, p, pd, out, w = ctx.saved_tensors
-        idx, c, dropout = ctx.idx, ctx.chunk, ctx.dropout
-        d = out.shape[-1]
-        q, k, v = _views(buf, p.shape[0], c, d)
-        # Per round: d out / d out_r = w_r, d out / d lse_r = w_r (out_r - out), so with
-        # d out_r / d s = p (dO v^T - rowsum(dO * out_r)) and d lse_r / d s = p, the
-        # softmax backward of round r is p * (dO_r v^T - w_r <g, out>), dO_r = w_r g (with
-        # dropout too: rowsum(dO * out_r) = rowsum(p * dP) once the dropout scaling is undone).
-        shift = (g * out).sum(-1).view(-1).index_select(0, idx.sort)
-        do = g.reshape(-1, d).index_select(0, idx.sort)  # (T * c, D) sorted
-        if w is not None:
-            shift.mul_(w)
-            do.mul_(w.unsqueeze(-1))
-        do, shift = do.view(-1, c, d), shift.view(-1, c, 1)
-        ds = torch.bmm(do, v.transpose(1, 2))  # dP, (T, c, 2c)
-        if dropout > 0.0:
-            ds.mul_((pd != 0) / (1.0 - dropout))
-        ds.sub_(shift).mul_(p)
-        ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
-        dq = torch.bmm(ds, k)
-        # a key/value chunk serves its own window and, as the look-back, the next one
-        dk = torch.bmm(ds[:, :, c:].transpose(1, 2), q)
-        dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
-        dv = torch.bmm(pd[:, :, c:].transpose(1, 2), do)
-        dv[:-1].baddbmm_(pd[1:, :, :c].transpose(1, 2), do[1:])
-        b, h, n, _ = out.shape
-        r = idx.perm.shape[2]
-        grads = [
-            gr.view(-1, d).index_select(0, idx.unsort).view(b, h, n, r, d).sum(-2)
-            for gr in (dq, dk, dv)
-        ]
-        return grads[0], grads[1], grads[2], None, None, None, None
-
-
-def _views(buf: Tensor, chunks: int, c: int, d: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Sorted queries (T, c, D) and key/value windows (T, 2c, D) inside the sort buffer."""
-    q = buf[c:, :d].unflatten(0, (chunks, c))
-    return q, _windows(buf[:, d : 2 * d], chunks, c), _windows(buf[:, 2 * d :], chunks, c)
+        rows, out, lse, w = ctx.saved_tensors
+        plan, dropout = ctx.plan, ctx.dropout
+        c, d = plan.chunk, out.shape[-1]
+        # Round r: d out / d out_r = w_r and d out / d lse_r = w_r (out_r - out); with
+        # d out_r / d s = p (dO v^T - rowsum(dO * out_r)) and d lse_r / d s = p, the softmax
+        # backward is p * (dO_r v^T - w_r <g, out>) with dO_r = w_r g (with dropout too:
+        # rowsum(dO * out_r) = rowsum(p * dP) once the dropout scaling is undone).
+        g = g.reshape(-1, d)
+        g_ext = torch.cat([g, (g * out).sum(-1, keepdim=True)], dim=-1)  # (BHN, D + 1)
+        grads = [torch.empty_like(out) for _ in range(3)]
+        ws = _Workspace(out)
+        for i, grp in enumerate(plan.groups):
+            t = grp.chunks
+            q, k, v = grp.gather(ws, rows)
+            p = grp.scores(ws, q, k).sub_(lse[grp.slots].view(t, c, 1)).exp_()
+            gs = torch.index_select(g_ext, 0, grp.sort, out=ws("g", t * c, d + 1))
+            if w is not None:
+                gs.mul_(w[grp.slots].unsqueeze(-1))
+            do, shift = gs[:, :d].unflatten(0, (t, c)), gs[:, d:].view(t, c, 1)
+            ds = torch.bmm(do, v.transpose(1, 2), out=ws("ds", t, c, 2 * c))  # dP
+            if dropout > 0.0:
+                ds.mul_(ctx.keeps[i]).div_(1.0 - dropout)
+            ds.sub_(shift).mul_(p)
+            ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
+            if dropout > 0.0:
+                p.mul_(ctx.keeps[i]).div_(1.0 - dropout)
+            # dq, dk, dv: contiguous outputs (bmm into strided views falls back to a slow loop)
+            dq, dk, dv = ws("d", 3, t, c, d).unbind(0)
+            torch.bmm(ds, k, out=dq)
+            # a key/value chunk is its own window's second half and the next window's first
+            torch.bmm(ds[:, :, c:].transpose(1, 2), q, out=dk)
+            dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
+            torch.bmm(p[:, :, c:].transpose(1, 2), do, out=dv)
+            dv[:-1].baddbmm_(p[1:, :, :c].transpose(1, 2), do[1:])
+            for dx, grad in zip((dq, dk, dv), grads, strict=True):
+                grp.to_tokens(ws, dx.view(-1, d), grad)
+        shape = (plan.units // plan.heads, plan.heads, plan.n, d)
+        return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
 
 
 __all__ = ["SELF_MASK", "LSHAttention", "derived_num_buckets"]
