@@ -32,6 +32,7 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "lsh": [
         {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4, "seed": 1},
         {"num_buckets": 4, "n_hashes": 1, "chunk_length": 4, "seed": 1, "causal": True},
+        {"num_buckets": 6, "n_hashes": 3, "chunk_length": 3, "seed": 2, "causal": True},
     ],
 }
 

@@ -29,10 +29,15 @@ Rounds. Round r gives out_r(i) and lse_r(i) (the logsumexp of row i); they are c
 one softmax over every scored pair, a pair scored in several rounds counted as many times
 (no de-duplication, as in Hugging Face). `count` is what `scored_pairs` returns.
 
-The fast path gathers the sorted queries and their (previous, own) key/value chunks and runs
-batched matmuls over (batch, heads, n_hashes * n_chunks, chunk, 2 * chunk): time and memory
-are linear in the sequence length. The sequence is padded internally to a multiple of
-`chunk_length`.
+Dropout (training only) drops each round's attention probabilities, as Hugging Face does.
+`num_buckets=None` takes Hugging Face's default for the padded length (never factorised).
+
+The fast path sorts queries, keys and values with one gather per group of heads into a buffer
+where each chunk's window (previous chunk, own chunk) is an overlapping view, and runs batched
+matmuls over (n_hashes * n_chunks, chunk, 2 * chunk) per head: time and memory are linear in
+the sequence length, nothing is n x n. The backward is written by hand and recomputes the
+probabilities from the saved logsumexps (as FlashAttention does), so only O(n) is kept for it.
+The sequence is padded internally to a multiple of `chunk_length`.
 """
 
 from __future__ import annotations
