@@ -294,7 +294,7 @@ class _GatheredAttention(torch.autograd.Function):
         kk = index.shape[1]
         chunk = max(1, _CHUNK_ELEMENTS // (b * kk * b))
         out = q.new_empty(rows, b, d)
-        probs = q.new_empty(rows, b, kk * b)
+        probs = []  # one tensor per chunk: small allocations the allocator reuses
         keep = torch.empty(rows, b, kk * b, dtype=torch.bool, device=q.device) if dropout else None
         kg = q.new_empty(min(chunk, rows), kk * b, d)
         vg = torch.empty_like(kg)
@@ -306,20 +306,20 @@ class _GatheredAttention(torch.autograd.Function):
             torch.index_select(v, 0, idx, out=vg[:c].view(c * kk, b * d))
             torch.matmul(q[s:e], kg[:c].transpose(1, 2), out=scores[:c])
             scores[:c] += bias(s, e)
-            torch.ops.aten._softmax.out(scores[:c], -1, False, out=probs[s:e])
-            p = probs[s:e]
+            p = torch.softmax(scores[:c], -1)
+            probs.append(p)
             if keep is not None:
                 torch.ge(torch.rand(p.shape, out=scores[:c]), dropout, out=keep[s:e])
                 p = torch.mul(p, keep[s:e], out=scores[:c]).div_(1.0 - dropout)
             torch.matmul(p, vg[:c], out=out[s:e])
-        ctx.save_for_backward(q, k, v, index, probs, out, keep)
+        ctx.save_for_backward(q, k, v, index, out, keep, *probs)
         ctx.dropout = dropout
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):  # type: ignore[override]
-        q, k, v, index, probs, out, keep = ctx.saved_tensors
+        q, k, v, index, out, keep, *probs = ctx.saved_tensors
         dropout = ctx.dropout
         rows, b, d = q.shape
         kk = index.shape[1]
@@ -334,10 +334,9 @@ class _GatheredAttention(torch.autograd.Function):
         dkv = torch.empty_like(kg)
         dp = q.new_empty(min(chunk, rows), b, kk * b)
         pd = torch.empty_like(dp) if keep is not None else None
-        for s in range(0, rows, chunk):
+        for s, p in zip(range(0, rows, chunk), probs, strict=True):
             e = min(s + chunk, rows)
             c, idx = e - s, index[s:e].reshape(-1)
-            p = probs[s:e]
             # the (dropped-out) probabilities the forward multiplied by v
             pdrop = p if pd is None else torch.mul(p, keep[s:e], out=pd[:c]).div_(1 - dropout)
             torch.matmul(pdrop.transpose(1, 2), dout[s:e], out=dkv[:c])

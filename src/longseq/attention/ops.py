@@ -138,5 +138,6 @@ def causal_allowed(q_pos: Tensor, k_pos: Tensor) -> Tensor:
 
 def mask_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     """0 where `allowed`, NEG_INF elsewhere. Adding it to scores masks them like masked_fill,
-    but its backward is free (masked_fill's backward masks the gradient again)."""
-    return (~allowed).to(dtype) * NEG_INF
+    but its backward is free (masked_fill's backward masks the gradient again). In float16,
+    whose range ends at 65504, the dtype's lowest value instead: still finite."""
+    return (~allowed).to(dtype) * max(NEG_INF, torch.finfo(dtype).min)
