@@ -264,18 +264,17 @@ class BigBirdAttention(SelfAttention):
         return ctx.scatter(2, pick, rows)[:, :, :nb]
 
 
-# Rows of scores per chunk: a chunk's buffers stay small (~16 MB in fp32), so they are reused
-# from chunk to chunk (and call to call) instead of being freshly faulted in by the OS.
+# Scores per chunk: a chunk's buffers (~16 MB in fp32) stay about cache-sized and are reused
+# from chunk to chunk, instead of n-sized temporaries freshly faulted in by the OS each call.
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def _accumulate(dst: Tensor, idx: Tensor, src: Tensor) -> None:
-    """dst[idx[i]] += src[i], repeated indices summed, over the few rows idx spans.
+def _accumulate(dst: Tensor, idx: Tensor, src: Tensor, lo: int, hi: int) -> None:
+    """dst[idx[i]] += src[i], repeated indices summed; idx spans rows lo..hi-1 of dst.
 
     Embedding's backward does this with row-wise vector adds; index_add_ goes through
     scatter_add, many times slower on CPU when indices repeat (they do: window blocks).
     """
-    lo, hi = int(idx.min()), int(idx.max()) + 1
     dst[lo:hi] += torch.ops.aten.embedding_dense_backward(src, idx - lo, hi - lo, -1, False)
 
 
@@ -337,10 +336,12 @@ class _GatheredAttention(torch.autograd.Function):
         for s, p in zip(range(0, rows, chunk), probs, strict=True):
             e = min(s + chunk, rows)
             c, idx = e - s, index[s:e].reshape(-1)
+            lo, hi = (int(t) for t in idx.aminmax())
+            hi += 1
             # the (dropped-out) probabilities the forward multiplied by v
             pdrop = p if pd is None else torch.mul(p, keep[s:e], out=pd[:c]).div_(1 - dropout)
             torch.matmul(pdrop.transpose(1, 2), dout[s:e], out=dkv[:c])
-            _accumulate(dv, idx, dkv[:c].view(c * kk, b * d))
+            _accumulate(dv, idx, dkv[:c].view(c * kk, b * d), lo, hi)
             torch.index_select(v, 0, idx, out=kg[:c].view(c * kk, b * d))
             torch.matmul(dout[s:e], kg[:c].transpose(1, 2), out=dp[:c])
             if keep is not None:
@@ -349,5 +350,5 @@ class _GatheredAttention(torch.autograd.Function):
             torch.index_select(k, 0, idx, out=kg[:c].view(c * kk, b * d))
             torch.matmul(dp[:c], kg[:c], out=dq[s:e])
             torch.matmul(dp[:c].transpose(1, 2), q[s:e], out=dkv[:c])
-            _accumulate(dk, idx, dkv[:c].view(c * kk, b * d))
+            _accumulate(dk, idx, dkv[:c].view(c * kk, b * d), lo, hi)
         return dq, dk, dv, None, None, None
