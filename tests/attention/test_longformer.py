@@ -83,6 +83,7 @@ CONFIGS = [
     (40, [40, 25], {"window": 2, "causal": True, "bias": False}, ()),
     (31, [31, 28], {"window": 4, "dilation": 2, "bias": False}, (9, 8)),  # G * heads >= hidden
     (1, [1], {"window": 2}, ()),
+    (150, [150, 97], {"window": 6}, (2, 1)),  # several default-sized blocks
 ]
 
 

@@ -37,6 +37,7 @@ sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv, so a few (G x N) products rep
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -161,37 +162,48 @@ class LongformerAttention(SelfAttention):
         b, n, h, d = q.shape
         half = self.window // 2
         sub = -(-n // dil)  # length of each interleaved subsequence
-        c = min(max(half, MIN_BLOCK), MAX_BLOCK, sub)
+        c = _block_size(half, sub)
         nb = -(-sub // c)
         lp = nb * c
-        # halo: keys beyond the neighbouring blocks are never needed (short sequences)
-        left = min(half, (nb - 1) * c)
-        right = 0 if self.causal else left
-        width = c + left + right
+        m = min(-(-half // c), nb - 1)  # halo blocks on each side (none past the sequence)
+        right = 0 if self.causal else m
+        r = max(m * c - half, 0)  # keys of the first halo block that no query needs
+        g = 0 if g_ok is None else g_ok.shape[1]
+        s = c + g  # a group: a block of keys followed by the global keys
+        width = (m + right) * s + c - r - (r if right else 0) + (g if m == 0 else 0)
 
         def interleave(x: Tensor) -> Tensor:  # (B, N, ...) -> (B, dil, lp, ...)
             x = ops.pad_to_multiple(x, dil * lp, dim=1)
             return x.unflatten(1, (lp, dil)).transpose(1, 2)
 
-        def windows(x: Tensor, g: Tensor | None) -> Tensor:  # -> (B*dil*nb, h, G + width, D)
-            x = F.pad(interleave(x), (0, 0, 0, 0, left, right))
-            x = x.unfold(2, width, c).transpose(-1, -2)  # (B, dil, nb, h, width, D)
-            if g is not None:
-                g = g.transpose(1, 2)[:, None, None].expand(-1, dil, nb, -1, -1, -1)
-                x = torch.cat([g, x], dim=-2)
-            return x.reshape(b * dil * nb, h, -1, d)  # a view when b * dil == 1
+        def windows(x: Tensor, gx: Tensor | None) -> Tensor:
+            """(B, dil, lp, ...) -> (B, dil, nb, ..., width): each query block's keys.
+
+            The halo-padded sequence, with the G global keys after every block when there
+            are any (one copy of the keys, not one per window), viewed as windows of
+            `width` slots at stride s; the first group's global slots count, the others'
+            are masked. A view of the padded keys when there is no global key.
+            """
+            if gx is None:
+                buf = F.pad(x, (0, 0) * (x.dim() - 3) + (m * c, right * c))
+            else:
+                buf = x.new_zeros(b, dil, nb + m + right, s, *x.shape[3:])
+                buf[:, :, m : m + nb, :c] = x.unflatten(2, (nb, c))
+                buf[:, :, :, c:] = gx[:, None, None]
+                buf = buf.flatten(2, 3)
+            return buf[:, :, r:].unfold(2, width, s)[:, :, :nb]
+
+        def kv(x: Tensor, gx: Tensor | None) -> Tensor:  # -> (B*dil*nb, h, width, D)
+            x = windows(interleave(x), gx).transpose(-1, -2)
+            return x.reshape(b * dil * nb, h, width, d)  # a view when b * dil == 1 and g == 0
 
         qb = interleave(q).reshape(b * dil * nb, c, h, d).transpose(1, 2)
-        kw, vw = windows(k, gk), windows(v, gv)
-        # additive mask (B*dil*nb, 1, c, G + width) = key bias (padding, global slots, halo)
-        # + band bias (the exact band inside each window), written in one op
-        ok = F.pad(interleave(key_ok), (left, right), value=False).unfold(2, width, c)
-        if g_ok is not None:  # ok: (B, dil, nb, [G +] width)
-            ok = torch.cat([g_ok[:, None, None, :].expand(-1, dil, nb, -1), ok], dim=-1)
-        key_bias = torch.zeros(ok.shape, dtype=q.dtype, device=q.device).masked_fill_(
-            ~ok, ops.NEG_INF)
-        band = _band_bias(c, left, half, self.causal, ok.shape[-1] - width, q.dtype, q.device)
-        mask = (key_bias.unsqueeze(-2) + band).view(b * dil * nb, 1, c, -1)
+        kw, vw = kv(k, gk), kv(v, gv)
+        # additive mask (B*dil*nb, 1, c, width) = key bias (padding, global slots, halo)
+        # + band bias (the exact band and the first global slots in each window), in one op
+        key_bias = ops.mask_bias(windows(interleave(key_ok), g_ok), q.dtype)
+        band = _band_bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
+        mask = (key_bias.unsqueeze(-2) + band).reshape(b * dil * nb, 1, c, width)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask, dropout_p=p, scale=1.0)
         # (B*dil*nb, h, c, D) -> (B, N, h, D); views only when dil == 1
@@ -205,23 +217,27 @@ class LongformerAttention(SelfAttention):
         g = gidx.shape[1]
         xg = x.gather(1, gidx[..., None].expand(-1, -1, e))
         qg = ops.split_heads(self.query_global(xg), h) * d**-0.5  # (B, H, G, D)
+        bias = ops.mask_bias(real, x.dtype)[:, None, None, :]  # (B, 1, 1, N)
+        p = self.dropout if self.training else 0.0
         if g * h < e:  # fold the global key/value projections into the G query rows
-            # qg . (Wk x_j + bk): the bias term is the same for every key j, softmax drops it
+            # qg . (Wk x_j + bk): the bias term is the same for every key j, softmax drops it.
+            # A ones column appended to x (and a zero one to the queries) carries sum_j p_j,
+            # which multiplies bv (it is 1 unless dropout removed some p_j).
+            # All heads' rows share the keys and values x: one head of H*G queries.
             qk = torch.einsum("bhgd,hde->bhge", qg, self.key_global.weight.view(h, d, e))
-            scores = qk.reshape(b, h * g, e) @ x.transpose(1, 2)
-            probs = ops.masked_softmax(scores, real[:, None, :], self.dropout, self.training)
-            px = (probs @ x).view(b, h, g, e)
-            out = torch.einsum("bhge,hde->bhgd", px, self.value_global.weight.view(h, d, e))
-            bv = self.value_global.bias
-            if bv is not None:  # sum_j p_j bv = bv, unless dropout removed some p_j
-                weight = probs.sum(-1).view(b, h, g, 1) if self.training and self.dropout else 1
-                out = out + weight * bv.view(h, 1, d)
+            qk = F.pad(qk.reshape(b, 1, h * g, e), (0, 1))
+            x1 = F.pad(x, (0, 1), value=1.0)[:, None]
+            px = F.scaled_dot_product_attention(qk, x1, x1, attn_mask=bias, dropout_p=p,
+                                                scale=1.0).view(b, h, g, e + 1)
+            wv = self.value_global.weight.view(h, d, e)
+            out = torch.einsum("bhge,hde->bhgd", px[..., :e], wv)
+            if self.value_global.bias is not None:
+                out = out + px[..., e:] * self.value_global.bias.view(h, 1, d)
         else:  # many global tokens: project the whole sequence
             kg = ops.split_heads(self.key_global(x), h)
             vg = ops.split_heads(self.value_global(x), h)
-            probs = ops.masked_softmax(qg @ kg.transpose(-1, -2), real[:, None, None, :],
-                                       self.dropout, self.training)
-            out = probs @ vg
+            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, dropout_p=p,
+                                                 scale=1.0)
         return out.transpose(1, 2)
 
 
@@ -237,17 +253,27 @@ def _global_indices(glob: Tensor) -> tuple[Tensor, Tensor]:
     return gidx, g_ok
 
 
-def _band_bias(c: int, left: int, half: int, causal: bool, g: int, dtype: torch.dtype,
-               device: torch.device) -> Tensor:
-    """(c, g + width) additive mask of the band inside a window (0 on the g global slots).
+def _block_size(half: int, sub: int) -> int:
+    """Query block size c: about w/2 within [MIN_BLOCK, MAX_BLOCK], ceil(w/2 / c) * c - w/2
+    small (wasted halo keys), and no longer than the (sub)sequence."""
+    blocks_per_half = -(-half // MAX_BLOCK)
+    c = max(half, MIN_BLOCK) if blocks_per_half == 1 else -(-half // blocks_per_half)
+    return min(c, sub)
 
-    Query a of a block and key t of its window (which starts `left` tokens before the block)
-    are |a + left - t| <= half apart, and t <= a + left when causal.
+
+@functools.lru_cache(maxsize=16)
+def _band_bias(c: int, m: int, r: int, half: int, g: int, width: int, causal: bool,
+               dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(c, width) additive mask of the band and global slots inside a window (see `windows`).
+
+    Slot t of the window of a block lies r + t slots after the start of its first group;
+    within a group of c + g slots, the first c are keys (m blocks before the query block for
+    the first group), the rest global keys, counted in the first group only. Cached: it
+    depends on the shapes only (and is never written to).
     """
-    width = c + left + (0 if causal else left)
-    a = torch.arange(c, device=device)[:, None]
-    t = torch.arange(width, device=device)[None, :]
-    diff = a + left - t
-    ok = (diff <= half) & (diff >= (0 if causal else -half))
-    ok = F.pad(ok, (g, 0), value=True)
-    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill_(~ok, ops.NEG_INF)
+    u = r + torch.arange(width, device=device)
+    group, within = u // (c + g), u % (c + g)
+    key_pos = (group - m) * c + within  # relative to the start of the query block
+    diff = torch.arange(c, device=device)[:, None] - key_pos
+    ok = (diff <= half) & (diff >= (0 if causal else -half)) & (within < c)
+    return ops.mask_bias(ok | ((within >= c) & (group == 0)), dtype)
