@@ -124,8 +124,9 @@ CONFIGS = [
 @pytest.mark.parametrize("unit_groups", [False, True], ids=["one-group", "unit-groups"])
 @pytest.mark.parametrize("opts", CONFIGS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_equals_dense_over_scored_pairs(opts, unit_groups, monkeypatch):
-    if unit_groups:  # the kernel then runs one (sequence, head) pair at a time
+    if unit_groups:  # one (sequence, head) pair at a time, probabilities recomputed in backward
         monkeypatch.setattr(lsh, "_GROUP_BYTES", 1)
+        monkeypatch.setattr(lsh, "_KEEP_PROBS_BYTES", 0)
     layer = make(**opts)
     x, real = padded_batch([18, 11, 14], 18)
     real[2, :3] = False  # left padding too
@@ -259,8 +260,11 @@ def test_shares_query_and_key_projection():
     }
 
 
-def test_dropout_in_training_only_and_gradients_exact(monkeypatch):
+@pytest.mark.parametrize("keep_probs", [True, False])
+def test_dropout_in_training_only_and_gradients_exact(keep_probs, monkeypatch):
     monkeypatch.setattr(lsh, "_GROUP_BYTES", 1)  # one head per group: masks kept per group
+    if not keep_probs:
+        monkeypatch.setattr(lsh, "_KEEP_PROBS_BYTES", 0)
     layer = make(num_buckets=4, n_hashes=2, chunk_length=4, dropout=0.3)
     x = torch.randn(1, 12, HIDDEN, dtype=torch.float64, requires_grad=True)
     mask = torch.ones(1, 12, dtype=torch.long)
@@ -312,3 +316,16 @@ def test_matches_hugging_face_outside_first_chunks(causal):
     hf_ctx = ops.split_heads(result.hidden_states, HEADS)
     assert inside.sum() >= n // 2
     torch.testing.assert_close(ctx[inside], hf_ctx[inside], **TOL)
+
+
+@pytest.mark.parametrize("keep_probs", [True, False])
+def test_backward_twice_with_retained_graph(keep_probs, monkeypatch):
+    """The backward leaves what it saved untouched (dropout masks, kept probabilities)."""
+    if not keep_probs:
+        monkeypatch.setattr(lsh, "_KEEP_PROBS_BYTES", 0)
+    layer = make(num_buckets=4, n_hashes=2, chunk_length=4, dropout=0.2).train()
+    x = torch.randn(2, 10, HIDDEN, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    (g1,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    (g2,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(g1, g2)

@@ -232,6 +232,9 @@ def _window_pos(perm: Tensor, c: int) -> Tensor:
 
 
 _GROUP_BYTES = 32 << 20  # a group's scores (fp32, n = 4096, 4 hashes: four heads)
+# Keep all probabilities for the backward up to this size (fp32, n = 4096, 4 hashes, 12 heads:
+# 100 MiB); recompute them beyond it (one more score matmul, a tenth slower on CPU).
+_KEEP_PROBS_BYTES = 128 << 20
 
 
 class _Plan:
@@ -336,17 +339,16 @@ class _Group:
         return s
 
     def to_tokens(self, ws: _Workspace, x: Tensor, out: Tensor) -> None:
-        """Sorted rows (T * c, W) -> out (B * H * N, W): back to token order, rounds summed.
-
-        A gather then a sum (index_add_ would avoid the sum but is slower on CPU with several
-        threads, and its order of additions is not deterministic on GPU)."""
+        """Sorted rows (..., T * c, W) -> out (..., B * H * N, W): back to token order, the
+        rounds summed. A gather then a sum (index_add_ would avoid the sum but is slower on
+        CPU with several threads, and its order of additions is not deterministic on GPU)."""
         n, r = self.plan.n, self.plan.rounds
-        dst = out[self.u0 * n : self.u1 * n]
+        dst = out[..., self.u0 * n : self.u1 * n, :]
         if r == 1:
-            torch.index_select(x, 0, self.unsort, out=dst)
+            torch.index_select(x, -2, self.unsort, out=dst)
         else:
-            tmp = torch.index_select(x, 0, self.unsort, out=ws("u", x.shape[0], x.shape[1]))
-            torch.sum(tmp.view(-1, r, x.shape[1]), 1, out=dst)
+            tmp = torch.index_select(x, -2, self.unsort, out=ws("u", *x.shape))
+            torch.sum(tmp.unflatten(-2, (-1, r)), -2, out=dst)
 
 
 class _LSHKernel(torch.autograd.Function):
@@ -354,10 +356,10 @@ class _LSHKernel(torch.autograd.Function):
 
     Per group of heads: gather the sorted queries and key/value windows, score, softmax (keeping
     each row's logsumexp), attend, weight round r by w_r = softmax_r(lse_r) in sorted order,
-    gather back into token order and sum the rounds. Like FlashAttention, the hand-written
-    backward recomputes the probabilities from the saved logsumexps instead of storing them,
-    so memory stays O(n) with a small constant; it sorts the incoming gradient with the
-    forward's gather indices.
+    gather back into token order and sum the rounds. The hand-written backward sorts the
+    incoming gradient with the forward's gather indices. It reuses the forward's probabilities
+    when all of them take at most _KEEP_PROBS_BYTES; beyond that it recomputes them from the
+    saved logsumexps, as FlashAttention does, so that memory stays O(n * (D + n_hashes)).
     """
 
     @staticmethod
@@ -369,18 +371,26 @@ class _LSHKernel(torch.autograd.Function):
         out = qk.new_empty(b * h * n, d)
         lse = qk.new_empty(b * h * r * n)  # sorted order
         w = qk.new_empty(b * h * r * n) if r > 1 else None
+        probs: list[Tensor] | None = None
+        if b * h * r * n * 2 * c * qk.element_size() <= _KEEP_PROBS_BYTES:
+            probs = []
         keeps = []
         ws = _Workspace(qk)
         for grp in plan.groups:
             t = grp.chunks
             q, k, v = grp.gather(ws, rows)
             s = grp.scores(ws, q, k)
-            p = torch.softmax(s, dim=-1, out=ws("p", t, c, 2 * c))
+            if probs is None:
+                p = torch.softmax(s, dim=-1, out=ws("p", t, c, 2 * c))
+            else:
+                p = torch.softmax(s, dim=-1)
+                probs.append(p)
             lse_g = lse[grp.slots].view(t, c)
-            torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)  # at the row max, p = e^(s - lse)
+            if r > 1 or probs is None:  # at the row max, p = exp(s - lse)
+                torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)
             if dropout > 0.0:
                 keeps.append(torch.rand_like(p) >= dropout)
-                p.mul_(keeps[-1]).div_(1.0 - dropout)
+                p = _dropped(ws, p, keeps[-1], dropout)
             o = torch.bmm(p, v, out=ws("o", t, c, d)).view(-1, d)  # (T * c, D) sorted
             if w is not None:
                 w_u = torch.softmax(lse_g.view(-1)[grp.unsort].view(-1, n, r), dim=-1)
@@ -389,7 +399,7 @@ class _LSHKernel(torch.autograd.Function):
                 o.mul_(w_g.unsqueeze(-1))
             grp.to_tokens(ws, o, out)
         ctx.save_for_backward(rows, out, lse, w)
-        ctx.plan, ctx.dropout, ctx.keeps = plan, dropout, keeps
+        ctx.plan, ctx.dropout, ctx.keeps, ctx.probs = plan, dropout, keeps, probs
         return out.view(b, h, n, d)
 
     @staticmethod
@@ -403,12 +413,15 @@ class _LSHKernel(torch.autograd.Function):
         # rowsum(dO * out_r) = rowsum(p * dP) once the dropout scaling is undone).
         g = g.reshape(-1, d)
         g_ext = torch.cat([g, (g * out).sum(-1, keepdim=True)], dim=-1)  # (BHN, D + 1)
-        grads = [torch.empty_like(out) for _ in range(3)]
+        grads = out.new_empty(3, *out.shape)  # qk, key, value
         ws = _Workspace(out)
         for i, grp in enumerate(plan.groups):
             t = grp.chunks
             q, k, v = grp.gather(ws, rows)
-            p = grp.scores(ws, q, k).sub_(lse[grp.slots].view(t, c, 1)).exp_()
+            if ctx.probs is None:
+                p = grp.scores(ws, q, k).sub_(lse[grp.slots].view(t, c, 1)).exp_()
+            else:
+                p = ctx.probs[i]
             gs = torch.index_select(g_ext, 0, grp.sort, out=ws("g", t * c, d + 1))
             if w is not None:
                 gs.mul_(w[grp.slots].unsqueeze(-1))
@@ -419,19 +432,24 @@ class _LSHKernel(torch.autograd.Function):
             ds.sub_(shift).mul_(p)
             ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
             if dropout > 0.0:
-                p.mul_(ctx.keeps[i]).div_(1.0 - dropout)
+                p = _dropped(ws, p, ctx.keeps[i], dropout)
             # dq, dk, dv: contiguous outputs (bmm into strided views falls back to a slow loop)
-            dq, dk, dv = ws("d", 3, t, c, d).unbind(0)
+            dbuf = ws("d", 3, t * c, d)
+            dq, dk, dv = dbuf.view(3, t, c, d).unbind(0)
             torch.bmm(ds, k, out=dq)
             # a key/value chunk is its own window's second half and the next window's first
             torch.bmm(ds[:, :, c:].transpose(1, 2), q, out=dk)
             dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
             torch.bmm(p[:, :, c:].transpose(1, 2), do, out=dv)
             dv[:-1].baddbmm_(p[1:, :, :c].transpose(1, 2), do[1:])
-            for dx, grad in zip((dq, dk, dv), grads, strict=True):
-                grp.to_tokens(ws, dx.view(-1, d), grad)
+            grp.to_tokens(ws, dbuf, grads)
         shape = (plan.units // plan.heads, plan.heads, plan.n, d)
         return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
+
+
+def _dropped(ws: _Workspace, p: Tensor, keep: Tensor, dropout: float) -> Tensor:
+    """Dropout of probabilities p with the mask `keep`, in a workspace buffer (p unchanged)."""
+    return torch.mul(p, keep, out=ws("pd", *p.shape)).div_(1.0 - dropout)
 
 
 __all__ = ["SELF_MASK", "LSHAttention", "derived_num_buckets"]
