@@ -87,6 +87,7 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("block", ["default", "c1", "c3"], indirect=True)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"n{c[0]}-{c[2]}-g{list(c[3])}")
 def test_equals_dense_attention_under_the_pattern(cfg, block):
     n, lengths, opts, globs = cfg
