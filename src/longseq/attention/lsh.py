@@ -233,7 +233,7 @@ def _window_pos(perm: Tensor, c: int) -> Tensor:
 
 _GROUP_BYTES = 32 << 20  # a group's scores (fp32, n = 4096, 4 hashes: four heads)
 # Keep all probabilities for the backward up to this size (fp32, n = 4096, 4 hashes, 12 heads:
-# 100 MiB); recompute them beyond it (one more score matmul, a tenth slower on CPU).
+# 100 MiB); recompute them beyond it (one more score matmul: 5-10% slower on CPU).
 _KEEP_PROBS_BYTES = 128 << 20
 
 
