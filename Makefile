@@ -18,7 +18,7 @@ setup: $(STAMP)
 # Main job: draw the attention patterns and run the attention benchmark at small sizes.
 run: setup
 	$(BIN)/longseq patterns --out $(OUT)/patterns
-	$(BIN)/longseq bench attention --lengths 1024,2048,4096 --repeats 3 --threads $(THREADS) --out $(OUT)/bench
+	$(BIN)/longseq bench attention --lengths 512,1024,2048 --repeats 3 --threads $(THREADS) --out $(OUT)/bench
 
 test: setup
 	$(BIN)/ruff check src tests
