@@ -121,36 +121,28 @@ class BigBirdAttention(SelfAttention):
             else None
         )
 
+    def _pattern_options(self) -> dict[str, int | str | bool]:
+        """The options that define this layer's block layout (shared by kernel and pattern)."""
+        return {
+            "num_heads": self.num_heads,
+            "num_random_blocks": self.num_random_blocks,
+            "num_global_blocks": self.num_global_blocks,
+            "num_sliding_blocks": self.num_sliding_blocks,
+            "variant": self.variant,
+            "causal": self.causal,
+            "seed": self.seed,
+            "layer_idx": self.layer_idx,
+        }
+
     def layout(self, nb_real: int) -> patterns.BigBirdLayout:
         """This layer's (cached) block layout for a sequence of `nb_real` real blocks."""
-        return _layout(
-            nb_real,
-            num_heads=self.num_heads,
-            num_random_blocks=self.num_random_blocks,
-            num_global_blocks=self.num_global_blocks,
-            num_sliding_blocks=self.num_sliding_blocks,
-            variant=self.variant,
-            causal=self.causal,
-            seed=self.seed,
-            layer_idx=self.layer_idx,
-        )
+        return _layout(nb_real, **self._pattern_options())
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         """(heads, N, N) bool; ETC: N = g*block_size + n, the extra tokens first."""
         if is_global is not None and bool(is_global.any()):
             raise ValueError("'bigbird' attention has no global tokens; its globals are blocks")
-        return patterns.bigbird(
-            n,
-            block_size=self.block_size,
-            num_heads=self.num_heads,
-            num_random_blocks=self.num_random_blocks,
-            num_global_blocks=self.num_global_blocks,
-            num_sliding_blocks=self.num_sliding_blocks,
-            variant=self.variant,
-            causal=self.causal,
-            seed=self.seed,
-            layer_idx=self.layer_idx,
-        )
+        return patterns.bigbird(n, block_size=self.block_size, **self._pattern_options())
 
     def _batch_layout(self, nb_real: list[int], nb: int, device: torch.device
                       ) -> tuple[Tensor, Tensor, Tensor]:
