@@ -70,8 +70,7 @@ def test_unknown_command_lists_valid_ones(capsys):
 
 def test_unknown_mechanism_lists_valid_ones(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
-        main(["bench", "attention", "--mechanisms", "longformer,performer", "--out",
-              str(tmp_path)])
+        main(["bench", "attention", "--mechanisms", "longformer,performer", "--out", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "performer" in err
@@ -80,9 +79,16 @@ def test_unknown_mechanism_lists_valid_ones(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
-@pytest.mark.parametrize("bad", [["--lengths", "0,128"], ["--lengths", "12x"],
-                                 ["--hidden", "30", "--heads", "4"], ["--dtype", "fp8"],
-                                 ["--repeats", "0"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--lengths", "0,128"],
+        ["--lengths", "12x"],
+        ["--hidden", "30", "--heads", "4"],
+        ["--dtype", "fp8"],
+        ["--repeats", "0"],
+    ],
+)
 def test_bad_options_are_usage_errors(bad, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "attention", *bad, "--out", str(tmp_path)])
@@ -105,8 +111,7 @@ def test_patterns_skip_a_broken_mechanism(tmp_path, monkeypatch):
 
     monkeypatch.setitem(patterns.FIGURES, "broken", broken)
     warnings: list[str] = []
-    written = patterns.draw_all(tmp_path, n=16, mechanisms=["broken", "full"],
-                                warn=warnings.append)
+    written = patterns.draw_all(tmp_path, n=16, mechanisms=["broken", "full"], warn=warnings.append)
     assert [p.name for p in written] == ["full.png", "sheet.png"]
     assert len(warnings) == 1 and "broken" in warnings[0] and "not written yet" in warnings[0]
 

@@ -1,7 +1,7 @@
 """The `longseq` command.
 
-    longseq patterns --out DIR [--n 64]          draw every mechanism's attention pattern
-    longseq bench attention --out DIR [...]      time and memory of the attention layers
+longseq patterns --out DIR [--n 64]          draw every mechanism's attention pattern
+longseq bench attention --out DIR [...]      time and memory of the attention layers
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def _int_list(text: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -40,51 +41,74 @@ def _positive(kind: type) -> object:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="longseq", description="Transformers for long sequences: tools.")
+        prog="longseq", description="Transformers for long sequences: tools."
+    )
     parser.add_argument("--version", action="version", version=f"longseq {longseq.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     pat = commands.add_parser(
-        "patterns", help="draw each mechanism's attention pattern as PNG files",
+        "patterns",
+        help="draw each mechanism's attention pattern as PNG files",
         description="Draw which (query, key) pairs each mechanism scores: one PNG per "
-                    "mechanism and a combined sheet.")
+        "mechanism and a combined sheet.",
+    )
     pat.add_argument("--out", required=True, help="output directory")
-    pat.add_argument("--n", type=_positive(int), default=64,
-                     help="sequence length drawn (default 64)")
+    pat.add_argument(
+        "--n", type=_positive(int), default=64, help="sequence length drawn (default 64)"
+    )
 
-    bench = commands.add_parser("bench", help="benchmarks",
-                                description="Benchmarks of the longseq layers.")
+    bench = commands.add_parser(
+        "bench", help="benchmarks", description="Benchmarks of the longseq layers."
+    )
     which = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     from longseq.bench import attention as ba
 
     att = which.add_parser(
-        "attention", help="time and peak memory of the attention layers vs peers",
+        "attention",
+        help="time and peak memory of the attention layers vs peers",
         description="Forward and forward+backward median time and peak memory of every "
-                    "chosen mechanism, its peer and the baselines (projections only, full "
-                    "attention), over sequence lengths. Writes results.jsonl, table.md and "
-                    "plot.png to --out.")
+        "chosen mechanism, its peer and the baselines (projections only, full "
+        "attention), over sequence lengths. Writes results.jsonl, table.md and "
+        "plot.png to --out.",
+    )
     d = ba.Config()
-    att.add_argument("--mechanisms", default=",".join(d.mechanisms),
-                     help=f"comma-separated, from: {', '.join(ba.CHOICES)} "
-                          f"(default {','.join(d.mechanisms)}; baselines always run)")
-    att.add_argument("--lengths", type=_int_list, default=d.lengths,
-                     help="comma-separated sequence lengths (default "
-                          f"{','.join(map(str, d.lengths))})")
+    att.add_argument(
+        "--mechanisms",
+        default=",".join(d.mechanisms),
+        help=f"comma-separated, from: {', '.join(ba.CHOICES)} "
+        f"(default {','.join(d.mechanisms)}; baselines always run)",
+    )
+    att.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=d.lengths,
+        help=f"comma-separated sequence lengths (default {','.join(map(str, d.lengths))})",
+    )
     att.add_argument("--hidden", type=_positive(int), default=d.hidden)
     att.add_argument("--heads", type=_positive(int), default=d.heads)
     att.add_argument("--batch", type=_positive(int), default=d.batch)
-    att.add_argument("--threads", type=_positive(int), default=d.threads,
-                     help="torch intra-op threads")
+    att.add_argument(
+        "--threads", type=_positive(int), default=d.threads, help="torch intra-op threads"
+    )
     att.add_argument("--repeats", type=_positive(int), default=d.repeats)
     att.add_argument("--warmup", type=int, default=d.warmup)
     att.add_argument("--dtype", choices=list(ba.DTYPES), default=d.dtype)
     att.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
-    att.add_argument("--no-peers", dest="peers", action="store_false",
-                     help="skip the other libraries' layers")
-    att.add_argument("--max-memory-gb", type=_positive(float), default=d.max_memory_gb,
-                     help="skip a row whose expected peak memory exceeds this")
-    att.add_argument("--max-seconds", type=_positive(float), default=d.max_seconds,
-                     help="skip a row whose one forward+backward call exceeds this")
+    att.add_argument(
+        "--no-peers", dest="peers", action="store_false", help="skip the other libraries' layers"
+    )
+    att.add_argument(
+        "--max-memory-gb",
+        type=_positive(float),
+        default=d.max_memory_gb,
+        help="skip a row whose expected peak memory exceeds this",
+    )
+    att.add_argument(
+        "--max-seconds",
+        type=_positive(float),
+        default=d.max_seconds,
+        help="skip a row whose one forward+backward call exceeds this",
+    )
     att.add_argument("--no-progress", dest="progress", action="store_false")
     att.add_argument("--out", required=True, help="output directory")
     att.set_defaults(parser=att)  # to report option errors against the right usage line
@@ -94,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _patterns(args: argparse.Namespace) -> int:
     from longseq.viz import patterns
 
-    written = patterns.draw_all(args.out, n=args.n,
-                                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    written = patterns.draw_all(
+        args.out, n=args.n, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)
+    )
     for path in written:
         print(f"wrote {path}")
     return 0 if written else 1
@@ -107,8 +132,10 @@ def _bench_attention(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
     unknown = [m for m in mechanisms if m not in ba.CHOICES]
     if unknown or not mechanisms:
-        parser.error(f"unknown mechanism(s) {', '.join(unknown) or '(none given)'} in "
-                     f"--mechanisms; valid: {', '.join(ba.CHOICES)}")
+        parser.error(
+            f"unknown mechanism(s) {', '.join(unknown) or '(none given)'} in "
+            f"--mechanisms; valid: {', '.join(ba.CHOICES)}"
+        )
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     if args.hidden % args.heads:
@@ -118,11 +145,23 @@ def _bench_attention(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
-    cfg = ba.Config(mechanisms=mechanisms, lengths=args.lengths, hidden=args.hidden,
-                    heads=args.heads, batch=args.batch, threads=args.threads,
-                    repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
-                    device=args.device, peers=args.peers, max_memory_gb=args.max_memory_gb,
-                    max_seconds=args.max_seconds, out=args.out, progress=args.progress)
+    cfg = ba.Config(
+        mechanisms=mechanisms,
+        lengths=args.lengths,
+        hidden=args.hidden,
+        heads=args.heads,
+        batch=args.batch,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        device=args.device,
+        peers=args.peers,
+        max_memory_gb=args.max_memory_gb,
+        max_seconds=args.max_seconds,
+        out=args.out,
+        progress=args.progress,
+    )
     records = ba.run(cfg)
     from pathlib import Path
 

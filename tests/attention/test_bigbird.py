@@ -232,8 +232,7 @@ def test_etc_global_states_are_learned():
 
 
 def test_gradcheck_etc_causal():
-    layer = make(block_size=2, num_random_blocks=1, num_global_blocks=1, variant="etc",
-                 causal=True)
+    layer = make(block_size=2, num_random_blocks=1, num_global_blocks=1, variant="etc", causal=True)
     x = torch.randn(1, 9, HID, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: layer(t), (x,))
 

@@ -16,8 +16,9 @@ TOL = {"rtol": 1e-10, "atol": 1e-10}
 
 
 def make(sharing="none", k=5, max_seq_len=16, **kw) -> LinformerAttention:
-    layer = attention.build("linformer", HIDDEN, HEADS, k=k, max_seq_len=max_seq_len,
-                            sharing=sharing, **kw)
+    layer = attention.build(
+        "linformer", HIDDEN, HEADS, k=k, max_seq_len=max_seq_len, sharing=sharing, **kw
+    )
     return layer.double().eval()
 
 
@@ -51,8 +52,14 @@ def grads(out: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, 
 
 def assert_same_with_grads(layer, a_fn, b_fn, x, with_projection=True):
     x = x.clone().requires_grad_(True)
-    params = [x, *(p for n, p in layer.named_parameters()
-                   if with_projection or not n.startswith("projection."))]
+    params = [
+        x,
+        *(
+            p
+            for n, p in layer.named_parameters()
+            if with_projection or not n.startswith("projection.")
+        ),
+    ]
     a, b = a_fn(x), b_fn(x)
     torch.testing.assert_close(a, b, **TOL)
     for ga, gb in zip(grads(a, params), grads(b, params), strict=True):
@@ -134,8 +141,12 @@ def test_padding_not_handled_would_be_caught():
 def test_sharing_shapes_and_parameter_counts():
     k, L = 5, 16
     counts = {s: sum(p.numel() for p in make(s, k, L).projection.parameters()) for s in SHARING}
-    assert counts == {"none": 2 * HEADS * k * L, "headwise": 2 * k * L, "kv": k * L,
-                      "layerwise": k * L}
+    assert counts == {
+        "none": 2 * HEADS * k * L,
+        "headwise": 2 * k * L,
+        "kv": k * L,
+        "layerwise": k * L,
+    }
     kv = make("kv", k, L)
     e, f = kv.projection.matrices(L)
     assert kv.projection.f is None and e.data_ptr() == f.data_ptr()
@@ -165,8 +176,7 @@ def test_headwise_is_none_with_equal_heads_and_kv_is_headwise_with_e_equal_f():
 def test_layerwise_projection_is_shared():
     proj = LinformerProjection(5, 16)
     a, b = (
-        LinformerAttention(HIDDEN, HEADS, k=5, max_seq_len=16, sharing="layerwise",
-                           projection=proj)
+        LinformerAttention(HIDDEN, HEADS, k=5, max_seq_len=16, sharing="layerwise", projection=proj)
         for _ in range(2)
     )
     model = nn.Sequential(a, b).double()
@@ -184,8 +194,9 @@ def test_layerwise_projection_is_shared():
 def test_layerwise_grad_is_sum_over_layers():
     proj = LinformerProjection(4, 12).double()
     layers = [
-        LinformerAttention(HIDDEN, HEADS, k=4, max_seq_len=12, sharing="layerwise",
-                           projection=proj).double()
+        LinformerAttention(
+            HIDDEN, HEADS, k=4, max_seq_len=12, sharing="layerwise", projection=proj
+        ).double()
         for _ in range(2)
     ]
     x, y = (torch.randn(1, 7, HIDDEN, dtype=torch.float64) for _ in range(2))
@@ -201,8 +212,7 @@ def test_projection_with_other_sharing_modes():
     b = LinformerAttention(HIDDEN, HEADS, k=5, max_seq_len=16, projection=proj)
     assert a.projection is b.projection and proj.e.shape == (HEADS, 5, 16)
     with pytest.raises(ValueError, match=r"does not match .*for_sharing\('headwise'"):
-        LinformerAttention(HIDDEN, HEADS, k=5, max_seq_len=16, sharing="headwise",
-                           projection=proj)
+        LinformerAttention(HIDDEN, HEADS, k=5, max_seq_len=16, sharing="headwise", projection=proj)
     with pytest.raises(ValueError, match="does not match"):
         LinformerAttention(HIDDEN, HEADS, k=4, max_seq_len=16, projection=proj)
     with pytest.raises(TypeError, match="LinformerProjection"):
@@ -226,11 +236,16 @@ def test_dropout_only_in_training():
 
 def test_options_are_listed():
     opts = attention.options("linformer")
-    assert {"k": 256, "max_seq_len": 4096, "sharing": "none", "projection": None}.items() <= \
-        opts.items()
+    assert {
+        "k": 256,
+        "max_seq_len": 4096,
+        "sharing": "none",
+        "projection": None,
+    }.items() <= opts.items()
 
 
 # --- errors ---------------------------------------------------------------------------------
+
 
 def test_causal_is_rejected_with_the_reason_and_a_fix():
     with pytest.raises(ValueError, match=r"cannot be causal.*mix all positions.*'longformer'"):

@@ -15,8 +15,12 @@ HIDDEN, HEADS = 16, 2
 
 # (MIN_BLOCK, MAX_BLOCK) of the kernel: the default, blocks of one token, blocks of 3 tokens
 # (dividing nothing), and c = w/2
-BLOCKS = {"default": (longformer.MIN_BLOCK, longformer.MAX_BLOCK), "c1": (1, 1), "c3": (3, 3),
-          "half": (1, 10**6)}
+BLOCKS = {
+    "default": (longformer.MIN_BLOCK, longformer.MAX_BLOCK),
+    "c1": (1, 1),
+    "c3": (3, 3),
+    "half": (1, 10**6),
+}
 
 
 @pytest.fixture(params=list(BLOCKS))
@@ -37,19 +41,31 @@ def reference(layer, x, real, glob, window=None):
     q, k, v = layer.project(x)
     b, n = real.shape
     w = layer.window if window is None else window
-    allowed = torch.stack([
-        patterns.longformer(n, w, layer.dilations, layer.causal,
-                            None if glob is None else glob[i], layer.num_heads)
-        for i in range(b)
-    ]) & real[:, None, None, :]
+    allowed = (
+        torch.stack(
+            [
+                patterns.longformer(
+                    n,
+                    w,
+                    layer.dilations,
+                    layer.causal,
+                    None if glob is None else glob[i],
+                    layer.num_heads,
+                )
+                for i in range(b)
+            ]
+        )
+        & real[:, None, None, :]
+    )
     ctx = dense_attention(q, k, v, allowed)
     if glob is not None:
         h = layer.num_heads
         qg = ops.split_heads(layer.query_global(x), h) * layer.head_dim**-0.5
         kg = ops.split_heads(layer.key_global(x), h)
         vg = ops.split_heads(layer.value_global(x), h)
-        ctx = torch.where(glob[:, None, :, None],
-                          dense_attention(qg, kg, vg, real[:, None, None, :]), ctx)
+        ctx = torch.where(
+            glob[:, None, :, None], dense_attention(qg, kg, vg, real[:, None, None, :]), ctx
+        )
     return layer.out(ops.merge_heads(ctx)).masked_fill(~real[..., None], 0.0)
 
 
@@ -191,8 +207,12 @@ def hf_layer(layer):
     from transformers import LongformerConfig
     from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
-    cfg = LongformerConfig(hidden_size=HIDDEN, num_attention_heads=HEADS,
-                           attention_window=[layer.window], attention_probs_dropout_prob=0.0)
+    cfg = LongformerConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        attention_window=[layer.window],
+        attention_probs_dropout_prob=0.0,
+    )
     hf = LongformerSelfAttention(cfg, layer_id=0).eval()
     names = ["query", "key", "value", "query_global", "key_global", "value_global"]
     with torch.no_grad():
@@ -208,18 +228,26 @@ def hf_context(hf, x, real, glob):
     mask[~real] = -10000.0
     if glob is not None:
         mask[glob] = 10000.0
-    return hf(x, attention_mask=mask, is_index_masked=mask < 0, is_index_global_attn=mask > 0,
-              is_global_attn=glob is not None)[0]
+    return hf(
+        x,
+        attention_mask=mask,
+        is_index_masked=mask < 0,
+        is_index_global_attn=mask > 0,
+        is_global_attn=glob is not None,
+    )[0]
 
 
 @pytest.mark.parametrize("block", ["default", "c1"], indirect=True)
-@pytest.mark.parametrize("window, n, lengths, globs", [
-    (4, 16, [16], ()),
-    (4, 16, [16, 11], (1, 2)),
-    (6, 18, [18, 13, 7], ()),
-    (10, 20, [20, 9], (3, 1)),  # (HF fails for window 2)
-    (8, 24, [24, 20], (0, 1)),
-])
+@pytest.mark.parametrize(
+    "window, n, lengths, globs",
+    [
+        (4, 16, [16], ()),
+        (4, 16, [16, 11], (1, 2)),
+        (6, 18, [18, 13, 7], ()),
+        (10, 20, [20, 9], (3, 1)),  # (HF fails for window 2)
+        (8, 24, [24, 20], (0, 1)),
+    ],
+)
 def test_matches_hugging_face(window, n, lengths, globs, block):
     torch.manual_seed(3)
     layer = attention.build("longformer", HIDDEN, HEADS, window=window).eval()
@@ -245,14 +273,17 @@ def test_bad_window(window):
         attention.build("longformer", HIDDEN, HEADS, window=window)
 
 
-@pytest.mark.parametrize("dilation, match", [
-    ([1, 2, 3], r"dilation has 3 values but the layer has num_heads=2"),
-    ([1], r"dilation has 1 values"),
-    (0, r"dilation values must be ints >= 1"),
-    ([1, 0], r"dilation values must be ints >= 1"),
-    ([1, 1.5], r"dilation values must be ints >= 1"),
-    ("2", r"dilation must be an int or a sequence of ints"),
-])
+@pytest.mark.parametrize(
+    "dilation, match",
+    [
+        ([1, 2, 3], r"dilation has 3 values but the layer has num_heads=2"),
+        ([1], r"dilation has 1 values"),
+        (0, r"dilation values must be ints >= 1"),
+        ([1, 0], r"dilation values must be ints >= 1"),
+        ([1, 1.5], r"dilation values must be ints >= 1"),
+        ("2", r"dilation must be an int or a sequence of ints"),
+    ],
+)
 def test_bad_dilation(dilation, match):
     with pytest.raises(ValueError, match=match):
         attention.build("longformer", HIDDEN, HEADS, window=4, dilation=dilation)

@@ -255,8 +255,13 @@ def test_shares_query_and_key_projection():
     layer = make()
     assert not hasattr(layer, "key") and layer.shared_qk
     assert attention.options("lsh") == {
-        "num_buckets": None, "n_hashes": 1, "chunk_length": 64, "seed": 0,
-        "causal": False, "dropout": 0.0, "bias": True,
+        "num_buckets": None,
+        "n_hashes": 1,
+        "chunk_length": 64,
+        "seed": 0,
+        "causal": False,
+        "dropout": 0.0,
+        "bias": True,
     }
 
 
@@ -293,14 +298,22 @@ def test_matches_hugging_face_outside_first_chunks(causal):
 
     n, c, hashes, nb, seed = 24, 4, 2, 4, 11
     config = ReformerConfig(
-        hidden_size=HIDDEN, num_attention_heads=HEADS, attention_head_size=HIDDEN // HEADS,
-        lsh_attn_chunk_length=c, num_hashes=hashes, num_buckets=nb, lsh_num_chunks_before=1,
-        lsh_num_chunks_after=0, is_decoder=causal, hash_seed=seed,
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        attention_head_size=HIDDEN // HEADS,
+        lsh_attn_chunk_length=c,
+        num_hashes=hashes,
+        num_buckets=nb,
+        lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0,
+        is_decoder=causal,
+        hash_seed=seed,
         lsh_attention_probs_dropout_prob=0.0,
     )
     hf = reformer.LSHSelfAttention(config).double().eval()
-    ours = make(num_buckets=nb, n_hashes=hashes, chunk_length=c, seed=seed, causal=causal,
-                bias=False)
+    ours = make(
+        num_buckets=nb, n_hashes=hashes, chunk_length=c, seed=seed, causal=causal, bias=False
+    )
     with torch.no_grad():
         ours.query.weight.copy_(hf.query_key.weight)
         ours.value.weight.copy_(hf.value.weight)

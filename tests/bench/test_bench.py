@@ -10,9 +10,30 @@ from longseq.bench import attention as ba
 from longseq.bench import peers, report
 from longseq.cli import main
 
-FIELDS = {"mechanism", "kind", "family", "compare_to", "n", "mode", "status", "reason",
-          "median_ms", "times_ms", "peak_mb", "settings", "hidden", "heads", "batch", "dtype",
-          "device", "threads", "repeats", "warmup", "machine", "torch"}
+FIELDS = {
+    "mechanism",
+    "kind",
+    "family",
+    "compare_to",
+    "n",
+    "mode",
+    "status",
+    "reason",
+    "median_ms",
+    "times_ms",
+    "peak_mb",
+    "settings",
+    "hidden",
+    "heads",
+    "batch",
+    "dtype",
+    "device",
+    "threads",
+    "repeats",
+    "warmup",
+    "machine",
+    "torch",
+}
 TINY = ["--hidden", "32", "--heads", "2", "--repeats", "1", "--warmup", "0", "--no-progress"]
 
 
@@ -22,13 +43,26 @@ def read_results(out):
 
 def test_bench_attention_tiny_writes_the_three_outputs(tmp_path, capsys):
     out = tmp_path / "bench"
-    code = main(["bench", "attention", *TINY, "--lengths", "128,256", "--no-peers",
-                 "--mechanisms", "longformer", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "attention",
+            *TINY,
+            "--lengths",
+            "128,256",
+            "--no-peers",
+            "--mechanisms",
+            "longformer",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = read_results(out)
     names = ["projections", "full", "longformer", "longformer+global"]
     assert {(r["mechanism"], r["n"], r["mode"]) for r in rows} == {
-        (m, n, mode) for m in names for n in (128, 256) for mode in ("forward", "fwd+bwd")}
+        (m, n, mode) for m in names for n in (128, 256) for mode in ("forward", "fwd+bwd")
+    }
     for r in rows:
         assert set(r) >= FIELDS, FIELDS - set(r)
         assert r["status"] == "ok", r["reason"]
@@ -47,8 +81,22 @@ def test_bench_attention_tiny_writes_the_three_outputs(tmp_path, capsys):
 
 def test_bench_with_a_peer(tmp_path):
     out = tmp_path / "bench"
-    assert main(["bench", "attention", *TINY, "--lengths", "256", "--mechanisms", "linformer",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "attention",
+                *TINY,
+                "--lengths",
+                "256",
+                "--mechanisms",
+                "linformer",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {(r["mechanism"], r["mode"]): r for r in read_results(out)}
     peer = rows["lucidrains-linformer", "fwd+bwd"]
     assert peer["status"] == "ok" and peer["kind"] == "peer"
@@ -59,8 +107,22 @@ def test_bench_with_a_peer(tmp_path):
 
 def test_rows_over_the_limits_are_skipped_with_the_reason(tmp_path):
     out = tmp_path / "bench"
-    code = main(["bench", "attention", *TINY, "--lengths", "64,128", "--no-peers",
-                 "--mechanisms", "full", "--max-seconds", "1e-9", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "attention",
+            *TINY,
+            "--lengths",
+            "64,128",
+            "--no-peers",
+            "--mechanisms",
+            "full",
+            "--max-seconds",
+            "1e-9",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 1  # nothing could be measured
     rows = read_results(out)
     assert len(rows) == 8 and all(r["status"] == "skipped" for r in rows)
@@ -93,18 +155,23 @@ def test_peer_length_rules_give_reasons():
 
 def test_select_and_settings():
     names = [s.name for s in ba.select(["lsh"], peers=True)]
-    assert names == ["projections", "full", "lsh-4h", "lsh-1h", "hf-reformer-4h",
-                     "hf-reformer-1h"]
+    assert names == ["projections", "full", "lsh-4h", "lsh-1h", "hf-reformer-4h", "hf-reformer-1h"]
     assert [s.name for s in ba.select(["bigbird"], peers=False)] == [
-        "projections", "full", "bigbird"]
+        "projections",
+        "full",
+        "bigbird",
+    ]
     with pytest.raises(ValueError, match="valid: full, longformer"):
         ba.select(["performer"], peers=False)
     lsh = ba.SPEC_BY_NAME["lsh-4h"].options(4096)
     peer = ba.SPEC_BY_NAME["hf-reformer-4h"].options(4096)
     assert lsh["num_buckets"] == peer["num_buckets"] == 128  # HF's rule: 2n/chunk, power of 2
     assert (lsh["chunk_length"], lsh["n_hashes"]) == (peer["chunk_length"], peer["n_hashes"])
-    assert ba.SPEC_BY_NAME["linformer"].options(2048) == {"k": 256, "sharing": "headwise",
-                                                           "max_seq_len": 2048}
+    assert ba.SPEC_BY_NAME["linformer"].options(2048) == {
+        "k": 256,
+        "sharing": "headwise",
+        "max_seq_len": 2048,
+    }
 
 
 def test_lsh_buckets_match_the_layer_rule():
@@ -123,15 +190,29 @@ def test_extrapolate():
 
 def test_report_ratios():
     def rec(m, n, ms, mb, kind="ours", compare_to=None):
-        return {"mechanism": m, "kind": kind, "compare_to": compare_to, "n": n,
-                "mode": "fwd+bwd", "status": "ok", "median_ms": ms, "peak_mb": mb}
+        return {
+            "mechanism": m,
+            "kind": kind,
+            "compare_to": compare_to,
+            "n": n,
+            "mode": "fwd+bwd",
+            "status": "ok",
+            "median_ms": ms,
+            "peak_mb": mb,
+        }
 
-    records = [rec("projections", 4096, 10.0, 100.0, "baseline"),
-               rec("projections", 16384, 40.0, 400.0, "baseline"),
-               rec("longformer", 4096, 15.0, 200.0), rec("longformer", 16384, 60.0, 800.0),
-               rec("hf-longformer", 4096, 30.0, 800.0, "peer", "longformer"),
-               {**rec("hf-longformer", 16384, None, None, "peer", "longformer"),
-                "status": "skipped", "reason": "too big"}]
+    records = [
+        rec("projections", 4096, 10.0, 100.0, "baseline"),
+        rec("projections", 16384, 40.0, 400.0, "baseline"),
+        rec("longformer", 4096, 15.0, 200.0),
+        rec("longformer", 16384, 60.0, 800.0),
+        rec("hf-longformer", 4096, 30.0, 800.0, "peer", "longformer"),
+        {
+            **rec("hf-longformer", 16384, None, None, "peer", "longformer"),
+            "status": "skipped",
+            "reason": "too big",
+        },
+    ]
     text = report.table(records)
     assert "| longformer / hf-longformer | 0.5x; 0.25x | – |" in text
     assert "| longformer | 1.5x | 1.5x |" in text  # vs projections at each n

@@ -1,7 +1,7 @@
 """Self-attention mechanisms behind one API.
 
-    layer = longseq.attention.build("longformer", hidden_size=768, num_heads=12, window=512)
-    out = layer(hidden_states, attention_mask=mask, global_attention_mask=glob)
+layer = longseq.attention.build("longformer", hidden_size=768, num_heads=12, window=512)
+out = layer(hidden_states, attention_mask=mask, global_attention_mask=glob)
 """
 
 from __future__ import annotations

@@ -35,9 +35,7 @@ class SelfAttention(nn.Module):
         if hidden_size <= 0 or num_heads <= 0:
             raise ValueError("hidden_size and num_heads must be positive")
         if hidden_size % num_heads:
-            raise ValueError(
-                f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}"
-            )
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
         if causal and not self.supports_causal:
             raise ValueError(f"'{self.name}' attention cannot be causal (causal=True)")
         if not 0.0 <= dropout < 1.0:

@@ -144,8 +144,9 @@ class BigBirdAttention(SelfAttention):
             raise ValueError("'bigbird' attention has no global tokens; its globals are blocks")
         return patterns.bigbird(n, block_size=self.block_size, **self._pattern_options())
 
-    def _batch_layout(self, nb_real: list[int], nb: int, device: torch.device
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+    def _batch_layout(
+        self, nb_real: list[int], nb: int, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Stacked layouts: index, valid (B, H, gx + nb, K) and global blocks (B, g).
 
         Rows past a sequence's real blocks are unused; global-block slots a sequence lacks
@@ -192,14 +193,15 @@ class BigBirdAttention(SelfAttention):
         ctx = ctx.view(bsz, h, length, d)[:, :, :n_eff]
         return ctx if n_eff == n else F.pad(ctx, (0, 0, 0, n - n_eff))
 
-    def _sparse_rows(self, q: Tensor, k: Tensor, v: Tensor, real_k: Tensor, index: Tensor,
-                     valid: Tensor) -> Tensor:
+    def _sparse_rows(
+        self, q: Tensor, k: Tensor, v: Tensor, real_k: Tensor, index: Tensor, valid: Tensor
+    ) -> Tensor:
         """Every query block against its K gathered key blocks: (B, H, nb, b, D)."""
         b, gx = self.block_size, self.extra_blocks
         bsz, h, length, d = q.shape
         nb, nbk, kk = length // b, k.shape[2] // b, index.shape[-1]
         # Rows: (batch, head, query block) flattened; index rows of the (B*H*nbk, b*D) blocks.
-        flat = (index + torch.arange(bsz * h, device=q.device).view(bsz, h, 1, 1) * nbk)
+        flat = index + torch.arange(bsz * h, device=q.device).view(bsz, h, 1, 1) * nbk
         batch = torch.arange(bsz, device=q.device).view(bsz, 1, 1, 1)
         key_ok = real_k.view(bsz, nbk, b)[batch, index] & valid[..., None]  # (B, H, nb, K, b)
         key_bias = ops.mask_bias(key_ok.view(-1, 1, kk * b), q.dtype)
@@ -229,8 +231,9 @@ class BigBirdAttention(SelfAttention):
         )
         return out.view(bsz, h, nb, b, d)
 
-    def _global_rows(self, ctx: Tensor, q: Tensor, k: Tensor, v: Tensor, real: Tensor,
-                     glob_blocks: Tensor) -> Tensor:
+    def _global_rows(
+        self, ctx: Tensor, q: Tensor, k: Tensor, v: Tensor, real: Tensor, glob_blocks: Tensor
+    ) -> Tensor:
         """ITC: overwrite the global query blocks of ctx (B, H, nb, b, D) with dense rows."""
         b = self.block_size
         bsz, h, nb, _, d = ctx.shape

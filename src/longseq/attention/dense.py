@@ -23,8 +23,9 @@ class FullAttention(SelfAttention):
         q, k, v = self.project(hidden_states)
         p = self.dropout if self.training else 0.0
         if bool(real.all()):
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal,
-                                                  scale=1.0)
+            return F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=self.causal, scale=1.0
+            )
         n = q.shape[-2]
         allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
         if self.causal:

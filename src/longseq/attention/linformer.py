@@ -63,8 +63,9 @@ class LinformerProjection(nn.Module):
                 "the longest sequence has only adds cost; use k <= max_seq_len"
             )
         if heads is not None and (not isinstance(heads, int) or heads < 1):
-            raise ValueError(f"heads must be None (shared by all heads) or a positive int, "
-                             f"got {heads!r}")
+            raise ValueError(
+                f"heads must be None (shared by all heads) or a positive int, got {heads!r}"
+            )
         self.k, self.max_seq_len, self.heads, self.share_kv = k, max_seq_len, heads, share_kv
         shape = (k, max_seq_len) if heads is None else (heads, k, max_seq_len)
         self.e = nn.Parameter(torch.empty(shape))
@@ -92,15 +93,19 @@ class LinformerProjection(nn.Module):
         return self.e[..., :n], f[..., :n]
 
     def extra_repr(self) -> str:
-        return (f"k={self.k}, max_seq_len={self.max_seq_len}, heads={self.heads}, "
-                f"share_kv={self.share_kv}")
+        return (
+            f"k={self.k}, max_seq_len={self.max_seq_len}, heads={self.heads}, "
+            f"share_kv={self.share_kv}"
+        )
 
 
 def _layout(sharing: str, num_heads: int) -> tuple[int | None, bool]:
     """(heads, share_kv) of the projection that `sharing` needs."""
     if sharing not in SHARING:
-        raise ValueError(f"unknown sharing={sharing!r} for linformer attention; "
-                         f"valid values: {', '.join(map(repr, SHARING))}")
+        raise ValueError(
+            f"unknown sharing={sharing!r} for linformer attention; "
+            f"valid values: {', '.join(map(repr, SHARING))}"
+        )
     return (num_heads if sharing == "none" else None), sharing in ("kv", "layerwise")
 
 
@@ -140,10 +145,14 @@ class LinformerAttention(SelfAttention):
         if projection is None:
             projection = LinformerProjection(k, max_seq_len, heads=heads, share_kv=share_kv)
         elif not isinstance(projection, LinformerProjection):
-            raise TypeError(f"projection must be a LinformerProjection or None, "
-                            f"got {type(projection).__name__}")
+            raise TypeError(
+                f"projection must be a LinformerProjection or None, got {type(projection).__name__}"
+            )
         elif (projection.k, projection.max_seq_len, projection.heads, projection.share_kv) != (
-            k, max_seq_len, heads, share_kv
+            k,
+            max_seq_len,
+            heads,
+            share_kv,
         ):
             raise ValueError(
                 f"projection ({projection.extra_repr()}) does not match this layer (k={k}, "
@@ -183,8 +192,10 @@ class LinformerAttention(SelfAttention):
         return F.scaled_dot_product_attention(q, pk, pv, dropout_p=p, scale=1.0)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, k={self.k}, max_seq_len={self.max_seq_len}, "
-                f"sharing={self.sharing!r}")
+        return (
+            f"{super().extra_repr()}, k={self.k}, max_seq_len={self.max_seq_len}, "
+            f"sharing={self.sharing!r}"
+        )
 
 
 __all__ = ["SHARING", "LinformerAttention", "LinformerProjection"]

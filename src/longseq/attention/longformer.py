@@ -145,9 +145,18 @@ class LongformerAttention(SelfAttention):
             outs = []
             for dil, heads in groups.items():
                 sel = torch.tensor(heads, device=q.device)
-                outs.append(self._band(q[:, :, sel], k[:, :, sel], v[:, :, sel], key_ok, dil,
-                                       None if gk is None else gk[:, :, sel],
-                                       None if gv is None else gv[:, :, sel], g_ok))
+                outs.append(
+                    self._band(
+                        q[:, :, sel],
+                        k[:, :, sel],
+                        v[:, :, sel],
+                        key_ok,
+                        dil,
+                        None if gk is None else gk[:, :, sel],
+                        None if gv is None else gv[:, :, sel],
+                        g_ok,
+                    )
+                )
             order = torch.tensor([i for heads in groups.values() for i in heads])
             ctx = torch.cat(outs, dim=2).index_select(2, torch.argsort(order).to(q.device))
         if glob is not None:
@@ -156,8 +165,17 @@ class LongformerAttention(SelfAttention):
             ctx = ctx.index_put((bi, gidx[bi, si]), rows[bi, si])
         return ctx.transpose(1, 2)
 
-    def _band(self, q: Tensor, k: Tensor, v: Tensor, key_ok: Tensor, dil: int,
-              gk: Tensor | None, gv: Tensor | None, g_ok: Tensor | None) -> Tensor:
+    def _band(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_ok: Tensor,
+        dil: int,
+        gk: Tensor | None,
+        gv: Tensor | None,
+        g_ok: Tensor | None,
+    ) -> Tensor:
         """Band (+ global keys) attention for the h heads of one dilation.
 
         q, k, v: (B, N, h, D); key_ok: (B, N) keys that may be seen in the band; gk, gv:
@@ -231,8 +249,9 @@ class LongformerAttention(SelfAttention):
             qk = torch.einsum("bhgd,hde->bhge", qg, self.key_global.weight.view(h, d, e))
             qk = F.pad(qk.reshape(b, 1, h * g, e), (0, 1))
             x1 = F.pad(x, (0, 1), value=1.0)[:, None]
-            px = F.scaled_dot_product_attention(qk, x1, x1, attn_mask=bias, dropout_p=p,
-                                                scale=1.0).view(b, h, g, e + 1)
+            px = F.scaled_dot_product_attention(
+                qk, x1, x1, attn_mask=bias, dropout_p=p, scale=1.0
+            ).view(b, h, g, e + 1)
             wv = self.value_global.weight.view(h, d, e)
             out = torch.einsum("bhge,hde->bhgd", px[..., :e], wv)
             if self.value_global.bias is not None:
@@ -240,8 +259,7 @@ class LongformerAttention(SelfAttention):
         else:  # many global tokens: project the whole sequence
             kg = ops.split_heads(self.key_global(x), h)
             vg = ops.split_heads(self.value_global(x), h)
-            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, dropout_p=p,
-                                                 scale=1.0)
+            out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, dropout_p=p, scale=1.0)
         return out.transpose(1, 2)
 
 
@@ -266,8 +284,17 @@ def _block_size(half: int, sub: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _band_bias(c: int, m: int, r: int, half: int, g: int, width: int, causal: bool,
-               dtype: torch.dtype, device: torch.device) -> Tensor:
+def _band_bias(
+    c: int,
+    m: int,
+    r: int,
+    half: int,
+    g: int,
+    width: int,
+    causal: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
     """(c, width) additive mask of the band and global slots inside a window (see `windows`).
 
     Slot t of the window of a block lies r + t slots after the start of its first group;

@@ -247,8 +247,9 @@ class _Plan:
     a group's scores stay in cache between the ops that use them.
     """
 
-    def __init__(self, perm: Tensor, chunk: int, n_real: Tensor | None, causal: bool,
-                 element_size: int) -> None:
+    def __init__(
+        self, perm: Tensor, chunk: int, n_real: Tensor | None, causal: bool, element_size: int
+    ) -> None:
         b, h, r, n = perm.shape
         self.units, self.heads, self.rounds, self.n = b * h, h, r, n
         self.chunk, self.causal = chunk, causal
@@ -323,8 +324,9 @@ class _Group:
         buf = ws("qkv", (t + 1) * c, d3, zero_rows=c)  # placeholder: masked, must be finite
         torch.index_select(qkv, 0, self.sort, out=buf[c:])
         q = buf[c:, :d].unflatten(0, (t, c))
-        k, v = (buf[:, j * d : (j + 1) * d].as_strided((t, 2 * c, d), (c * d3, d3, 1))
-                for j in (1, 2))
+        k, v = (
+            buf[:, j * d : (j + 1) * d].as_strided((t, 2 * c, d), (c * d3, d3, 1)) for j in (1, 2)
+        )
         return q, k, v
 
     def scores(self, ws: _Workspace, q: Tensor, k: Tensor) -> Tensor:
@@ -363,8 +365,9 @@ class _LSHKernel(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, qk: Tensor, key: Tensor, value: Tensor, plan: _Plan,
-                dropout: float) -> Tensor:
+    def forward(
+        ctx: Any, qk: Tensor, key: Tensor, value: Tensor, plan: _Plan, dropout: float
+    ) -> Tensor:
         b, h, n, d = qk.shape
         r, c = plan.rounds, plan.chunk
         rows = torch.cat([qk, key, value], dim=-1).view(-1, 3 * d)  # one gather sorts all three

@@ -116,8 +116,9 @@ def blocks(x: Tensor, block: int, dim: int = -2) -> Tensor:
     return x.unflatten(dim, (x.shape[dim] // block, block))
 
 
-def masked_softmax(scores: Tensor, allowed: Tensor | None, dropout: float = 0.0,
-                   training: bool = False) -> Tensor:
+def masked_softmax(
+    scores: Tensor, allowed: Tensor | None, dropout: float = 0.0, training: bool = False
+) -> Tensor:
     """Softmax over the last dim with disallowed entries set to NEG_INF.
 
     A row with no allowed entry gives finite weights (callers zero such rows' outputs: they

@@ -178,9 +178,7 @@ def bigbird_layout(
         far = blk < rows - s if causal else (blk - rows).abs() > s
         forbidden = ~far | is_glob
         for h in range(num_heads):
-            gen = torch.Generator().manual_seed(
-                _bigbird_seed(seed, layer_idx, h, nb_real, start)
-            )
+            gen = torch.Generator().manual_seed(_bigbird_seed(seed, layer_idx, h, nb_real, start))
             scores = torch.rand(len(rows), nb, generator=gen).masked_fill(forbidden, -1.0)
             top, idx = scores.topk(k, dim=-1)
             rnd[h, start : start + len(rows), :k] = idx

@@ -44,8 +44,12 @@ from torch import Tensor, nn
 import longseq
 from longseq import attention
 
-DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
-          "fp16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 MODES = ("forward", "fwd+bwd")
 MIB = 2**20
 
@@ -84,8 +88,12 @@ def lsh_buckets(n: int, chunk_length: int) -> int:
 
 
 LONGFORMER = {"window": 512}
-BIGBIRD = {"block_size": 64, "num_random_blocks": 3, "num_global_blocks": 2,
-           "num_sliding_blocks": 3}
+BIGBIRD = {
+    "block_size": 64,
+    "num_random_blocks": 3,
+    "num_global_blocks": 2,
+    "num_sliding_blocks": 3,
+}
 LINFORMER = {"k": 256, "sharing": "headwise"}  # E, F shared by the heads, as lucidrains'
 LSH = {"chunk_length": 64, "seed": 0}
 
@@ -98,18 +106,40 @@ SPECS: tuple[Spec, ...] = (
     Spec("linformer", "linformer", "ours", "longseq", LINFORMER),
     Spec("lsh-4h", "lsh", "ours", "longseq", {**LSH, "n_hashes": 4}),
     Spec("lsh-1h", "lsh", "ours", "longseq", {**LSH, "n_hashes": 1}),
-    Spec("hf-longformer", "longformer", "peer", "hf_longformer", LONGFORMER,
-         compare_to="longformer"),
-    Spec("hf-longformer+global", "longformer", "peer", "hf_longformer", LONGFORMER,
-         global_tokens=1, compare_to="longformer+global"),
-    Spec("hf-bigbird", "bigbird", "peer", "hf_bigbird",
-         {"block_size": 64, "num_random_blocks": 3}, compare_to="bigbird"),
-    Spec("lucidrains-linformer", "linformer", "peer", "lucidrains_linformer", {"k": 256},
-         compare_to="linformer"),
-    Spec("hf-reformer-4h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 4},
-         compare_to="lsh-4h"),
-    Spec("hf-reformer-1h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 1},
-         compare_to="lsh-1h"),
+    Spec(
+        "hf-longformer", "longformer", "peer", "hf_longformer", LONGFORMER, compare_to="longformer"
+    ),
+    Spec(
+        "hf-longformer+global",
+        "longformer",
+        "peer",
+        "hf_longformer",
+        LONGFORMER,
+        global_tokens=1,
+        compare_to="longformer+global",
+    ),
+    Spec(
+        "hf-bigbird",
+        "bigbird",
+        "peer",
+        "hf_bigbird",
+        {"block_size": 64, "num_random_blocks": 3},
+        compare_to="bigbird",
+    ),
+    Spec(
+        "lucidrains-linformer",
+        "linformer",
+        "peer",
+        "lucidrains_linformer",
+        {"k": 256},
+        compare_to="linformer",
+    ),
+    Spec(
+        "hf-reformer-4h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 4}, compare_to="lsh-4h"
+    ),
+    Spec(
+        "hf-reformer-1h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 1}, compare_to="lsh-1h"
+    ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 FAMILIES: tuple[str, ...] = tuple(m for m in attention.MECHANISMS if m != "full")
@@ -122,8 +152,9 @@ def select(mechanisms: list[str], peers: bool) -> list[Spec]:
     unknown = [m for m in mechanisms if m not in CHOICES]
     if unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; valid: {', '.join(CHOICES)}")
-    chosen = [s for s in SPECS
-              if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms]
+    chosen = [
+        s for s in SPECS if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms
+    ]
     if not peers:
         chosen = [s for s in chosen if s.kind != "peer"]
     return chosen
@@ -201,8 +232,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def call_once(module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor, mode: str,
-              device: str) -> float:
+def call_once(
+    module: nn.Module, fn: Callable[[Tensor], Tensor], x: Tensor, mode: str, device: str
+) -> float:
     """Seconds for one forward (eval, no grad) or forward+backward (train, loss = out.sum())."""
     if mode == "forward":
         module.eval()
@@ -338,8 +370,9 @@ def _serve(preload: list[str]) -> None:
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
             error = f"probe process died (signal {sig}; killed for memory?)"
         # fatal: the layer ran out of time or memory, so longer lengths are not tried
-        reply = ({"ok": False, "error": error, "fatal": True} if error
-                 else json.loads(b"".join(chunks)))
+        reply = (
+            {"ok": False, "error": error, "fatal": True} if error else json.loads(b"".join(chunks))
+        )
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
@@ -354,8 +387,11 @@ class Prober:
     def _start(self) -> subprocess.Popen[str]:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "longseq.bench.attention", "--probe-server",
-                 *self.preload], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                [sys.executable, "-m", "longseq.bench.attention", "--probe-server", *self.preload],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         return self.proc
 
     def __call__(self, spec: Spec, n: int, cfg: Config, timeout: float) -> dict[str, Any]:
@@ -436,9 +472,11 @@ def machine_info(device: str) -> dict[str, Any]:
 def describe(specs: list[Spec], cfg: Config) -> str:
     """The fixed settings of every row, printed before a run and written in table.md."""
     n = max(cfg.lengths)
-    lines = [f"hidden {cfg.hidden}, heads {cfg.heads}, batch {cfg.batch}, {cfg.dtype}, "
-             f"{cfg.device}, {cfg.threads} threads, median of {cfg.repeats} "
-             f"(+{cfg.warmup} warm-up), lengths {', '.join(map(str, cfg.lengths))}"]
+    lines = [
+        f"hidden {cfg.hidden}, heads {cfg.heads}, batch {cfg.batch}, {cfg.dtype}, "
+        f"{cfg.device}, {cfg.threads} threads, median of {cfg.repeats} "
+        f"(+{cfg.warmup} warm-up), lengths {', '.join(map(str, cfg.lengths))}"
+    ]
     for s in specs:
         opts = s.options(n)
         if s.family == "lsh":
@@ -453,10 +491,12 @@ def describe(specs: list[Spec], cfg: Config) -> str:
 
 
 def _preload(specs: list[Spec]) -> list[str]:
-    mods = {"hf_longformer": "transformers.models.longformer.modeling_longformer",
-            "hf_bigbird": "transformers.models.big_bird.modeling_big_bird",
-            "hf_reformer": "transformers.models.reformer.modeling_reformer",
-            "lucidrains_linformer": "linformer"}
+    mods = {
+        "hf_longformer": "transformers.models.longformer.modeling_longformer",
+        "hf_bigbird": "transformers.models.big_bird.modeling_big_bird",
+        "hf_reformer": "transformers.models.reformer.modeling_reformer",
+        "lucidrains_linformer": "linformer",
+    }
     out = []
     for s in specs:
         if s.builder in mods and mods[s.builder] not in out:
@@ -478,30 +518,59 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     log("attention benchmark settings:\n" + describe(specs, cfg))
-    common = {"hidden": cfg.hidden, "heads": cfg.heads, "batch": cfg.batch, "dtype": cfg.dtype,
-              "device": cfg.device, "threads": cfg.threads, "repeats": cfg.repeats,
-              "warmup": cfg.warmup, "machine": machine_info(cfg.device),
-              "torch": torch.__version__}
+    common = {
+        "hidden": cfg.hidden,
+        "heads": cfg.heads,
+        "batch": cfg.batch,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "threads": cfg.threads,
+        "repeats": cfg.repeats,
+        "warmup": cfg.warmup,
+        "machine": machine_info(cfg.device),
+        "torch": torch.__version__,
+    }
     prober = Prober(_preload(specs))
     rounds = cfg.warmup + cfg.repeats
     records: list[dict[str, Any]] = []
     history: dict[str, dict[str, list[tuple[int, float]]]] = {
-        s.name: {"mem": [], "sec": []} for s in specs}
+        s.name: {"mem": [], "sec": []} for s in specs
+    }
     gave_up: dict[str, str] = {}  # rows dropped for memory/time at a shorter length
-    bar = tqdm(total=len(lengths) * len(specs) * (1 + rounds), disable=not cfg.progress,
-               desc="bench", unit="step", file=sys.stderr)
+    bar = tqdm(
+        total=len(lengths) * len(specs) * (1 + rounds),
+        disable=not cfg.progress,
+        desc="bench",
+        unit="step",
+        file=sys.stderr,
+    )
 
     with (out_dir / "results.jsonl").open("w") as results:
 
-        def record(spec: Spec, n: int, mode: str, *, reason: str | None = None,
-                   times: list[float] | None = None, peak: float | None = None) -> None:
-            row = {"mechanism": spec.name, "kind": spec.kind, "family": spec.family,
-                   "compare_to": spec.compare_to, "n": n, "mode": mode,
-                   "status": "skipped" if reason else "ok", "reason": reason,
-                   "median_ms": statistics.median(times) if times else None,
-                   "times_ms": times or [], "peak_mb": None if peak is None else peak / MIB,
-                   "settings": {**spec.options(n), "global_tokens": spec.global_tokens},
-                   **common}
+        def record(
+            spec: Spec,
+            n: int,
+            mode: str,
+            *,
+            reason: str | None = None,
+            times: list[float] | None = None,
+            peak: float | None = None,
+        ) -> None:
+            row = {
+                "mechanism": spec.name,
+                "kind": spec.kind,
+                "family": spec.family,
+                "compare_to": spec.compare_to,
+                "n": n,
+                "mode": mode,
+                "status": "skipped" if reason else "ok",
+                "reason": reason,
+                "median_ms": statistics.median(times) if times else None,
+                "times_ms": times or [],
+                "peak_mb": None if peak is None else peak / MIB,
+                "settings": {**spec.options(n), "global_tokens": spec.global_tokens},
+                **common,
+            }
             records.append(row)
             results.write(json.dumps(row) + "\n")
             results.flush()
@@ -517,16 +586,22 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
             for spec in specs:
                 bar.set_description(f"n={n} memory {spec.name}")
                 reason = _precheck(spec, n, cfg, history[spec.name], gave_up)
-                res = (prober(spec, n, cfg, timeout=3 * cfg.max_seconds + 60) if not reason
-                       else {"ok": False, "error": reason})
+                res = (
+                    prober(spec, n, cfg, timeout=3 * cfg.max_seconds + 60)
+                    if not reason
+                    else {"ok": False, "error": reason}
+                )
                 if res["ok"]:
                     fb = res["fwd+bwd"]
                     history[spec.name]["mem"].append((n, fb["peak_bytes"]))
                     history[spec.name]["sec"].append((n, fb["seconds"]))
                     if fb["seconds"] > cfg.max_seconds:
-                        res = {"ok": False, "fatal": True,
-                               "error": f"one fwd+bwd took {fb['seconds']:.1f} s > "
-                                        f"--max-seconds {cfg.max_seconds:g}"}
+                        res = {
+                            "ok": False,
+                            "fatal": True,
+                            "error": f"one fwd+bwd took {fb['seconds']:.1f} s > "
+                            f"--max-seconds {cfg.max_seconds:g}",
+                        }
                 if not res["ok"]:
                     if res.get("fatal"):
                         gave_up[spec.name] = f"{res['error']} at n={n}"
@@ -549,8 +624,13 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
                     if spec.name in failed:
                         record(spec, n, mode, reason=failed[spec.name])
                     else:
-                        record(spec, n, mode, times=times[spec.name][mode],
-                               peak=probes[spec.name][mode]["peak_bytes"])
+                        record(
+                            spec,
+                            n,
+                            mode,
+                            times=times[spec.name][mode],
+                            peak=probes[spec.name][mode]["peak_bytes"],
+                        )
             del layers
             gc.collect()
     bar.close()
@@ -564,15 +644,17 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
 Layer = tuple[Spec, nn.Module, Callable[[Tensor], Tensor]]
 
 
-def time_round_robin(layers: list[Layer], x: Tensor, cfg: Config, bar: Any = None
-                     ) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
+def time_round_robin(
+    layers: list[Layer], x: Tensor, cfg: Config, bar: Any = None
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """Milliseconds per call of every layer and mode, warm-up rounds dropped; and failures.
 
     Each round calls every layer once per mode; the order rotates by one layer each round, so
     no layer always runs first (after a cold cache) or right after the same neighbour.
     """
-    times: dict[str, dict[str, list[float]]] = {s.name: {m: [] for m in MODES}
-                                                for s, _, _ in layers}
+    times: dict[str, dict[str, list[float]]] = {
+        s.name: {m: [] for m in MODES} for s, _, _ in layers
+    }
     failed: dict[str, str] = {}
     rounds = cfg.warmup + cfg.repeats
     for r in range(rounds):
@@ -596,15 +678,19 @@ def time_round_robin(layers: list[Layer], x: Tensor, cfg: Config, bar: Any = Non
     return times, failed
 
 
-def _precheck(spec: Spec, n: int, cfg: Config, hist: dict[str, list[tuple[int, float]]],
-              gave_up: dict[str, str]) -> str | None:
+def _precheck(
+    spec: Spec,
+    n: int,
+    cfg: Config,
+    hist: dict[str, list[tuple[int, float]]],
+    gave_up: dict[str, str],
+) -> str | None:
     """A reason to skip `spec` at n before running it, or None."""
     if spec.name in gave_up:
         return f"skipped after: {gave_up[spec.name]}"
     mem = extrapolate(hist["mem"], n)
     if mem is not None and mem > cfg.max_memory_gb * 2**30:
-        return (f"expected peak memory {mem / 2**30:.1f} GiB > --max-memory-gb "
-                f"{cfg.max_memory_gb:g}")
+        return f"expected peak memory {mem / 2**30:.1f} GiB > --max-memory-gb {cfg.max_memory_gb:g}"
     sec = extrapolate(hist["sec"], n)
     if sec is not None and sec > cfg.max_seconds:
         return f"expected fwd+bwd time {sec:.0f} s > --max-seconds {cfg.max_seconds:g}"
@@ -615,5 +701,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--probe-server"]:
         _serve(sys.argv[2:])
     else:
-        sys.exit("usage: python -m longseq.bench.attention --probe-server [MODULE ...] "
-                 "(internal; run benchmarks with `longseq bench attention`)")
+        sys.exit(
+            "usage: python -m longseq.bench.attention --probe-server [MODULE ...] "
+            "(internal; run benchmarks with `longseq bench attention`)"
+        )

@@ -42,7 +42,8 @@ def _hf(module: str) -> Any:
         return importlib.import_module(f"transformers.models.{module}")
     except ImportError as err:  # transformers absent or too old
         raise PeerUnavailable(
-            f"transformers not importable ({err}); pip install 'longseq[peers]'") from err
+            f"transformers not importable ({err}); pip install 'longseq[peers]'"
+        ) from err
 
 
 class _WithOutput(nn.Module):
@@ -54,8 +55,9 @@ class _WithOutput(nn.Module):
         self.out = nn.Linear(hidden, hidden)
 
 
-def hf_longformer(hidden: int, heads: int, n: int, *, window: int = 512,
-                  global_tokens: int = 0, **_: Any) -> Peer:
+def hf_longformer(
+    hidden: int, heads: int, n: int, *, window: int = 512, global_tokens: int = 0, **_: Any
+) -> Peer:
     """transformers' LongformerSelfAttention; its own additive mask: 0 local, +big global."""
     if n % window:
         raise PeerUnavailable(
@@ -63,9 +65,13 @@ def hf_longformer(hidden: int, heads: int, n: int, *, window: int = 512,
             f"(LongformerModel pads to it), got n={n}"
         )
     mod = _hf("longformer.modeling_longformer")
-    cfg = mod.LongformerConfig(hidden_size=hidden, num_attention_heads=heads,
-                               attention_window=[window], num_hidden_layers=1,
-                               attention_probs_dropout_prob=0.0)
+    cfg = mod.LongformerConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        attention_window=[window],
+        num_hidden_layers=1,
+        attention_probs_dropout_prob=0.0,
+    )
     layer = _WithOutput(mod.LongformerSelfAttention(cfg, layer_id=0), hidden)
     state: dict[str, Tensor] = {}
 
@@ -76,15 +82,21 @@ def hf_longformer(hidden: int, heads: int, n: int, *, window: int = 512,
             state["mask"] = mask
         mask = state["mask"]
         is_global = mask > 0
-        ctx = layer.attn(x, attention_mask=mask, is_index_masked=mask < 0,
-                         is_index_global_attn=is_global, is_global_attn=global_tokens > 0)[0]
+        ctx = layer.attn(
+            x,
+            attention_mask=mask,
+            is_index_masked=mask < 0,
+            is_index_global_attn=is_global,
+            is_global_attn=global_tokens > 0,
+        )[0]
         return layer.out(ctx)
 
     return Peer(layer, fn)
 
 
-def hf_bigbird(hidden: int, heads: int, n: int, *, block_size: int = 64,
-               num_random_blocks: int = 3, **_: Any) -> Peer:
+def hf_bigbird(
+    hidden: int, heads: int, n: int, *, block_size: int = 64, num_random_blocks: int = 3, **_: Any
+) -> Peer:
     """transformers' BigBirdBlockSparseAttention (ITC: 2 global, 3 sliding blocks, fixed)."""
     min_len = (5 + 2 * num_random_blocks) * block_size
     if n % block_size or n <= min_len:
@@ -93,29 +105,51 @@ def hf_bigbird(hidden: int, heads: int, n: int, *, block_size: int = 64,
             f"n > {min_len} (BigBirdModel falls back to full attention below), got n={n}"
         )
     mod = _hf("big_bird.modeling_big_bird")
-    cfg = mod.BigBirdConfig(hidden_size=hidden, num_attention_heads=heads, block_size=block_size,
-                            num_random_blocks=num_random_blocks, attention_type="block_sparse",
-                            max_position_embeddings=max(n, 4096))
+    cfg = mod.BigBirdConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        block_size=block_size,
+        num_random_blocks=num_random_blocks,
+        attention_type="block_sparse",
+        max_position_embeddings=max(n, 4096),
+    )
     layer = _WithOutput(mod.BigBirdBlockSparseAttention(cfg, seed=0), hidden)
     state: dict[str, Any] = {}
 
     def fn(x: Tensor) -> Tensor:
         if state.get("shape") != x.shape[:2]:
             mask = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
-            blocked, band, from_mask, to_mask = (
-                mod.BigBirdModel.create_masks_for_block_sparse_attn(mask, block_size))
+            blocked, band, from_mask, to_mask = mod.BigBirdModel.create_masks_for_block_sparse_attn(
+                mask, block_size
+            )
             state.update(shape=x.shape[:2], masks=(band, from_mask, to_mask, blocked, blocked))
         band, from_mask, to_mask, from_blocked, to_blocked = state["masks"]
-        ctx = layer.attn(x, band_mask=band, from_mask=from_mask, to_mask=to_mask,
-                         from_blocked_mask=from_blocked, to_blocked_mask=to_blocked)[0]
+        ctx = layer.attn(
+            x,
+            band_mask=band,
+            from_mask=from_mask,
+            to_mask=to_mask,
+            from_blocked_mask=from_blocked,
+            to_blocked_mask=to_blocked,
+        )[0]
         return layer.out(ctx)
 
     return Peer(layer, fn)
 
 
-def hf_reformer(hidden: int, heads: int, n: int, *, chunk_length: int = 64, n_hashes: int = 1,
-                num_buckets: int = 64, num_chunks_before: int = 1, num_chunks_after: int = 0,
-                seed: int | None = 0, **_: Any) -> Peer:
+def hf_reformer(
+    hidden: int,
+    heads: int,
+    n: int,
+    *,
+    chunk_length: int = 64,
+    n_hashes: int = 1,
+    num_buckets: int = 64,
+    num_chunks_before: int = 1,
+    num_chunks_after: int = 0,
+    seed: int | None = 0,
+    **_: Any,
+) -> Peer:
     """transformers' Reformer LSHSelfAttention (shared QK, no biases in its projections)."""
     if n % chunk_length:
         raise PeerUnavailable(
@@ -123,13 +157,21 @@ def hf_reformer(hidden: int, heads: int, n: int, *, chunk_length: int = 64, n_ha
             f"{chunk_length} (ReformerModel pads to it), got n={n}"
         )
     mod = _hf("reformer.modeling_reformer")
-    cfg = mod.ReformerConfig(hidden_size=hidden, num_attention_heads=heads,
-                             attention_head_size=hidden // heads, attn_layers=["lsh"],
-                             lsh_attn_chunk_length=chunk_length, num_hashes=n_hashes,
-                             num_buckets=num_buckets, lsh_num_chunks_before=num_chunks_before,
-                             lsh_num_chunks_after=num_chunks_after, hash_seed=seed,
-                             lsh_attention_probs_dropout_prob=0.0, is_decoder=False,
-                             max_position_embeddings=max(n, 4096))
+    cfg = mod.ReformerConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        attention_head_size=hidden // heads,
+        attn_layers=["lsh"],
+        lsh_attn_chunk_length=chunk_length,
+        num_hashes=n_hashes,
+        num_buckets=num_buckets,
+        lsh_num_chunks_before=num_chunks_before,
+        lsh_num_chunks_after=num_chunks_after,
+        hash_seed=seed,
+        lsh_attention_probs_dropout_prob=0.0,
+        is_decoder=False,
+        max_position_embeddings=max(n, 4096),
+    )
     layer = _WithOutput(mod.LSHSelfAttention(cfg, layer_idx=0), hidden)
     return Peer(layer, lambda x: layer.out(layer.attn(x).hidden_states))
 
@@ -140,7 +182,8 @@ def lucidrains_linformer(hidden: int, heads: int, n: int, *, k: int = 256, **_: 
         from linformer import LinformerSelfAttention
     except ImportError as err:
         raise PeerUnavailable(
-            f"linformer not importable ({err}); pip install 'longseq[peers]'") from err
+            f"linformer not importable ({err}); pip install 'longseq[peers]'"
+        ) from err
     layer = LinformerSelfAttention(dim=hidden, seq_len=n, k=k, heads=heads)
     return Peer(layer, layer)
 

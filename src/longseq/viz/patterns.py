@@ -80,8 +80,9 @@ def full_figure(n: int) -> Figure:
     return fig
 
 
-def _longformer_panel(title: str, layer: Any, n: int, is_global: Tensor | None,
-                      head: int = 0) -> Panel:
+def _longformer_panel(
+    title: str, layer: Any, n: int, is_global: Tensor | None, head: int = 0
+) -> Panel:
     mask = layer.pattern(n, is_global)[head].numpy()
     cat = mask.astype(np.int64)
     if is_global is not None:
@@ -93,17 +94,21 @@ def _longformer_panel(title: str, layer: Any, n: int, is_global: Tensor | None,
 
 def longformer_figure(n: int) -> Figure:
     w = max(2, (n // 8) // 2 * 2)
-    fig = Figure("longformer", f"Longformer (n={n}): sliding window w={w} (w/2 each side), "
-                               "dilation, global tokens")
+    fig = Figure(
+        "longformer",
+        f"Longformer (n={n}): sliding window w={w} (w/2 each side), dilation, global tokens",
+    )
     plain = attention.build("longformer", HIDDEN, HEADS, window=w)
     fig.panels.append(_longformer_panel(f"window={w}, dilation=1", plain, n, None))
     dilated = attention.build("longformer", HIDDEN, HEADS, window=w, dilation=[1, 2])
-    fig.panels.append(_longformer_panel(f"window={w}, dilation=[1, 2]: head 1 (d=2)",
-                                        dilated, n, None, head=1))
+    fig.panels.append(
+        _longformer_panel(f"window={w}, dilation=[1, 2]: head 1 (d=2)", dilated, n, None, head=1)
+    )
     glob = torch.zeros(n, dtype=torch.bool)
     glob[[0, n // 2]] = True
-    fig.panels.append(_longformer_panel(f"window={w}, global tokens 0 and {n // 2}",
-                                        plain, n, glob))
+    fig.panels.append(
+        _longformer_panel(f"window={w}, global tokens 0 and {n // 2}", plain, n, glob)
+    )
     causal = attention.build("longformer", HIDDEN, HEADS, window=w, causal=True)
     fig.panels.append(_longformer_panel(f"window={w}, causal=True", causal, n, None))
     return fig
@@ -129,8 +134,10 @@ def _bigbird_panel(layer: Any, n: int, head: int = 0) -> Panel:
     if not torch.equal(tokens > 0, pattern):
         raise RuntimeError("bigbird layout parts do not add up to layer.pattern(n)")
     extra = f"; +{g * b} extra global tokens first" if layer.variant == "etc" else ""
-    title = (f"variant={layer.variant}, causal={layer.causal}\nblock_size={b}, "
-             f"sliding={layer.num_sliding_blocks}, global={g}, random={r}")
+    title = (
+        f"variant={layer.variant}, causal={layer.causal}\nblock_size={b}, "
+        f"sliding={layer.num_sliding_blocks}, global={g}, random={r}"
+    )
     cats = {1: ("sliding", BLUE), 2: ("global", RED), 3: ("random", GREEN)}
     return Panel(f"{title}\n{_density(tokens.numpy())}{extra}", tokens.numpy(), cats, grid=b)
 
@@ -138,13 +145,20 @@ def _bigbird_panel(layer: Any, n: int, head: int = 0) -> Panel:
 def bigbird_figure(n: int) -> Figure:
     b = max(1, n // 16)
     fig = Figure("bigbird", f"BigBird (n={n}): block-sparse, block_size={b}")
-    opts = {"block_size": b, "num_random_blocks": 2, "num_global_blocks": 2,
-            "num_sliding_blocks": 3, "seed": 0}
+    opts = {
+        "block_size": b,
+        "num_random_blocks": 2,
+        "num_global_blocks": 2,
+        "num_sliding_blocks": 3,
+        "seed": 0,
+    }
     for extra in ({}, {"variant": "etc"}, {"causal": True}):
         layer = attention.build("bigbird", HIDDEN, HEADS, **opts, **extra)
         fig.panels.append(_bigbird_panel(layer, n))
-    fig.note = ("head 0 shown; the random blocks differ per head and are fixed by (seed, "
-                "layer_idx, number of blocks). Grid lines: blocks.")
+    fig.note = (
+        "head 0 shown; the random blocks differ per head and are fixed by (seed, "
+        "layer_idx, number of blocks). Grid lines: blocks."
+    )
     return fig
 
 
@@ -154,19 +168,36 @@ def linformer_figure(n: int) -> Figure:
     e, f = (m.detach().abs().numpy() for m in layer.projection.matrices(n))
     if e.ndim == 3:  # one matrix per head: show head 0
         e, f = e[0], f[0]
-    fig = Figure("linformer", f"Linformer (n={n}, k={k}, sharing=headwise): keys and values "
-                              "projected along the sequence to k rows")
-    fig.note = ("No token mask: projected key i = sum_j E[i, j] k_j mixes ALL n keys, and every "
-                "query attends to all k projected keys (E, F shown at initialisation: "
-                "uniform ±1/sqrt(k); training learns them).")
+    fig = Figure(
+        "linformer",
+        f"Linformer (n={n}, k={k}, sharing=headwise): keys and values "
+        "projected along the sequence to k rows",
+    )
+    fig.note = (
+        "No token mask: projected key i = sum_j E[i, j] k_j mixes ALL n keys, and every "
+        "query attends to all k projected keys (E, F shown at initialisation: "
+        "uniform ±1/sqrt(k); training learns them)."
+    )
     for name, m in (("E (keys)", e), ("F (values)", f)):
-        fig.panels.append(Panel(f"|{name}|, k x n: which keys feed\neach projected row", m,
-                                cmap="viridis", colorbar="|weight|", xlabel="key position j",
-                                ylabel="projected row i (of k)"))
+        fig.panels.append(
+            Panel(
+                f"|{name}|, k x n: which keys feed\neach projected row",
+                m,
+                cmap="viridis",
+                colorbar="|weight|",
+                xlabel="key position j",
+                ylabel="projected row i (of k)",
+            )
+        )
     every = np.ones((n, k), dtype=np.int64)
-    fig.panels.append(Panel(f"queries x projected keys, n x k\nall {n * k} pairs scored "
-                            f"(vs {n * n} for full)", every, {1: ("scored", BLUE)},
-                            xlabel="projected key (of k)"))
+    fig.panels.append(
+        Panel(
+            f"queries x projected keys, n x k\nall {n * k} pairs scored (vs {n * n} for full)",
+            every,
+            {1: ("scored", BLUE)},
+            xlabel="projected key (of k)",
+        )
+    )
     return fig
 
 
@@ -183,29 +214,54 @@ def lsh_figure(n: int) -> Figure:
     c = max(2, n // 8)
     hashes = 2
     nbk = max(2, 2 ** ((2 * (n // c)).bit_length() - 1))
-    layer = attention.build("lsh", HIDDEN, HEADS, num_buckets=nbk, n_hashes=hashes,
-                            chunk_length=c, seed=0)
+    layer = attention.build(
+        "lsh", HIDDEN, HEADS, num_buckets=nbk, n_hashes=hashes, chunk_length=c, seed=0
+    )
     x, _ = _clustered_input(n)
     counts = layer.scored_pairs(x)[0, 0].numpy()
-    fig = Figure("lsh", f"Reformer LSH (n={n}): chunk_length={c}, num_buckets={nbk}, "
-                        f"n_hashes={hashes}; input: 4 clusters of tokens, shuffled")
-    cats = {i: (f"scored in {i} round{'s' * (i > 1)}", col)
-            for i, col in zip(range(1, hashes + 1), ("#9ecae1", "#08519c"), strict=False)}
-    fig.panels.append(Panel(f"scored pairs, token order (head 0)\n{_density(counts)}",
-                            counts, cats))
+    fig = Figure(
+        "lsh",
+        f"Reformer LSH (n={n}): chunk_length={c}, num_buckets={nbk}, "
+        f"n_hashes={hashes}; input: 4 clusters of tokens, shuffled",
+    )
+    cats = {
+        i: (f"scored in {i} round{'s' * (i > 1)}", col)
+        for i, col in zip(range(1, hashes + 1), ("#9ecae1", "#08519c"), strict=False)
+    }
+    fig.panels.append(
+        Panel(f"scored pairs, token order (head 0)\n{_density(counts)}", counts, cats)
+    )
     if hasattr(layer, "buckets") and hasattr(layer, "sort_order"):
         buckets = layer.buckets(x)
         order = layer.sort_order(buckets)[0, 0, 0].numpy()
-        fig.panels.append(Panel("same pairs in round-1 sorted order\n(bucket, position); "
-                                "a chunk sees itself + the previous chunk",
-                                counts[np.ix_(order, order)], cats, grid=c,
-                                xlabel="key rank (sorted)", ylabel="query rank (sorted)"))
-        fig.panels.append(Panel("bucket of each token per round", buckets[0, 0].numpy(),
-                                cmap="tab20", colorbar="bucket id", xlabel="token position",
-                                ylabel="hashing round", vmax=nbk, yticks=list(range(hashes))))
-    fig.note = ("Head 0. Tokens are sorted by (bucket, position) in each round and cut into "
-                "chunks; a pair is scored when the key is in the query's chunk or the previous "
-                "one. Grid lines: chunks.")
+        fig.panels.append(
+            Panel(
+                "same pairs in round-1 sorted order\n(bucket, position); "
+                "a chunk sees itself + the previous chunk",
+                counts[np.ix_(order, order)],
+                cats,
+                grid=c,
+                xlabel="key rank (sorted)",
+                ylabel="query rank (sorted)",
+            )
+        )
+        fig.panels.append(
+            Panel(
+                "bucket of each token per round",
+                buckets[0, 0].numpy(),
+                cmap="tab20",
+                colorbar="bucket id",
+                xlabel="token position",
+                ylabel="hashing round",
+                vmax=nbk,
+                yticks=list(range(hashes)),
+            )
+        )
+    fig.note = (
+        "Head 0. Tokens are sorted by (bucket, position) in each round and cut into "
+        "chunks; a pair is scored when the key is in the query's chunk or the previous "
+        "one. Grid lines: chunks."
+    )
     return fig
 
 
@@ -232,17 +288,28 @@ def _draw_panel(ax: Any, p: Panel) -> None:
         top = max(p.categories)
         colours = [WHITE] + [p.categories.get(i, ("", "#999999"))[1] for i in range(1, top + 1)]
         norm = BoundaryNorm(np.arange(-0.5, top + 1), len(colours))
-        ax.imshow(p.image, cmap=ListedColormap(colours), norm=norm, interpolation="nearest",
-                  aspect=aspect)
+        ax.imshow(
+            p.image, cmap=ListedColormap(colours), norm=norm, interpolation="nearest", aspect=aspect
+        )
         present = sorted(set(np.unique(p.image).tolist()) - {0})
-        handles = [Patch(facecolor=p.categories[i][1], edgecolor="0.3", label=p.categories[i][0])
-                   for i in present if i in p.categories]
+        handles = [
+            Patch(facecolor=p.categories[i][1], edgecolor="0.3", label=p.categories[i][0])
+            for i in present
+            if i in p.categories
+        ]
         if handles:
-            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                      ncol=len(handles), fontsize=7, frameon=False)
+            ax.legend(
+                handles=handles,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.12),
+                ncol=len(handles),
+                fontsize=7,
+                frameon=False,
+            )
     else:
-        im = ax.imshow(p.image, cmap=p.cmap, interpolation="nearest", aspect=aspect,
-                       vmin=0, vmax=p.vmax)
+        im = ax.imshow(
+            p.image, cmap=p.cmap, interpolation="nearest", aspect=aspect, vmin=0, vmax=p.vmax
+        )
         cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         cb.set_label(p.colorbar, fontsize=7)
         cb.ax.tick_params(labelsize=6)
@@ -278,8 +345,11 @@ def _render(rows: list[Figure], path: Path, title: str | None = None) -> None:
                 _draw_panel(ax, f.panels[c])
             else:
                 ax.axis("off")
-        sub.suptitle(f.title, fontsize=11 if len(rows) == 1 else 12,
-                     weight="normal" if len(rows) == 1 else "bold")
+        sub.suptitle(
+            f.title,
+            fontsize=11 if len(rows) == 1 else 12,
+            weight="normal" if len(rows) == 1 else "bold",
+        )
         if f.note and len(rows) == 1:
             sub.supxlabel(textwrap.fill(f.note, int(size * cols * 17)), fontsize=8, color="0.3")
     if len(rows) > 1 and title:
@@ -288,8 +358,12 @@ def _render(rows: list[Figure], path: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
-def draw_all(out: str | Path, n: int = 64, mechanisms: list[str] | None = None,
-             warn: Callable[[str], None] = print) -> list[Path]:
+def draw_all(
+    out: str | Path,
+    n: int = 64,
+    mechanisms: list[str] | None = None,
+    warn: Callable[[str], None] = print,
+) -> list[Path]:
     """One PNG per mechanism and `sheet.png` with all of them; returns the written paths.
 
     A mechanism that cannot be built (not implemented yet, failing) is skipped with a warning.
