@@ -89,9 +89,4 @@ class SelfAttention(nn.Module):
         return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, causal={self.causal}"
 
 
-def zero_padding_rows(x: Tensor, real: Tensor) -> Tensor:
-    """Zero (B, H, N, D) rows at padding positions (B, N)."""
-    return x.masked_fill(~real[:, None, :, None], 0.0)
-
-
-__all__ = ["SelfAttention", "zero_padding_rows"]
+__all__ = ["SelfAttention"]

@@ -1,7 +1,8 @@
 """Shared mechanics for every attention kernel.
 
 Input checks, head reshapes, padding a sequence to a block multiple (and back), key-padding
-masks, and the masked softmax. Kernels call these instead of re-implementing them.
+masks (the additive `mask_bias` the kernels add to their scores), the causal rule. Kernels
+call these instead of re-implementing them.
 """
 
 from __future__ import annotations
@@ -114,22 +115,6 @@ def blocks(x: Tensor, block: int, dim: int = -2) -> Tensor:
     """Split `dim` (a multiple of `block`) into (num_blocks, block)."""
     dim = dim % x.dim()
     return x.unflatten(dim, (x.shape[dim] // block, block))
-
-
-def masked_softmax(
-    scores: Tensor, allowed: Tensor | None, dropout: float = 0.0, training: bool = False
-) -> Tensor:
-    """Softmax over the last dim with disallowed entries set to NEG_INF.
-
-    A row with no allowed entry gives finite weights (callers zero such rows' outputs: they
-    only occur at padding positions, since every real query can see itself).
-    """
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, NEG_INF)
-    probs = torch.softmax(scores, dim=-1)
-    if dropout > 0.0 and training:
-        probs = F.dropout(probs, dropout, training=True)
-    return probs
 
 
 def causal_allowed(q_pos: Tensor, k_pos: Tensor) -> Tensor:
