@@ -2,11 +2,17 @@
 
 longseq patterns --out DIR [--n 64]          draw every mechanism's attention pattern
 longseq bench attention --out DIR [...]      time and memory of the attention layers
+
+Other command groups live beside their code: each module in `COMMAND_MODULES` has
+`register(commands)`, which adds its sub-parser with `set_defaults(func=run)` where
+`run(args) -> int`. Modules are imported only to build the parser, and should import their
+heavy dependencies inside `run`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +43,10 @@ def _positive(kind: type) -> object:
 
     parse.__name__ = kind.__name__
     return parse
+
+
+# Modules that add their own sub-commands (see the module docstring).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--no-progress", dest="progress", action="store_false")
     att.add_argument("--out", required=True, help="output directory")
     att.set_defaults(parser=att)  # to report option errors against the right usage line
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 
@@ -175,6 +187,8 @@ def _bench_attention(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "func"):
+        return int(args.func(args))
     if args.command == "patterns":
         return _patterns(args)
     return _bench_attention(args, args.parser)
