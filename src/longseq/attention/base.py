@@ -7,6 +7,7 @@ of the output are set to zero, so what they hold never depends on the mechanism.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -50,6 +51,9 @@ class SelfAttention(nn.Module):
             self.key = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+        # Optional (q, k) -> (q, k) position transform applied in `project`, e.g. the model's
+        # rotary embedding. Kept duck-typed so `attention` never imports `layers`.
+        self.rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
     def forward(
         self,
@@ -72,6 +76,8 @@ class SelfAttention(nn.Module):
         q = ops.split_heads(self.query(hidden_states), h) * self.head_dim**-0.5
         k = ops.split_heads(self.key(hidden_states), h)
         v = ops.split_heads(self.value(hidden_states), h)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
         return q, k, v
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:

@@ -1,0 +1,263 @@
+"""The one configuration of every longseq model: a dataclass that round-trips through JSON.
+
+`attention` picks the mechanism for every layer (any name in `longseq.attention.MECHANISMS`)
+and `attention_options` its options (`longseq.attention.options(name)` lists them);
+`layer_attention` optionally overrides both per layer, e.g. Longformer windows that grow with
+depth, or Reformer's alternating local / LSH layers:
+
+    ModelConfig(attention="longformer", attention_options={"window": 128},
+                layer_attention=[{"window": 64}, {"window": 128}, {"window": 256}])
+    ModelConfig(attention="lsh", layer_attention=[{"attention": "longformer", "window": 64}, {}])
+
+`architecture` names the head (see `ARCHITECTURES`); the causal LM makes every layer causal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longseq import attention
+
+ARCHITECTURES: tuple[str, ...] = (
+    "encoder",
+    "sequence-classification",
+    "token-classification",
+    "question-answering",
+    "masked-lm",
+    "causal-lm",
+)
+POSITIONS: tuple[str, ...] = ("learned", "rotary", "axial", "none")
+NORMS: tuple[str, ...] = ("pre", "post")
+POOLINGS: tuple[str, ...] = ("mean", "cls")
+REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
+# Options the model sets itself from other fields; a user must not set them per mechanism.
+_MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
+
+
+@dataclass
+class ModelConfig:
+    """Every field has a default, so `ModelConfig(attention="bigbird")` is a working model."""
+
+    architecture: str = "encoder"
+    # sizes
+    vocab_size: int = 260  # ByteTokenizer: 4 specials + 256 bytes
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    max_length: int = 4096
+    # attention
+    attention: str = "full"
+    attention_options: dict[str, Any] = field(default_factory=dict)
+    layer_attention: list[dict[str, Any]] | None = None
+    # positions: learned absolute, rotary (in q/k), Reformer's axial, or none
+    position: str = "learned"
+    position_offset: int = 0  # RoBERTa-family checkpoints start real positions at 2
+    axial_shape: list[int] | None = None
+    axial_dims: list[int] | None = None
+    rotary_base: float = 10000.0
+    type_vocab_size: int = 0  # BERT's segment embeddings (0: none)
+    # block structure
+    norm: str = "pre"  # pre-LN (stable from scratch) or post-LN (BERT/RoBERTa checkpoints)
+    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT: True)
+    layer_norm_eps: float = 1e-5
+    activation: str = "gelu"
+    bias: bool = True  # biases in the attention projections
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    # memory savers
+    reversible: bool = False
+    reversible_output: str = "mean"  # how the two streams merge: mean (width h) or concat (2h)
+    feed_forward_chunk_size: int | None = None
+    gradient_checkpointing: bool = False
+    # tokens and heads
+    pad_token_id: int = 0
+    cls_token_id: int = 1
+    tie_word_embeddings: bool = True
+    lm_transform: bool = False  # BERT's MLM head: dense -> act -> LayerNorm before the decoder
+    num_labels: int = 2
+    label_names: list[str] | None = None
+    pooling: str = "mean"  # sequence classification: mean over real tokens, or the first token
+    classifier_dense: bool = False  # dense + tanh before the classifier (BERT/RoBERTa heads)
+    global_cls: bool = True  # mechanisms with global tokens make the first token global
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------- checks
+    def validate(self) -> None:
+        def choose(name: str, value: Any, valid: tuple[str, ...]) -> None:
+            if value not in valid:
+                raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+        choose("architecture", self.architecture, ARCHITECTURES)
+        choose("position", self.position, POSITIONS)
+        choose("norm", self.norm, NORMS)
+        choose("pooling", self.pooling, POOLINGS)
+        choose("reversible_output", self.reversible_output, REVERSIBLE_OUTPUTS)
+        choose("activation", self.activation, ACTIVATIONS)
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.num_labels <= 0:
+            raise ValueError(f"num_labels must be positive, got {self.num_labels}")
+        if self.label_names is not None and len(self.label_names) != self.num_labels:
+            raise ValueError(
+                f"{len(self.label_names)} label_names given but num_labels={self.num_labels}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} outside vocab_size")
+        if self.reversible and self.norm != "pre":
+            raise ValueError(
+                "reversible layers need norm='pre' (each half-step normalises its input)"
+            )
+        if self.reversible and self.gradient_checkpointing:
+            raise ValueError("reversible and gradient_checkpointing both recompute; choose one")
+        lm = self.architecture in ("masked-lm", "causal-lm")
+        if (
+            self.reversible
+            and self.reversible_output == "concat"
+            and self.tie_word_embeddings
+            and lm
+        ):
+            raise ValueError(
+                "reversible_output='concat' gives width 2 * hidden_size, which cannot be "
+                "tied to the embeddings; set tie_word_embeddings=False"
+            )
+        if self.position == "axial":
+            if not self.axial_shape or not self.axial_dims:
+                raise ValueError("position='axial' needs axial_shape and axial_dims (pairs)")
+            a, b = self.axial_shape
+            if a * b < self.max_length:
+                raise ValueError(
+                    f"axial_shape {self.axial_shape} holds {a * b} positions < max_length="
+                    f"{self.max_length}"
+                )
+            if sum(self.axial_dims) != self.hidden_size:
+                raise ValueError(
+                    f"axial_dims {self.axial_dims} must sum to hidden_size={self.hidden_size}"
+                )
+        if self.position == "rotary" and (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("position='rotary' needs an even head dimension")
+        if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
+            raise ValueError(
+                f"layer_attention has {len(self.layer_attention)} entries but num_layers="
+                f"{self.num_layers}"
+            )
+        for i in range(self.num_layers):
+            name, opts = self.layer_spec(i)
+            cls = attention.get(name)  # raises on unknown names, listing the valid ones
+            owned = sorted(set(opts) & set(_MODEL_OWNED))
+            if owned:
+                raise ValueError(
+                    f"layer {i}: attention option(s) {owned} are set by the model config "
+                    "(architecture, attention_dropout, bias, layer index)"
+                )
+            valid = attention.options(name)
+            unknown = sorted(set(opts) - set(valid))
+            if unknown:
+                raise ValueError(
+                    f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
+                    f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
+                )
+            if self.causal and not cls.supports_causal:
+                raise ValueError(
+                    f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
+                    f"a causal-lm; choose one of: "
+                    + ", ".join(m for m in attention.MECHANISMS if attention.get(m).supports_causal)
+                )
+            if self.position == "rotary" and cls.shared_qk:
+                raise ValueError(
+                    f"layer {i}: rotary positions rotate queries and keys differently, which "
+                    f"breaks {name!r}'s shared query-key hashing; use position='axial' or "
+                    "'learned'"
+                )
+
+    # ----------------------------------------------------------------------------- derived
+    @property
+    def causal(self) -> bool:
+        return self.architecture == "causal-lm"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def output_size(self) -> int:
+        """Width of the final hidden states (2 * hidden for a concatenated reversible stack)."""
+        if self.reversible and self.reversible_output == "concat":
+            return 2 * self.hidden_size
+        return self.hidden_size
+
+    def layer_spec(self, i: int) -> tuple[str, dict[str, Any]]:
+        """(mechanism, options) of layer i: the model-wide ones updated by the layer's override."""
+        opts = dict(self.attention_options)
+        name = self.attention
+        if self.layer_attention is not None:
+            override = dict(self.layer_attention[i])
+            if "attention" in override:
+                new = override.pop("attention")
+                if new != name:
+                    opts = {}  # the model-wide options belong to the model-wide mechanism
+                name = new
+            opts.update(override)
+        return name, opts
+
+    # ----------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown model config field(s) {unknown}; valid fields: {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model config at {path}")
+        return cls.from_json(path.read_text())
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["ARCHITECTURES", "POSITIONS", "ModelConfig"]

@@ -1,0 +1,326 @@
+"""Task heads on the shared Transformer body; any attention mechanism under any head.
+
+    Encoder                    last_hidden_state (batch, seq, width)
+    ForSequenceClassification  pool (mean over real tokens, or the first token) -> logits (B, C)
+    ForTokenClassification     per-token logits (B, N, C); labels -100 are ignored
+    ForQuestionAnswering       span start/end logits (B, N); loss = mean of the two CEs
+    ForMaskedLM                vocabulary logits; labels -100 are ignored
+    ForCausalLM                vocabulary logits; labels are the inputs, shifted inside
+                               (position t predicts token t + 1), as Hugging Face does
+
+Models whose mechanism has global tokens (Longformer) make the first token global in the
+sequence-level heads unless a `global_attention_mask` is given, as HF's Longformer does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longseq.layers.feedforward import ACTIVATIONS
+from longseq.models.base import LongseqModel
+from longseq.models.config import ModelConfig
+from longseq.models.transformer import ModelOutput
+
+IGNORE = -100
+
+
+class Encoder(LongseqModel):
+    architecture = "encoder"
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        attention_mask, global_attention_mask = self.check_inputs(
+            input_ids, attention_mask, global_attention_mask
+        )
+        h, states = self.body(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        return ModelOutput(last_hidden_state=h, hidden_states=states)
+
+
+class _Head(LongseqModel):
+    """Runs the body and hands the hidden states to `head`."""
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        global_attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        output_hidden_states: bool,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None, Tensor | None]:
+        attention_mask, global_attention_mask = self.check_inputs(
+            input_ids, attention_mask, global_attention_mask
+        )
+        h, states = self.body(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        return h, states, attention_mask
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> [dense -> tanh -> dropout] -> out (BERT/RoBERTa heads with `dense`)."""
+
+    def __init__(self, width: int, num_labels: int, dropout: float, dense: bool) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = nn.Linear(width, width) if dense else None
+        self.out = nn.Linear(width, num_labels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(x)
+        if self.dense is not None:
+            x = self.dropout(torch.tanh(self.dense(x)))
+        return self.out(x)
+
+
+class ForSequenceClassification(_Head):
+    architecture = "sequence-classification"
+    uses_cls_global = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.head = ClassificationHead(
+            self.config.output_size,
+            self.config.num_labels,
+            self.config.dropout,
+            self.config.classifier_dense,
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        h, states, mask = self.encode(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        if self.config.pooling == "cls":
+            pooled = h[:, 0]
+        elif mask is None:
+            pooled = h.mean(1)
+        else:  # padding rows of h are zero, so the sum runs over real tokens only
+            pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, (input_ids.shape[0],), self.config.num_labels)
+            loss = F.cross_entropy(logits.float(), labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+
+class ForTokenClassification(_Head):
+    architecture = "token-classification"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.dropout = nn.Dropout(self.config.dropout)
+        self.classifier = nn.Linear(self.config.output_size, self.config.num_labels)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        h, states, _ = self.encode(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        logits = self.classifier(self.dropout(h))
+        loss = None
+        if labels is not None:
+            _check_labels(labels, tuple(input_ids.shape), self.config.num_labels)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+            )
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+
+class ForQuestionAnswering(_Head):
+    architecture = "question-answering"
+    uses_cls_global = True
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.qa = nn.Linear(self.config.output_size, 2)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        h, states, mask = self.encode(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        logits = self.qa(h)
+        start, end = logits.unbind(-1)
+        if mask is not None:  # a span never starts or ends on padding
+            start = start.masked_fill(~mask.bool(), torch.finfo(start.dtype).min)
+            end = end.masked_fill(~mask.bool(), torch.finfo(end.dtype).min)
+        loss = None
+        if (start_positions is None) != (end_positions is None):
+            raise ValueError("give both start_positions and end_positions, or neither")
+        if start_positions is not None and end_positions is not None:
+            n = input_ids.shape[1]
+            for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
+                _check_labels(p, (input_ids.shape[0],), n, what=name)
+            loss = (
+                F.cross_entropy(start.float(), start_positions)
+                + F.cross_entropy(end.float(), end_positions)
+            ) / 2
+        return ModelOutput(
+            loss=loss,
+            logits=logits,
+            start_logits=start,
+            end_logits=end,
+            last_hidden_state=h,
+            hidden_states=states,
+        )
+
+
+class LMHead(nn.Module):
+    """[dense -> act -> LayerNorm ->] decoder (weight tied to the embeddings if configured)."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        w = config.output_size
+        self.transform: nn.Sequential | None = None
+        if config.lm_transform:
+            self.transform = nn.Sequential(
+                nn.Linear(w, w),
+                _Activation(config.activation),
+                nn.LayerNorm(w, eps=config.layer_norm_eps),
+            )
+        self.decoder = nn.Linear(w, config.vocab_size)
+        if config.tie_word_embeddings:
+            self.decoder.weight = embedding.weight
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.transform is not None:
+            h = self.transform(h)
+        return self.decoder(h)
+
+
+class _Activation(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.fn = ACTIVATIONS[name]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+class ForMaskedLM(_Head):
+    architecture = "masked-lm"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.lm_head = LMHead(self.config, self.body.embeddings.word)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        h, states, _ = self.encode(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+        )
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, tuple(input_ids.shape), self.config.vocab_size)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
+            )
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+
+class ForCausalLM(_Head):
+    """Decoder-only LM: every layer causal; `labels` (usually = input_ids) shifted inside."""
+
+    architecture = "causal-lm"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.lm_head = LMHead(self.config, self.body.embeddings.word)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> ModelOutput:
+        h, states, mask = self.encode(input_ids, attention_mask, None, None, output_hidden_states)
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            _check_labels(labels, tuple(input_ids.shape), self.config.vocab_size)
+            target = labels[:, 1:]
+            if mask is not None:
+                target = target.masked_fill(~mask[:, 1:].bool(), IGNORE)
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE
+            )
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+
+def _check_labels(
+    labels: Tensor, shape: tuple[int, ...], classes: int, what: str = "labels"
+) -> None:
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"{what} shape {tuple(labels.shape)} != expected {shape}")
+    if labels.dtype != torch.int64:
+        raise ValueError(f"{what} must be int64 class indices, got {labels.dtype}")
+    real = labels[labels != IGNORE]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= classes):
+        raise ValueError(
+            f"{what} must lie in [0, {classes}) (or {IGNORE} to ignore), got min "
+            f"{int(real.min())} max {int(real.max())}"
+        )
+
+
+MODEL_CLASSES: tuple[type[LongseqModel], ...] = (
+    Encoder,
+    ForSequenceClassification,
+    ForTokenClassification,
+    ForQuestionAnswering,
+    ForMaskedLM,
+    ForCausalLM,
+)
+
+__all__ = [
+    "ClassificationHead",
+    "Encoder",
+    "ForCausalLM",
+    "ForMaskedLM",
+    "ForQuestionAnswering",
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "LMHead",
+]

@@ -1,0 +1,222 @@
+"""The Transformer body every longseq model shares: embeddings, blocks, and the layer stack.
+
+A block is two residual sub-layers, attention F and feed-forward G:
+
+    pre-LN  (default):  x = x + F(LN(x));          x = x + G(LN(x))
+    post-LN (BERT):     x = LN(x + F(x));          x = LN(x + G(x))
+
+With `reversible=True` (pre-LN only) the stream is split in two, x1 = x2 = embeddings, and the
+blocks run as RevNet steps y1 = x1 + F(LN(x2)), y2 = x2 + G(LN(y1)) whose activations are
+recomputed in backward (`longseq.layers.ReversibleSequence`); the two streams are merged at the
+end by their mean (width h) or concatenation (width 2h, as Reformer). `gradient_checkpointing`
+instead recomputes each ordinary block in backward.
+
+The attention mechanism of each layer comes from `ModelConfig.layer_spec(i)`; the body pads
+nothing itself: each mechanism handles its own block multiples (see `longseq.attention`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from longseq import attention
+from longseq.layers import (
+    AxialPositions,
+    FeedForward,
+    LearnedPositions,
+    ReversibleSequence,
+    RotaryEmbedding,
+)
+from longseq.models.config import ModelConfig
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns; fields a model does not compute stay None."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    last_hidden_state: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    start_logits: Tensor | None = None
+    end_logits: Tensor | None = None
+
+
+class Embeddings(nn.Module):
+    """token (+ learned/axial position) (+ segment) embeddings, optional LayerNorm, dropout."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        h = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
+        self.position: nn.Module | None = None
+        if config.position == "learned":
+            self.position = LearnedPositions(config.max_length + config.position_offset, h)
+        elif config.position == "axial":
+            assert config.axial_shape and config.axial_dims
+            self.position = AxialPositions(
+                tuple(config.axial_shape), tuple(config.axial_dims), hidden=h
+            )
+        self.token_type = (
+            nn.Embedding(config.type_vocab_size, h) if config.type_vocab_size else None
+        )
+        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        x = self.word(input_ids)
+        if isinstance(self.position, LearnedPositions):
+            x = self.position(x, offset=self.config.position_offset)
+        elif self.position is not None:
+            x = self.position(x)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but the model has no segment embeddings")
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class AttentionSublayer(nn.Module):
+    """F: [LN ->] attention -> dropout. Returns the residual branch only."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        name, opts = config.layer_spec(layer)
+        if name == "linformer":
+            opts.setdefault("max_seq_len", config.max_length)
+        if name == "bigbird":
+            opts["layer_idx"] = layer
+        self.attention = attention.build(
+            name,
+            config.hidden_size,
+            config.num_heads,
+            causal=config.causal,
+            dropout=config.attention_dropout,
+            bias=config.bias,
+            **opts,
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.pre = config.norm == "pre"
+
+    def forward(
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        y = self.attention(self.norm(x) if self.pre else x, attention_mask, global_attention_mask)
+        return self.dropout(y)
+
+
+class FeedForwardSublayer(nn.Module):
+    """G: [LN ->] feed-forward (dropout inside), chunked along the sequence if configured."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.feed_forward = FeedForward(
+            config.hidden_size,
+            config.intermediate_size,
+            config.activation,
+            config.dropout,
+            chunk_size=config.feed_forward_chunk_size,
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pre = config.norm == "pre"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feed_forward(self.norm(x) if self.pre else x)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn = AttentionSublayer(config, layer)
+        self.ff = FeedForwardSublayer(config)
+        self.pre = config.norm == "pre"
+
+    def forward(
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        if self.pre:
+            x = x + self.attn(x, attention_mask, global_attention_mask)
+            return x + self.ff(x)
+        x = self.attn.norm(x + self.attn(x, attention_mask, global_attention_mask))
+        return self.ff.norm(x + self.ff(x))
+
+
+class Transformer(nn.Module):
+    """input_ids -> final hidden states (batch, seq, config.output_size)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.final_norm = (
+            nn.LayerNorm(config.output_size, eps=config.layer_norm_eps)
+            if config.norm == "pre"
+            else None
+        )
+        if config.position == "rotary":
+            rotary = RotaryEmbedding(config.head_dim, config.rotary_base)
+            for block in self.layers:
+                block.attn.attention.rotary = rotary
+        # Kept out of the module tree (a plain list) so parameter names do not depend on
+        # `reversible`: it runs the same F and G modules that `layers` owns.
+        self._reversible = (
+            [ReversibleSequence([(b.attn, b.ff) for b in self.layers])] if config.reversible else []
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        global_attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        x = self.embeddings(input_ids, token_type_ids)
+        states: list[Tensor] = [x]
+        if self._reversible:
+            # ReversibleSequence passes keyword arguments to every F.
+            kwargs: dict[str, Any] = {"attention_mask": attention_mask}
+            if global_attention_mask is not None:
+                kwargs["global_attention_mask"] = global_attention_mask
+            y1, y2 = self._reversible[0](x, x, **kwargs)
+            x = (
+                torch.cat((y1, y2), -1)
+                if self.config.reversible_output == "concat"
+                else (y1 + y2) / 2
+            )
+            states.append(x)
+        else:
+            for block in self.layers:
+                if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    x = checkpoint(
+                        block, x, attention_mask, global_attention_mask, use_reentrant=False
+                    )
+                else:
+                    x = block(x, attention_mask, global_attention_mask)
+                states.append(x)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if attention_mask is not None:
+            x = x.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
+        return x, (tuple(states) if output_hidden_states else None)
+
+
+__all__ = ["Block", "Embeddings", "ModelOutput", "Transformer"]
