@@ -301,3 +301,20 @@ def test_pad_multiple():
     assert build_model(config("bigbird")).pad_multiple() == 8
     assert build_model(config("full")).pad_multiple() == 1
     assert isinstance(build_model(config(architecture="causal-lm")), ForCausalLM)
+
+
+def test_mixed_mechanisms_per_layer_take_the_global_mask():
+    c = config(
+        "longformer",
+        architecture="sequence-classification",
+        layer_attention=[{"attention": "full"}, {"window": 4}],
+    )
+    model = build_model(c, seed=14).eval()
+    assert [type(b.attn.attention).__name__ for b in model.body.layers] == [
+        "FullAttention",
+        "LongformerAttention",
+    ]
+    ids, mask = inputs()
+    glob = torch.zeros_like(ids)
+    glob[:, :3] = 1
+    assert torch.isfinite(model(ids, mask, global_attention_mask=glob).logits).all()

@@ -115,6 +115,9 @@ class AttentionSublayer(nn.Module):
         attention_mask: Tensor | None = None,
         global_attention_mask: Tensor | None = None,
     ) -> Tensor:
+        if not self.attention.supports_global:
+            # In a model that mixes mechanisms, only layers with global tokens use the mask.
+            global_attention_mask = None
         y = self.attention(self.norm(x) if self.pre else x, attention_mask, global_attention_mask)
         return self.dropout(y)
 
