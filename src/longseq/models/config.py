@@ -84,6 +84,7 @@ class ModelConfig:
     label_names: list[str] | None = None
     pooling: str = "mean"  # sequence classification: mean over real tokens, or the first token
     classifier_dense: bool = False  # dense + tanh before the classifier (BERT/RoBERTa heads)
+    classifier_activation: str = "tanh"  # after that dense (BigBird: its hidden_act)
     global_cls: bool = True  # mechanisms with global tokens make the first token global
     init_std: float = 0.02
 
@@ -102,6 +103,7 @@ class ModelConfig:
         choose("pooling", self.pooling, POOLINGS)
         choose("reversible_output", self.reversible_output, REVERSIBLE_OUTPUTS)
         choose("activation", self.activation, ACTIVATIONS)
+        choose("classifier_activation", self.classifier_activation, ("tanh", *ACTIVATIONS))
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

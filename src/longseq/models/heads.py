@@ -67,18 +67,21 @@ class _Head(LongseqModel):
 
 
 class ClassificationHead(nn.Module):
-    """dropout -> [dense -> tanh -> dropout] -> out (BERT/RoBERTa heads with `dense`)."""
+    """dropout -> [dense -> act -> dropout] -> out (BERT/RoBERTa heads with `dense`: tanh)."""
 
-    def __init__(self, width: int, num_labels: int, dropout: float, dense: bool) -> None:
+    def __init__(
+        self, width: int, num_labels: int, dropout: float, dense: bool, activation: str = "tanh"
+    ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(width, width) if dense else None
+        self.act = torch.tanh if activation == "tanh" else ACTIVATIONS[activation]
         self.out = nn.Linear(width, num_labels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x)
         if self.dense is not None:
-            x = self.dropout(torch.tanh(self.dense(x)))
+            x = self.dropout(self.act(self.dense(x)))
         return self.out(x)
 
 
@@ -93,6 +96,7 @@ class ForSequenceClassification(_Head):
             self.config.num_labels,
             self.config.dropout,
             self.config.classifier_dense,
+            self.config.classifier_activation,
         )
 
     def forward(
