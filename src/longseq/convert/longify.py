@@ -1,0 +1,334 @@
+"""Longify: turn a short pre-trained encoder into a long one (the Longformer recipe).
+
+Beltagy et al. (2020) made Longformer-4096 from RoBERTa-512 by copying the position table out
+to the new length and initialising the global projections from the local ones; every other
+weight is kept. `longify(model, max_length, attention, **options)` does that for any longseq
+model and any mechanism:
+
+    learned positions   P'[o + p] = P[o + (p mod N0)]   for p < N, rows P[:o] kept
+                        (N0 the old, N the new max_length, o = position_offset, 2 for RoBERTa)
+    axial positions     E1'[i] = E1[i mod a]: axial_shape (a, b) -> (ceil(N / b), b), which is
+                        the same tiling, P'[p] = P[p mod ab]
+    rotary, none        nothing to copy (rotary has no table; it is not trained past N0)
+    Longformer globals  query_global, key_global, value_global = query, key, value
+    Linformer E, F      a Linformer source's columns tiled like the positions; otherwise the
+                        "identity fold" E[r, j] = F[r, j] = 1 if j mod k == r else 0
+    LSH (shared QK)     the shared projection is the source's query projection (its key is
+                        dropped); a shared-QK source's query becomes every other key projection
+    BigBird ETC         its extra global states are new (random N(0, 0.02))
+
+What is exact (eval mode; `exact_lengths` computes it for two configs). For an input of n <=
+N0 tokens the embeddings are unchanged, so the longified model equals the source wherever
+every layer computes the same attention as before:
+
+- same mechanism, same pattern options (e.g. a Longformer made longer): every n <= N0;
+- a dense source layer (full, or a sparse one whose pattern covers the input) and a target
+  layer whose pattern covers the input: Longformer with dilation 1 and n <= window/2 + 1
+  (global tokens included: their projections are copies), BigBird ITC while its layout covers
+  every block (there is no dense fallback: the layout itself must cover; ETC never, its new
+  global states are extra keys);
+- Linformer from a dense source: only at n = k (E[:, :k] = I). For n < k the k - n empty
+  projected keys score 0 with value 0, so every output is the dense one scaled by
+  Z / (Z + k - n), Z the row's sum of exp(scores); for n > k keys are summed in groups;
+- LSH scores shared-QK attention (keys = unit-normalised queries, self masked), which a model
+  trained with separate Q and K never computed: never exact from such a source. From a
+  shared-QK (LSH) source, exact while the input fits in one chunk (n <= chunk_length).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from longseq import attention
+from longseq.attention import patterns
+from longseq.models import ModelConfig, build_model, from_pretrained, read_config
+from longseq.models.base import LongseqModel
+
+# Options that size a layer for a length rather than define its pattern.
+_LENGTH_OPTIONS = {"linformer": ("max_seq_len",)}
+_GLOBAL = {"query_global": "query", "key_global": "key", "value_global": "value"}
+
+
+# ------------------------------------------------------------------------------- source
+def load_source(model_or_dir: Any) -> LongseqModel:
+    """A longseq model from a model, a longseq folder, or a Hugging Face model or folder."""
+    if isinstance(model_or_dir, LongseqModel):
+        return model_or_dir
+    if isinstance(model_or_dir, nn.Module) and hasattr(
+        getattr(model_or_dir, "config", None), "model_type"
+    ):
+        return _from_huggingface(model_or_dir)
+    if not isinstance(model_or_dir, (str, Path)):
+        raise ValueError(
+            f"longify takes a longseq model, a Hugging Face model, or a folder holding either; "
+            f"got {type(model_or_dir).__name__}"
+        )
+    d = Path(model_or_dir)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no config.json in {d}: pass a folder written by longseq's save_pretrained or a "
+            "Hugging Face model folder"
+        )
+    if "model_type" in read_config(d):  # Hugging Face configs name their family
+        return _from_huggingface(d)
+    return from_pretrained(d)
+
+
+def _from_huggingface(source: Any) -> LongseqModel:
+    try:
+        from longseq.convert import from_huggingface  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise ValueError(
+            f"{source!s:.80} is a Hugging Face model; converting it needs "
+            f"longseq.convert.from_huggingface and `transformers` ({e})"
+        ) from None
+    model = from_huggingface(source)
+    return model[0] if isinstance(model, tuple) else model
+
+
+# ------------------------------------------------------------------------------- config
+def longified_config(
+    source: ModelConfig, max_length: int, attention_name: str, options: dict[str, Any]
+) -> ModelConfig:
+    """The source config with the new max_length and mechanism for every layer.
+
+    A layer whose source mechanism is the target keeps its options (per-layer ones included),
+    except those that size it for the old length; `options` override them in every layer.
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise ValueError(f"max_length must be an int, got {max_length!r}")
+    if max_length < source.max_length:
+        raise ValueError(
+            f"max_length={max_length} is shorter than the source model's max_length="
+            f"{source.max_length}; longify only extends (truncate inputs to use a shorter one)"
+        )
+    if attention_name not in attention.MECHANISMS:
+        raise ValueError(
+            f"unknown attention {attention_name!r}; valid: {', '.join(attention.MECHANISMS)}"
+        )
+    valid = attention.options(attention_name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        owned = {"causal", "dropout", "bias", "layer_idx"}
+        raise ValueError(
+            f"unknown option(s) {unknown} for {attention_name!r} attention; valid options: "
+            f"{', '.join(sorted(set(valid) - owned))}"
+        )
+    seq_len = options.get("max_seq_len")
+    if attention_name == "linformer" and seq_len is not None and seq_len < max_length:
+        raise ValueError(
+            f"linformer max_seq_len={seq_len} < max_length={max_length}: inputs of max_length "
+            "tokens would not fit; leave max_seq_len out (it defaults to max_length)"
+        )
+    per_layer = []
+    for i in range(source.num_layers):
+        name, opts = source.layer_spec(i)
+        kept = {
+            k: v
+            for k, v in opts.items()
+            if name == attention_name and k not in _LENGTH_OPTIONS.get(name, ())
+        }
+        per_layer.append({**kept, **options})
+    if attention_name == "linformer" and "k" not in per_layer[0]:
+        # k = N0 makes the identity-fold initialisation exact at n = N0 (see module doc)
+        per_layer = [{"k": source.max_length, **o} for o in per_layer]
+    same = all(o == per_layer[0] for o in per_layer)
+    changes: dict[str, Any] = {
+        "max_length": max_length,
+        "attention": attention_name,
+        "attention_options": per_layer[0] if same else {},
+        "layer_attention": None if same else per_layer,
+    }
+    if source.position == "axial":
+        assert source.axial_shape is not None
+        b = source.axial_shape[1]
+        changes["axial_shape"] = [max(source.axial_shape[0], math.ceil(max_length / b)), b]
+    return source.replace(**changes)  # validates the options' names against the mechanism
+
+
+# ------------------------------------------------------------------------------- weights
+def tile_rows(table: Tensor, rows: int, keep: int = 0, dim: int = 0) -> Tensor:
+    """`table` extended to `rows` along `dim`: the first `keep` kept, the rest repeated."""
+    head, body = table.narrow(dim, 0, keep), table.narrow(dim, keep, table.shape[dim] - keep)
+    reps = math.ceil((rows - keep) / body.shape[dim])
+    shape = [1] * table.dim()
+    shape[dim] = reps
+    return torch.cat((head, body.repeat(*shape).narrow(dim, 0, rows - keep)), dim)
+
+
+def identity_fold(shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """(..., k, L) Linformer projection with M[r, j] = 1 if j mod k == r: E K = K at n = k."""
+    k, length = shape[-2], shape[-1]
+    eye = (torch.arange(length)[None, :] % k == torch.arange(k)[:, None]).to(dtype)
+    return eye.expand(shape).clone()
+
+
+def transfer(source: LongseqModel, target: LongseqModel) -> dict[str, list[str]]:
+    """Load `source`'s weights into the longer `target` by the rules of the module doc.
+
+    Returns which target weights were copied, extended, derived from another projection or
+    newly initialised, and which source weights were dropped.
+    """
+    src = source.state_dict()
+    cfg = source.config
+    new: dict[str, Tensor] = {}
+    report: dict[str, list[str]] = {
+        "copied": [],
+        "extended": [],
+        "derived": [],
+        "initialised": [],
+        "dropped": [],
+    }
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        used.add(key)
+        return src[key]
+
+    for name, param in target.state_dict().items():
+        stem, _, leaf = name.rpartition(".")
+        parent, _, module = stem.rpartition(".")
+        if name in src and src[name].shape == param.shape:
+            new[name], kind = take(name), "copied"
+        elif name.endswith("embeddings.position.weight") and name in src:
+            new[name], kind = tile_rows(take(name), param.shape[0], cfg.position_offset), "extended"
+        elif name.endswith("embeddings.position.weight1") and name in src:
+            new[name], kind = tile_rows(take(name), param.shape[0]), "extended"
+        elif module in _GLOBAL or (module == "key" and f"{stem}.{leaf}" not in src):
+            local = f"{parent}.{_GLOBAL.get(module, module)}.{leaf}"
+            if local not in src:  # a shared-QK source: its query is also its key
+                local = f"{parent}.query.{leaf}"
+            new[name], kind = take(local), "derived"
+        elif module == "projection" and leaf in ("e", "f"):
+            # a Linformer source's own matrix (F may be shared with E) of the same k and heads
+            cands = [name, f"{stem}.e"]
+            old = next(
+                (c for c in cands if c in src and src[c].shape[:-1] == param.shape[:-1]), None
+            )
+            if old is None:
+                new[name], kind = identity_fold(param.shape, param.dtype), "initialised"
+            else:
+                new[name], kind = tile_rows(take(old), param.shape[-1], dim=-1), "extended"
+        elif leaf == "global_states":
+            new[name], kind = param, "initialised"  # BigBird ETC: no counterpart in the source
+        else:
+            raise ValueError(
+                f"cannot longify weight {name} {tuple(param.shape)}: the source has "
+                + (f"shape {tuple(src[name].shape)}" if name in src else "no such weight")
+            )
+        report[kind].append(name)
+    report["dropped"] = sorted(set(src) - used)
+    target.load_state_dict({k: v.to(target.state_dict()[k].dtype) for k, v in new.items()})
+    return report
+
+
+def longify(model_or_dir: Any, max_length: int, attention: str, **options: Any) -> LongseqModel:
+    """A copy of a short encoder that takes `max_length` tokens with `attention` layers.
+
+    `model_or_dir`: a longseq model, a folder saved by longseq, or a Hugging Face model or
+    folder (converted by `longseq.convert.from_huggingface`). `options` are the mechanism's
+    (`longseq.attention.options(attention)`), e.g. `window=512` or `block_size=64`. The head,
+    tokens and every other setting are the source's. Returned in eval mode; the source is not
+    changed. See the module docstring for which inputs give exactly the source's outputs.
+    """
+    source = load_source(model_or_dir)
+    config = longified_config(source.config, max_length, attention, options)
+    p = next(source.parameters())
+    target = build_model(config, seed=0).to(device=p.device, dtype=p.dtype)
+    transfer(source, target)
+    return target.eval()
+
+
+# ------------------------------------------------------------------------------- exactness
+def _pattern_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """A layer's options with defaults filled in, less those that only size it."""
+    full = {**attention.options(name), **opts}
+    for key in ("causal", "dropout", "bias", "projection", *_LENGTH_OPTIONS.get(name, ())):
+        full.pop(key, None)
+    return full
+
+
+def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, limit: int) -> int:
+    """Largest n <= limit for which the layer's pattern is full attention (causal: lower
+    triangle) for every head; 0 when no n is (Linformer, LSH, BigBird ETC)."""
+    o = _pattern_options(name, opts)
+    if name == "full":
+        return limit
+    if name == "longformer":
+        dilation = o["dilation"]
+        dilations = [dilation] if isinstance(dilation, int) else list(dilation)
+        return min(limit, o["window"] // 2 + 1) if max(dilations) == 1 else 1
+    if name == "bigbird" and o["variant"] == "itc":
+        b, nb = o.pop("block_size"), 0
+        # one token per block: the block layout as a mask; it only loses cover as nb grows
+        while nb * b < limit:
+            mask = patterns.bigbird(nb + 1, block_size=1, num_heads=num_heads, causal=causal, **o)
+            full = torch.ones_like(mask)
+            if not bool((mask == (full.tril() if causal else full)).all()):
+                break
+            nb += 1
+        return min(limit, nb * b)
+    return 0
+
+
+def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
+    """Input lengths n <= source.max_length at which `longify`'s result equals the source (eval
+    mode, up to rounding), layer by layer as the module docstring lists; conservative: a
+    length left out may still happen to match."""
+    n0 = source.max_length
+    lengths = set(range(1, n0 + 1))
+    heads, causal = source.num_heads, source.causal
+    for i in range(source.num_layers):
+        (s, so), (t, to) = source.layer_spec(i), target.layer_spec(i)
+        if s == t and _pattern_options(s, so) == _pattern_options(t, to):
+            ok = lengths  # the same pattern on the same weights
+        elif "lsh" in (s, t):  # shared-QK scores: equal only to another one-chunk LSH layer
+            both = s == t
+            up = (
+                min(
+                    _pattern_options(s, so)["chunk_length"], _pattern_options(t, to)["chunk_length"]
+                )
+                if both
+                else 0
+            )
+            ok = set(range(1, min(up, n0) + 1))
+        elif s == "longformer" and t != "longformer":
+            ok = set()  # its trained global projections would be lost
+        elif t == "linformer":
+            k = _pattern_options(t, to)["k"]
+            ok = {k} if s != "linformer" and k <= dense_up_to(s, so, heads, causal, n0) else set()
+        else:
+            up = min(dense_up_to(s, so, heads, causal, n0), dense_up_to(t, to, heads, causal, n0))
+            ok = set(range(1, up + 1))
+        lengths &= ok
+    return sorted(lengths)
+
+
+def describe_lengths(lengths: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1..3, 7'; [] -> 'none'."""
+    if not lengths:
+        return "none"
+    runs, start = [], lengths[0]
+    for a, b in zip(lengths, [*lengths[1:], None], strict=True):
+        if b != a + 1:
+            runs.append(f"{start}..{a}" if a > start else str(a))
+            start = b
+    return ", ".join(runs)
+
+
+__all__ = [
+    "dense_up_to",
+    "describe_lengths",
+    "exact_lengths",
+    "identity_fold",
+    "load_source",
+    "longified_config",
+    "longify",
+    "tile_rows",
+    "transfer",
+]
