@@ -91,9 +91,9 @@ SHAKESPEARE_PLAYS: dict[str, tuple[str, str]] = {
 SHAKESPEARE_OPTIONAL = {"two_noble_kinsmen": ("romance", "train")}
 
 # "SCENE I.", "Scene 2.", "ACT II. SCENE I." (not the setting line "SCENE: Britain").
-_SCENE = re.compile(r"^[ \t]*(?:ACT\s+\w+\.?\s+)?SCENE\s+[IVXLC\d]+\b.*$", re.I | re.M)
+_SCENE = re.compile(r"^[ \t]*(?:ACT[ \t]+\w+\.?[ \t]+)?SCENE[ \t]+[IVXLC\d]+\b.*$", re.I | re.M)
 # An act heading alone on its line: "ACT I.", "ACT FIRST", "Act 1."
-_ACT = re.compile(r"^[ \t]*ACT\s+\w+\.?[ \t]*$", re.I | re.M)
+_ACT = re.compile(r"^[ \t]*ACT[ \t]+\w+\.?[ \t]*$", re.I | re.M)
 
 SHAKESPEARE_INSTALL = (
     "the Shakespeare texts are not installed; install them with\n"
