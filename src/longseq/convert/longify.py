@@ -45,7 +45,6 @@ import torch
 from torch import Tensor, nn
 
 from longseq import attention
-from longseq.attention import patterns
 from longseq.models import ModelConfig, build_model, from_pretrained, read_config
 from longseq.models.base import LongseqModel
 
@@ -264,10 +263,15 @@ def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, l
         dilations = [dilation] if isinstance(dilation, int) else list(dilation)
         return min(limit, o["window"] // 2 + 1) if max(dilations) == 1 else 1
     if name == "bigbird" and o["variant"] == "itc":
-        b, nb = o.pop("block_size"), 0
-        # one token per block: the block layout as a mask; it only loses cover as nb grows
+        layer = attention.build(name, num_heads, num_heads, causal=causal, **opts)
+        b, nb = layer.block_size, 0
+        if getattr(layer, "random_source", None) == "hf-eval":  # full attention up to HF's limit
+            while nb * b < limit and layer.hf_full((nb + 1) * b):
+                nb += 1
+            return min(limit, nb * b)
+        # coverage is decided per block and is only lost as blocks are added (r is fixed)
         while nb * b < limit:
-            mask = patterns.bigbird(nb + 1, block_size=1, num_heads=num_heads, causal=causal, **o)
+            mask = layer.pattern((nb + 1) * b)
             full = torch.ones_like(mask)
             if not bool((mask == (full.tril() if causal else full)).all()):
                 break
@@ -287,16 +291,12 @@ def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
         (s, so), (t, to) = source.layer_spec(i), target.layer_spec(i)
         if s == t and _pattern_options(s, so) == _pattern_options(t, to):
             ok = lengths  # the same pattern on the same weights
-        elif "lsh" in (s, t):  # shared-QK scores: equal only to another one-chunk LSH layer
-            both = s == t
-            up = (
-                min(
-                    _pattern_options(s, so)["chunk_length"], _pattern_options(t, to)["chunk_length"]
-                )
-                if both
-                else 0
-            )
-            ok = set(range(1, min(up, n0) + 1))
+        elif s == t == "lsh":  # shared-QK attention over everything while one chunk holds it
+            chunks = (_pattern_options(x, o)["chunk_length"] for x, o in ((s, so), (t, to)))
+            ok = set(range(1, min(n0, *chunks) + 1))
+        elif "lsh" in (s, t):  # shared vs separate QK: equal only for a lone token (its value)
+            other, opts = (t, to) if s == "lsh" else (s, so)
+            ok = {1} if dense_up_to(other, opts, heads, causal, n0) else set()
         elif s == "longformer" and t != "longformer":
             ok = set()  # its trained global projections would be lost
         elif t == "linformer":
