@@ -227,3 +227,9 @@ def test_cli_data(kernel_root: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "apt-get download dict-gcide" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "kernel-docs"])  # --out is required
+
+
+def test_cli_data_listops_is_wired(tmp_path: Path) -> None:
+    argv = ["data", "listops", "--out", str(tmp_path), "--train", "4", "--val", "2"]
+    assert main([*argv, "--test", "2", "--min-length", "10", "--max-length", "80"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"listops_train.tsv", "listops_test.tsv"}

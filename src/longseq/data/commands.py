@@ -1,4 +1,4 @@
-"""`longseq data shakespeare|kernel-docs|gcide --out DIR`: build the real data sets.
+"""`longseq data shakespeare|kernel-docs|gcide|listops --out DIR`: build the data sets.
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that
@@ -43,6 +43,16 @@ def register(commands: argparse._SubParsersAction) -> None:
             )
         p.add_argument("--no-progress", dest="progress", action="store_false")
         p.set_defaults(func=run)
+    # The synthetic LRA ListOps task lives in its own module (stdlib-only at import).
+    from longseq.data import listops
+
+    p = which.add_parser(
+        "listops",
+        help="LRA ListOps: nested list operations, 10 classes (generated, no package)",
+        description="Generate LRA's ListOps task: listops_{train,val,test}.tsv in --out.",
+    )
+    listops.add_arguments(p)
+    p.set_defaults(func=listops.run)
 
 
 def run(args: argparse.Namespace) -> int:
