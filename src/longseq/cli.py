@@ -46,7 +46,11 @@ def _positive(kind: type) -> object:
 
 
 # Modules that add their own sub-commands (see the module docstring).
-COMMAND_MODULES: tuple[str, ...] = ("longseq.convert.longify_cli", "longseq.data.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "longseq.convert.commands",
+    "longseq.convert.longify_cli",
+    "longseq.data.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
