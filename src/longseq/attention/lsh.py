@@ -9,17 +9,30 @@ Hashing (angular LSH). Random rotations R (heads, d, n_hashes, num_buckets/2) ar
 `torch.Generator` seeded by `seed` (the same draw as Hugging Face's `torch.manual_seed(hash_seed)`;
 the same in training and eval). In round r, token i goes to bucket
 argmax(cat[qk_i R_r, -qk_i R_r]); padding tokens go to the extra bucket `num_buckets`.
+Factorised buckets, num_buckets = [f_1, f_2, ...] (Hugging Face's list form, used by its
+pre-trained checkpoints): R has (f_1 + f_2 + ...)/2 columns per round, split in consecutive
+groups of f_k/2; group k gives b_k = argmax(cat[x_k, -x_k]) and the bucket is
+b_1 + f_1 b_2 + f_1 f_2 b_3 + ..., one of f_1 f_2 ... buckets.
 
 Scoring windows. Each round sorts the tokens by (bucket, position), so padding comes after
 every real token; the sorted sequence is cut into chunks of `chunk_length`, and each chunk
 attends to itself and to the previous chunk of the SAME round. The first chunk of a round has
-no previous chunk: unlike Hugging Face, nothing wraps around (from the first chunk to the last
-one, or across rounds). This is what makes a batch of padded sequences give the same outputs
-as each sequence alone (padding only ever fills the tail of a round).
+no previous chunk: by default, unlike Hugging Face, nothing wraps around (from the first chunk to
+the last one, or across rounds). This is what makes a batch of padded sequences give the same
+outputs as each sequence alone (padding only ever fills the tail of a round).
+
+`wrap_rounds=True` reproduces Hugging Face exactly: the rounds are laid end to end, so the first
+chunk of round r looks back at the last chunk of round r - 1, and the first chunk of round 0 at
+the last chunk of the last round (a key may then be scored twice for one query, once per
+occurrence). Outputs then depend on how much padding ends each round, i.e. on the padded
+length: `pad_multiple` sets the multiple the layer pads to (Hugging Face's Reformer pads to the
+least common multiple of all its layers' chunk lengths). A sequence that fits in one chunk is
+plain attention over it (no wrap), as in Hugging Face.
 
 Masks within a window: padding keys and, when causal, keys at a later original position get
 NEG_INF (-1e9); the query's own key gets -1e5 (Hugging Face's self_mask_value), so a token
 attends to itself only when no other key is available, and a row is never empty (no NaN).
+(With wrap_rounds a query can meet itself in the previous round's chunk too: also -1e5.)
 
 Rounds. Round r gives out_r(i) and lse_r(i) (the logsumexp of row i); they are combined as
 
@@ -37,7 +50,9 @@ where each chunk's window (previous chunk, own chunk) is an overlapping view, an
 matmuls over (n_hashes * n_chunks, chunk, 2 * chunk) per head: time and memory are linear in
 the sequence length, nothing is n x n. The backward is written by hand and recomputes the
 probabilities from the saved logsumexps (as FlashAttention does), so only O(n) is kept for it.
-The sequence is padded internally to a multiple of `chunk_length`.
+The sequence is padded internally to a multiple of `chunk_length` (of `pad_multiple` if set).
+With wrap_rounds the kernel works on one (sequence, head) pair at a time and its placeholder
+chunk holds a copy of the last chunk, so the first window is an overlapping view as well.
 """
 
 from __future__ import annotations
@@ -55,6 +70,9 @@ SELF_MASK = -1e5  # a query's score with itself (Hugging Face's self_mask_value)
 _NORM_EPS = 1e-6  # Hugging Face's _len_norm epsilon
 
 
+BucketSpec = int | list[int] | None  # an even int, factors [f_1, f_2, ...], or None (derived)
+
+
 def derived_num_buckets(padded_len: int, chunk_length: int) -> int:
     """Hugging Face's default: 2 * padded_len / chunk_length, rounded down to a power of 2, >= 2."""
     return max(2, 2 ** ((2 * (padded_len // chunk_length)).bit_length() - 1))
@@ -64,13 +82,19 @@ class LSHAttention(SelfAttention):
     """Reformer LSH self-attention (shared QK). See the module docstring for the math.
 
     Options:
-        num_buckets: buckets per hashing round (even, >= 2). None derives it from the padded
-            batch length like Hugging Face (about 2 * n / chunk_length, a power of two): the
-            bucket count then depends on the padded length of the batch, so a batch matches
-            each sequence alone only with a fixed `num_buckets`.
+        num_buckets: buckets per hashing round (even, >= 2), or a list of even factors
+            [f_1, f_2, ...] for f_1 * f_2 * ... factorised buckets (see the module docstring).
+            None derives it from the padded batch length like Hugging Face (about
+            2 * n / chunk_length, a power of two): the bucket count then depends on the padded
+            length of the batch, so a batch matches each sequence alone only with a fixed
+            `num_buckets`.
         n_hashes: hashing rounds; more rounds, fewer missed neighbours, proportional cost.
         chunk_length: tokens per chunk; a query sees its chunk and the previous one.
         seed: seed of the random rotations (deterministic, the same in train and eval).
+        wrap_rounds: look back across rounds like Hugging Face (see the module docstring);
+            a batch then matches each sequence alone only when they pad to the same length.
+        pad_multiple: pad the sequence to a multiple of this (a multiple of chunk_length;
+            None: chunk_length). Changes outputs only with wrap_rounds.
     """
 
     name = "lsh"
@@ -81,20 +105,25 @@ class LSHAttention(SelfAttention):
         hidden_size: int,
         num_heads: int,
         *,
-        num_buckets: int | None = None,
+        num_buckets: BucketSpec = None,
         n_hashes: int = 1,
         chunk_length: int = 64,
         seed: int = 0,
+        wrap_rounds: bool = False,
+        pad_multiple: int | None = None,
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
+        factors = [num_buckets] if _is_int(num_buckets) else num_buckets
         if num_buckets is not None and (
-            not _is_int(num_buckets) or num_buckets < 2 or num_buckets % 2
+            not isinstance(factors, (list, tuple))
+            or not factors
+            or not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in factors)
         ):
             raise ValueError(
-                f"num_buckets must be an even integer >= 2 (or None to derive it from the "
-                f"sequence length), got {num_buckets!r}"
+                f"num_buckets must be an even integer >= 2, a list of them (factorised "
+                f"buckets), or None to derive it from the sequence length; got {num_buckets!r}"
             )
         if not _is_int(n_hashes) or n_hashes < 1:
             raise ValueError(f"n_hashes must be an integer >= 1, got {n_hashes!r}")
@@ -102,11 +131,22 @@ class LSHAttention(SelfAttention):
             raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
         if not _is_int(seed):
             raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not isinstance(wrap_rounds, bool):
+            raise ValueError(f"wrap_rounds must be True or False, got {wrap_rounds!r}")
+        if pad_multiple is not None and (
+            not _is_int(pad_multiple) or pad_multiple < 1 or pad_multiple % chunk_length
+        ):
+            raise ValueError(
+                f"pad_multiple must be a positive multiple of chunk_length={chunk_length} (or "
+                f"None), got {pad_multiple!r}"
+            )
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
-        self.num_buckets = num_buckets
+        self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
         self.n_hashes = n_hashes
         self.chunk_length = chunk_length
         self.seed = seed
+        self.wrap_rounds = wrap_rounds
+        self.pad_multiple = pad_multiple or chunk_length
 
     # ----------------------------------------------------------------------------- hashing
 
@@ -118,26 +158,40 @@ class LSHAttention(SelfAttention):
             ops.split_heads(self.value(hidden_states), h),
         )
 
+    def bucket_factors(self, padded_len: int) -> list[int]:
+        """[f_1, ...]: the factors of the bucket count (one factor unless factorised)."""
+        if self.num_buckets is None:
+            return [derived_num_buckets(padded_len, self.chunk_length)]
+        return [self.num_buckets] if _is_int(self.num_buckets) else list(self.num_buckets)
+
     def rotations(self, num_buckets: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Random rotations (heads, head_dim, n_hashes, num_buckets / 2), a function of `seed`."""
+        """Random rotations (heads, head_dim, n_hashes, num_buckets / 2), a function of `seed`.
+
+        For factorised buckets pass the sum of the factors (Hugging Face's rotation_size)."""
         gen = torch.Generator().manual_seed(self.seed)
         shape = (self.num_heads, self.head_dim, self.n_hashes, num_buckets // 2)
         return torch.randn(shape, generator=gen, dtype=dtype).to(device)
 
     def hash(self, qk: Tensor, real: Tensor) -> Tensor:
-        """Bucket of every token in every round, (B, H, n_hashes, N); padding -> num_buckets.
+        """Bucket of every token in every round, (B, H, n_hashes, N); padding -> the bucket
+        count (f_1 * f_2 * ...).
 
         `qk` (B, H, N, D) with N a multiple of chunk_length; `real` (B, N) bool.
         """
         b, h, n, d = qk.shape
-        nb = self.num_buckets or derived_num_buckets(n, self.chunk_length)
-        rot = self.rotations(nb, qk.dtype, qk.device).reshape(h, d, -1)
-        x = torch.matmul(qk.detach(), rot).view(b, h, n, self.n_hashes, nb // 2)
-        # argmax over cat([x, -x]) without building it (first index wins ties, as argmax)
-        hi, i_hi = x.max(dim=-1)
-        lo, i_lo = x.min(dim=-1)
-        buckets = torch.where(hi >= -lo, i_hi, i_lo + nb // 2).transpose(2, 3)
-        return buckets.masked_fill(~real[:, None, None, :], nb)
+        factors = self.bucket_factors(n)
+        rot = self.rotations(sum(factors), qk.dtype, qk.device).reshape(h, d, -1)
+        x = torch.matmul(qk.detach(), rot).view(b, h, n, self.n_hashes, sum(factors) // 2)
+        buckets = torch.zeros(b, h, n, self.n_hashes, dtype=torch.long, device=qk.device)
+        start, scale = 0, 1
+        for f in factors:
+            xf = x[..., start : start + f // 2]
+            # argmax over cat([xf, -xf]) without building it (first index wins ties, as argmax)
+            hi, i_hi = xf.max(dim=-1)
+            lo, i_lo = xf.min(dim=-1)
+            buckets += scale * torch.where(hi >= -lo, i_hi, i_lo + f // 2)
+            start, scale = start + f // 2, scale * f
+        return buckets.transpose(2, 3).masked_fill(~real[:, None, None, :], scale)
 
     def buckets(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """(B, H, n_hashes, N) bucket ids of a batch (padding: num_buckets). For tests/analysis."""
@@ -154,18 +208,23 @@ class LSHAttention(SelfAttention):
 
     # ----------------------------------------------------------------------------- attention
 
+    def wraps(self, padded_len: int) -> bool:
+        """Whether first chunks look back across rounds (never for a single chunk)."""
+        return self.wrap_rounds and padded_len > self.chunk_length
+
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]
-        c = self.chunk_length
+        m = self.pad_multiple
         qk, v = self.qk_and_value(hidden_states)
-        qk = ops.pad_to_multiple(qk, c, dim=2)
-        v = ops.pad_to_multiple(v, c, dim=2)
-        real = ops.pad_to_multiple(real, c, dim=1, value=False)
+        qk = ops.pad_to_multiple(qk, m, dim=2)
+        v = ops.pad_to_multiple(v, m, dim=2)
+        real = ops.pad_to_multiple(real, m, dim=1, value=False)
         key = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * self.head_dim**-0.5
         with torch.no_grad():
             perm = self.sort_order(self.hash(qk, real))  # (B, H, R, N)
             n_real = None if bool(real.all()) else real.sum(-1)
-            plan = _Plan(perm, c, n_real, self.causal, qk.element_size())
+            wrap = self.wraps(qk.shape[2])
+            plan = _Plan(perm, self.chunk_length, n_real, self.causal, qk.element_size(), wrap)
         p = self.dropout if self.training else 0.0
         return _LSHKernel.apply(qk, key, v, plan, p)[:, :, :n0]
 
@@ -175,10 +234,12 @@ class LSHAttention(SelfAttention):
         """(B, H, N, N) int64: in how many rounds key j was scored for query i.
 
         count(i, j) = number of rounds in which j lies in i's window (i's chunk or the previous
-        chunk of the same round, after sorting) AND the pair is allowed: i and j are real
-        tokens and, when causal, j <= i. The self pair (i, i) is counted (n_hashes for a real
-        i): it is always in the window, with score SELF_MASK instead of qk_i . key_i. Rows of
-        padding queries are zero. Dense in N: for tests and pictures on short sequences.
+        chunk of the same round, after sorting; with wrap_rounds the previous chunk in the
+        rounds laid end to end, counted once per occurrence) AND the pair is allowed: i and j
+        are real tokens and, when causal, j <= i. The self pair (i, i) is counted (n_hashes
+        times for a real i, more with wrap_rounds): it is in the window, with score SELF_MASK
+        instead of qk_i . key_i. Rows of padding queries are zero. Dense in N: for tests and
+        pictures on short sequences.
         """
         n0 = hidden_states.shape[1]
         qk, real = self._prepare(hidden_states, attention_mask)
@@ -187,9 +248,10 @@ class LSHAttention(SelfAttention):
         with torch.no_grad():
             perm = self.sort_order(self.hash(qk, real))
             q_pos = perm.view(b, h, -1, n // c, c, 1)
-            k_pos = _window_pos(perm, c).unsqueeze(-2)  # (B, H, R, C, 1, 2c)
+            wrap = self.wraps(n)
+            k_pos = _window_pos(perm, c, wrap).unsqueeze(-2)  # (B, H, R, C, 1, 2c)
             rank = torch.arange(-c, n, device=qk.device).unfold(0, 2 * c, c)[:, None, :]
-            ok = (rank >= 0) & _take(real, q_pos) & _take(real, k_pos)
+            ok = (wrap | (rank >= 0)) & _take(real, q_pos) & _take(real, k_pos)
             if self.causal:
                 ok = ok & (k_pos <= q_pos)
             flat = (q_pos * n + k_pos).expand(ok.shape).reshape(b, h, -1)
@@ -204,13 +266,14 @@ class LSHAttention(SelfAttention):
         real, _ = ops.check_masks(hidden_states, attention_mask, None, False, self.name)
         with torch.no_grad():
             qk = ops.split_heads(self.query(hidden_states), self.num_heads)
-        c = self.chunk_length
-        return ops.pad_to_multiple(qk, c, dim=2), ops.pad_to_multiple(real, c, dim=1, value=False)
+        m = self.pad_multiple
+        return ops.pad_to_multiple(qk, m, dim=2), ops.pad_to_multiple(real, m, dim=1, value=False)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, num_buckets={self.num_buckets}, n_hashes={self.n_hashes}, "
-            f"chunk_length={self.chunk_length}, seed={self.seed}"
+            f"chunk_length={self.chunk_length}, seed={self.seed}, wrap_rounds={self.wrap_rounds}, "
+            f"pad_multiple={self.pad_multiple}"
         )
 
 
@@ -223,12 +286,19 @@ def _take(real: Tensor, pos: Tensor) -> Tensor:
     return real.gather(1, pos.reshape(pos.shape[0], -1)).view(pos.shape)
 
 
-def _window_pos(perm: Tensor, c: int) -> Tensor:
+def _window_pos(perm: Tensor, c: int, wrap: bool = False) -> Tensor:
     """Original positions of each window's keys (previous chunk, own chunk): (..., R, C, 2c).
 
-    A round's first chunk has no previous chunk: its first half is a placeholder (masked)."""
-    win = perm.unflatten(-1, (perm.shape[-1] // c, c))
-    return torch.cat([win.roll(1, dims=-2), win], dim=-1)
+    Without wrap a round's first chunk has no previous chunk: its first half is a placeholder
+    (masked). With wrap it is the last chunk of the previous round (of the last round for
+    round 0)."""
+    r, n = perm.shape[-2:]
+    win = perm.unflatten(-1, (n // c, c))
+    if wrap:  # the rounds end to end: roll over (round, chunk)
+        prev = win.flatten(-3, -2).roll(1, dims=-2).unflatten(-2, (r, n // c))
+    else:
+        prev = win.roll(1, dims=-2)
+    return torch.cat([prev, win], dim=-1)
 
 
 _GROUP_BYTES = 32 << 20  # a group's scores (fp32, n = 4096, 4 hashes: four heads)
@@ -244,22 +314,29 @@ class _Plan:
     round of a head at once, so the rounds can be combined within a group) sized so that a
     group's scores take about _GROUP_BYTES: the per-group buffers are allocated once per call
     and reused (large fresh allocations cost page faults that can exceed the arithmetic), and
-    a group's scores stay in cache between the ops that use them.
+    a group's scores stay in cache between the ops that use them. With `wrap` every group is
+    one unit: its placeholder chunk then holds the unit's last chunk (see _Group.gather).
     """
 
     def __init__(
-        self, perm: Tensor, chunk: int, n_real: Tensor | None, causal: bool, element_size: int
+        self,
+        perm: Tensor,
+        chunk: int,
+        n_real: Tensor | None,
+        causal: bool,
+        element_size: int,
+        wrap: bool = False,
     ) -> None:
         b, h, r, n = perm.shape
         self.units, self.heads, self.rounds, self.n = b * h, h, r, n
-        self.chunk, self.causal = chunk, causal
+        self.chunk, self.causal, self.wrap = chunk, causal, wrap
         self.perm = perm.reshape(b * h, r, n)
         self.inv = torch.empty_like(self.perm).scatter_(
             -1, self.perm, torch.arange(n, device=perm.device).expand_as(self.perm)
         )
         self.n_real = None if n_real is None else n_real.repeat_interleave(h)  # per unit
         per_unit = r * n * 2 * chunk * element_size
-        size = max(1, min(b * h, _GROUP_BYTES // per_unit))
+        size = 1 if wrap else max(1, min(b * h, _GROUP_BYTES // per_unit))
         self.groups = [_Group(self, u0, min(u0 + size, b * h)) for u0 in range(0, b * h, size)]
 
 
@@ -295,6 +372,11 @@ class _Group:
         # sorted slot -> position in (u, n, r) order, for per-token round weights
         self.resort = ((rows - u0 * n) * r + torch.arange(r, device=dev).view(1, r, 1)).reshape(-1)
         self.mask = self._mask(perm)
+        # wrap: where a first chunk's query meets itself in the previous round's last chunk
+        self.wrap_self = None
+        if plan.wrap:
+            prev = _window_pos(perm, c, wrap=True)[..., 0, :c]  # (units, R, c)
+            self.wrap_self = perm[..., :c].unsqueeze(-1) == prev.unsqueeze(-2)  # (u, R, c, c)
 
     def _mask(self, perm: Tensor) -> Tensor | None:
         """True where a window key gets NEG_INF (padding; later keys when causal), broadcastable
@@ -302,13 +384,14 @@ class _Group:
         plan, c = self.plan, self.plan.chunk
         mask = None
         if plan.n_real is not None:
-            # padding sorts last: a key is padding iff its rank in the round >= #real tokens
-            rank = torch.arange(-c, plan.n, device=perm.device).unfold(0, 2 * c, c)  # (C, 2c)
+            # padding sorts last: a key is padding iff its rank in its round >= #real tokens
+            rank = torch.arange(-c, plan.n, device=perm.device) % plan.n  # wrap: previous round
+            rank = rank.unfold(0, 2 * c, c)  # (C, 2c)
             n_real = plan.n_real[self.u0 : self.u1].view(-1, 1, 1, 1, 1)
             mask = rank[:, None, :] >= n_real
         if plan.causal:
             q_pos = perm.unflatten(-1, (-1, c)).unsqueeze(-1)
-            later = _window_pos(perm, c).unsqueeze(-2) > q_pos
+            later = _window_pos(perm, c, plan.wrap).unsqueeze(-2) > q_pos
             mask = later if mask is None else mask | later
         return mask
 
@@ -323,6 +406,8 @@ class _Group:
         d = d3 // 3
         buf = ws("qkv", (t + 1) * c, d3, zero_rows=c)  # placeholder: masked, must be finite
         torch.index_select(qkv, 0, self.sort, out=buf[c:])
+        if self.plan.wrap:  # one unit: the first window looks back at the unit's last chunk
+            buf[:c].copy_(buf[t * c :])
         q = buf[c:, :d].unflatten(0, (t, c))
         k, v = (
             buf[:, j * d : (j + 1) * d].as_strided((t, 2 * c, d), (c * d3, d3, 1)) for j in (1, 2)
@@ -334,10 +419,13 @@ class _Group:
         plan, c = self.plan, self.plan.chunk
         s = torch.bmm(q, k.transpose(1, 2), out=ws("s", self.chunks, c, 2 * c))
         s5 = s.view(self.u1 - self.u0, plan.rounds, plan.n // c, c, 2 * c)
-        s5[:, :, 0, :, :c] = ops.NEG_INF  # a round's first chunk has no previous chunk
+        if not plan.wrap:
+            s5[:, :, 0, :, :c] = ops.NEG_INF  # a round's first chunk has no previous chunk
         if self.mask is not None:
             s5.masked_fill_(self.mask, ops.NEG_INF)
         s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(SELF_MASK)
+        if self.wrap_self is not None:
+            s5[:, :, 0, :, :c].masked_fill_(self.wrap_self, SELF_MASK)
         return s
 
     def to_tokens(self, ws: _Workspace, x: Tensor, out: Tensor) -> None:
@@ -434,6 +522,8 @@ class _LSHKernel(torch.autograd.Function):
                 ds.mul_(ctx.keeps[i]).div_(1.0 - dropout)
             ds.sub_(shift).mul_(p)
             ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
+            if grp.wrap_self is not None:
+                ds.view(plan.rounds, -1, c, 2 * c)[:, 0, :, :c].masked_fill_(grp.wrap_self[0], 0.0)
             if dropout > 0.0:
                 p = _dropped(ws, p, ctx.keeps[i], dropout)
             # dq, dk, dv: contiguous outputs (bmm into strided views falls back to a slow loop)
@@ -445,6 +535,9 @@ class _LSHKernel(torch.autograd.Function):
             dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
             torch.bmm(p[:, :, c:].transpose(1, 2), do, out=dv)
             dv[:-1].baddbmm_(p[1:, :, :c].transpose(1, 2), do[1:])
+            if plan.wrap:  # the first window's look-back is the unit's last chunk
+                dk[-1].addmm_(ds[0, :, :c].T, q[0])
+                dv[-1].addmm_(p[0, :, :c].T, do[0])
             grp.to_tokens(ws, dbuf, grads)
         shape = (plan.units // plan.heads, plan.heads, plan.n, d)
         return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
