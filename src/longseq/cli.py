@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.convert.commands",
     "longseq.convert.longify_cli",
     "longseq.data.commands",
+    "longseq.generate_cli",
 )
 
 

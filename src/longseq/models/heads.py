@@ -14,6 +14,8 @@ sequence-level heads unless a `global_attention_mask` is given, as HF's Longform
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -292,6 +294,12 @@ class ForCausalLM(_Head):
                 logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE
             )
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs: Any) -> Any:
+        """Continue the prompts; see `longseq.models.generation.generate` for the options."""
+        from longseq.models.generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
 
 
 def _check_labels(

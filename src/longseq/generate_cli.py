@@ -1,0 +1,178 @@
+r"""`longseq generate`: continue a prompt with a saved causal language model.
+
+    longseq generate --model DIR --prompt "To be, or not" --max-new-tokens 200 \
+        [--temperature 0.8 --top-k 40 --top-p 0.95 --seed 0] [--stop $'\n\n'] [--no-stream]
+
+The model comes from `longseq.models.from_pretrained(DIR)` and its tokenizer from the same
+folder (`longseq.data.tokenizers.load_tokenizer(DIR)`; a folder without tokenizer files falls
+back to the byte tokenizer when the model's vocabulary is the byte vocabulary, 260). The prompt
+is echoed, then the new text is printed as it is generated; a summary (tokens, time, tokens/s,
+cache kind, why it stopped) goes to stderr. Temperature 0 (the default) is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BYTE_VOCAB = 260
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="generate text with a saved causal language model",
+        description="Continue a prompt with a model saved by save_pretrained "
+        "(architecture causal-lm). Greedy by default; --temperature > 0 samples.",
+    )
+    p.add_argument("--model", required=True, help="folder written by save_pretrained")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200, help="(default 200)")
+    p.add_argument(
+        "--temperature",
+        type=_nonneg_float,
+        default=0.0,
+        help="sampling temperature; 0 (default) = greedy",
+    )
+    p.add_argument("--top-k", type=_positive_int, default=None, help="sample from the k best")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
+    p.add_argument(
+        "--stop", action="append", default=[], help="stop when this text appears (repeatable)"
+    )
+    p.add_argument("--add-bos", action="store_true", help="start the prompt with the bos token")
+    p.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="print the text at the end"
+    )
+    p.add_argument(
+        "--no-cache",
+        dest="use_cache",
+        action="store_false",
+        help="recompute the full forward at every step (slow; for comparison)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.set_defaults(func=run, generate_parser=p)
+
+
+def _tokenizer(directory: Path, vocab_size: int) -> Any:
+    from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
+
+    try:
+        return load_tokenizer(directory)
+    except FileNotFoundError:
+        if vocab_size != BYTE_VOCAB:
+            raise ValueError(
+                f"{directory} has no tokenizer files and the model's vocab_size={vocab_size} is "
+                f"not the byte tokenizer's {BYTE_VOCAB}; save the model with its tokenizer "
+                "(model.save_pretrained(dir, tokenizer=tok))"
+            ) from None
+        print(f"note: no tokenizer in {directory}; using the byte tokenizer", file=sys.stderr)
+        return ByteTokenizer()
+
+
+def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.generate_parser
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    sampling = args.temperature > 0
+    if not sampling and (args.top_k is not None or args.top_p is not None):
+        parser.error("--top-k/--top-p need sampling: give --temperature > 0 as well")
+
+    import torch
+
+    from longseq.models import from_pretrained, read_config
+    from longseq.models.generation import TextStreamer, generate
+
+    directory = Path(args.model)
+    try:
+        raw = read_config(directory)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(f"--model {directory}: {e}")
+    if raw.get("architecture") != "causal-lm":
+        parser.error(
+            f"--model {directory} is a {raw.get('architecture')!r} model; generate needs one "
+            "trained with architecture 'causal-lm'"
+        )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    try:
+        model = from_pretrained(directory, device=args.device)
+        tokenizer = _tokenizer(directory, model.config.vocab_size)
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    if tokenizer.vocab_size > model.config.vocab_size:
+        parser.error(
+            f"the tokenizer's vocab_size {tokenizer.vocab_size} exceeds the model's "
+            f"{model.config.vocab_size}: they do not belong together"
+        )
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+    ids = tokenizer.encode(prompt)
+    if args.add_bos:
+        ids = [tokenizer.bos_id, *ids]
+    if not ids:
+        parser.error("the prompt is empty: give some text, or --add-bos to start from nothing")
+
+    streamer = TextStreamer(tokenizer) if args.stream else None
+    if args.stream:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    start = time.perf_counter()
+    try:
+        out = generate(
+            model,
+            torch.tensor([ids], device=args.device),
+            args.max_new_tokens,
+            do_sample=sampling,
+            temperature=args.temperature if sampling else 1.0,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            stop_strings=args.stop or None,
+            tokenizer=tokenizer,
+            seed=args.seed,
+            streamer=streamer,
+            use_cache=args.use_cache,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    seconds = time.perf_counter() - start
+    new = out.new_tokens(0).tolist()
+    if not args.stream:
+        sys.stdout.write(prompt + tokenizer.decode(new))
+    sys.stdout.write("\n")
+    print(
+        f"[{len(new)} tokens after a {len(ids)}-token prompt in {seconds:.2f} s "
+        f"({len(new) / max(seconds, 1e-9):.1f} tokens/s), cache {out.cache}, "
+        f"stopped: {out.finish_reasons[0]}]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+__all__ = ["register", "run"]

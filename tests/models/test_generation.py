@@ -1,0 +1,399 @@
+"""Generation: cached decoding == the model's full forward, sampling sets, stops, streaming, CLI.
+
+The oracle for the caches is the model's own forward (the attention kernels) on each whole
+prefix: the cached next-token logits must equal it at every step (fp64), with the rolling
+Longformer cache smaller than the sequence so that it really rolls.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from longseq.cli import main
+from longseq.data.tokenizers import ByteTokenizer
+from longseq.models import ModelConfig, build_model
+from longseq.models.generation import (
+    CachedDecoder,
+    IncrementalText,
+    TextStreamer,
+    cache_kind,
+    filter_logits,
+    generate,
+    position_limit,
+    recompute_reason,
+    sample_next,
+)
+
+LF = {"attention": "longformer", "attention_options": {"window": 4}}  # 3 slots
+
+
+def lm(dtype: torch.dtype = torch.float64, **kw) -> torch.nn.Module:
+    base = dict(
+        architecture="causal-lm",
+        hidden_size=32,
+        num_heads=4,
+        num_layers=2,
+        intermediate_size=64,
+        max_length=128,
+        dropout=0.0,
+        init_std=0.3,  # large weights: logits depend strongly on the context
+    )
+    base.update(kw)
+    return build_model(ModelConfig(**base), seed=0).to(dtype).eval()
+
+
+CASES = {
+    "full-learned-pre": {},
+    "full-rotary-post": {"position": "rotary", "norm": "post"},
+    "full-axial-reversible-mean": {
+        "position": "axial",
+        "axial_shape": [8, 16],
+        "axial_dims": [16, 16],
+        "embedding_norm": True,
+        "type_vocab_size": 2,
+        "feed_forward_chunk_size": 3,
+        "reversible": True,
+    },
+    "longformer-learned-offset-pre": {**LF, "position_offset": 2},
+    "longformer-rotary-post": {**LF, "position": "rotary", "norm": "post"},
+    "longformer-dilated-rotary": {
+        "attention": "longformer",
+        "attention_options": {"window": 4, "dilation": [1, 2, 1, 3]},
+        "position": "rotary",
+    },
+    "longformer-reversible-concat": {
+        **LF,
+        "reversible": True,
+        "reversible_output": "concat",
+        "tie_word_embeddings": False,
+    },
+    "mixed-layers": {"layer_attention": [{"attention": "longformer", "window": 4}, {}]},
+}
+KINDS = {"full": "kv", "longformer": "rolling", "mixed": "kv+rolling"}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cached_logits_equal_full_forward_on_every_prefix(name):
+    """Ragged batch (prompts 5 and 13, right-padded), teacher-forced random continuations;
+    each row's cached logits == the forward of that row's prefix alone, at every step."""
+    model = lm(**CASES[name])
+    assert cache_kind(model) == KINDS[name.split("-")[0]]
+    total, prompts = 24, torch.tensor([5, 13])
+    seq = torch.randint(4, 260, (2, total))
+    ids = seq[:, :13].clone()
+    ids[0, 5:] = 0
+    dec = CachedDecoder(model, batch=2, capacity=total)
+    logits = dec.prefill(ids, prompts, chunk=6)  # chunks longer than the rolling buffer
+    with torch.no_grad():
+        for t in range(total - 13):
+            for b in range(2):
+                n = int(prompts[b]) + t
+                ref = model(seq[b : b + 1, :n]).logits[0, -1]
+                torch.testing.assert_close(logits[b], ref, rtol=1e-9, atol=1e-9)
+            logits = dec.step(seq[torch.arange(2), prompts + t])
+    if "longformer" in name:  # the buffer rolled: fewer slots than positions seen
+        assert all(c.size < total - 13 for c in dec.caches)
+
+
+def test_cached_logits_fp32_tolerance():
+    model = lm(torch.float32, **LF, position="rotary")
+    seq = torch.randint(4, 260, (1, 20))
+    dec = CachedDecoder(model, 1, 20)
+    logits = dec.prefill(seq[:, :3], torch.tensor([3]))
+    with torch.no_grad():
+        for n in range(3, 20):
+            ref = model(seq[:, :n]).logits[0, -1]
+            torch.testing.assert_close(logits[0], ref, rtol=1e-5, atol=1e-5)
+            logits = dec.step(seq[:, n])
+
+
+@pytest.mark.parametrize("name", ["full-learned-pre", "longformer-dilated-rotary"])
+def test_greedy_with_cache_equals_without(name):
+    model = lm(**CASES[name])
+    prompt = torch.randint(4, 260, (1, 7))
+    cached = generate(model, prompt, 20, output_logits=True)
+    plain = generate(model, prompt, 20, use_cache=False, output_logits=True)
+    assert cached.cache == cache_kind(model) and plain.cache == "recompute"
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert len(set(cached.new_tokens().tolist())) > 3  # not a constant stream
+    for a, b in zip(cached.logits, plain.logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_greedy_is_argmax_of_the_forward():
+    """Independent of generate's loop: a hand-written argmax loop over model.forward."""
+    model = lm(**LF)
+    seq = torch.randint(4, 260, (1, 6))
+    out = generate(model, seq, 12)
+    with torch.no_grad():
+        for _ in range(12):
+            seq = torch.cat((seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)), 1)
+    assert torch.equal(out.sequences, seq)
+    assert out.finish_reasons == ["max_new_tokens"]
+
+
+def test_batch_with_left_or_right_padding_equals_each_prompt_alone():
+    model = lm(**LF, position="rotary")
+    a, b = torch.randint(4, 260, (9,)), torch.randint(4, 260, (4,))
+    alone = [generate(model, p, 15).new_tokens() for p in (a, b)]
+    right = torch.zeros(2, 9, dtype=torch.long)
+    right[0], right[1, :4] = a, b
+    left = torch.zeros(2, 9, dtype=torch.long)
+    left[0], left[1, 5:] = a, b
+    mask_r = (right != 0).long()
+    mask_l = (left != 0).long()
+    for ids, mask in ((right, mask_r), (left, mask_l)):
+        out = generate(model, ids, 15, attention_mask=mask)
+        assert out.prompt_lengths.tolist() == [9, 4] and out.lengths.tolist() == [24, 19]
+        for row in range(2):
+            assert torch.equal(out.new_tokens(row), alone[row])
+        assert torch.equal(out.sequences[1, :4], b)  # prompt moved to the left, pad after
+        assert bool((out.sequences[1, 19:] == 0).all())
+
+
+def test_recompute_fallback_for_bigbird():
+    model = lm(attention="bigbird", attention_options={"block_size": 4, "num_random_blocks": 1})
+    assert cache_kind(model) == "recompute" and "BigBird" in recompute_reason(model)
+    with pytest.raises(ValueError, match="cannot be decoded with a cache"):
+        CachedDecoder(model, 1, 16)
+    seq = torch.randint(4, 260, (1, 5))
+    out = generate(model, seq, 8)
+    assert out.cache == "recompute"
+    with torch.no_grad():
+        for _ in range(8):
+            seq = torch.cat((seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)), 1)
+    assert torch.equal(out.sequences, seq)
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def test_rolling_cache_is_constant_memory_and_kv_cache_grows_with_capacity():
+    model = lm(
+        attention="longformer",
+        attention_options={"window": 8, "dilation": [1, 2, 1, 1]},
+        position="rotary",
+    )
+    full = lm()
+    small, large = CachedDecoder(model, 1, 50), CachedDecoder(model, 1, 100_000)
+    assert [c.k.shape for c in small.caches] == [c.k.shape for c in large.caches]
+    assert all(c.k.shape[2] == 2 * 4 + 1 for c in large.caches)  # max(d) * w/2 + 1
+    assert [c.k.shape[2] for c in CachedDecoder(full, 1, 300).caches] == [300, 300]
+    # decoding 60 tokens allocates nothing new in the cache: same tensors, same sizes
+    large.prefill(torch.randint(4, 260, (1, 30)), torch.tensor([30]))
+    before = [(t.data_ptr(), t.shape) for c in large.caches for t in c.tensors()]
+    for _ in range(60):
+        large.step(torch.randint(4, 260, (1,)))
+    assert [(t.data_ptr(), t.shape) for c in large.caches for t in c.tensors()] == before
+    assert int(large.lengths[0]) == 90
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_learned_positions_stop_at_max_length():
+    model = lm(max_length=32)
+    assert position_limit(model) == 32
+    out = generate(model, torch.randint(4, 260, (1, 20)), 50)
+    assert out.sequences.shape == (1, 32) and out.finish_reasons == ["max_length"]
+    with pytest.raises(ValueError, match="exceeds this model's max_length=32"):
+        generate(model, torch.randint(4, 260, (1, 33)), 5)
+
+
+def test_rotary_rolling_cache_goes_past_max_length():
+    """Positions need no table: the same weights with a larger max_length are the oracle."""
+    model = lm(**LF, position="rotary", max_length=16)
+    assert position_limit(model) is None and position_limit(model, use_cache=False) == 16
+    out = generate(model, torch.randint(4, 260, (1, 10)), 30, output_logits=True)
+    assert out.sequences.shape == (1, 40) and out.finish_reasons == ["max_new_tokens"]
+    big = build_model(model.config.replace(max_length=64)).double().eval()
+    big.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for t, logits in enumerate(out.logits):
+            ref = big(out.sequences[:, : 10 + t]).logits[0, -1]
+            torch.testing.assert_close(logits[0], ref, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_filter_logits_top_k_top_p_temperature():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5, -1.0, 2.5]])
+    torch.testing.assert_close(filter_logits(logits, temperature=0.5), logits / 0.5)
+    allowed = lambda z: set(torch.isfinite(z[0]).nonzero().flatten().tolist())  # noqa: E731
+    assert allowed(filter_logits(logits, top_k=2)) == {1, 5}
+    assert allowed(filter_logits(logits, top_k=10)) == set(range(6))
+    probs = logits[0].double().softmax(-1).tolist()
+    order = sorted(range(6), key=lambda i: -probs[i])
+    for p in (0.05, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0):
+        # smallest set of most likely tokens whose mass reaches p (brute force)
+        k = next(k for k in range(1, 7) if sum(probs[i] for i in order[:k]) >= p - 1e-9)
+        assert allowed(filter_logits(logits, top_p=p)) == set(order[:k]), p
+    # top-k first, then top-p on the renormalised top 3 {1, 5, 2}: mass before 5 is 0.51
+    assert allowed(filter_logits(logits, top_k=3, top_p=0.5)) == {1}
+
+
+def test_samples_stay_inside_the_allowed_set_and_cover_it():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5, -1.0, 2.5]]).expand(4000, -1)
+    gen = torch.Generator().manual_seed(0)
+    for kw, allowed in (({"top_k": 3}, {1, 2, 5}), ({"top_p": 0.6}, {1, 5})):
+        drawn = sample_next(logits, do_sample=True, generator=gen, **kw)
+        assert set(drawn.tolist()) == allowed
+    drawn = sample_next(logits, do_sample=True, temperature=1e-3, generator=gen)
+    assert set(drawn.tolist()) == {1}  # temperature -> 0: greedy
+    # frequencies follow the softmax (tolerance ~ 5 standard deviations)
+    drawn = sample_next(logits, do_sample=True, generator=gen)
+    freq = torch.bincount(drawn, minlength=6).double() / 4000
+    torch.testing.assert_close(freq, logits[0].double().softmax(-1), atol=0.04, rtol=0)
+
+
+def test_seeded_sampling_is_reproducible():
+    model = lm(**LF)
+    prompt = torch.randint(4, 260, (1, 5))
+    kw = dict(do_sample=True, temperature=1.5, top_p=0.95)
+    a = generate(model, prompt, 20, seed=7, **kw).sequences
+    b = generate(model, prompt, 20, seed=7, **kw).sequences
+    c = generate(model, prompt, 20, seed=8, **kw).sequences
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_k": 5}, "do_sample=False"),
+        ({"do_sample": True, "temperature": 0.0}, "temperature must be > 0"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p must be in"),
+        ({"do_sample": True, "top_k": 0}, "top_k must be an int >= 1"),
+        ({"stop_strings": ["x"]}, "need the tokenizer"),
+        ({"attention_mask": torch.tensor([[1, 0, 1, 1]])}, "padding between real tokens"),
+        ({"attention_mask": torch.tensor([[0, 0, 0, 0]])}, "no real tokens"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(lm(), torch.tensor([[5, 6, 7, 8]]), 3, **kwargs)
+
+
+def test_bad_model_and_inputs():
+    enc = build_model(ModelConfig(architecture="masked-lm", hidden_size=32, num_heads=4))
+    with pytest.raises(ValueError, match="needs a causal-lm model"):
+        generate(enc, torch.tensor([[5, 6]]), 3)
+    with pytest.raises(ValueError, match="max_new_tokens must be"):
+        generate(lm(), torch.tensor([[5, 6]]), 0)
+    with pytest.raises(ValueError, match=r"\[0, 260\)"):
+        generate(lm(), torch.tensor([[5, 300]]), 3)
+
+
+# ------------------------------------------------------------------------------ text
+
+
+def letters_lm() -> torch.nn.Module:
+    """A model that can only emit the letters a..h (byte ids), so its text is plain ASCII."""
+    model = lm(tie_word_embeddings=False)
+    letters = torch.tensor([ord(c) + 4 for c in "abcdefgh"])
+    with torch.no_grad():
+        dec = model.lm_head.decoder
+        keep = torch.zeros(dec.out_features, dtype=torch.bool)
+        keep[letters] = True
+        dec.weight[~keep] = 0.0
+        dec.bias.fill_(-1e4)
+        dec.bias[letters] = 0.0
+    return model
+
+
+def test_stop_strings_stop_right_after_the_text_appears():
+    model, tok = letters_lm(), ByteTokenizer()
+    prompt = torch.tensor([tok.encode("abc")])
+    kw = dict(tokenizer=tok, do_sample=True, seed=0)  # seeded: the same text every run
+    text = tok.decode(generate(model, prompt, 40, **kw).new_tokens())
+    assert len(set(text)) > 3, text
+    stop = text[6:9]
+    end = text.index(stop) + len(stop)  # first occurrence ends here
+    out = generate(model, prompt, 40, stop_strings=["zzz", stop], **kw)
+    assert out.finish_reasons == ["stop_string"]
+    assert tok.decode(out.new_tokens()) == text[:end]
+    # only the generated text counts, not the prompt "abc"
+    out = generate(model, prompt, 5, stop_strings="abc", **kw)
+    assert out.finish_reasons == ["stop_string" if "abc" in text[:5] else "max_new_tokens"]
+
+
+def test_eos_stops_a_row_and_pads_it():
+    model = letters_lm()
+    prompt = torch.tensor([[ord("a") + 4] * 3, [ord("h") + 4] * 3])
+    free = generate(model, prompt, 20, do_sample=True, seed=1)
+    eos = int(free.new_tokens(0)[4])  # pretend this letter is the end token
+    first = free.new_tokens(0).tolist().index(eos)
+    out = generate(model, prompt, 20, eos_token_id=eos, do_sample=True, seed=1)
+    assert out.finish_reasons[0] == "eos" and int(out.lengths[0]) == 3 + first + 1
+    assert bool((out.sequences[0, int(out.lengths[0]) :] == 0).all())
+
+
+def test_incremental_text_never_splits_a_character():
+    tok = ByteTokenizer()
+    text = "héllo € 😀 end"
+    inc = IncrementalText(tok)
+    deltas = [inc.push(i) for i in tok.encode(text)] + [inc.flush()]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_streamer_gets_every_token_and_text_streamer_prints_the_text():
+    model, tok = letters_lm(), ByteTokenizer()
+    seen: list[torch.Tensor] = []
+    prompt = torch.tensor([tok.encode("ab"), tok.encode("cd")])
+    out = generate(model, prompt, 10, streamer=seen.append)
+    assert torch.equal(torch.stack(seen, 1), out.sequences[:, 2:])
+    buf = io.StringIO()
+    out = generate(model, prompt[:1], 10, streamer=TextStreamer(tok, buf))
+    assert buf.getvalue() == tok.decode(out.new_tokens())
+    with pytest.raises(ValueError, match="one sequence"):
+        generate(model, prompt, 3, streamer=TextStreamer(tok, io.StringIO()))
+
+
+def test_generate_restores_training_mode():
+    model = lm().train()
+    generate(model, torch.tensor([[5, 6]]), 2)
+    assert model.training
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_generate(tmp_path, capsys):
+    model, tok = letters_lm(), ByteTokenizer()
+    model.float().save_pretrained(tmp_path / "m", tokenizer=tok)
+    expected = tok.decode(generate(model, torch.tensor([tok.encode("abc")]), 12).new_tokens())
+    for extra in ([], ["--no-stream"]):
+        assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "abc",
+                     "--max-new-tokens", "12", *extra]) == 0  # fmt: skip
+        out = capsys.readouterr()
+        assert out.out == "abc" + expected + "\n"
+        assert "12 tokens" in out.err and "cache kv" in out.err
+    # sampling, seeded: same text twice
+    args = ["generate", "--model", str(tmp_path / "m"), "--prompt", "abc", "--seed", "4"]
+    args += ["--temperature", "1", "--top-k", "3", "--max-new-tokens", "8", "--no-stream"]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first and len(first) == len("abc") + 8 + 1
+
+
+def test_cli_errors_and_byte_fallback(tmp_path, capsys):
+    enc = build_model(ModelConfig(architecture="masked-lm", hidden_size=32, num_heads=4))
+    enc.save_pretrained(tmp_path / "mlm")
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(tmp_path / "mlm"), "--prompt", "x"])
+    assert exc.value.code == 2 and "causal-lm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tmp_path / "nothing"), "--prompt", "x"])
+    assert "no such file" in capsys.readouterr().err.lower()
+    lm(torch.float32).save_pretrained(tmp_path / "bare")  # no tokenizer files
+    assert main(["generate", "--model", str(tmp_path / "bare"), "--prompt", "hi",
+                 "--max-new-tokens", "3", "--stop", "q"]) == 0  # fmt: skip
+    assert "using the byte tokenizer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tmp_path / "bare"), "--prompt", "x", "--top-k", "3"])
+    assert "--temperature > 0" in capsys.readouterr().err
