@@ -377,3 +377,15 @@ def test_cli_run(tmp_path, capsys):
     bad = parser.parse_args(["--out", str(tmp_path), "--min-length", "10", "--max-length", "11"])
     assert listops.run(bad) == 2
     assert "min_length" in capsys.readouterr().err
+
+
+def test_load_tokenizer_reads_a_saved_listops_tokenizer(tmp_path):
+    from longseq.data.listops import ListOpsTokenizer
+    from longseq.data.tokenizers import load_tokenizer
+
+    tok = ListOpsTokenizer()
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, ListOpsTokenizer)
+    text = "( ( [MAX 2 ) 9 ) ]"
+    assert back.encode(text) == tok.encode(text)

@@ -232,18 +232,25 @@ def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Token
             "its path)"
         )
     config_file = path / CONFIG_NAME
-    kind = None
+    kind, config = None, {}
     if config_file.is_file():
         try:
-            kind = json.loads(config_file.read_text(encoding="utf-8")).get("type")
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            kind = config.get("type")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
             raise ValueError(f"{config_file} is not a valid tokenizer config: {e}") from None
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "listops":
+        from longseq.data.listops import ListOpsTokenizer
+
+        return ListOpsTokenizer.from_config(config)
     if (path / HF_FILE).is_file():
         return HFTokenizer(path)
     if kind not in (None, "hf"):
-        raise ValueError(f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, hf")
+        raise ValueError(
+            f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, listops, hf"
+        )
     raise FileNotFoundError(
         f'no tokenizer in {path}: expected {CONFIG_NAME} with {{"type": "byte"}} or a '
         f"Hugging Face {HF_FILE}"
