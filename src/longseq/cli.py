@@ -51,6 +51,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.convert.longify_cli",
     "longseq.data.commands",
     "longseq.generate_cli",
+    "longseq.train.commands",
 )
 
 

@@ -1,0 +1,88 @@
+"""Process group set-up for data parallel training under `torchrun` (or a single process).
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_ADDR/PORT) in each process's
+environment; with WORLD_SIZE > 1 we join the group: NCCL when each process drives a GPU
+(cuda:LOCAL_RANK), gloo on CPU. Every rank runs the same program on its share of each global
+batch; DDP averages the gradients. Rank 0 alone writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 (immutable default)
+    created_group: bool = False  # we called init_process_group, so we destroy it
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce(self, tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
+        """Sum (or `op`) over ranks, in place; a no-op in one process."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def setup(device: str = "auto") -> Distributed:
+    """Pick the device and, under torchrun, join the process group."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device=cuda but no CUDA device is available; use cpu or auto")
+    if device == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={local} but only {torch.cuda.device_count()} CUDA device(s): "
+                "use --nproc_per_node <= the number of GPUs"
+            )
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        created = True
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return Distributed(rank, world, local, dev, created)
+
+
+__all__ = ["Distributed", "setup"]

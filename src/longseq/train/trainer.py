@@ -1,0 +1,701 @@
+"""The training loop: `train(config) -> TrainResult`, on one process or many (torchrun).
+
+One optimiser step takes `grad_accum` micro-batches per process. Every micro-batch's mean
+loss is weighted by its share of the step's loss items (sequences for classification, target
+tokens for LM / MLM), counted over all micro-batches and processes before the forward pass:
+
+    gradient = sum over ranks r, micro-batches m of  n_rm / N * grad(mean loss_rm)
+
+which is the gradient of the mean loss over the whole step's items, whatever the world size,
+accumulation or padding. DDP averages over ranks, so each rank backpropagates
+loss_rm * n_rm * world_size / N.
+
+Parameters that receive no gradient (Longformer's `key_global.bias`, which cancels in the
+softmax, and all its global projections when a task has no global tokens) are found by one
+probe step at start-up and frozen, in one process as under DDP. This costs nothing per step,
+where DDP's `find_unused_parameters=True` searches the autograd graph after every forward,
+and it keeps single-process and DDP runs identical (a zero gradient is not the same as none:
+AdamW would still move the parameter). `run.find_unused_parameters: true` is there for a
+model whose unused set changes from batch to batch.
+
+Exact resume: a checkpoint stores the weights, the optimiser, scheduler and GradScaler, every
+process's RNG states and the data position (epoch, batch index); the batch stream is a pure
+function of (seed, epoch, index) and nothing else draws from the global RNG, so a resumed run
+repeats the uninterrupted one bit for bit (same device, threads and world size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longseq.train import checkpoint as ckpt
+from longseq.train import distributed, metrics
+from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
+from longseq.train.data import (
+    ARCHITECTURE,
+    BatchStream,
+    TaskData,
+    build_task_data,
+    eval_loader,
+    make_collate,
+    resolve_tokenizer,
+)
+from longseq.train.logger import RunLogger
+from longseq.train.optim import build_optimizer, build_scheduler
+
+IGNORE = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids", "labels")
+Callback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns. `evals` lists every validation record (step, loss, metrics);
+    `best` is the best of them by `metric`; `test` the test split's metrics with the best
+    weights. `model` holds the best weights when there was an evaluation, else the last."""
+
+    out_dir: Path
+    step: int
+    metric: str
+    evals: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    test: dict[str, Any] | None
+    train_loss: float | None
+    tokens_per_second: float
+    train_seconds: float
+    peak_memory_bytes: int | None  # CUDA: max allocated; None on CPU (see peak_rss_bytes)
+    peak_rss_bytes: int  # the process's peak resident memory (whole process lifetime)
+    stopped_early: bool
+    model_config: Any
+    model: nn.Module = field(repr=False)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def best_dir(self) -> Path | None:
+        return self.out_dir / "best" if self.best is not None else None
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out_dir / "last"
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | str | Path,
+    *,
+    resume: bool = False,
+    train_dataset: Any = None,
+    val_dataset: Any = None,
+    test_dataset: Any = None,
+    tokenizer: Any = None,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train as `config` says (a TrainConfig, its dict, or a YAML/JSON path).
+
+    Datasets given here replace the files of `config.data` (items: {"input_ids", "labels"};
+    a `lengths` attribute speeds up bucketing). `resume=True` continues from OUT/last if it
+    exists (else starts afresh). Each callback is called with every log record and after
+    every optimiser step with {"kind": "step", "step", "epoch", "batch"}; returning True
+    stops the run (it saves and evaluates as at the end).
+    """
+    cfg = as_config(config)
+    dist = distributed.setup(cfg.run.device)
+    try:
+        trainer = _Trainer(cfg, dist, tokenizer, (train_dataset, val_dataset, test_dataset))
+        return trainer.fit(resume=resume, callbacks=callbacks)
+    finally:
+        dist.close()
+
+
+class _Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dist: distributed.Distributed,
+        tokenizer: Any,
+        datasets: tuple[Any, Any, Any],
+    ) -> None:
+        self.cfg, self.dist = cfg, dist
+        self.device = dist.device
+        run = cfg.run
+        if run.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(
+                "run.precision=fp16 needs a CUDA device (fp16 training needs a GradScaler, "
+                "which is CUDA-only here); use bf16 or fp32 on CPU"
+            )
+        bf16_gpu = run.precision == "bf16" and self.device.type == "cuda"
+        if bf16_gpu and not torch.cuda.is_bf16_supported():
+            raise ValueError("run.precision=bf16: this GPU has no bfloat16; use fp16")
+        if run.threads:
+            torch.set_num_threads(run.threads)
+        self.out = Path(run.out)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+        init_from = cfg.model.get("init_from")
+        self.tokenizer = resolve_tokenizer(cfg.data, init_from, tokenizer)
+        self.data: TaskData = build_task_data(
+            cfg.data,
+            seed=run.seed,
+            tokenizer=self.tokenizer,
+            train=datasets[0],
+            val=datasets[1],
+            test=datasets[2],
+        )
+        self.model, notes = build_training_model(cfg, self.data)
+        self.notes = notes
+        self.model.to(self.device)
+        self.arch = self.model.config.architecture
+        multiple = self.model.pad_multiple()
+        if -(-cfg.data.max_length // multiple) * multiple > self.model.config.max_length:
+            multiple = 1  # rounding up would pass the model's max_length: the layers pad
+        self.collate = make_collate(self.tokenizer, multiple)
+        self.stream = BatchStream(
+            self.data.train,
+            self.collate,
+            batch_size=cfg.data.batch_size,
+            seed=run.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            mega_batch=cfg.data.mega_batch,
+            num_workers=run.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------------- set-up
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS
+        }
+
+    def _freeze_unused(self) -> list[str]:
+        """One probe forward/backward (RNG untouched): freeze what gets no gradient anywhere."""
+        per_rank = self.cfg.data.batch_size // self.dist.world_size
+        first = next(iter(self.stream.sampler.global_batches()))[:per_rank]
+        batch = self._to_device(self.collate([self.data.train[i] for i in first]))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            with self._autocast():
+                loss = self.model(**batch).loss
+            loss.backward()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        used = torch.tensor(
+            [p.grad is not None for _, p in named], dtype=torch.float32, device=self.device
+        )
+        self.dist.all_reduce(used)  # used on any rank counts as used
+        frozen = []
+        for (name, p), u in zip(named, used.tolist(), strict=True):
+            p.grad = None
+            if not u:
+                p.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
+    # ------------------------------------------------------------------------- steps
+    def _loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        labels = batch["labels"]
+        if self.arch == "sequence-classification":
+            return labels.shape[0]
+        if self.arch == "causal-lm":
+            target = labels[:, 1:] != IGNORE
+            return int((target & batch["attention_mask"][:, 1:].bool()).sum())
+        return int((labels != IGNORE).sum())
+
+    def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns (this rank's share of the mean loss, grad norm)."""
+        counts = [self._loss_items(b) for b in micro]
+        totals = torch.tensor(
+            [sum(counts), sum(int(b["attention_mask"].sum()) for b in micro)],
+            dtype=torch.float64,
+            device=self.device,
+        )
+        self.dist.all_reduce(totals)
+        n_total, self.step_tokens = float(totals[0]), float(totals[1])
+        if n_total == 0:
+            raise ValueError("a training step has no loss targets (empty labels); check the data")
+        loss_share = torch.zeros((), device=self.device)
+        for i, (batch, n) in enumerate(zip(micro, counts, strict=True)):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync:
+                with self._autocast():
+                    out = self.net(**self._to_device(batch))
+                loss = out.loss * (n * self.dist.world_size / n_total)
+                self.scaler.scale(loss).backward()
+            loss_share += out.loss.detach().float() * (n / n_total)
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.params, clip if clip and clip > 0 else float("inf")
+        )
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_share, norm.detach().float()
+
+    # ------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str, dataset: Any) -> dict[str, Any]:
+        model = self.model
+        model.eval()
+        run = self.cfg.run
+        per_rank = max(
+            1, (self.cfg.data.eval_batch_size or self.cfg.data.batch_size) // self.dist.world_size
+        )
+        loader = eval_loader(
+            dataset,
+            self.collate,
+            batch_size=per_rank,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            max_batches=run.eval_batches,
+            num_workers=run.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, n, bytes, correct
+        classes = self.model.config.num_labels
+        confusion = torch.zeros(classes, classes, dtype=torch.int64, device=self.device)
+        for cpu_batch in loader:
+            batch = self._to_device(cpu_batch)
+            labels = batch.pop("labels")
+            with self._autocast():
+                logits = model(**batch).logits.float()
+            if self.arch == "sequence-classification":
+                sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+                confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
+                continue
+            if self.arch == "causal-lm":
+                keep = batch["attention_mask"][:, 1:].bool()
+                labels = labels[:, 1:].masked_fill(~keep, IGNORE)
+                logits = logits[:, :-1]
+                cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
+                    ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
+                )
+                sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
+            sums[0] += F.cross_entropy(
+                logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+            ).double()
+            real = labels != IGNORE
+            sums[1] += real.sum()
+            sums[3] += ((logits.argmax(-1) == labels) & real).sum()
+        self.dist.all_reduce(sums)
+        self.dist.all_reduce(confusion)
+        model.train()
+        loss_sum, n, num_bytes, correct = sums.tolist()
+        if self.arch == "sequence-classification":
+            result = metrics.classification_metrics(confusion.cpu(), loss_sum)
+        elif self.arch == "causal-lm":
+            result = metrics.lm_metrics(loss_sum, n, num_bytes)
+        else:
+            result = metrics.mlm_metrics(loss_sum, n, correct)
+        return result
+
+    # ------------------------------------------------------------------------- saving
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.stream.epoch,
+            "batch": self.stream.index,
+            "tokens_seen": self.tokens_seen,
+            "train_time": self.train_time,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "evals": self.evals,
+            "world_size": self.dist.world_size,
+            "frozen": self.frozen,
+        }
+
+    def save_last(self) -> None:
+        rng = ckpt.capture_rng()
+        gathered: list[Any] = [rng]
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            torch.distributed.gather_object(rng, gathered if self.dist.is_main else None, dst=0)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(
+                self.out / "last",
+                model=self.model,
+                tokenizer=self.tokenizer,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                state=self._state(),
+                rng=gathered,
+            )
+        self.saved_step = self.step
+
+    def save_best(self, record: dict[str, Any]) -> None:
+        import json
+
+        self.best_state = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+        }
+        if self.dist.is_main:
+            tmp = self.out / "best.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self.model.save_pretrained(tmp, tokenizer=self.tokenizer)
+            (tmp / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+            if (self.out / "best").exists():
+                shutil.rmtree(self.out / "best")
+            tmp.rename(self.out / "best")
+
+    # ------------------------------------------------------------------------- the run
+    def _prepare_out(self, resume: bool) -> bool:
+        """Check the output folder; return whether a checkpoint will be resumed."""
+        last = self.out / "last"
+        if resume:
+            if (last / ckpt.STATE_JSON).is_file():
+                return True
+            if self.dist.is_main:
+                print(
+                    f"warning: --resume: no checkpoint in {last}; starting afresh", file=sys.stderr
+                )
+        elif last.exists() and not self.cfg.run.overwrite:
+            raise ValueError(
+                f"{self.out} already holds a checkpoint ({last}); pass --resume to continue it, "
+                "choose another run.out, or set run.overwrite=true to start over"
+            )
+        if self.dist.is_main:
+            for name in ("last", "best", "tensorboard"):
+                if (self.out / name).exists():
+                    shutil.rmtree(self.out / name)
+        return False
+
+    def fit(self, resume: bool, callbacks: Sequence[Callback]) -> TrainResult:
+        cfg, dist = self.cfg, self.dist
+        resuming = self._prepare_out(resume)
+        self.dist.barrier()
+        # The same dropout masks on every rank would be harmless, but distinct ones are the
+        # usual choice; the model itself was built from run.seed alone (identical on all ranks).
+        seed = cfg.run.seed + dist.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        import random
+
+        random.seed(seed)
+        self.frozen = [] if cfg.run.find_unused_parameters else self._freeze_unused()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
+        self.step, self.tokens_seen, self.train_time = 0, 0.0, 0.0
+        self.best: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals, self.evals = 0, []
+        rng_note = ""
+        if resuming:
+            state = ckpt.load_checkpoint(
+                self.out / "last",
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                device=self.device,
+            )
+            if state["frozen"] != self.frozen:
+                raise ValueError(
+                    f"the checkpoint froze {state['frozen']} but this run freezes "
+                    f"{self.frozen}: the model or data changed since it was saved"
+                )
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.train_time = state["train_time"]
+            self.best, self.bad_evals, self.evals = (
+                state["best"],
+                state["bad_evals"],
+                state["evals"],
+            )
+            self.stream.epoch, self.stream.index = state["epoch"], state["batch"]
+            if not state["rng_restored"]:
+                torch.manual_seed(seed + 7919 * self.step)
+                rng_note = (
+                    f" (saved by {len(state['rng'])} process(es), run by {dist.world_size}: "
+                    "RNG reseeded, the run will not repeat bit for bit)"
+                )
+        self.saved_step = self.step
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+        log = RunLogger(
+            self.out,
+            enabled=dist.is_main,
+            tensorboard=cfg.run.tensorboard,
+            progress=cfg.run.progress,
+            total_steps=cfg.optim.max_steps,
+            start_step=self.step if resuming else 0,
+        )
+        self.ddp = None
+        self.net: nn.Module = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # No running statistics among the buffers: nothing to broadcast every forward.
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.run.find_unused_parameters,
+                **no_sync,
+            )
+            self.net = self.ddp
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.train()
+        history: list[dict[str, Any]] = []
+
+        def emit(record: dict[str, Any]) -> bool:
+            log.write(record)
+            if record["kind"] in ("train", "eval"):
+                history.append(record)
+            return any(bool(cb(record)) for cb in callbacks)
+
+        n_params = sum(p.numel() for p in self.model.parameters())
+        start = f"resumed at step {self.step}{rng_note}" if resuming else "started"
+        log.message(
+            f"{start}: {self.arch} {self.model.config.attention}, {n_params:,} parameters, "
+            f"{dist.world_size} process(es) on {self.device.type}, "
+            f"{self.stream.batches_per_epoch} batches per epoch per process",
+            self.step,
+        )
+        for note in self.notes:
+            log.message(note, self.step)
+        if self.frozen:
+            log.message(
+                f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
+                f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
+                self.step,
+            )
+        metric = cfg.metric
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        stopped_early, stop = False, False
+        batches = iter(self.stream)
+        acc_loss = torch.zeros((), device=self.device)
+        acc_norm = torch.zeros((), device=self.device)
+        acc_steps, acc_tokens, acc_time = 0, 0.0, 0.0
+        last_loss: float | None = None
+        opt = cfg.optim
+        while self.step < opt.max_steps and not stop:
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's rate
+            micro = [next(batches) for _ in range(opt.grad_accum)]
+            loss_share, norm = self._step(micro)
+            self.step += 1
+            acc_loss += loss_share
+            acc_norm += norm
+            acc_steps += 1
+            acc_tokens += self.step_tokens
+            self.tokens_seen += self.step_tokens
+            is_log = self.step % cfg.run.log_every == 0 or self.step == opt.max_steps
+            if is_log and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            acc_time += dt
+            self.train_time += dt
+            if is_log:
+                stats = torch.stack([acc_loss, acc_norm]).double()
+                self.dist.all_reduce(stats[:1])
+                loss, gnorm = (stats / acc_steps).tolist()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss is {loss} at step {self.step}: lower optim.lr, "
+                        "raise optim.warmup_steps or set optim.grad_clip"
+                    )
+                last_loss = loss
+                record = {
+                    "kind": "train",
+                    "step": self.step,
+                    "epoch": self.stream.epoch + self.stream.index / self.stream.batches_per_epoch,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": gnorm,
+                    "tokens_per_s": acc_tokens / acc_time if acc_time > 0 else 0.0,
+                    "elapsed": self.train_time,
+                }
+                stop |= emit(record)
+                log.step(acc_steps, loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                acc_loss.zero_()
+                acc_norm.zero_()
+                acc_steps, acc_tokens, acc_time = 0, 0.0, 0.0
+            evaluate = self.data.val is not None and (
+                self.step % cfg.run.eval_every == 0 or self.step == opt.max_steps or stop
+            )
+            if evaluate:
+                record = {"kind": "eval", "split": "val", "step": self.step}
+                record.update(self.evaluate("val", self.data.val))
+                record["elapsed"] = self.train_time
+                self.evals.append(record)
+                value = record[metric]
+                if self.best is None or sign * value > sign * self.best[metric]:
+                    self.best, self.bad_evals = record, 0
+                    self.save_best(record)
+                else:
+                    self.bad_evals += 1
+                stop |= emit(record)
+                if cfg.run.patience is not None and self.bad_evals >= cfg.run.patience:
+                    log.message(
+                        f"early stop at step {self.step}: val {metric} has not improved for "
+                        f"{self.bad_evals} evaluations (best {self.best[metric]:.4f} at step "
+                        f"{self.best['step']})",
+                        self.step,
+                    )
+                    stopped_early = stop = True
+            save_every = cfg.run.save_every or cfg.run.eval_every
+            if self.step % save_every == 0 or self.step == opt.max_steps or stop:
+                self.save_last()
+            event = {
+                "kind": "step",
+                "step": self.step,
+                "epoch": self.stream.epoch,
+                "batch": self.stream.index,
+            }
+            stop |= any(bool(cb(event)) for cb in callbacks)
+        if self.saved_step != self.step:
+            self.save_last()
+        test = None
+        if self.best is not None:
+            if self.best_state is None and (self.out / "best").is_dir():
+                from longseq.models import WEIGHTS_NAME
+
+                self.model.load_weights(self.out / "best" / WEIGHTS_NAME)
+            elif self.best_state is not None:
+                self.model.load_state_dict(self.best_state)
+        if self.data.test is not None:
+            test = {"kind": "eval", "split": "test", "step": self.step}
+            if self.best is not None:
+                test["best_step"] = self.best["step"]
+            test.update(self.evaluate("test", self.data.test))
+            emit(test)
+        log.close()
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return TrainResult(
+            out_dir=self.out,
+            step=self.step,
+            metric=metric,
+            evals=list(self.evals),
+            best=self.best,
+            test=test,
+            train_loss=last_loss,
+            tokens_per_second=self.tokens_seen / self.train_time if self.train_time else 0.0,
+            train_seconds=self.train_time,
+            peak_memory_bytes=peak,
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            stopped_early=stopped_early,
+            model_config=self.model.config,
+            model=self.model,
+            history=history,
+        )
+
+
+# ----------------------------------------------------------------------------- the model
+def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, list[str]]:
+    """The model the task needs: fields the model section leaves out come from the data;
+    `init_from` loads a saved model's weights (the body must fit; a new head starts fresh)."""
+    from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
+
+    spec = dict(cfg.model)
+    init_from = spec.pop("init_from", None)
+    arch = ARCHITECTURE[cfg.data.task]
+    tok = data.tokenizer
+    fields: dict[str, Any]
+    if init_from is not None:
+        source = Path(init_from)
+        if not (source / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"model.init_from={init_from}: no {CONFIG_NAME} there")
+        fields = ModelConfig.load(source / CONFIG_NAME).to_dict()
+    else:
+        fields = {
+            "vocab_size": tok.vocab_size,
+            "pad_token_id": tok.pad_id,
+            "cls_token_id": tok.cls_id,
+            "max_length": cfg.data.max_length,
+        }
+    fields["architecture"] = spec.pop("architecture", arch)
+    if fields["architecture"] != arch:
+        raise ValueError(
+            f"task {cfg.data.task!r} trains a {arch!r} model, but model.architecture is "
+            f"{fields['architecture']!r}; leave it out or change data.task"
+        )
+    if arch == "sequence-classification" and data.label_names is not None:
+        fields["num_labels"] = len(data.label_names)
+        fields["label_names"] = list(data.label_names)
+    names = data.label_names
+    if "num_labels" in spec and names is not None and spec["num_labels"] != len(names):
+        raise ValueError(
+            f"model.num_labels={spec['num_labels']} but the data has {len(names)} labels {names}"
+        )
+    fields.update(spec)
+    config = ModelConfig.from_dict(fields)
+    if config.vocab_size < tok.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={config.vocab_size} < the tokenizer's {tok.vocab_size} ids"
+        )
+    if config.max_length < cfg.data.max_length:
+        raise ValueError(
+            f"data.max_length={cfg.data.max_length} exceeds the model's max_length="
+            f"{config.max_length}; lower data.max_length or raise model.max_length"
+            + (" (`longseq longify` extends a trained model)" if init_from else "")
+        )
+    model = build_model(config, seed=cfg.run.seed)
+    notes: list[str] = []
+    if init_from is not None:
+        notes = _load_matching(model, Path(init_from) / WEIGHTS_NAME)
+    return model, notes
+
+
+def _load_matching(model: nn.Module, path: Path) -> list[str]:
+    """Copy the weights whose names and shapes match; a body mismatch is an error."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    state = load_file(str(path))
+    own = model.state_dict()
+    bad = [
+        f"{k}: saved {tuple(v.shape)} vs now {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and k.startswith("body.") and v.shape != own[k].shape
+    ]
+    if bad:
+        raise ValueError(
+            f"{path}: the saved body does not fit the configured model: " + "; ".join(bad[:4])
+        )
+    take = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(take, strict=False)
+    tied = model.tied_keys() if hasattr(model, "tied_keys") else set()
+    fresh = sorted(k for k in own if k not in take and k not in tied)
+    dropped = sorted(k for k in state if k not in take)
+    notes = [f"init_from {path.parent}: loaded {len(take)} tensors"]
+    if fresh:
+        notes.append(
+            f"  newly initialised: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
+        )
+    if dropped:
+        notes.append(f"  not used: {', '.join(dropped[:6])}{' ...' if len(dropped) > 6 else ''}")
+    return notes
+
+
+__all__ = ["TrainResult", "build_training_model", "train"]

@@ -1,0 +1,87 @@
+"""Metrics against hand-computed values; optimiser groups and schedule against the formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from longseq.data.tokenizers import ByteTokenizer, HFTokenizer
+from longseq.models import ModelConfig, build_model
+from longseq.train import OptimConfig
+from longseq.train import metrics as M
+from longseq.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def test_macro_f1_hand_example():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = torch.tensor([0, 0, 1, 1, 2, 2])
+    c = M.confusion_matrix(preds, labels, 3)
+    assert c.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    # F1_0 = 2*2/(2*2+0+1) = 0.8; F1_1 = 2/(2+1+1) = 0.5; F1_2 = 2/(2+1+0) = 2/3
+    assert M.per_class_f1(c).tolist() == pytest.approx([0.8, 0.5, 2 / 3])
+    assert M.macro_f1(c) == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert M.accuracy(c) == pytest.approx(4 / 6)
+    # a class that never occurs (label or prediction) is left out of the mean...
+    assert M.macro_f1(M.confusion_matrix(preds, labels, 5)) == pytest.approx(M.macro_f1(c))
+    # ...but one that is only predicted counts with F1 = 0
+    c4 = M.confusion_matrix(torch.tensor([3, 0]), torch.tensor([0, 0]), 4)
+    assert M.macro_f1(c4) == pytest.approx((2 / 3 + 0.0) / 2)
+
+
+def test_lm_metrics_and_bytes(tmp_path):
+    loss_sum, tokens = 6.0, 4
+    m = M.lm_metrics(loss_sum, tokens, num_bytes=8)
+    assert m["loss"] == 1.5 and m["perplexity"] == pytest.approx(math.exp(1.5))
+    assert m["bpb"] == pytest.approx(1.5 * 4 / 8 / math.log(2))
+    # byte tokenizer: one byte per byte id; special ids and ignored targets count nothing
+    tok = ByteTokenizer()
+    ids = torch.tensor([[*tok.encode("héllo"), tok.sep_id, -100]])
+    assert M.target_bytes(ids, tok) == len("héllo".encode())
+    # any other tokenizer: the bytes of the decoded text
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[PAD]": 0, "[SEP]": 1, "[UNK]": 2, "héllo": 3, "world": 4}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    ht = HFTokenizer(tmp_path / "tokenizer.json")
+    ids = torch.tensor([[3, 4, -100], [4, -100, -100]])
+    assert M.target_bytes(ids, ht) == len(ht.decode([3, 4]).encode()) + len(b"world")
+
+
+def test_no_decay_on_biases_and_norms():
+    cfg = ModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    model = build_model(cfg.replace(architecture="masked-lm"), seed=0)
+    decay, no_decay = param_groups(model)
+    assert "body.embeddings.word.weight" in decay  # tied decoder weight listed once
+    assert "lm_head.decoder.weight" not in decay + no_decay
+    assert "lm_head.decoder.bias" in no_decay
+    assert all(n.endswith("bias") or "norm" in n for n in no_decay)
+    assert all(not n.endswith("bias") and "norm" not in n for n in decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.1))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedule(schedule):
+    cfg = OptimConfig(lr=1.0, warmup_steps=4, max_steps=14, schedule=schedule, min_lr_ratio=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = build_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(cfg.max_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # warm-up
+    assert lrs[4] == pytest.approx(1.0)  # decay starts from the peak
+    # halfway through the decay (p = 5/10): linear 1 - 0.9 * 0.5, cosine 0.1 + 0.9 * 0.5
+    expected = {"linear": 0.55, "cosine": 0.55, "constant": 1.0}[schedule]
+    assert lrs[9] == pytest.approx(expected)
+    if schedule == "cosine":
+        assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert lr_factor(14, warmup_steps=4, max_steps=14, schedule=schedule, min_lr_ratio=0.1) == (
+        pytest.approx(1.0 if schedule == "constant" else 0.1)
+    )

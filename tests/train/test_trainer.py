@@ -1,0 +1,254 @@
+"""The trainer end to end on tiny models: outputs, exact resume, metrics against direct
+computation, every task, precision, early stopping, init_from, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from longseq.data.datasets import LMDataset, TextClassificationDataset
+from longseq.models import from_pretrained
+from longseq.train import TrainConfig, build_training_model, train
+from longseq.train import metrics as M
+from longseq.train.checkpoint import STATE_JSON, STATE_TENSORS, read_checkpoint
+from longseq.train.data import build_task_data, resolve_tokenizer
+
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+WORDS = {"red": "apple cherry blood rose ", "blue": "sky sea ice cold ", "green": "leaf frog "}
+
+
+def _write_classification(path, n, seed):
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for _ in range(n):
+            label = rng.choice(sorted(WORDS))
+            text = (WORDS[label] * rng.randint(1, 5))[: rng.randint(10, 60)]
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cls")
+    return {
+        "train": str(_write_classification(d / "train.jsonl", 48, 0)),
+        "val": str(_write_classification(d / "val.jsonl", 13, 1)),
+        "test": str(_write_classification(d / "test.jsonl", 11, 2)),
+    }
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lm")
+    rng = random.Random(0)
+    words = ["thee", "thou", "naïve", "café", "lord", "king", "—", "sword", "love"]
+    paths = {}
+    for split, n in (("train", 600), ("val", 150)):
+        text = " ".join(rng.choice(words) for _ in range(n)) + "\n"
+        (d / f"{split}.txt").write_text(text, encoding="utf-8")
+        paths[split] = str(d / f"{split}.txt")
+    return paths
+
+
+def _config(out, data, *, model=None, data_opts=None, optim=None, run=None) -> TrainConfig:
+    return TrainConfig(
+        model={**TINY, **(model or {})},
+        data={"max_length": 64, "batch_size": 4, **data, **(data_opts or {})},
+        optim={"lr": 3e-3, "max_steps": 4, "warmup_steps": 1, **(optim or {})},
+        run={
+            "out": str(out),
+            "eval_every": 2,
+            "log_every": 1,
+            "tensorboard": False,
+            "progress": False,
+            "threads": 1,  # tiny models: a second thread only adds contention
+            **(run or {}),
+        },
+    )
+
+
+def _records(out, kind):
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_classification_outputs_and_metrics(tmp_path, cls_data):
+    out = tmp_path / "run"
+    cfg = _config(
+        out,
+        {"task": "classification", **cls_data},
+        model={"attention": "longformer", "attention_options": {"window": 8}},
+        run={"tensorboard": True},
+    )
+    result = train(cfg)
+    assert result.step == 4 and len(result.evals) == 2
+    train_lines = _records(out, "train")
+    assert [r["step"] for r in train_lines] == [1, 2, 3, 4]
+    for r in train_lines:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "elapsed"} <= set(r)
+        assert r["tokens_per_s"] > 0 and math.isfinite(r["loss"])
+    assert [r["split"] for r in _records(out, "eval")] == ["val", "val", "test"]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert (out / "config.yaml").is_file()
+    # the checkpoint holds data only: safetensors + JSON, no pickle
+    assert sorted(p.name for p in (out / "last").iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer_config.json", STATE_JSON, STATE_TENSORS]
+    )
+    _, meta = read_checkpoint(out / "last")
+    assert meta["step"] == 4 and meta["frozen"]  # Longformer's key_global.bias
+    best = from_pretrained(out / "best")
+    assert best.config.label_names == ["blue", "green", "red"]
+    # Independent oracle: each test example alone (no padding, no bucketing) through the
+    # best model, against the trainer's batched, bucketed test metrics.
+    ds = TextClassificationDataset(
+        cls_data["test"], "byte", 64, label_names=["blue", "green", "red"]
+    )
+    logits = torch.cat([best(ds[i]["input_ids"][None]).logits for i in range(len(ds))])
+    labels = torch.tensor(ds.labels)
+    c = M.confusion_matrix(logits.argmax(-1), labels, 3)
+    assert result.test["accuracy"] == pytest.approx(M.accuracy(c))
+    assert result.test["macro_f1"] == pytest.approx(M.macro_f1(c))
+    assert result.test["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
+    assert result.test["best_step"] == result.best["step"]
+
+
+def test_resume_reaches_the_same_weights(tmp_path, cls_data):
+    """6 steps straight == 3 steps (checkpoint), 1 more (lost in a crash), resume to 6:
+    dropout on, shuffled and bucketed data, accumulation, evaluations in between."""
+
+    def cfg(out, **run):
+        return _config(
+            out,
+            {"task": "classification", "train": cls_data["train"], "val": cls_data["val"]},
+            model={"dropout": 0.2, "attention_dropout": 0.1},
+            optim={"max_steps": 6, "grad_accum": 2, "weight_decay": 0.1},
+            run={"save_every": 3, **run},
+        )
+
+    a = tmp_path / "straight"
+    train(cfg(a))
+
+    class Crash(Exception):
+        pass
+
+    def crash(event):
+        if event["kind"] == "step" and event["step"] == 4:
+            raise Crash
+
+    b = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        train(cfg(b), callbacks=[crash])
+    assert read_checkpoint(b / "last")[1]["step"] == 3
+    with pytest.raises(ValueError, match="--resume"):
+        train(cfg(b))  # a folder with a checkpoint is not overwritten silently
+    resumed = train(cfg(b), resume=True)
+    assert resumed.step == 6
+    wa, wb = load_file(a / "last/model.safetensors"), load_file(b / "last/model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    sa, sb = read_checkpoint(a / "last")[0], read_checkpoint(b / "last")[0]
+    for k in (k for k in sa if k.startswith("optimizer.")):
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
+    la, lb = _records(a, "train"), _records(b, "train")
+    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5, 6]  # the lost step 4 logged once
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], abs=1e-6)
+
+
+def test_lm_metrics_match_direct_computation(tmp_path, text_data):
+    out = tmp_path / "lm"
+    cfg = _config(
+        out,
+        {"task": "lm", **text_data},
+        model={"attention": "longformer", "attention_options": {"window": 16}},
+        optim={"max_steps": 2},
+    )
+    result = train(cfg)
+    assert result.model_config.architecture == "causal-lm"
+    ev = result.best
+    model = from_pretrained(out / "best")
+    ds = LMDataset(text_data["val"], "byte", 64)
+    total, count = 0.0, 0
+    for i in range(len(ds)):
+        ids = ds[i]["input_ids"][None]
+        total += model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+        count += ids.shape[1] - 1
+    assert ev["loss"] == pytest.approx(total / count, abs=1e-5)
+    assert ev["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    # byte tokenizer: each target is one byte, so bpb = nats per token / ln 2
+    assert ev["bpb"] == pytest.approx(total / count / math.log(2), rel=1e-5)
+
+
+def test_mlm_then_fine_tune_from_it(tmp_path, text_data, cls_data):
+    mlm_out = tmp_path / "mlm"
+    result = train(
+        _config(
+            mlm_out, {"task": "mlm", **text_data}, optim={"max_steps": 2}, run={"eval_every": 2}
+        )
+    )
+    assert set(result.best) >= {"loss", "perplexity", "accuracy"}
+    assert 0.0 <= result.best["accuracy"] <= 1.0
+    cfg = _config(
+        tmp_path / "ft",
+        {"task": "classification", "train": cls_data["train"]},
+        model={"init_from": str(mlm_out / "last"), "dropout": 0.0},
+        optim={"max_steps": 1},
+    )
+    tok = resolve_tokenizer(cfg.data, cfg.model["init_from"])
+    model, notes = build_training_model(cfg, build_task_data(cfg.data, seed=0, tokenizer=tok))
+    saved = load_file(mlm_out / "last/model.safetensors")
+    assert model.config.architecture == "sequence-classification" and model.config.num_labels == 3
+    assert model.config.dropout == 0.0 and model.config.hidden_size == 32
+    for k, v in model.state_dict().items():
+        if k.startswith("body."):
+            assert torch.equal(v, saved[k]), k
+    assert any("newly initialised: head" in n for n in notes)
+    assert train(cfg).step == 1
+
+
+def test_listops_task(tmp_path):
+    from longseq.data.listops import write_splits
+
+    write_splits(tmp_path / "lo", 16, 8, 4, 0, min_length=5, max_length=40)
+    files = {s: str(tmp_path / "lo" / f"listops_{s}.tsv") for s in ("train", "val", "test")}
+    result = train(_config(tmp_path / "run", {"task": "listops", **files}, optim={"max_steps": 2}))
+    assert result.model_config.num_labels == 10 and result.model_config.vocab_size < 30
+    assert 0.0 <= result.test["accuracy"] <= 1.0
+
+
+def test_precision_and_early_stopping(tmp_path, cls_data):
+    data = {"task": "classification", "train": cls_data["train"], "val": cls_data["val"]}
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(_config(tmp_path / "fp16", data, run={"precision": "fp16", "device": "cpu"}))
+    bf16 = train(
+        _config(tmp_path / "bf16", data, run={"precision": "bf16"}, optim={"max_steps": 2})
+    )
+    assert math.isfinite(bf16.train_loss)
+    # lr so small that accuracy cannot change: evals 2 and 3 do not improve on eval 1
+    stopped = train(
+        _config(
+            tmp_path / "es",
+            data,
+            optim={"lr": 1e-12, "max_steps": 50},
+            run={"eval_every": 1, "patience": 2},
+        )
+    )
+    assert stopped.stopped_early and stopped.step == 3 and stopped.best["step"] == 1
+
+
+def test_bad_inputs(tmp_path, cls_data):
+    data = {"task": "classification", "train": cls_data["train"]}
+    with pytest.raises(ValueError, match="num_labels=5 but the data has 3 labels"):
+        train(_config(tmp_path / "a", data, model={"num_labels": 5}))
+    with pytest.raises(ValueError, match="exceeds the model's max_length"):
+        train(_config(tmp_path / "b", data, model={"max_length": 32}))
+    with pytest.raises(ValueError, match="trains a 'sequence-classification' model"):
+        train(_config(tmp_path / "c", data, model={"architecture": "causal-lm"}))
+    with pytest.raises(ValueError, match="no training data"):
+        train(_config(tmp_path / "d", {"task": "classification"}))
