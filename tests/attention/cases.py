@@ -34,6 +34,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"num_buckets": 4, "n_hashes": 1, "chunk_length": 4, "seed": 1, "causal": True},
         {"num_buckets": 6, "n_hashes": 3, "chunk_length": 3, "seed": 2, "causal": True},
     ],
+    "local": [
+        {"chunk_length": 4},
+        {"chunk_length": 3, "num_chunks_before": 2, "num_chunks_after": 1, "bias": False},
+        {"chunk_length": 4, "causal": True},
+    ],
 }
 
 

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, str] = {
     "bigbird": "longseq.attention.bigbird:BigBirdAttention",
     "linformer": "longseq.attention.linformer:LinformerAttention",
     "lsh": "longseq.attention.lsh:LSHAttention",
+    "local": "longseq.attention.local:LocalAttention",
 }
 
 MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)

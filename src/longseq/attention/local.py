@@ -1,0 +1,144 @@
+"""Chunked local attention: Reformer's `LocalSelfAttention` (Kitaev et al., 2020).
+
+The sequence, padded to a multiple of the chunk length c, is cut into C chunks. Query i, in
+chunk ci = i // c, sees the keys of chunks ci - b, ..., ci + a (b = `num_chunks_before`,
+a = `num_chunks_after`), with ordinary separate projections q, k, v:
+
+    out_i = sum_j softmax_j(q_i . k_j / sqrt(d)) v_j      over j in those chunks,
+                                                          real j only, and j <= i when causal.
+
+No self-mask (queries and keys are different vectors, unlike LSH). Chunks before the first or
+after the last do not exist, unless `wrap=True`: then chunk indices are taken modulo C, as in
+Hugging Face, whose first chunk looks back at the last one (a chunk that lands twice in one
+window, when C < b + 1 + a, is counted twice). The causal rule compares real positions, so a
+wrapped-around earlier chunk stays visible to a causal query. Wrapped outputs depend on the
+padded length: `pad_multiple` sets it (Hugging Face's Reformer pads to the least common
+multiple of all its layers' chunk lengths). A sequence within one chunk is plain attention
+over it (no wrap), as in Hugging Face.
+
+Kernel (never n x n, memory O(n * W)). Keys and values are gathered once into an extended
+sequence of b * c rows in front of the n rows and a * c behind (with wrap the rows those
+positions stand for; without, any rows, masked). Each chunk's window of W = (b + 1 + a) * c
+keys is then a strided view (`unfold`), and one batched matmul gives the (C, c, W) scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longseq.attention import ops, patterns
+from longseq.attention.base import SelfAttention
+
+
+class LocalAttention(SelfAttention):
+    """Attention within a chunk and its neighbour chunks. See the module docstring.
+
+    Options:
+        chunk_length: tokens per chunk (c).
+        num_chunks_before, num_chunks_after: neighbour chunks each query also sees.
+        wrap: chunk indices modulo the number of chunks, as Hugging Face's Reformer; a batch
+            then matches each sequence alone only when they pad to the same length.
+        pad_multiple: pad the sequence to a multiple of this (a multiple of chunk_length;
+            None: chunk_length). Changes outputs only with wrap.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        chunk_length: int = 64,
+        num_chunks_before: int = 1,
+        num_chunks_after: int = 0,
+        wrap: bool = False,
+        pad_multiple: int | None = None,
+        causal: bool = False,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        if not _is_int(chunk_length) or chunk_length < 1:
+            raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
+        for name, value in (
+            ("num_chunks_before", num_chunks_before),
+            ("num_chunks_after", num_chunks_after),
+        ):
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(wrap, bool):
+            raise ValueError(f"wrap must be True or False, got {wrap!r}")
+        if pad_multiple is not None and (
+            not _is_int(pad_multiple) or pad_multiple < 1 or pad_multiple % chunk_length
+        ):
+            raise ValueError(
+                f"pad_multiple must be a positive multiple of chunk_length={chunk_length} (or "
+                f"None), got {pad_multiple!r}"
+            )
+        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        self.chunk_length = chunk_length
+        self.num_chunks_before = num_chunks_before
+        self.num_chunks_after = num_chunks_after
+        self.wrap = wrap
+        self.pad_multiple = pad_multiple or chunk_length
+
+    def wraps(self, padded_len: int) -> bool:
+        """Whether chunk indices wrap around (never for a single chunk)."""
+        return self.wrap and padded_len > self.chunk_length
+
+    def padded_length(self, n: int) -> int:
+        return -(-n // self.pad_multiple) * self.pad_multiple
+
+    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        n0 = hidden_states.shape[1]
+        c, m = self.chunk_length, self.pad_multiple
+        q, k, v = (ops.pad_to_multiple(t, m, dim=2) for t in self.project(hidden_states))
+        real = ops.pad_to_multiple(real, m, dim=1, value=False)
+        n, dev = q.shape[2], q.device
+        w = (self.num_chunks_before + 1 + self.num_chunks_after) * c
+        # the extended sequence: row t holds position src[t]; `exists` is False for rows of
+        # chunks that do not exist (before the first, after the last) unless wrapping
+        pos = torch.arange(-self.num_chunks_before * c, n + self.num_chunks_after * c, device=dev)
+        src = pos % n
+        exists = torch.ones_like(pos, dtype=torch.bool) if self.wraps(n) else (pos >= 0) & (pos < n)
+        k_win = k.index_select(2, src).unfold(2, w, c)  # (B, H, C, D, W): k^T of each window
+        v_win = v.index_select(2, src).unfold(2, w, c).transpose(-1, -2)  # (B, H, C, W, D)
+        allowed = (real[:, src] & exists).unfold(1, w, c)[:, None, :, None, :]  # (B,1,C,1,W)
+        if self.causal:
+            q_pos = torch.arange(n, device=dev).view(-1, c)  # (C, c)
+            allowed = allowed & ops.causal_allowed(q_pos, src.unfold(0, w, c))  # (C, c, W)
+        scores = torch.matmul(ops.blocks(q, c), k_win) + ops.mask_bias(allowed, q.dtype)
+        probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        return torch.matmul(probs, v_win).flatten(2, 3)[:, :, :n0]
+
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        """(heads, n, n) bool: the chunks each query sees (a chunk counted twice, possible
+        with wrap when there are fewer chunks than a window holds, still shows once)."""
+        padded = self.padded_length(n)
+        mod = patterns.chunked_local(
+            self.chunk_length,
+            self.num_chunks_before,
+            self.num_chunks_after,
+            self.causal,
+            padded // self.chunk_length if self.wraps(padded) else None,
+        )
+        return patterns.materialize(mod, n).expand(self.num_heads, n, n)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, chunk_length={self.chunk_length}, "
+            f"num_chunks_before={self.num_chunks_before}, "
+            f"num_chunks_after={self.num_chunks_after}, wrap={self.wrap}, "
+            f"pad_multiple={self.pad_multiple}"
+        )
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+__all__ = ["LocalAttention"]
