@@ -31,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.force:
         return _fail(f"{dst} exists and is not an empty folder; pass --force to write into it")
     try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # one model, no progress to show
+    except ImportError:
+        pass  # from_huggingface says how to install it
+    try:
         from longseq.convert import from_huggingface
 
         model = from_huggingface(src)
