@@ -521,6 +521,32 @@ class GenerationOutput:
         return self.sequences[row, int(self.prompt_lengths[row]) : int(self.lengths[row])]
 
 
+class _StopRules:
+    """The end conditions of each row, checked after each new token (max_new_tokens aside)."""
+
+    def __init__(
+        self, batch: int, eos: int | None, stops: list[str], tokenizer: Any, limit: int | None
+    ) -> None:
+        self.eos, self.stops, self.limit = eos, stops, limit
+        self.texts = [IncrementalText(tokenizer) for _ in range(batch)] if stops else []
+        self.generated = [""] * batch
+        self.longest = max((len(s) for s in stops), default=0)
+
+    def check(self, row: int, token: int, length: int) -> str | None:
+        if self.eos is not None and token == self.eos:
+            return "eos"
+        if self.stops:
+            delta = self.texts[row].push(token)
+            self.generated[row] += delta
+            # only a stop string that ends in the new text can be new
+            tail = self.generated[row][-(len(delta) + self.longest - 1) :] if delta else ""
+            if any(s in tail for s in self.stops):
+                return "stop_string"
+        if self.limit is not None and length >= self.limit:
+            return "max_length"
+        return None
+
+
 def _prompts(input_ids: Tensor, attention_mask: Tensor | None, vocab: int) -> tuple[Tensor, Tensor]:
     """Validated prompts as (right-padded ids (B, N), lengths (B,)); left padding is moved."""
     if not isinstance(input_ids, Tensor):
@@ -610,7 +636,7 @@ def generate(
     _check_sampling(do_sample, temperature, top_k, top_p)
     if isinstance(stop_strings, str):
         stop_strings = [stop_strings]
-    stops = [s for s in (stop_strings or [])]
+    stops = list(stop_strings or [])
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
     if stops and tokenizer is None:
@@ -628,13 +654,12 @@ def generate(
     prompt_lengths = lengths.clone()
     use_cache = use_cache and cache_kind(model) != "recompute"
     limit = position_limit(model, use_cache)
-    longest = n
-    if limit is not None and longest > limit:
+    if limit is not None and n > limit:
         raise ValueError(
-            f"prompt of {longest} tokens exceeds this model's max_length={limit} "
+            f"prompt of {n} tokens exceeds this model's max_length={limit} "
             f"(position {cfg.position!r}, cache {cache_kind(model)!r}); truncate the prompt"
         )
-    capacity = longest + max_new_tokens if limit is None else min(limit, longest + max_new_tokens)
+    capacity = n + max_new_tokens if limit is None else min(limit, n + max_new_tokens)
     pad = cfg.pad_token_id
     sequences = torch.full((b, capacity), pad, dtype=torch.long, device=device)
     sequences[:, :n] = ids
@@ -643,9 +668,7 @@ def generate(
     if seed is not None:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    texts = [IncrementalText(tokenizer) for _ in range(b)] if stops else []
-    generated_text = [""] * b
-    longest_stop = max((len(s) for s in stops), default=0)
+    rules = _StopRules(b, eos_token_id, stops, tokenizer, limit)
 
     was_training = model.training
     model.eval()
@@ -680,18 +703,7 @@ def generate(
             if streamer is not None:
                 streamer(nxt)
             for r in active.nonzero().flatten().tolist():
-                token = int(nxt[r])
-                reason = None
-                if eos_token_id is not None and token == eos_token_id:
-                    reason = "eos"
-                elif stops:
-                    delta = texts[r].push(token)
-                    generated_text[r] += delta
-                    tail = generated_text[r][-(len(delta) + longest_stop - 1) :] if delta else ""
-                    if any(s in tail for s in stops):
-                        reason = "stop_string"
-                if reason is None and limit is not None and int(lengths[r]) >= limit:
-                    reason = "max_length"
+                reason = rules.check(r, int(nxt[r]), int(lengths[r]))
                 if reason is None and step == max_new_tokens - 1:
                     reason = "max_new_tokens"
                 if reason is not None:
