@@ -163,3 +163,21 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     (odd / "tokenizer_config.json").write_text(json.dumps({"type": "sentencepiece"}))
     with pytest.raises(ValueError, match="unknown tokenizer type"):
         load_tokenizer(odd)
+
+
+def test_hf_tokenizer_ignores_saved_padding_and_truncation(tmp_path):
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from longseq.data.tokenizers import HFTokenizer
+
+    vocab = {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3, "[UNK]": 4, "a": 5, "b": 6}
+    raw = RawTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = Whitespace()
+    raw.enable_padding(length=8, pad_id=0, pad_token="[PAD]")
+    raw.enable_truncation(max_length=8)
+    raw.save(str(tmp_path / "tokenizer.json"))
+    tok = HFTokenizer(tmp_path)
+    assert tok.encode("a b") == [5, 6]
+    assert len(tok.encode(" ".join(["a"] * 20))) == 20

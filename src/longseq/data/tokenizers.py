@@ -136,6 +136,10 @@ class HFTokenizer(_SpecialAliases):
             self._tok = _HFTok.from_file(str(file))
         except Exception as e:  # the Rust library raises its own exception type
             raise ValueError(f"{file} is not a readable tokenizer.json: {e}") from None
+        # A saved tokenizer.json may carry fixed padding/truncation (MiniLM's: 128), which
+        # would silently cut long documents; longseq pads and truncates itself.
+        self._tok.no_padding()
+        self._tok.no_truncation()
         self.path = file
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         hints = _hf_config_hints(folder / CONFIG_NAME) if path.is_dir() else {}
