@@ -6,8 +6,9 @@ r"""`longseq generate`: continue a prompt with a saved causal language model.
 The model comes from `longseq.models.from_pretrained(DIR)` and its tokenizer from the same
 folder (`longseq.data.tokenizers.load_tokenizer(DIR)`; a folder without tokenizer files falls
 back to the byte tokenizer when the model's vocabulary is the byte vocabulary, 260). The prompt
-is echoed, then the new text is printed as it is generated; a summary (tokens, time, tokens/s,
-cache kind, why it stopped) goes to stderr. Temperature 0 (the default) is greedy decoding.
+is echoed, then the new text is printed as it is generated; a summary (time to the first
+token, then milliseconds per token, cache kind, why it stopped) goes to stderr. Temperature 0
+(the default) is greedy decoding.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if not ids:
         parser.error("the prompt is empty: give some text, or --add-bos to start from nothing")
 
-    streamer = TextStreamer(tokenizer) if args.stream else None
+    clock = _Clock(TextStreamer(tokenizer) if args.stream else None)
     if args.stream:
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -156,23 +157,43 @@ def run(args: argparse.Namespace) -> int:
             stop_strings=args.stop or None,
             tokenizer=tokenizer,
             seed=args.seed,
-            streamer=streamer,
+            streamer=clock,
             use_cache=args.use_cache,
         )
     except ValueError as e:
         parser.error(str(e))
-    seconds = time.perf_counter() - start
     new = out.new_tokens(0).tolist()
     if not args.stream:
         sys.stdout.write(prompt + tokenizer.decode(new))
     sys.stdout.write("\n")
+    times = clock.times
+    first = f"first token after {times[0] - start:.2f} s" if times else "no token"
+    rate = ""
+    if len(times) > 1:
+        rate = f", then {1000 * (times[-1] - times[0]) / (len(times) - 1):.1f} ms/token"
     print(
-        f"[{len(new)} tokens after a {len(ids)}-token prompt in {seconds:.2f} s "
-        f"({len(new) / max(seconds, 1e-9):.1f} tokens/s), cache {out.cache}, "
-        f"stopped: {out.finish_reasons[0]}]",
+        f"[{len(new)} new tokens after a {len(ids)}-token prompt: {first}{rate}; "
+        f"cache {out.cache}; stopped: {out.finish_reasons[0]}]",
         file=sys.stderr,
     )
     return 0
+
+
+class _Clock:
+    """A streamer that timestamps every step and passes the tokens on to `inner`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.times: list[float] = []
+
+    def __call__(self, tokens: Any) -> None:
+        self.times.append(time.perf_counter())
+        if self.inner is not None:
+            self.inner(tokens)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()
 
 
 __all__ = ["register", "run"]

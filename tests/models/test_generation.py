@@ -371,7 +371,7 @@ def test_cli_generate(tmp_path, capsys):
                      "--max-new-tokens", "12", *extra]) == 0  # fmt: skip
         out = capsys.readouterr()
         assert out.out == "abc" + expected + "\n"
-        assert "12 tokens" in out.err and "cache kv" in out.err
+        assert "12 new tokens" in out.err and "ms/token; cache kv" in out.err
     # sampling, seeded: same text twice
     args = ["generate", "--model", str(tmp_path / "m"), "--prompt", "abc", "--seed", "4"]
     args += ["--temperature", "1", "--top-k", "3", "--max-new-tokens", "8", "--no-stream"]
