@@ -536,3 +536,43 @@ def test_wrap_rounds_never_builds_n_by_n():
     with LargestTensor() as watch:
         layer(x, attention_mask=mask).sum().backward()
     assert watch.largest < N * N // 4
+
+
+def test_wrap_rounds_copies_hugging_face_float32_rounding():
+    """A causal first token sees only itself (score SELF_MASK = -1e5) in every round. In
+    float32 HF's round weights exp(lse_r - logsumexp(lse)) then sum to 1 only within ~0.4%
+    (float32 steps near 1e5 are 0.0078); wrap_rounds copies that, the default sums exactly."""
+    reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
+    from transformers import ReformerConfig
+
+    config = ReformerConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        attention_head_size=16,
+        lsh_attn_chunk_length=16,
+        num_hashes=2,
+        num_buckets=4,
+        is_decoder=True,
+        hash_seed=3,
+        lsh_attention_probs_dropout_prob=0.0,
+    )
+    hf = reformer.LSHSelfAttention(config).eval()
+    opts = {"num_buckets": 4, "n_hashes": 2, "chunk_length": 16, "seed": 3, "causal": True}
+    ours = attention.build("lsh", 32, 2, bias=False, wrap_rounds=True, **opts).eval()
+    exact = attention.build("lsh", 32, 2, bias=False, **opts).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+        for layer in (ours, exact):
+            layer.query.weight.copy_(hf.query_key.weight)
+            layer.value.weight.copy_(hf.value.weight)
+    x = torch.randn(2, 64, 32)
+    real = torch.ones(2, 64, dtype=torch.bool)
+    real[1, 48:] = False
+    with torch.random.fork_rng():
+        expected = ops.split_heads(hf(x, attention_mask=real.long()).hidden_states, 2)
+    ctx = ours.attend(x, real, None)
+    torch.testing.assert_close(ctx[:, :, :48], expected[:, :, :48], rtol=0, atol=1e-6)
+    v0 = ours.qk_and_value(x)[1][:, :, 0]
+    assert (expected[:, :, 0] - v0).abs().max() > 1e-4  # HF's rounding, copied
+    torch.testing.assert_close(exact.attend(x, real, None)[:, :, 0], v0, rtol=0, atol=1e-6)

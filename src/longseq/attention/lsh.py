@@ -27,7 +27,9 @@ the last chunk of the last round (a key may then be scored twice for one query, 
 occurrence). Outputs then depend on how much padding ends each round, i.e. on the padded
 length: `pad_multiple` sets the multiple the layer pads to (Hugging Face's Reformer pads to the
 least common multiple of all its layers' chunk lengths). A sequence that fits in one chunk is
-plain attention over it (no wrap), as in Hugging Face.
+plain attention over it (no wrap), as in Hugging Face. wrap_rounds also copies Hugging Face's
+arithmetic (probabilities exp(s - logsumexp(s)), round weights exp(lse_r - logsumexp_r(lse))),
+whose float32 rounding differs visibly from a softmax in one case (see `_round_weights`).
 
 Masks within a window: padding keys and, when causal, keys at a later original position get
 NEG_INF (-1e9); the query's own key gets -1e5 (Hugging Face's self_mask_value), so a token
@@ -471,20 +473,23 @@ class _LSHKernel(torch.autograd.Function):
             t = grp.chunks
             q, k, v = grp.gather(ws, rows)
             s = grp.scores(ws, q, k)
-            if probs is None:
-                p = torch.softmax(s, dim=-1, out=ws("p", t, c, 2 * c))
-            else:
-                p = torch.softmax(s, dim=-1)
-                probs.append(p)
+            p = ws("p", t, c, 2 * c) if probs is None else torch.empty_like(s)
             lse_g = lse[grp.slots].view(t, c)
-            if r > 1 or probs is None:  # at the row max, p = exp(s - lse)
-                torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)
+            if plan.wrap:  # Hugging Face's arithmetic (see _round_weights)
+                torch.logsumexp(s, dim=-1, out=lse_g)
+                torch.sub(s, lse_g.unsqueeze(-1), out=p).exp_()
+            else:
+                torch.softmax(s, dim=-1, out=p)
+                if r > 1 or probs is None:  # at the row max, p = exp(s - lse)
+                    torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)
+            if probs is not None:
+                probs.append(p)
             if dropout > 0.0:
                 keeps.append(torch.rand_like(p) >= dropout)
                 p = _dropped(ws, p, keeps[-1], dropout)
             o = torch.bmm(p, v, out=ws("o", t, c, d)).view(-1, d)  # (T * c, D) sorted
             if w is not None:
-                w_u = torch.softmax(lse_g.view(-1)[grp.unsort].view(-1, n, r), dim=-1)
+                w_u = _round_weights(lse_g.view(-1)[grp.unsort].view(-1, n, r), plan.wrap)
                 w_g = w[grp.slots]
                 torch.index_select(w_u.view(-1), 0, grp.resort, out=w_g)
                 o.mul_(w_g.unsqueeze(-1))
@@ -541,6 +546,20 @@ class _LSHKernel(torch.autograd.Function):
             grp.to_tokens(ws, dbuf, grads)
         shape = (plan.units // plan.heads, plan.heads, plan.n, d)
         return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
+
+
+def _round_weights(lse: Tensor, like_hf: bool) -> Tensor:
+    """softmax over the rounds (last dim) of the rows' logsumexps.
+
+    like_hf: as Hugging Face writes it, exp(lse_r - logsumexp_r(lse)), whose float32 rounding
+    we must copy: for a row whose only score is SELF_MASK in every round (a causal first
+    token), lse is about -1e5, where float32 steps are 0.0078, so HF's weights sum to 1 only
+    to within ~0.4%, and that error reaches every later token through the next layers. (Its
+    probabilities within a round, exp(s - logsumexp(s)), likewise: a query that meets only
+    itself, twice, in a wrapped window.) softmax sums to 1 exactly."""
+    if like_hf:
+        return (lse - torch.logsumexp(lse, dim=-1, keepdim=True)).exp()
+    return torch.softmax(lse, dim=-1)
 
 
 def _dropped(ws: _Workspace, p: Tensor, keep: Tensor, dropout: float) -> Tensor:
