@@ -77,6 +77,7 @@ def register(commands: Any) -> None:
         help="recompute the full forward at every step (slow; for comparison)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
     p.set_defaults(func=run, generate_parser=p)
 
 
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             f"--model {directory} is a {raw.get('architecture')!r} model; generate needs one "
             "trained with architecture 'causal-lm'"
         )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     try:

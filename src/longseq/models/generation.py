@@ -379,6 +379,7 @@ class CachedDecoder:
             )
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self._axial: Tensor | None = None
+        self._rotary: dict[int, tuple[Tensor, Tensor]] = {}  # per forward: cos, sin
 
     # ---------------------------------------------------------------- public steps
     @torch.no_grad()
@@ -445,18 +446,26 @@ class CachedDecoder:
         k = ops.split_heads(att.key(a), h)
         v = ops.split_heads(att.value(a), h)
         if att.rotary is not None:
-            lo = int(qpos.min())
-            cos, sin = att.rotary.cos_sin(
-                int(qpos.max()) - lo + 1, lo, device=q.device, dtype=q.dtype
-            )
-            cos, sin = cos[qpos - lo][:, None], sin[qpos - lo][:, None]  # (B, 1, C, D)
+            cos, sin = self._rotary_tables(att.rotary, qpos, q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         ctx = self.caches[i].attend(q, k, v, qpos, valid)
         return sub.dropout(att.out(ops.merge_heads(ctx)))
 
+    def _rotary_tables(
+        self, rotary: RotaryEmbedding, qpos: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """cos, sin (B, 1, C, D) at positions qpos, computed once per forward (layers share
+        the model's rotary embedding)."""
+        if id(rotary) not in self._rotary:
+            lo = int(qpos.min())
+            cos, sin = rotary.cos_sin(int(qpos.max()) - lo + 1, lo, device=qpos.device, dtype=dtype)
+            self._rotary[id(rotary)] = (cos[qpos - lo][:, None], sin[qpos - lo][:, None])
+        return self._rotary[id(rotary)]
+
     def _forward(self, ids: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
         """Hidden states (B, C, width) of C new tokens per row, before the final norm."""
         cfg = self.config
+        self._rotary = {}
         layers = self.model.body.layers
         x = self._embed(ids, qpos)
         if cfg.reversible:  # y1 = x1 + F(x2), y2 = x2 + G(y1), then merge the streams
