@@ -213,13 +213,17 @@ def test_mlm_then_fine_tune_from_it(tmp_path, text_data, cls_data):
 
 
 def test_listops_task(tmp_path):
-    from longseq.data.listops import write_splits
+    from longseq.data.listops import ListOpsDataset, write_splits
 
     write_splits(tmp_path / "lo", 16, 8, 4, 0, min_length=5, max_length=40)
     files = {s: str(tmp_path / "lo" / f"listops_{s}.tsv") for s in ("train", "val", "test")}
     result = train(_config(tmp_path / "run", {"task": "listops", **files}, optim={"max_steps": 2}))
     assert result.model_config.num_labels == 10 and result.model_config.vocab_size < 30
     assert 0.0 <= result.test["accuracy"] <= 1.0
+    # The Python API with dataset objects (as `longseq compare` uses it) trains the same.
+    sets = {f"{s}_dataset": ListOpsDataset(files[s], max_length=64) for s in files}
+    again = train(_config(tmp_path / "api", {"task": "listops"}, optim={"max_steps": 2}), **sets)
+    assert [r["loss"] for r in again.history] == [r["loss"] for r in result.history]
 
 
 def test_precision_and_early_stopping(tmp_path, cls_data):
