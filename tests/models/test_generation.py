@@ -154,9 +154,22 @@ def test_batch_with_left_or_right_padding_equals_each_prompt_alone():
         assert bool((out.sequences[1, 19:] == 0).all())
 
 
-def test_recompute_fallback_for_bigbird():
-    model = lm(attention="bigbird", attention_options={"block_size": 4, "num_random_blocks": 1})
-    assert cache_kind(model) == "recompute" and "BigBird" in recompute_reason(model)
+RECOMPUTE = {
+    "BigBird": {"attention": "bigbird", "attention_options": {"block_size": 4}},
+    "LSH": {
+        "attention": "lsh",
+        "attention_options": {"chunk_length": 4, "num_buckets": 4},
+        "position": "axial",
+        "axial_shape": [8, 16],
+        "axial_dims": [16, 16],
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(RECOMPUTE))
+def test_recompute_fallback(name):
+    model = lm(**RECOMPUTE[name])
+    assert cache_kind(model) == "recompute" and name in recompute_reason(model)
     with pytest.raises(ValueError, match="cannot be decoded with a cache"):
         CachedDecoder(model, 1, 16)
     seq = torch.randint(4, 260, (1, 5))
