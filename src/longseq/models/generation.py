@@ -335,6 +335,7 @@ class CachedDecoder:
 
     `capacity` is the longest sequence (prompt + generated) any row will reach: the size of
     full-attention caches. Rolling caches hold max(dilation) * window/2 + 1 slots whatever it is.
+    Put the model in eval mode first (`generate` does): the steps apply no attention dropout.
     """
 
     def __init__(
