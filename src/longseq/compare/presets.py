@@ -1,0 +1,288 @@
+"""Presets of `longseq compare`: one model size, data size and budget shared by every mechanism.
+
+A preset fixes everything but the attention: the model (hidden size, layers, heads,
+feed-forward size, dropout), the optimisation (steps, batch, learning rate, warm-up, weight
+decay), the data (ListOps sizes and kept lengths; tokens per document or per LM block for the
+real-data tasks), the settings of each mechanism at that length, and the short
+forward+backward sweep over sequence lengths. Each mechanism is then trained with exactly the
+same values and the same seed.
+
+- `default`: what `make run` runs, under 15 minutes on 2 CPU cores with all five
+  mechanisms (docs/experiments.md explains the choice).
+- `cpu`: the largest run that fits a few hours on 2 CPU cores: the small 2-layer model that
+  reproduces the LRA ListOps figures in later work, at the full LRA lengths.
+- `lra`: the Long Range Arena ListOps settings (6 layers, hidden 512, 8 heads, feed-forward
+  2048, 5,000 steps of batch 32, lengths up to 2,000, 96k/2k/2k examples), for a GPU.
+
+Mechanism settings scale with the preset's length (`mechanism_options`): every sparse
+mechanism lets a query see a few hundred keys at most, so that at the preset's lengths each
+does a fraction of full attention's work (Longformer `window` keys; BigBird (3 sliding + 2
+global + `random_blocks`) blocks of `block_size`; Linformer `linformer_k` projected keys;
+LSH `lsh_hashes` rounds of 2 chunks of `lsh_chunk`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+# The Long Range Arena paper's ListOps test accuracy (Tay et al., 2021, Table 1); LSH = Reformer.
+LRA_LISTOPS: dict[str, float] = {
+    "full": 36.37,
+    "longformer": 35.63,
+    "bigbird": 36.05,
+    "linformer": 35.70,
+    "lsh": 37.27,
+}
+# The five mechanisms compared by default, in report order.
+MECHANISMS: tuple[str, ...] = ("full", "longformer", "bigbird", "linformer", "lsh")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    # model: the same for every mechanism
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    dropout: float = 0.1
+    # optimisation (AdamW, linear warm-up then linear decay to 0)
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    eval_every: int = 50
+    eval_batches: int | None = None  # None: the whole validation split
+    seed: int = 0
+    # ListOps (LRA generator): examples per split and kept lengths (min < length < max)
+    listops_train: int = 96_000
+    listops_val: int = 2_000
+    listops_test: int = 2_000
+    listops_min_length: int = 500
+    listops_max_length: int = 2_000
+    # real-data tasks: bytes per document (classification, cut) or per block (LM)
+    text_length: int = 2_048
+    # mechanisms at this preset's length
+    window: int = 256  # Longformer: keys per query (window/2 each side)
+    block_size: int = 64  # BigBird
+    random_blocks: int = 3  # BigBird
+    linformer_k: int = 256
+    lsh_chunk: int = 64
+    lsh_hashes: int = 2
+    # the time/memory sweep: forward+backward of the same models on random tokens
+    sweep_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
+    sweep_batch: int = 1
+    sweep_repeats: int = 3
+    sweep_max_seconds: float = 60.0  # skip a length whose one fwd+bwd would take longer
+    # where and how
+    threads: int | None = 2  # torch threads per process (None: torch's default)
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                low_ok = f.name in ("dropout", "weight_decay", "warmup_steps", "seed")
+                if value < 0 or (value == 0 and not low_ok):
+                    raise ValueError(
+                        f"preset {self.name!r}: {f.name} must be positive, got {value}"
+                    )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"preset {self.name!r}: hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+        if self.listops_max_length - self.listops_min_length < 2:
+            raise ValueError(
+                f"preset {self.name!r}: listops_min_length={self.listops_min_length} must be "
+                f"at least 2 below listops_max_length={self.listops_max_length}"
+            )
+        if not self.sweep_lengths:
+            raise ValueError(f"preset {self.name!r}: sweep_lengths is empty")
+        if self.window % 2:
+            raise ValueError(f"preset {self.name!r}: window must be even, got {self.window}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["sweep_lengths"] = list(self.sweep_lengths)
+        return out
+
+    def with_overrides(self, items: list[str] | tuple[str, ...]) -> Preset:
+        """A copy with `field=value` overrides (the CLI's --set), converted to the field's type."""
+        hints = typing.get_type_hints(Preset)
+        names = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "summary")]
+        changes: dict[str, Any] = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in names:
+                raise ValueError(
+                    f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(names)}"
+                )
+            changes[key] = _parse(text.strip(), hints[key], key)
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(text: str, tp: Any, key: str) -> Any:
+    """`text` as the annotated type of preset field `key` (int, float, str, optional, tuple)."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if typing.get_origin(tp) is tuple:
+        return tuple(_parse(t, typing.get_args(tp)[0], key) for t in text.split(",") if t.strip())
+    try:
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise ValueError(f"--set {key}={text!r}: expected a {tp.__name__}") from None
+    return text
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        name="default",
+        summary="under 15 minutes on 2 CPU cores: a tiny model, ListOps up to 1,000 tokens",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        dropout=0.1,
+        steps=300,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=30,
+        eval_every=50,
+        listops_train=5_000,
+        listops_val=300,
+        listops_test=500,
+        listops_min_length=500,
+        listops_max_length=1_000,
+        text_length=1_024,
+        window=128,
+        block_size=32,
+        random_blocks=2,
+        linformer_k=128,
+        lsh_chunk=64,
+        lsh_hashes=2,
+        sweep_lengths=(512, 1024, 2048, 4096, 8192),
+        sweep_batch=1,
+        sweep_repeats=3,
+        sweep_max_seconds=20.0,
+    ),
+    "cpu": Preset(
+        name="cpu",
+        summary="a few hours on 2 CPU cores: the small LRA ListOps model at the full LRA lengths",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        dropout=0.1,
+        steps=2_000,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=200,
+        eval_every=200,
+        eval_batches=20,
+        listops_train=96_000,
+        listops_val=2_000,
+        listops_test=2_000,
+        listops_min_length=500,
+        listops_max_length=2_000,
+        text_length=2_048,
+        window=256,
+        block_size=64,
+        random_blocks=3,
+        linformer_k=256,
+        lsh_chunk=64,
+        lsh_hashes=2,
+        sweep_lengths=(1024, 2048, 4096, 8192, 16384),
+        sweep_batch=1,
+        sweep_repeats=3,
+        sweep_max_seconds=60.0,
+    ),
+    "lra": Preset(
+        name="lra",
+        summary="the Long Range Arena ListOps settings, for a GPU",
+        hidden_size=512,
+        num_layers=6,
+        num_heads=8,
+        intermediate_size=2_048,
+        dropout=0.1,
+        steps=5_000,
+        batch_size=32,
+        lr=1e-4,
+        warmup_steps=1_000,
+        weight_decay=0.1,
+        eval_every=250,
+        eval_batches=20,
+        listops_train=96_000,
+        listops_val=2_000,
+        listops_test=2_000,
+        listops_min_length=500,
+        listops_max_length=2_000,
+        text_length=4_096,
+        window=512,
+        block_size=64,
+        random_blocks=3,
+        linformer_k=256,
+        lsh_chunk=64,
+        lsh_hashes=4,
+        sweep_lengths=(1024, 2048, 4096, 8192, 16384),
+        sweep_batch=1,
+        sweep_repeats=5,
+        sweep_max_seconds=60.0,
+        threads=None,
+    ),
+}
+
+
+def get(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def mechanism_options(preset: Preset, mechanism: str, length: int) -> dict[str, Any]:
+    """The attention options of `mechanism` under `preset` for sequences of up to `length`."""
+    if mechanism == "longformer":
+        return {"window": preset.window}
+    if mechanism == "bigbird":
+        return {"block_size": preset.block_size, "num_random_blocks": preset.random_blocks}
+    if mechanism == "linformer":
+        # E and F are shared by the heads (as lucidrains' linformer); k never above n.
+        return {
+            "k": min(preset.linformer_k, length),
+            "max_seq_len": length,
+            "sharing": "headwise",
+        }
+    if mechanism == "lsh":
+        # num_buckets left to the layer: Hugging Face's 2n/chunk rule for each batch's length
+        return {"chunk_length": preset.lsh_chunk, "n_hashes": preset.lsh_hashes}
+    if mechanism == "local":
+        return {"chunk_length": preset.lsh_chunk}
+    return {}
+
+
+def describe_options(preset: Preset, mechanism: str, length: int) -> str:
+    opts = mechanism_options(preset, mechanism, length)
+    return ", ".join(f"{k} {v}" for k, v in opts.items() if k != "max_seq_len") or "-"
+
+
+__all__ = [
+    "LRA_LISTOPS",
+    "MECHANISMS",
+    "PRESETS",
+    "Preset",
+    "describe_options",
+    "get",
+    "mechanism_options",
+]

@@ -1,0 +1,294 @@
+"""The comparison's report: one markdown table, the validation curves and the sweep plots.
+
+report.md holds, per mechanism: the task metric on validation (best evaluation) and test (the
+best checkpoint's weights), training throughput (real tokens per second of training, evaluation
+excluded), peak memory of the training process above its start, parameters and training
+time; for ListOps the Long Range Arena paper's test accuracy beside ours. Then curves.png
+(validation metric against step, every mechanism on one chart), sweep.png (forward+backward
+time and peak memory against sequence length) with their tables, and the attention patterns.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from longseq.compare import presets as P
+from longseq.compare.tasks import Task
+
+Record = dict[str, Any]
+
+
+def fmt_metric(value: float | None, task: Task) -> str:
+    if value is None or value != value:  # None or NaN
+        return "–"
+    return f"{100 * value:.1f}" if task.metric == "accuracy" else f"{value:.3f}"
+
+
+def _num(v: float | None, digits: int = 0) -> str:
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) -> str:
+    """The one table: a row per mechanism."""
+    unit = "acc. %" if task.metric == "accuracy" else "bits/byte"
+    lra = task.name == "listops"
+    head = [
+        "mechanism",
+        "settings",
+        f"val {unit}",
+        f"test {unit}",
+        *(["LRA paper test %"] if lra else []),
+        "train tokens/s",
+        "peak memory MiB",
+        "parameters",
+        "train time",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in results:
+        m = r["mechanism"]
+        opts = P.describe_options(preset, m, max_length)
+        if r["status"] != "ok":
+            cells = [m, opts, f"failed: {r.get('error', '?')}"] + ["–"] * (len(head) - 3)
+        else:
+            cells = [
+                m,
+                opts,
+                fmt_metric(r["val"], task),
+                fmt_metric(r["test"], task),
+                *([_num(P.LRA_LISTOPS.get(m), 2) if m in P.LRA_LISTOPS else "–"] if lra else []),
+                _num(r["tokens_per_s"]),
+                _num(r["peak_memory_mb"]),
+                _num(r["parameters"]),
+                _duration(r["train_seconds"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_tables(records: list[Record]) -> str:
+    """Forward+backward median ms and peak MiB, a row per mechanism, a column per length."""
+    lengths = sorted({r["n"] for r in records})
+    names = list(dict.fromkeys(r["mechanism"] for r in records))
+    cell = {(r["mechanism"], r["n"]): r for r in records if r["mode"] == "fwd+bwd"}
+
+    def grid(key: str, title: str) -> list[str]:
+        out = [
+            f"| {title} | " + " | ".join(f"n={n}" for n in lengths) + " |",
+            "|---|" + "---:|" * len(lengths),
+        ]
+        for m in names:
+            vals = []
+            for n in lengths:
+                r = cell.get((m, n))
+                v = r.get(key) if r and r["status"] == "ok" else None
+                vals.append(
+                    "skipped" if r and r["status"] != "ok" else _num(v, 1 if v and v < 10 else 0)
+                )
+            out.append(f"| {m} | " + " | ".join(vals) + " |")
+        return out
+
+    parts = [*grid("median_ms", "fwd+bwd ms"), "", *grid("peak_mb", "peak MiB")]
+    skipped = {}
+    for r in records:
+        if r["status"] != "ok" and r["mode"] == "fwd+bwd":
+            skipped.setdefault((r["mechanism"], r["reason"]), []).append(r["n"])
+    if skipped:
+        parts += ["", "Skipped:"]
+        parts += [
+            f"- {m} at n={', '.join(map(str, ns))}: {why}" for (m, why), ns in skipped.items()
+        ]
+    return "\n".join(parts)
+
+
+def _colours(names: list[str]) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10").colors
+    order = [*P.MECHANISMS, *sorted(set(names) - set(P.MECHANISMS))]
+    return {m: ("black" if m == "full" else palette[i % 10]) for i, m in enumerate(order)}
+
+
+def plot_curves(results: list[Record], task: Task, path: Path, floor: float | None) -> None:
+    """Validation metric against training step, every mechanism on one chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colour = _colours([r["mechanism"] for r in results])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    scale = 100.0 if task.metric == "accuracy" else 1.0
+    for r in results:
+        evals = [e for e in r.get("evals", []) if task.metric in e]
+        if r["status"] != "ok" or not evals:
+            continue
+        xs = [e["step"] for e in evals]
+        ys = [scale * e[task.metric] for e in evals]
+        ax.plot(xs, ys, "-o", ms=3, color=colour[r["mechanism"]], label=r["mechanism"])
+    if floor is not None:
+        ax.axhline(floor, color="0.6", lw=0.8, ls="--", label="majority class (test)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(
+        "validation accuracy (%)" if task.metric == "accuracy" else "validation bits/byte"
+    )
+    ax.set_title(f"{task.description}: validation {task.metric} during training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(records: list[Record], path: Path, title: str) -> None:
+    """Two log-log panels: forward+backward time and peak memory against sequence length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    ok = [r for r in records if r["mode"] == "fwd+bwd" and r["status"] == "ok"]
+    names = list(dict.fromkeys(r["mechanism"] for r in records))
+    lengths = sorted({r["n"] for r in records})
+    colour = _colours(names)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, key, label in (
+        (axes[0], "median_ms", "forward+backward time (ms)"),
+        (axes[1], "peak_mb", "peak memory, forward+backward (MiB)"),
+    ):
+        for m in names:
+            pts = sorted((r["n"], r[key]) for r in ok if r["mechanism"] == m and r[key])
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, "-o", ms=4, color=colour[m], label=m)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(
+    out: Path,
+    plan: Any,
+    state: dict[str, Any],
+    results: list[Record],
+    sweep: list[Record],
+    wall_seconds: float,
+) -> str:
+    """Write report.md, curves.png and sweep.png to `out`; return the table."""
+    task, preset = plan.task_spec, plan.preset_spec
+    info = state["data"]
+    max_length = info["max_length"]
+    the_table = table(results, task, preset, max_length)
+    floor = info.get("majority_test")
+    plot_curves(results, task, out / "curves.png", floor if task.metric == "accuracy" else None)
+    m = state["machine"]
+    lines = [
+        f"# longseq compare: {task.description}, preset `{preset.name}`",
+        "",
+        f"`{state.get('command') or 'longseq compare'}`",
+        "",
+        f"Machine: {m.get('processor')}, {m.get('cpu_count')} cores"
+        + (f", {m['gpu']}" if m.get("gpu") else "")
+        + f", {preset.threads or 'default'} torch threads; torch {m.get('torch')}, "
+        f"longseq {m.get('longseq')}. Started {state.get('started')}, report written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}; this invocation took {_duration(wall_seconds)}.",
+        "",
+        "## Results",
+        "",
+        the_table,
+        "",
+        _settings(task, preset, info),
+        "",
+        "![validation curves](curves.png)",
+        "",
+    ]
+    if sweep:
+        b = sweep[0]
+        title = (
+            f"{task.architecture}, hidden {preset.hidden_size}, {preset.num_layers} layers, "
+            f"{preset.num_heads} heads, batch {b['batch']}, {b['device']}, "
+            f"{b['threads'] or 'default'} threads"
+        )
+        plot_sweep(sweep, out / "sweep.png", title)
+        lines += [
+            "## Time and memory against sequence length",
+            "",
+            f"Forward+backward of each model above (fresh weights, {b['batch']} sequence(s) of "
+            f"n random tokens, no padding): median of {preset.sweep_repeats} calls after one "
+            "warm-up, all models alternating in one process; peak memory above the weights "
+            "and input, in a fresh process per model and length. Full output in sweep.jsonl.",
+            "",
+            sweep_tables(sweep),
+            "",
+            "![time and memory against length](sweep.png)",
+            "",
+        ]
+    lines += [
+        "## Attention patterns",
+        "",
+        "Which (query, key) pairs each mechanism scores, at n = 64 (`longseq patterns`).",
+        "",
+        "![attention patterns](patterns/sheet.png)",
+        "",
+        "## Files",
+        "",
+        "- `results.jsonl`: one line per trained mechanism (metrics, throughput, memory, every "
+        "evaluation, the model and training configs); the last line of a mechanism counts",
+        "- `sweep.jsonl`: one line per mechanism, length and mode (forward, fwd+bwd)",
+        "- `runs/<mechanism>/`: the trainer's `log.jsonl`, `config.yaml`, `best/`, `last/`",
+        "- `plan.json`: the settings, the data summary and the machine",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return the_table
+
+
+def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
+    ex = info.get("examples")
+    data = f"{task.description}"
+    if task.kind == "listops" and info.get("generator"):
+        g = info["generator"]
+        data += f", {g['min_length']} < length < {g['max_length']} tokens"
+    if ex:
+        data += f", {ex['train']:,} / {ex['val']:,} / {ex['test']:,} examples"
+    if task.metric == "accuracy":
+        data += (
+            f"; {info['num_classes']} classes: chance {info['chance']:.1f}%, majority class "
+            f"{info['majority_test']:.1f}% of test"
+        )
+    else:
+        data += f", blocks of {info['max_length']} bytes"
+    evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
+    return (
+        f"Every mechanism: the same model (hidden {p.hidden_size}, {p.num_layers} layers, "
+        f"{p.num_heads} heads, feed-forward {p.intermediate_size}, dropout {p.dropout}, "
+        f"learned positions, pre-LN), data, seed ({p.seed}) and training ({p.steps} steps of "
+        f"batch {p.batch_size}, AdamW lr {p.lr:g}, weight decay {p.weight_decay:g}, "
+        f"{p.warmup_steps} warm-up steps then linear decay, gradient clipping 1.0). "
+        f"Data: {data}. Validation every {p.eval_every} steps on {evals}; test with the "
+        "weights of the best validation step. Throughput counts real (non-padding) tokens "
+        "per second of training; peak memory is the training process's growth in resident "
+        "memory (CUDA: peak allocated)."
+    )
+
+
+__all__ = ["fmt_metric", "plot_curves", "plot_sweep", "sweep_tables", "table", "write"]

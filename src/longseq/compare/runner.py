@@ -1,0 +1,488 @@
+"""The experiment: train every mechanism alike, sweep time and memory, write the report.
+
+    plan = Plan(task="listops", preset="default", out="results/compare")
+    summary = run(plan)          # also what `longseq compare` does
+
+Steps, each resumable:
+
+1. data: built once into OUT/data (ListOps generated from the seed; real data from the
+   installed packages), or read from --data;
+2. training: for each mechanism, `longseq.train.train` with the same model size, data,
+   steps, batch, schedule and seed, only `model.attention` and its options differing, into
+   OUT/runs/<mechanism>, in a fresh process (`isolate`: peak memory is that run's own). A
+   finished mechanism is a line of OUT/results.jsonl and is skipped on --resume; an
+   interrupted one continues from its checkpoint OUT/runs/<mechanism>/last;
+3. the time/memory sweep over sequence lengths (`sweep`), OUT/sweep.jsonl;
+4. the attention-pattern pictures (`longseq.viz.patterns.draw_all`), OUT/patterns;
+5. OUT/report.md with the table, plus curves.png and sweep.png (`report`).
+
+OUT/plan.json records the settings; --resume refuses a folder made with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longseq.compare import presets as P
+from longseq.compare import tasks as T
+
+RESULTS = "results.jsonl"
+SWEEP = "sweep.jsonl"
+PLAN = "plan.json"
+
+
+@dataclass
+class Plan:
+    """What to compare. `preset` is a name or a `Preset` (e.g. with overrides applied)."""
+
+    out: str | Path
+    task: str = "listops"
+    preset: str | P.Preset = "default"
+    mechanisms: list[str] | None = None  # None: the five (those with a causal form for LMs)
+    lengths: list[int] | None = None  # sweep lengths (None: the preset's)
+    data: str | Path | None = None  # a folder with the task's splits (None: build them)
+    resume: bool = False
+    sweep: bool = True
+    device: str = "auto"
+    progress: bool = True
+    command: str = ""  # the command line, for the report
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from longseq import attention
+
+        self.out = Path(self.out)
+        self.task_spec: T.Task = T.get(self.task)
+        self.preset_spec: P.Preset = (
+            self.preset if isinstance(self.preset, P.Preset) else P.get(self.preset)
+        )
+        causal = self.task_spec.kind == "lm"
+        if self.mechanisms is None:
+            self.mechanisms = [
+                m for m in P.MECHANISMS if not causal or attention.get(m).supports_causal
+            ]
+            dropped = [m for m in P.MECHANISMS if m not in self.mechanisms]
+            if dropped:
+                self.notes.append(
+                    f"left out {', '.join(dropped)}: no causal form, so no causal language model"
+                )
+        if not self.mechanisms:
+            raise ValueError("no mechanisms to compare; give at least one in --mechanisms")
+        unknown = [m for m in self.mechanisms if m not in attention.MECHANISMS]
+        if unknown:
+            raise ValueError(
+                f"unknown mechanism(s) {', '.join(unknown)}; valid: "
+                + ", ".join(attention.MECHANISMS)
+            )
+        if len(set(self.mechanisms)) != len(self.mechanisms):
+            raise ValueError(f"a mechanism is listed twice in {self.mechanisms}")
+        if causal:
+            bad = [m for m in self.mechanisms if not attention.get(m).supports_causal]
+            if bad:
+                raise ValueError(
+                    f"{', '.join(bad)} attention has no causal form, so it cannot train the "
+                    f"causal language model of task {self.task!r}; leave it out of --mechanisms"
+                )
+        if self.lengths is not None and (
+            not self.lengths or any(int(n) <= 0 for n in self.lengths)
+        ):
+            raise ValueError(f"sweep lengths must be positive integers, got {self.lengths}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def sweep_lengths(self) -> list[int]:
+        return sorted(set(self.lengths or self.preset_spec.sweep_lengths))
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for --resume to reuse finished runs."""
+        return {
+            "task": self.task,
+            "preset": self.preset_spec.to_dict(),
+            "data": str(self.data) if self.data is not None else None,
+        }
+
+
+# ----------------------------------------------------------------------------- training
+def train_config(plan: Plan, data: T.TaskData, mechanism: str) -> dict[str, Any]:
+    """The trainer's config for one mechanism: everything but the attention is shared."""
+    p, task = plan.preset_spec, plan.task_spec
+    return {
+        "model": {
+            "hidden_size": p.hidden_size,
+            "num_layers": p.num_layers,
+            "num_heads": p.num_heads,
+            "intermediate_size": p.intermediate_size,
+            "dropout": p.dropout,
+            "attention": mechanism,
+            "attention_options": P.mechanism_options(p, mechanism, data.max_length),
+        },
+        "data": {
+            "task": task.kind,
+            "train": data.train,
+            "val": data.val,
+            "test": data.test,
+            "max_length": data.max_length,
+            "batch_size": p.batch_size,
+        },
+        "optim": {
+            "lr": p.lr,
+            "weight_decay": p.weight_decay,
+            "warmup_steps": min(p.warmup_steps, p.steps),
+            "schedule": "linear",
+            "max_steps": p.steps,
+            "grad_clip": 1.0,
+        },
+        "run": {
+            "seed": p.seed,
+            "out": str(Path(plan.out) / "runs" / mechanism),
+            "eval_every": p.eval_every,
+            "eval_batches": p.eval_batches,
+            "log_every": max(1, min(10, p.eval_every)),
+            "metric": task.metric,
+            "precision": p.precision,
+            "device": plan.device,
+            "threads": p.threads,
+            "progress": plan.progress,
+            "tensorboard": False,
+        },
+    }
+
+
+def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[str, Any]:
+    """(In a fresh process) train one mechanism, resuming its checkpoint; return its record."""
+    import torch
+
+    from longseq.compare.isolate import peak_memory
+    from longseq.train import TrainConfig, train
+    from longseq.train.checkpoint import STATE_JSON
+
+    cfg = TrainConfig.from_dict(config)
+    metric = cfg.run.metric
+    cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
+
+    def show(record: dict[str, Any]) -> None:  # a line per evaluation when there is no bar
+        if echo and record.get("kind") == "eval" and record.get("split") == "val":
+            print(
+                f"  {mechanism} step {record['step']}: val {metric} {record[metric]:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    resume = (Path(cfg.run.out) / "last" / STATE_JSON).is_file()
+    measure = peak_memory("cuda" if cuda else "cpu")
+    start = time.perf_counter()
+    result = train(cfg, resume=resume, callbacks=[show])
+    peak = result.peak_memory_bytes if cuda else measure()
+    keep = ("step", "loss", metric)
+    return {
+        "mechanism": mechanism,
+        "status": "ok",
+        "attention_options": cfg.model.get("attention_options", {}),
+        "metric": metric,
+        "val": result.best[metric] if result.best else None,
+        "test": result.test[metric] if result.test else None,
+        "best_step": result.best["step"] if result.best else None,
+        "steps": result.step,
+        "train_seconds": result.train_seconds,
+        "tokens_per_s": result.tokens_per_second,
+        "peak_memory_mb": peak / 2**20 if peak is not None else None,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "resumed": resume,
+        "wall_seconds": time.perf_counter() - start,
+        "evals": [{k: e[k] for k in keep if k in e} for e in result.evals],
+        "model_config": result.model_config.to_dict(),
+        "device": "cuda" if cuda else "cpu",
+        "threads": cfg.run.threads,
+    }
+
+
+# ----------------------------------------------------------------------------- state
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+    return out
+
+
+def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The last record of each mechanism."""
+    return {r["mechanism"]: r for r in records}
+
+
+def _check_folder(plan: Plan) -> None:
+    out = Path(plan.out)
+    plan_file = out / PLAN
+    if not plan_file.is_file():
+        if out.is_dir() and (out / RESULTS).exists():
+            raise ValueError(f"{out} holds results but no {PLAN}; choose another --out")
+        return
+    old = json.loads(plan_file.read_text())
+    if not plan.resume:
+        raise ValueError(
+            f"{out} already holds a compare run; pass --resume to continue it (finished "
+            "mechanisms are kept), or choose another --out"
+        )
+    new = plan.identity()
+    if old.get("identity") != new:
+        diff = _differences(old.get("identity", {}), new)
+        raise ValueError(
+            f"--resume: {out} was made with other settings ({'; '.join(diff[:4])}); "
+            "use the same task, preset and options, or choose another --out"
+        )
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where}: {old!r} then, {new!r} now"]
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    from longseq.bench.attention import machine_info
+
+    info = machine_info("cuda" if torch.cuda.is_available() else "cpu")
+    info["memory_gb"] = None
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class Summary:
+    out: Path
+    results: list[dict[str, Any]]  # one per mechanism, in plan order
+    sweep: list[dict[str, Any]]
+    table: str
+    wall_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.results)
+
+
+def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
+    """Run (or resume) the comparison; write everything to plan.out; return the summary."""
+    from longseq.compare import isolate, report
+
+    def say(text: str) -> None:
+        (log or (lambda t: print(t, file=sys.stderr, flush=True)))(text)
+
+    start = time.perf_counter()
+    out = Path(plan.out)
+    _check_folder(plan)
+    out.mkdir(parents=True, exist_ok=True)
+    preset, task = plan.preset_spec, plan.task_spec
+    mechanisms = list(plan.mechanisms or [])
+    say(
+        f"compare: task {task.name}, preset {preset.name}, mechanisms {', '.join(mechanisms)}; "
+        f"output in {out}"
+    )
+    for note in plan.notes:
+        say(f"note: {note}")
+    data = T.prepare(
+        task,
+        preset,
+        preset.seed,
+        out / "data",
+        Path(plan.data) if plan.data is not None else None,
+        log=say,
+    )
+    previous = json.loads((out / PLAN).read_text()) if (out / PLAN).is_file() else {}
+    state = {
+        "identity": plan.identity(),
+        "mechanisms": mechanisms,
+        "command": plan.command,
+        "data": {"max_length": data.max_length, **data.info},
+        "machine": machine(),
+        "started": previous.get("started", time.strftime("%Y-%m-%d %H:%M:%S")),
+    }
+    (out / PLAN).write_text(json.dumps(state, indent=1) + "\n")
+
+    # 2. training, one fresh process per mechanism
+    done = {m: r for m, r in latest(read_jsonl(out / RESULTS)).items() if r["status"] == "ok"}
+    echo = not (plan.progress and sys.stderr.isatty())  # the trainer's bar shows otherwise
+    for i, m in enumerate(mechanisms, 1):
+        head = f"[{i}/{len(mechanisms)}] {m}"
+        if m in done:
+            say(f"{head}: finished earlier, kept ({_brief(done[m], task)})")
+            continue
+        config = train_config(plan, data, m)
+        say(
+            f"{head}: training {preset.steps} steps, batch {preset.batch_size}, "
+            f"{P.describe_options(preset, m, data.max_length)}"
+        )
+        t0 = time.perf_counter()
+        try:
+            record = isolate.call(train_mechanism, config, m, echo)
+        except isolate.ChildError as err:
+            record = {
+                "mechanism": m,
+                "status": "failed",
+                "error": str(err),
+                "wall_seconds": time.perf_counter() - t0,
+            }
+            say(f"{head}: FAILED: {err}")
+            trace = getattr(err, "trace", "")
+            if trace:
+                (out / "runs" / m).mkdir(parents=True, exist_ok=True)
+                (out / "runs" / m / "error.txt").write_text(trace)
+        else:
+            say(f"{head}: {_brief(record, task)}")
+        record["config"] = config
+        with (out / RESULTS).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    results = [latest(read_jsonl(out / RESULTS))[m] for m in mechanisms]
+
+    # 3. time and memory against length
+    sweep_records: list[dict[str, Any]] = []
+    if plan.sweep:
+        sweep_records = _sweep(plan, data, results, say)
+
+    # 4. the attention patterns
+    from longseq.viz import patterns
+
+    drawn = [m for m in mechanisms if m in patterns.FIGURES]
+    pictures = [out / "patterns" / f"{m}.png" for m in drawn] + [out / "patterns" / "sheet.png"]
+    same = previous.get("mechanisms") == mechanisms and all(p.is_file() for p in pictures)
+    if not same:  # the pictures depend only on the mechanisms: kept on resume
+        warn = lambda t: say(f"warning: {t}")  # noqa: E731
+        patterns.draw_all(out / "patterns", n=64, mechanisms=drawn, warn=warn)
+
+    # 5. report
+    wall = time.perf_counter() - start
+    table = report.write(out, plan, state, results, sweep_records, wall)
+    return Summary(out, results, sweep_records, table, wall)
+
+
+def _brief(record: dict[str, Any], task: T.Task) -> str:
+    if record.get("status") != "ok":
+        return f"failed: {record.get('error')}"
+    from longseq.compare.report import fmt_metric
+
+    return (
+        f"val {fmt_metric(record['val'], task)}, test {fmt_metric(record['test'], task)} "
+        f"{'%' if task.metric == 'accuracy' else 'bits/byte'}, "
+        f"{record['tokens_per_s']:,.0f} tokens/s, {record['train_seconds']:.0f} s"
+    )
+
+
+def _sweep(
+    plan: Plan, data: T.TaskData, results: list[dict[str, Any]], say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The sweep's records: reused from OUT/sweep.jsonl when they cover this plan."""
+    from longseq.compare import sweep
+
+    out, preset = Path(plan.out), plan.preset_spec
+    lengths = plan.sweep_lengths
+    trained = {r["mechanism"]: r for r in results if r["status"] == "ok"}
+    base = _base_model_config(plan, data, trained)
+    configs = {m: _config_at(base, plan, m) for m in plan.mechanisms or []}
+    setting = {
+        "batch": preset.sweep_batch,
+        "repeats": preset.sweep_repeats,
+        "lengths": lengths,
+        "configs": {m: c(lengths[-1]) for m, c in configs.items()},
+    }
+    old = read_jsonl(out / SWEEP)
+    if old and old[0].get("setting") == setting:
+        say("sweep: finished earlier, kept")
+        return old[1:]
+    say(
+        f"sweep: forward+backward time and memory at n = {', '.join(map(str, lengths))} "
+        f"(batch {preset.sweep_batch}, median of {preset.sweep_repeats})"
+    )
+    device = "cuda" if plan.device != "cpu" and _cuda() else "cpu"
+    records = sweep.run(
+        configs,
+        lengths,
+        batch=preset.sweep_batch,
+        repeats=preset.sweep_repeats,
+        device=device,
+        threads=preset.threads,
+        max_seconds=preset.sweep_max_seconds,
+        progress=plan.progress,
+    )
+    with (out / SWEEP).open("w", encoding="utf-8") as f:
+        f.write(json.dumps({"setting": setting}) + "\n")
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return records
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _base_model_config(
+    plan: Plan, data: T.TaskData, trained: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The trained models' config (vocabulary, labels and sizes), attention aside."""
+    for r in trained.values():
+        return dict(r["model_config"])
+    # no run finished: the same fields the trainer would fill in from the data
+    from longseq.models import ModelConfig
+
+    p, task = plan.preset_spec, plan.task_spec
+    if task.kind == "listops":
+        from longseq.data.listops import ListOpsTokenizer
+
+        vocab = ListOpsTokenizer().vocab_size
+    else:
+        vocab = 260  # ByteTokenizer
+    labels = data.info.get("num_classes", 2)
+    return ModelConfig(
+        architecture=task.architecture,
+        vocab_size=vocab,
+        hidden_size=p.hidden_size,
+        num_layers=p.num_layers,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        dropout=p.dropout,
+        num_labels=labels,
+        max_length=data.max_length,
+    ).to_dict()
+
+
+def _config_at(base: dict[str, Any], plan: Plan, mechanism: str) -> Callable[[int], dict]:
+    def at(n: int) -> dict[str, Any]:
+        return {
+            **base,
+            "attention": mechanism,
+            "attention_options": P.mechanism_options(plan.preset_spec, mechanism, n),
+            "layer_attention": None,
+            "max_length": n,
+        }
+
+    return at
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return "longseq " + " ".join(shlex.quote(a) for a in args)
+
+
+__all__ = ["PLAN", "RESULTS", "SWEEP", "Plan", "Summary", "run", "train_config"]

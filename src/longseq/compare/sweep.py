@@ -1,0 +1,213 @@
+"""Time and memory against sequence length: forward+backward of the compared models.
+
+The models are the trained ones' configurations (same size, same mechanism settings; Linformer
+gets max_seq_len = n, LSH its bucket count for n) with fresh weights, fed `batch` sequences
+of n random tokens without padding. Measured as `longseq bench attention` measures a layer,
+with its code:
+
+- time: the median of `repeats` calls after one warm-up, forward (eval, no grad) and
+  forward+backward (train mode, gradients of every parameter), all models of one length in
+  this process, round-robin with a rotating order (`bench.attention.time_round_robin`);
+- peak memory: one forward, then one forward+backward, in a fresh process per model and
+  length (`isolate.call`): the growth of the resident set size on CPU (activations,
+  gradients, workspace; the weights and the input exist before), `max_memory_allocated` on
+  CUDA.
+
+A model is skipped at a length, with the reason recorded, when its time extrapolated from
+the shorter lengths exceeds `max_seconds` for one forward+backward, when its memory would
+exceed half of the memory available, or when it failed (or died) at a shorter length.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("forward", "fwd+bwd")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Row:
+    """What `bench.attention.time_round_robin` needs to know of a row: its name."""
+
+    name: str
+
+
+def make_inputs(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any, Any]:
+    """Random token ids (batch, n), and labels for the model's head."""
+    import torch
+
+    gen = torch.Generator().manual_seed(n)
+    ids = torch.randint(4, config["vocab_size"], (batch, n), generator=gen)
+    if config["architecture"] == "causal-lm":
+        labels = ids.clone()
+    else:
+        labels = torch.randint(0, config["num_labels"], (batch,), generator=gen)
+    return ids.to(device), labels.to(device)
+
+
+def build(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any, Callable]:
+    """The model of `config` (seeded) and `fn(x) -> loss` on fixed inputs (x is ignored)."""
+    from longseq.models import ModelConfig, build_model
+
+    model = build_model(ModelConfig.from_dict(config), seed=0).to(device)
+    ids, labels = make_inputs(config, n, batch, device)
+    return model, lambda _x: model(ids, labels=labels).loss
+
+
+def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int | None) -> dict:
+    """(In a fresh process) peak memory and cold time of one forward, then one fwd+bwd."""
+    import torch
+
+    from longseq.bench.attention import _warm_up, call_once
+    from longseq.compare.isolate import peak_memory
+
+    if threads:
+        torch.set_num_threads(threads)
+    _warm_up(device)
+    model, fn = build(config, n, batch, device)
+    dummy = torch.zeros(1, device=device)
+    gc.collect()
+    out = {}
+    for mode in MODES:
+        measure = peak_memory(device)
+        seconds = call_once(model, fn, dummy, mode, device)
+        out[mode] = {"peak_bytes": measure(), "seconds": seconds}
+    return out
+
+
+def _available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
+
+
+def run(
+    configs: dict[str, Callable[[int], dict[str, Any]]],
+    lengths: list[int],
+    *,
+    batch: int,
+    repeats: int,
+    device: str,
+    threads: int | None,
+    max_seconds: float,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure every model (name -> config at length n) at every length; return the records."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from longseq.bench.attention import Config, extrapolate, time_round_robin
+    from longseq.compare import isolate
+
+    if threads:
+        torch.set_num_threads(threads)
+    lengths = sorted(set(lengths))
+    bench_cfg = Config(repeats=repeats, warmup=1, device=device)
+    rounds = bench_cfg.warmup + repeats
+    names = list(configs)
+    history: dict[str, dict[str, list[tuple[int, float]]]] = {
+        m: {"mem": [], "sec": []} for m in names
+    }
+    gave_up: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    bar = tqdm(
+        total=len(lengths) * len(names) * (1 + rounds),
+        desc="sweep",
+        unit="call",
+        file=sys.stderr,
+        disable=not progress or None,
+    )
+
+    def record(m: str, n: int, mode: str, **fields: Any) -> None:
+        times = fields.get("times")
+        peak = fields.get("peak")
+        records.append(
+            {
+                "mechanism": m,
+                "n": n,
+                "mode": mode,
+                "status": "skipped" if fields.get("reason") else "ok",
+                "reason": fields.get("reason"),
+                "median_ms": statistics.median(times) if times else None,
+                "times_ms": times or [],
+                "peak_mb": None if peak is None else peak / MIB,
+                "batch": batch,
+                "device": device,
+                "threads": threads,
+                "attention_options": configs[m](n)["attention_options"],
+            }
+        )
+
+    for n in lengths:
+        probes: dict[str, dict[str, Any]] = {}
+        for m in names:
+            bar.set_description(f"sweep n={n} memory {m}")
+            reason = gave_up.get(m)
+            sec = extrapolate(history[m]["sec"], n)
+            mem = extrapolate(history[m]["mem"], n)
+            if reason is None and sec is not None and sec > max_seconds:
+                reason = f"expected fwd+bwd {sec:.0f} s > {max_seconds:g} s"
+            if reason is None and mem is not None and mem > _available_bytes() / 2:
+                reason = f"expected peak memory {mem / 2**30:.1f} GiB > half the memory available"
+            if reason is None:
+                try:
+                    res = isolate.call(
+                        probe,
+                        configs[m](n),
+                        n,
+                        batch,
+                        device,
+                        threads,
+                        timeout=3 * max_seconds + 60,
+                    )
+                except isolate.ChildError as err:
+                    reason = gave_up[m] = f"{err} at n={n}"
+                else:
+                    fb = res["fwd+bwd"]
+                    history[m]["mem"].append((n, fb["peak_bytes"]))
+                    history[m]["sec"].append((n, fb["seconds"]))
+                    if fb["seconds"] > max_seconds:
+                        reason = gave_up[m] = (
+                            f"one fwd+bwd took {fb['seconds']:.1f} s > {max_seconds:g} s at n={n}"
+                        )
+                    else:
+                        probes[m] = res
+            if reason is not None:
+                for mode in MODES:
+                    record(m, n, mode, reason=reason)
+                bar.update(1 + rounds)
+            else:
+                bar.update(1)
+        layers = []
+        for m in names:
+            if m in probes:
+                model, fn = build(configs[m](n), n, batch, device)
+                layers.append((Row(m), model, fn))
+        # the models ignore x (their inputs are fixed); its shape names n in the progress bar
+        dummy = torch.zeros(1, n, device=device)
+        times, failed = time_round_robin(layers, dummy, bench_cfg, bar)
+        for row, _, _ in layers:
+            for mode in MODES:
+                if row.name in failed:
+                    record(row.name, n, mode, reason=failed[row.name])
+                else:
+                    peak = probes[row.name][mode]["peak_bytes"]
+                    record(row.name, n, mode, times=times[row.name][mode], peak=peak)
+        del layers
+        gc.collect()
+    bar.close()
+    return records
+
+
+__all__ = ["MODES", "build", "make_inputs", "probe", "run"]

@@ -1,0 +1,195 @@
+"""`longseq compare` end to end on a tiny ListOps run, resume, and the errors for bad options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from longseq.cli import main
+from longseq.compare import presets, runner, tasks
+from longseq.compare.presets import LRA_LISTOPS, PRESETS, Preset, mechanism_options
+
+TINY = dataclasses.replace(
+    PRESETS["default"],
+    name="tiny",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    steps=4,
+    batch_size=4,
+    warmup_steps=1,
+    eval_every=2,
+    listops_train=48,
+    listops_val=16,
+    listops_test=16,
+    listops_min_length=10,
+    listops_max_length=40,
+    linformer_k=8,
+    sweep_lengths=(32, 64),
+    sweep_repeats=1,
+    sweep_max_seconds=30.0,
+    threads=1,  # tiny ops: a second thread only adds synchronisation
+)
+MECHANISMS = ["full", "linformer"]
+
+
+def tiny_plan(out: Path, **kw) -> runner.Plan:
+    kw.setdefault("resume", True)
+    return runner.Plan(out=out, task="listops", preset=TINY, mechanisms=MECHANISMS, **kw)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, runner.Summary]:
+    """A tiny comparison whose second mechanism was interrupted at step 2 of 4 beforehand."""
+    from longseq.train import train
+
+    out = tmp_path_factory.mktemp("compare")
+    plan = tiny_plan(out)
+    data = tasks.prepare(plan.task_spec, TINY, TINY.seed, out / "data", log=lambda _: None)
+    config = runner.train_config(plan, data, MECHANISMS[1])
+    config["run"]["progress"] = False
+    train(config, callbacks=[lambda rec: rec.get("kind") == "step" and rec["step"] == 2])
+    assert (out / "runs" / MECHANISMS[1] / "last").is_dir()
+    summary = runner.run(plan, log=lambda _: None)
+    return out, summary
+
+
+def test_outputs(finished: tuple[Path, runner.Summary]) -> None:
+    out, summary = finished
+    assert summary.ok
+    for name in ("report.md", "curves.png", "sweep.png", "patterns/sheet.png", "plan.json"):
+        assert (out / name).is_file(), name
+    for m in MECHANISMS:
+        assert (out / "patterns" / f"{m}.png").is_file()
+    # the report's one table: a row per mechanism with the LRA paper's figure beside ours
+    report = (out / "report.md").read_text()
+    for m in MECHANISMS:
+        row = next(line for line in report.splitlines() if line.startswith(f"| {m} |"))
+        assert f"{LRA_LISTOPS[m]:.2f}" in row
+    assert summary.table in report
+    # the sweep: every mechanism, length and mode measured
+    sweep = read_jsonl(out / runner.SWEEP)[1:]
+    got = {(r["mechanism"], r["n"], r["mode"]) for r in sweep if r["status"] == "ok"}
+    assert got == {
+        (m, n, mode) for m in MECHANISMS for n in (32, 64) for mode in ("forward", "fwd+bwd")
+    }
+    assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 for r in sweep)
+
+
+def test_records_match_the_checkpoints(finished: tuple[Path, runner.Summary]) -> None:
+    """The recorded test accuracy is that of the saved best model, recomputed here."""
+    from longseq.data.listops import ListOpsDataset
+    from longseq.models import from_pretrained
+    from longseq.train.data import make_collate
+
+    out, _summary = finished
+    lines = read_jsonl(out / runner.RESULTS)
+    assert [r["mechanism"] for r in lines] == MECHANISMS
+    for r in lines:
+        assert r["status"] == "ok" and r["steps"] == TINY.steps
+        assert r["val"] == max(e["accuracy"] for e in r["evals"])
+        assert [e["step"] for e in r["evals"]] == [2, 4]
+        assert r["parameters"] > 0 and r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0
+        model = from_pretrained(out / "runs" / r["mechanism"] / "best")
+        assert model.config.attention == r["mechanism"]
+        assert model.config.hidden_size == TINY.hidden_size
+        ds = ListOpsDataset(out / "data" / "listops" / "listops_test.tsv")
+        batch = make_collate(ds.tokenizer, model.pad_multiple())([ds[i] for i in range(len(ds))])
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            pred = model(**batch).logits.argmax(-1)
+        assert r["test"] == pytest.approx((pred == labels).float().mean().item())
+    # the interrupted mechanism continued from its checkpoint; the other started afresh
+    assert [r["resumed"] for r in lines] == [False, True]
+
+
+def test_resume_skips_finished(finished: tuple[Path, runner.Summary]) -> None:
+    out, summary = finished
+    before = (out / runner.RESULTS).read_text()
+    logs = {m: (out / "runs" / m / "log.jsonl").read_text() for m in MECHANISMS}
+    said: list[str] = []
+    again = runner.run(tiny_plan(out), log=said.append)
+    assert (out / runner.RESULTS).read_text() == before
+    assert {m: (out / "runs" / m / "log.jsonl").read_text() for m in MECHANISMS} == logs
+    assert sum("finished earlier, kept" in s for s in said) == len(MECHANISMS) + 1  # + sweep
+    assert again.table == summary.table
+
+
+def test_resume_refuses_other_settings(finished: tuple[Path, runner.Summary]) -> None:
+    out, _ = finished
+    with pytest.raises(ValueError, match="steps: 4 then, 5 now"):
+        changed = dataclasses.replace(TINY, steps=5)
+        runner.run(runner.Plan(out=out, preset=changed, resume=True), log=lambda _: None)
+    with pytest.raises(ValueError, match="--resume"):
+        runner.run(tiny_plan(out, resume=False), log=lambda _: None)
+
+
+# ----------------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--mechanisms", "full,reformer"], "unknown mechanism(s) reformer; valid: full,"),
+        (["--mechanisms", "full,full"], "listed twice"),
+        (["--task", "mnist"], "invalid choice: 'mnist'"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+        (["--set", "hidden=3"], "FIELD one of: hidden_size"),
+        (["--set", "steps=many"], "expected a int"),
+        (["--set", "num_heads=5"], "not divisible by num_heads=5"),
+        (["--lengths", "0,64"], "expected positive integers"),
+        (["--task", "shakespeare-lm", "--mechanisms", "full,linformer"], "no causal form"),
+    ],
+)
+def test_bad_options(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["compare", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing is written before the options are checked
+
+
+def test_lm_default_leaves_out_non_causal(tmp_path: Path) -> None:
+    plan = runner.Plan(out=tmp_path, task="gcide-lm")
+    assert plan.mechanisms == ["full", "longformer", "bigbird", "lsh"]
+    assert any("linformer" in note for note in plan.notes)
+
+
+# ----------------------------------------------------------------------------- presets
+def test_lra_preset_is_the_papers() -> None:
+    p = PRESETS["lra"]
+    assert (p.num_layers, p.hidden_size, p.num_heads, p.intermediate_size) == (6, 512, 8, 2048)
+    assert (p.steps, p.batch_size, p.listops_max_length) == (5000, 32, 2000)
+    assert (p.listops_train, p.listops_val, p.listops_test) == (96_000, 2_000, 2_000)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_preset_mechanisms_build(name: str) -> None:
+    """Every mechanism's options at the preset's training length make a valid model."""
+    from longseq.models import ModelConfig
+
+    p = PRESETS[name]
+    for m in presets.MECHANISMS:
+        opts = mechanism_options(p, m, p.listops_max_length)
+        ModelConfig(
+            architecture="sequence-classification",
+            attention=m,
+            attention_options=opts,
+            hidden_size=p.hidden_size,
+            num_heads=p.num_heads,
+            max_length=p.listops_max_length,
+        )
+
+
+def test_preset_overrides() -> None:
+    p = PRESETS["default"].with_overrides(["steps=7", "eval_batches=none", "sweep_lengths=8,16"])
+    assert (p.steps, p.eval_batches, p.sweep_lengths) == (7, None, (8, 16))
+    with pytest.raises(ValueError, match="must be positive"):
+        Preset(name="x", summary="", hidden_size=0, num_layers=1, num_heads=1, intermediate_size=1)
