@@ -47,6 +47,7 @@ def _positive(kind: type) -> object:
 
 # Modules that add their own sub-commands (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
+    "longseq.compare.commands",
     "longseq.convert.commands",
     "longseq.convert.longify_cli",
     "longseq.data.commands",
