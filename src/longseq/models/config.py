@@ -55,6 +55,7 @@ class ModelConfig:
     attention: str = "full"
     attention_options: dict[str, Any] = field(default_factory=dict)
     layer_attention: list[dict[str, Any]] | None = None
+    causal_attention: bool = False  # causal layers under any head (causal-lm always is)
     # positions: learned absolute, rotary (in q/k), Reformer's axial, or none
     position: str = "learned"
     position_offset: int = 0  # RoBERTa-family checkpoints start real positions at 2
@@ -180,7 +181,7 @@ class ModelConfig:
             if self.causal and not cls.supports_causal:
                 raise ValueError(
                     f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
-                    f"a causal-lm; choose one of: "
+                    f"a causal-lm or with causal_attention; choose one of: "
                     + ", ".join(m for m in attention.MECHANISMS if attention.get(m).supports_causal)
                 )
             if self.position == "rotary" and cls.shared_qk:
@@ -193,7 +194,7 @@ class ModelConfig:
     # ----------------------------------------------------------------------------- derived
     @property
     def causal(self) -> bool:
-        return self.architecture == "causal-lm"
+        return self.architecture == "causal-lm" or self.causal_attention
 
     @property
     def head_dim(self) -> int:
