@@ -17,6 +17,7 @@ from longseq.convert.longify import (
     describe_lengths,
     exact_lengths,
     longify,
+    longify_with_report,
 )
 from longseq.data.tokenizers import ByteTokenizer
 from longseq.models import ModelConfig, build_model, from_pretrained
@@ -174,7 +175,8 @@ def test_position_table_tiled_with_offset_rows_kept():
 
 def test_axial_positions_tiled():
     src = source(attention="lsh", position="axial", axial_shape=[4, 8], axial_dims=[16, 16])
-    long = longify(src, 100, "lsh")
+    long, report = longify_with_report(src, 100, "lsh")
+    assert report["extended"] == ["body.embeddings.position.weight1"]
     assert long.config.axial_shape == [13, 8]
     old, new = src.body.embeddings.position.table(), long.body.embeddings.position.table(100)
     for p in range(100):
@@ -183,7 +185,9 @@ def test_axial_positions_tiled():
 
 def test_global_projections_are_the_local_ones_and_the_rest_is_kept():
     src = source(architecture="masked-lm")
-    long = longify(src, 64, "longformer", window=8)
+    long, report = longify_with_report(src, 64, "longformer", window=8)
+    assert report["extended"] == ["body.embeddings.position.weight"]
+    assert len(report["derived"]) == 2 * 6 and not report["initialised"] + report["dropped"]
     for old, new in zip(src.body.layers, long.body.layers, strict=True):
         a, b = old.attn.attention, new.attn.attention
         for g, local in (

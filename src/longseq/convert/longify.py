@@ -80,14 +80,13 @@ def load_source(model_or_dir: Any) -> LongseqModel:
 
 def _from_huggingface(source: Any) -> LongseqModel:
     try:
-        from longseq.convert import from_huggingface  # type: ignore[attr-defined]
+        from longseq.convert import from_huggingface
     except ImportError as e:
         raise ValueError(
             f"{source!s:.80} is a Hugging Face model; converting it needs "
             f"longseq.convert.from_huggingface and `transformers` ({e})"
         ) from None
-    model = from_huggingface(source)
-    return model[0] if isinstance(model, tuple) else model
+    return from_huggingface(source)
 
 
 # ------------------------------------------------------------------------------- config
@@ -110,14 +109,6 @@ def longified_config(
         raise ValueError(
             f"unknown attention {attention_name!r}; valid: {', '.join(attention.MECHANISMS)}"
         )
-    valid = attention.options(attention_name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        owned = {"causal", "dropout", "bias", "layer_idx"}
-        raise ValueError(
-            f"unknown option(s) {unknown} for {attention_name!r} attention; valid options: "
-            f"{', '.join(sorted(set(valid) - owned))}"
-        )
     seq_len = options.get("max_seq_len")
     if attention_name == "linformer" and seq_len is not None and seq_len < max_length:
         raise ValueError(
@@ -133,8 +124,8 @@ def longified_config(
             if name == attention_name and k not in _LENGTH_OPTIONS.get(name, ())
         }
         per_layer.append({**kept, **options})
-    if attention_name == "linformer" and "k" not in per_layer[0]:
-        # k = N0 makes the identity-fold initialisation exact at n = N0 (see module doc)
+    if attention_name == "linformer":
+        # k = N0 by default: the identity fold is then exact at n = N0 (see module doc)
         per_layer = [{"k": source.max_length, **o} for o in per_layer]
     same = all(o == per_layer[0] for o in per_layer)
     changes: dict[str, Any] = {
@@ -147,7 +138,8 @@ def longified_config(
         assert source.axial_shape is not None
         b = source.axial_shape[1]
         changes["axial_shape"] = [max(source.axial_shape[0], math.ceil(max_length / b)), b]
-    return source.replace(**changes)  # validates the options' names against the mechanism
+    # validates the options: unknown names (listing the valid ones), model-owned ones, causal
+    return source.replace(**changes)
 
 
 # ------------------------------------------------------------------------------- weights
@@ -235,12 +227,19 @@ def longify(model_or_dir: Any, max_length: int, attention: str, **options: Any) 
     tokens and every other setting are the source's. Returned in eval mode; the source is not
     changed. See the module docstring for which inputs give exactly the source's outputs.
     """
+    return longify_with_report(model_or_dir, max_length, attention, **options)[0]
+
+
+def longify_with_report(
+    model_or_dir: Any, max_length: int, attention: str, **options: Any
+) -> tuple[LongseqModel, dict[str, list[str]]]:
+    """`longify`, plus `transfer`'s account of where each weight came from."""
     source = load_source(model_or_dir)
     config = longified_config(source.config, max_length, attention, options)
     p = next(source.parameters())
     target = build_model(config, seed=0).to(device=p.device, dtype=p.dtype)
-    transfer(source, target)
-    return target.eval()
+    report = transfer(source, target)
+    return target.eval(), report
 
 
 # ------------------------------------------------------------------------------- exactness
@@ -329,6 +328,7 @@ __all__ = [
     "load_source",
     "longified_config",
     "longify",
+    "longify_with_report",
     "tile_rows",
     "transfer",
 ]

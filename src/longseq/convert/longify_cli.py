@@ -74,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     # the module, not the function `longseq.convert.longify` that shadows it in the package
-    from longseq.convert.longify import describe_lengths, exact_lengths, load_source, longify
+    from longseq.convert.longify import (
+        describe_lengths,
+        exact_lengths,
+        load_source,
+        longify_with_report,
+    )
 
     options: dict[str, Any] = {}
     for key, value in args.option:
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             options[name] = value
     try:
         source = load_source(args.src)
-        model = longify(source, args.max_length, args.attention, **options)
+        model, report = longify_with_report(source, args.max_length, args.attention, **options)
     except (ValueError, FileNotFoundError) as e:
         return _error(str(e))
     exact = exact_lengths(source.config, model.config)
@@ -98,13 +103,19 @@ def run(args: argparse.Namespace) -> int:
         f"{args.src}: {source.config.attention}, max_length {source.config.max_length} -> "
         f"{cfg.attention} {json.dumps(cfg.attention_options)}, max_length {cfg.max_length}"
     )
+    for kind in ("extended", "derived", "initialised", "dropped"):
+        if report[kind]:
+            names = ", ".join(report[kind][:2]) + (", ..." if len(report[kind]) > 2 else "")
+            print(f"  {kind} ({len(report[kind])}): {names}")
     print(f"outputs equal the source's for input lengths: {describe_lengths(exact)}")
     if args.check and exact:
         n = max(x for x in exact if x <= 512)  # keep the check quick
         ids = torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             a, b = (_outputs(m, ids) for m in (source.eval(), model))
-        print(f"check at {n} tokens: max |difference| {float((a - b).abs().max()):.2e}")
+        print(
+            f"check at {n} token{'s' * (n > 1)}: max |difference| {float((a - b).abs().max()):.2e}"
+        )
     tokenizer = _tokenizer(args.src)
     model.save_pretrained(args.dst, tokenizer=tokenizer)
     print(f"wrote {args.dst}" + ("" if tokenizer else " (no tokenizer found in SRC)"))
