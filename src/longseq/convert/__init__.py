@@ -7,6 +7,9 @@
 
     longseq convert SRC DST                       # the same from the command line
 
+    from longseq.convert import longify
+    long = longify(model, max_length=4096, attention="longformer", window=512)
+
 `CONVERTERS` maps HF's `model_type` to the module that converts it; each module has
 `convert(hf_model) -> LongseqModel`, which turns the HF config into a `ModelConfig` and maps
 every weight by name with shape checks (`longseq.convert.common`). A converted model is called
@@ -66,4 +69,8 @@ def from_huggingface(model_or_dir: nn.Module | str | Path) -> LongseqModel:
     )
 
 
-__all__ = ["CONVERTERS", "SUPPORTED", "convert", "from_huggingface"]
+# Imported last: longify builds on from_huggingface. The function takes the name of its module
+# in this namespace, so `from longseq.convert import longify` gives the function.
+from longseq.convert.longify import longify  # noqa: E402
+
+__all__ = ["CONVERTERS", "SUPPORTED", "convert", "from_huggingface", "longify"]
