@@ -93,3 +93,14 @@ def test_model_config_object_keeps_only_its_changes():
     cfg = TrainConfig(model=ModelConfig(attention="bigbird", hidden_size=64))
     # num_labels, vocab_size, ... stay free for the data to fill
     assert cfg.model == {"attention": "bigbird", "hidden_size": 64}
+
+
+@pytest.mark.parametrize("name", ["shakespeare-genre.yaml", "shakespeare-lm.yaml"])
+def test_example_configs_load(name):
+    from pathlib import Path
+
+    from longseq.models import ModelConfig
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / name)
+    ModelConfig.from_dict(cfg.model)  # a valid model config as written
+    assert cfg.data.train.startswith("data/shakespeare/")
