@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
+import random
 import resource
 import shutil
 import sys
@@ -253,7 +255,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, split: str, dataset: Any) -> dict[str, Any]:
+    def evaluate(self, dataset: Any) -> dict[str, Any]:
         model = self.model
         model.eval()
         run = self.cfg.run
@@ -343,8 +345,6 @@ class _Trainer:
         self.saved_step = self.step
 
     def save_best(self, record: dict[str, Any]) -> None:
-        import json
-
         self.best_state = {
             k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
         }
@@ -389,8 +389,6 @@ class _Trainer:
         seed = cfg.run.seed + dist.rank
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
-        import random
-
         random.seed(seed)
         self.frozen = [] if cfg.run.find_unused_parameters else self._freeze_unused()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -545,7 +543,7 @@ class _Trainer:
             )
             if evaluate:
                 record = {"kind": "eval", "split": "val", "step": self.step}
-                record.update(self.evaluate("val", self.data.val))
+                record.update(self.evaluate(self.data.val))
                 record["elapsed"] = self.train_time
                 self.evals.append(record)
                 value = record[metric]
@@ -587,7 +585,7 @@ class _Trainer:
             test = {"kind": "eval", "split": "test", "step": self.step}
             if self.best is not None:
                 test["best_step"] = self.best["step"]
-            test.update(self.evaluate("test", self.data.test))
+            test.update(self.evaluate(self.data.test))
             emit(test)
         log.close()
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
