@@ -17,33 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import longseq
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
+from longseq.argtypes import int_list, positive
 
 # Modules that add their own sub-commands (see the module docstring).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -71,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pat.add_argument("--out", required=True, help="output directory")
     pat.add_argument(
-        "--n", type=_positive(int), default=64, help="sequence length drawn (default 64)"
+        "--n", type=positive(int), default=64, help="sequence length drawn (default 64)"
     )
 
     bench = commands.add_parser(
@@ -97,17 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     att.add_argument(
         "--lengths",
-        type=_int_list,
+        type=int_list,
         default=d.lengths,
         help=f"comma-separated sequence lengths (default {','.join(map(str, d.lengths))})",
     )
-    att.add_argument("--hidden", type=_positive(int), default=d.hidden)
-    att.add_argument("--heads", type=_positive(int), default=d.heads)
-    att.add_argument("--batch", type=_positive(int), default=d.batch)
+    att.add_argument("--hidden", type=positive(int), default=d.hidden)
+    att.add_argument("--heads", type=positive(int), default=d.heads)
+    att.add_argument("--batch", type=positive(int), default=d.batch)
     att.add_argument(
-        "--threads", type=_positive(int), default=d.threads, help="torch intra-op threads"
+        "--threads", type=positive(int), default=d.threads, help="torch intra-op threads"
     )
-    att.add_argument("--repeats", type=_positive(int), default=d.repeats)
+    att.add_argument("--repeats", type=positive(int), default=d.repeats)
     att.add_argument("--warmup", type=int, default=d.warmup)
     att.add_argument("--dtype", choices=list(ba.DTYPES), default=d.dtype)
     att.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
@@ -116,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     att.add_argument(
         "--max-memory-gb",
-        type=_positive(float),
+        type=positive(float),
         default=d.max_memory_gb,
         help="skip a row whose expected peak memory exceeds this",
     )
     att.add_argument(
         "--max-seconds",
-        type=_positive(float),
+        type=positive(float),
         default=d.max_seconds,
         help="skip a row whose one forward+backward call exceeds this",
     )

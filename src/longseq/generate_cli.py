@@ -19,27 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from longseq.argtypes import nonnegative, positive
+
 BYTE_VOCAB = 260
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def register(commands: Any) -> None:
@@ -53,14 +35,14 @@ def register(commands: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text")
     src.add_argument("--prompt-file", help="read the prompt from this UTF-8 file")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=200, help="(default 200)")
+    p.add_argument("--max-new-tokens", type=positive(int), default=200, help="(default 200)")
     p.add_argument(
         "--temperature",
-        type=_nonneg_float,
+        type=nonnegative(float),
         default=0.0,
         help="sampling temperature; 0 (default) = greedy",
     )
-    p.add_argument("--top-k", type=_positive_int, default=None, help="sample from the k best")
+    p.add_argument("--top-k", type=positive(int), default=None, help="sample from the k best")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument(
@@ -77,7 +59,7 @@ def register(commands: Any) -> None:
         help="recompute the full forward at every step (slow; for comparison)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
     p.set_defaults(func=run, generate_parser=p)
 
 
