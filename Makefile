@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Main job: draw the attention patterns and run the attention benchmark at small sizes.
+# Main job: `longseq compare` with its defaults (every mechanism trained alike on ListOps, then
+# report.md and plots in $(OUT)/compare; resumes an interrupted run), and the pattern pictures.
 run: setup
+	$(BIN)/longseq compare --out $(OUT)/compare --resume --set threads=$(THREADS)
 	$(BIN)/longseq patterns --out $(OUT)/patterns
-	$(BIN)/longseq bench attention --lengths 512,1024,2048 --repeats 3 --threads $(THREADS) --out $(OUT)/bench
 
 test: setup
 	$(BIN)/ruff check src tests

@@ -56,6 +56,18 @@ class ChildError(RuntimeError):
         self.trace = trace
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent process dies, so that no orphan keeps training into
+    a folder that a resumed run is about to use (a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _resolve(name: str) -> Callable[..., Any]:
     module, _, attr = name.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -63,6 +75,7 @@ def _resolve(name: str) -> Callable[..., Any]:
 
 def _run_child(job: dict[str, Any], write_fd: int) -> None:
     """In the forked child: stdout to stderr, run the job, reply through `write_fd`, exit."""
+    _die_with_parent()
     os.dup2(2, 1)  # the child's prints must not mix with the server's replies
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # nor may it read the server's jobs
@@ -85,6 +98,7 @@ def _serve() -> None:
     """The server: import PRELOAD, then fork one child per job line read from stdin."""
     import signal
 
+    _die_with_parent()
     for mod in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
@@ -211,7 +225,10 @@ def peak_memory(device: str) -> Callable[[], int]:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
-        _serve()
+        try:
+            _serve()
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole group; the caller reports it
+            sys.exit(130)
     else:
         sys.exit("usage: python -m longseq.compare.isolate --serve (internal to longseq compare)")
 

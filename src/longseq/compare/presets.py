@@ -50,6 +50,7 @@ class Preset:
     num_heads: int
     intermediate_size: int
     dropout: float = 0.1
+    pooling: str = "cls"  # classification: the first token's state, as LRA's models
     # optimisation (AdamW, linear warm-up then linear decay to 0)
     steps: int = 300
     batch_size: int = 16
@@ -150,22 +151,22 @@ def _parse(text: str, tp: Any, key: str) -> Any:
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
-        summary="under 15 minutes on 2 CPU cores: a tiny model, ListOps up to 1,000 tokens",
+        summary="under 15 minutes on 2 CPU cores: a tiny model, ListOps of 100-500 tokens",
         hidden_size=64,
         num_layers=2,
         num_heads=4,
         intermediate_size=128,
-        dropout=0.1,
-        steps=300,
+        dropout=0.0,
+        steps=800,
         batch_size=16,
         lr=1e-3,
         warmup_steps=30,
-        eval_every=50,
+        eval_every=100,
         listops_train=5_000,
         listops_val=300,
         listops_test=500,
-        listops_min_length=500,
-        listops_max_length=1_000,
+        listops_min_length=100,
+        listops_max_length=500,
         text_length=1_024,
         window=128,
         block_size=32,
@@ -185,13 +186,12 @@ PRESETS: dict[str, Preset] = {
         num_layers=2,
         num_heads=2,
         intermediate_size=128,
-        dropout=0.1,
-        steps=2_000,
+        dropout=0.0,
+        steps=3_000,
         batch_size=32,
         lr=1e-3,
-        warmup_steps=200,
-        eval_every=200,
-        eval_batches=20,
+        warmup_steps=300,
+        eval_every=250,
         listops_train=96_000,
         listops_val=2_000,
         listops_test=2_000,
@@ -219,11 +219,10 @@ PRESETS: dict[str, Preset] = {
         dropout=0.1,
         steps=5_000,
         batch_size=32,
-        lr=1e-4,
+        lr=3e-4,
         warmup_steps=1_000,
         weight_decay=0.1,
         eval_every=250,
-        eval_batches=20,
         listops_train=96_000,
         listops_val=2_000,
         listops_test=2_000,

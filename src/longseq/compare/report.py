@@ -174,7 +174,10 @@ def plot_sweep(records: list[Record], path: Path, title: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -281,8 +284,9 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
     return (
         f"Every mechanism: the same model (hidden {p.hidden_size}, {p.num_layers} layers, "
         f"{p.num_heads} heads, feed-forward {p.intermediate_size}, dropout {p.dropout}, "
-        f"learned positions, pre-LN), data, seed ({p.seed}) and training ({p.steps} steps of "
-        f"batch {p.batch_size}, AdamW lr {p.lr:g}, weight decay {p.weight_decay:g}, "
+        f"learned positions, pre-LN, {p.pooling} pooling), data, seed ({p.seed}) and training "
+        f"({p.steps} steps of batch {p.batch_size}, AdamW lr {p.lr:g}, weight decay "
+        f"{p.weight_decay:g}, "
         f"{p.warmup_steps} warm-up steps then linear decay, gradient clipping 1.0). "
         f"Data: {data}. Validation every {p.eval_every} steps on {evals}; test with the "
         "weights of the best validation step. Throughput counts real (non-padding) tokens "

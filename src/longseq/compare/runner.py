@@ -121,6 +121,7 @@ def train_config(plan: Plan, data: T.TaskData, mechanism: str) -> dict[str, Any]
             "num_heads": p.num_heads,
             "intermediate_size": p.intermediate_size,
             "dropout": p.dropout,
+            "pooling": p.pooling,
             "attention": mechanism,
             "attention_options": P.mechanism_options(p, mechanism, data.max_length),
         },
@@ -462,6 +463,7 @@ def _base_model_config(
         num_heads=p.num_heads,
         intermediate_size=p.intermediate_size,
         dropout=p.dropout,
+        pooling=p.pooling,
         num_labels=labels,
         max_length=data.max_length,
     ).to_dict()
