@@ -193,3 +193,19 @@ def test_preset_overrides() -> None:
     assert (p.steps, p.eval_batches, p.sweep_lengths) == (7, None, (8, 16))
     with pytest.raises(ValueError, match="must be positive"):
         Preset(name="x", summary="", hidden_size=0, num_layers=1, num_heads=1, intermediate_size=1)
+
+
+def test_root_rule_accuracy() -> None:
+    """The root-operator rule on hand-made trees: MAX -> 9 and MIN -> 2 learned from train."""
+    train = [
+        ("( ( ( [MAX 2 ) 9 ) ] )", 9),
+        ("( ( ( [MAX 3 ) 9 ) ] )", 9),
+        ("( ( ( [MIN 2 ) 9 ) ] )", 2),
+    ]
+    test = [
+        ("( ( ( [MAX 1 ) 2 ) ] )", 2),  # guess 9: miss
+        ("( ( ( [MIN 2 ) 7 ) ] )", 2),  # guess 2: hit
+        ("( ( ( [MAX ( ( ( [MIN 9 ) 9 ) ] ) ) 0 ) ] )", 9),  # the root is MAX: guess 9, hit
+        ("( ( ( [SM 4 ) 5 ) ] )", 9),  # root unseen in train: the overall most frequent, 9: hit
+    ]
+    assert tasks.root_rule_accuracy(train, test) == 75.0

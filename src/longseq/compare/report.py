@@ -118,7 +118,9 @@ def _colours(names: list[str]) -> dict[str, Any]:
     return {m: ("black" if m == "full" else palette[i % 10]) for i, m in enumerate(order)}
 
 
-def plot_curves(results: list[Record], task: Task, path: Path, floor: float | None) -> None:
+def plot_curves(
+    results: list[Record], task: Task, path: Path, lines: dict[str, float | None]
+) -> None:
     """Validation metric against training step, every mechanism on one chart."""
     import matplotlib
 
@@ -135,8 +137,9 @@ def plot_curves(results: list[Record], task: Task, path: Path, floor: float | No
         xs = [e["step"] for e in evals]
         ys = [scale * e[task.metric] for e in evals]
         ax.plot(xs, ys, "-o", ms=3, color=colour[r["mechanism"]], label=r["mechanism"])
-    if floor is not None:
-        ax.axhline(floor, color="0.6", lw=0.8, ls="--", label="majority class (test)")
+    for (label, value), style in zip(lines.items(), ("--", ":"), strict=False):
+        if value is not None:
+            ax.axhline(value, color="0.5", lw=0.9, ls=style, label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel(
         "validation accuracy (%)" if task.metric == "accuracy" else "validation bits/byte"
@@ -201,8 +204,12 @@ def write(
     info = state["data"]
     max_length = info["max_length"]
     the_table = table(results, task, preset, max_length)
-    floor = info.get("majority_test")
-    plot_curves(results, task, out / "curves.png", floor if task.metric == "accuracy" else None)
+    lines_at: dict[str, float | None] = {}
+    if task.metric == "accuracy":
+        lines_at["majority class (test)"] = info.get("majority_test")
+        if info.get("root_rule_test") is not None:
+            lines_at["root-operator rule (test)"] = info["root_rule_test"]
+    plot_curves(results, task, out / "curves.png", lines_at)
     m = state["machine"]
     lines = [
         f"# longseq compare: {task.description}, preset `{preset.name}`",
@@ -278,6 +285,11 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
             f"; {info['num_classes']} classes: chance {info['chance']:.1f}%, majority class "
             f"{info['majority_test']:.1f}% of test"
         )
+        if info.get("root_rule_test") is not None:
+            data += (
+                f", the root-operator rule (the most frequent answer for the root operator, "
+                f"learned from train) {info['root_rule_test']:.1f}%"
+            )
     else:
         data += f", blocks of {info['max_length']} bytes"
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
