@@ -293,13 +293,14 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
     else:
         data += f", blocks of {info['max_length']} bytes"
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
+    pooling = f", {p.pooling} pooling" if task.architecture == "sequence-classification" else ""
     return (
         f"Every mechanism: the same model (hidden {p.hidden_size}, {p.num_layers} layers, "
         f"{p.num_heads} heads, feed-forward {p.intermediate_size}, dropout {p.dropout}, "
-        f"learned positions, pre-LN, {p.pooling} pooling), data, seed ({p.seed}) and training "
+        f"learned positions, pre-LN{pooling}), data, seed ({p.seed}) and training "
         f"({p.steps} steps of batch {p.batch_size}, AdamW lr {p.lr:g}, weight decay "
         f"{p.weight_decay:g}, "
-        f"{p.warmup_steps} warm-up steps then linear decay, gradient clipping 1.0). "
+        f"{min(p.warmup_steps, p.steps)} warm-up steps then linear decay, gradient clipping 1.0). "
         f"Data: {data}. Validation every {p.eval_every} steps on {evals}; test with the "
         "weights of the best validation step. Throughput counts real (non-padding) tokens "
         "per second of training; peak memory is the training process's growth in resident "
