@@ -9,17 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+from longseq.argtypes import int_list
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         + "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items()),
     )
     p.add_argument(
-        "--lengths", type=_int_list, help="sweep lengths, comma-separated (default: the preset's)"
+        "--lengths", type=int_list, help="sweep lengths, comma-separated (default: the preset's)"
     )
     p.add_argument(
         "--resume",
