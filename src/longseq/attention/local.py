@@ -24,8 +24,6 @@ keys is then a strided view (`unfold`), and one batched matmul gives the (C, c, 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -62,23 +60,17 @@ class LocalAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
-        if not _is_int(chunk_length) or chunk_length < 1:
+        if not ops.is_int(chunk_length) or chunk_length < 1:
             raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
         for name, value in (
             ("num_chunks_before", num_chunks_before),
             ("num_chunks_after", num_chunks_after),
         ):
-            if not _is_int(value) or value < 0:
+            if not ops.is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(wrap, bool):
             raise ValueError(f"wrap must be True or False, got {wrap!r}")
-        if pad_multiple is not None and (
-            not _is_int(pad_multiple) or pad_multiple < 1 or pad_multiple % chunk_length
-        ):
-            raise ValueError(
-                f"pad_multiple must be a positive multiple of chunk_length={chunk_length} (or "
-                f"None), got {pad_multiple!r}"
-            )
+        ops.check_pad_multiple(pad_multiple, chunk_length)
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
         self.chunk_length = chunk_length
         self.num_chunks_before = num_chunks_before
@@ -135,10 +127,6 @@ class LocalAttention(SelfAttention):
             f"num_chunks_after={self.num_chunks_after}, wrap={self.wrap}, "
             f"pad_multiple={self.pad_multiple}"
         )
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 __all__ = ["LocalAttention"]

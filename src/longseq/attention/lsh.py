@@ -117,31 +117,25 @@ class LSHAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
-        factors = [num_buckets] if _is_int(num_buckets) else num_buckets
+        factors = [num_buckets] if ops.is_int(num_buckets) else num_buckets
         if num_buckets is not None and (
             not isinstance(factors, (list, tuple))
             or not factors
-            or not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in factors)
+            or not all(ops.is_int(f) and f >= 2 and f % 2 == 0 for f in factors)
         ):
             raise ValueError(
                 f"num_buckets must be an even integer >= 2, a list of them (factorised "
                 f"buckets), or None to derive it from the sequence length; got {num_buckets!r}"
             )
-        if not _is_int(n_hashes) or n_hashes < 1:
+        if not ops.is_int(n_hashes) or n_hashes < 1:
             raise ValueError(f"n_hashes must be an integer >= 1, got {n_hashes!r}")
-        if not _is_int(chunk_length) or chunk_length < 1:
+        if not ops.is_int(chunk_length) or chunk_length < 1:
             raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
-        if not _is_int(seed):
+        if not ops.is_int(seed):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         if not isinstance(wrap_rounds, bool):
             raise ValueError(f"wrap_rounds must be True or False, got {wrap_rounds!r}")
-        if pad_multiple is not None and (
-            not _is_int(pad_multiple) or pad_multiple < 1 or pad_multiple % chunk_length
-        ):
-            raise ValueError(
-                f"pad_multiple must be a positive multiple of chunk_length={chunk_length} (or "
-                f"None), got {pad_multiple!r}"
-            )
+        ops.check_pad_multiple(pad_multiple, chunk_length)
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
         self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
         self.n_hashes = n_hashes
@@ -164,7 +158,7 @@ class LSHAttention(SelfAttention):
         """[f_1, ...]: the factors of the bucket count (one factor unless factorised)."""
         if self.num_buckets is None:
             return [derived_num_buckets(padded_len, self.chunk_length)]
-        return [self.num_buckets] if _is_int(self.num_buckets) else list(self.num_buckets)
+        return [self.num_buckets] if ops.is_int(self.num_buckets) else list(self.num_buckets)
 
     def rotations(self, num_buckets: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Random rotations (heads, head_dim, n_hashes, num_buckets / 2), a function of `seed`.
@@ -277,10 +271,6 @@ class LSHAttention(SelfAttention):
             f"chunk_length={self.chunk_length}, seed={self.seed}, wrap_rounds={self.wrap_rounds}, "
             f"pad_multiple={self.pad_multiple}"
         )
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _take(real: Tensor, pos: Tensor) -> Tensor:

@@ -7,6 +7,8 @@ call these instead of re-implementing them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -127,3 +129,19 @@ def mask_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     but its backward is free (masked_fill's backward masks the gradient again). In float16,
     whose range ends at 65504, the dtype's lowest value instead: still finite."""
     return (~allowed).to(dtype) * max(NEG_INF, torch.finfo(dtype).min)
+
+
+def is_int(x: Any) -> bool:
+    """A true integer option (bool is an int in Python, but never a valid size)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_pad_multiple(pad_multiple: Any, chunk_length: int) -> None:
+    """`pad_multiple` (None, or a positive multiple of `chunk_length`) for chunked kernels."""
+    if pad_multiple is not None and (
+        not is_int(pad_multiple) or pad_multiple < 1 or pad_multiple % chunk_length
+    ):
+        raise ValueError(
+            f"pad_multiple must be a positive multiple of chunk_length={chunk_length} (or "
+            f"None), got {pad_multiple!r}"
+        )
