@@ -269,7 +269,42 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _reset_peak_rss() -> Callable[[], int]:
+def collect_child(pid: int, read_fd: int, timeout: float | None) -> tuple[bytes, str | None]:
+    """Read a forked child's reply from `read_fd` until it closes, then reap the child.
+
+    Returns (data, error): error is None when a reply came, else why not: the child ran past
+    `timeout` seconds (it is killed), or died without writing (a signal: often the OOM killer).
+    Closes `read_fd`.
+    """
+    import select as io_select  # in this module, `select` is the spec chooser below
+    import signal
+
+    chunks: list[bytes] = []
+    error = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not io_select.select([read_fd], [], [], left)[0]:
+            os.kill(pid, signal.SIGKILL)
+            error = f"no result after {timeout:.0f} s (stopped)"
+            break
+        chunk = os.read(read_fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    os.close(read_fd)
+    if error is None and not chunks:
+        why = (
+            f"signal {os.WTERMSIG(status)}"
+            if os.WIFSIGNALED(status)
+            else f"exit code {os.WEXITSTATUS(status)}"
+        )
+        error = f"the process died ({why}; killed for memory?)"
+    return b"".join(chunks), error
+
+
+def reset_peak_rss() -> Callable[[], int]:
     """Reset the RSS high-water mark; return a function giving bytes of growth since then."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -285,7 +320,7 @@ def _reset_peak_rss() -> Callable[[], int]:
         return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before_b
 
 
-def _warm_up(device: str) -> None:
+def warm_up(device: str) -> None:
     """Run a tiny forward+backward so thread pools and allocators exist before measuring."""
     lin = nn.Linear(8, 8).to(device)
     lin(torch.randn(4, 8, device=device, requires_grad=True)).sum().backward()
@@ -295,7 +330,7 @@ def probe(spec_name: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """Peak memory (bytes) and cold time of one forward, then one forward+backward."""
     cfg = Config(**cfg_dict)
     torch.set_num_threads(cfg.threads)
-    _warm_up(cfg.device)
+    warm_up(cfg.device)
     module, fn = make_layer(SPEC_BY_NAME[spec_name], n, cfg)
     x = make_input(n, cfg)
     gc.collect()
@@ -308,7 +343,7 @@ def probe(spec_name: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
             seconds = call_once(module, fn, x, mode, cfg.device)
             peak = torch.cuda.max_memory_allocated() - base
         else:
-            growth = _reset_peak_rss()
+            growth = reset_peak_rss()
             seconds = call_once(module, fn, x, mode, cfg.device)
             peak = growth()
         result[mode] = {"peak_bytes": max(peak, 0), "seconds": seconds}
@@ -330,8 +365,6 @@ def _serve(preload: list[str]) -> None:
     paying the imports again (torch ~2 s, transformers ~5 s).
     """
     import importlib
-    import select
-    import signal
 
     for mod in preload:
         with contextlib.suppress(ImportError):
@@ -352,27 +385,9 @@ def _serve(preload: list[str]) -> None:
             os.write(write_fd, json.dumps(reply).encode())
             os._exit(0)
         os.close(write_fd)
-        chunks, error = [], None
-        deadline = time.monotonic() + job["timeout"]
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                error = f"memory probe exceeded {job['timeout']:.0f} s"
-                break
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        os.close(read_fd)
-        if error is None and not chunks:
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            error = f"probe process died (signal {sig}; killed for memory?)"
+        data, error = collect_child(pid, read_fd, job["timeout"])
         # fatal: the layer ran out of time or memory, so longer lengths are not tried
-        reply = (
-            {"ok": False, "error": error, "fatal": True} if error else json.loads(b"".join(chunks))
-        )
+        reply = {"ok": False, "error": error, "fatal": True} if error else json.loads(data)
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 

@@ -29,10 +29,11 @@ import os
 import select
 import subprocess
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from longseq.bench.attention import collect_child
 
 # Imported once by the server, so no child pays for them; torch._dynamo is what AdamW's
 # constructor imports (seconds), the rest is what a training run or a probe uses.
@@ -96,7 +97,6 @@ def _run_child(job: dict[str, Any], write_fd: int) -> None:
 
 def _serve() -> None:
     """The server: import PRELOAD, then fork one child per job line read from stdin."""
-    import signal
 
     _die_with_parent()
     for mod in PRELOAD:
@@ -110,30 +110,8 @@ def _serve() -> None:
             os.close(read_fd)
             _run_child(job, write_fd)
         os.close(write_fd)
-        chunks, error = [], None
-        deadline = None if job["timeout"] is None else time.monotonic() + job["timeout"]
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([read_fd], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                error = f"no result after {job['timeout']:.0f} s (stopped)"
-                break
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        _, status = os.waitpid(pid, 0)
-        os.close(read_fd)
-        if error is None and not chunks:
-            why = (
-                f"signal {os.WTERMSIG(status)}"
-                if os.WIFSIGNALED(status)
-                else f"exit code {os.WEXITSTATUS(status)}"
-            )
-            error = f"the process died ({why}; killed for memory?)"
-        reply = (
-            {"ok": False, "error": error, "trace": ""} if error else json.loads(b"".join(chunks))
-        )
+        data, error = collect_child(pid, read_fd, job["timeout"])
+        reply = {"ok": False, "error": error, "trace": ""} if error else json.loads(data)
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
@@ -217,9 +195,9 @@ def peak_memory(device: str) -> Callable[[], int]:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         return lambda: max(0, torch.cuda.max_memory_allocated() - base)
-    from longseq.bench.attention import _reset_peak_rss
+    from longseq.bench.attention import reset_peak_rss
 
-    growth = _reset_peak_rss()
+    growth = reset_peak_rss()
     return lambda: max(0, growth())
 
 

@@ -64,12 +64,12 @@ def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int 
     """(In a fresh process) peak memory and cold time of one forward, then one fwd+bwd."""
     import torch
 
-    from longseq.bench.attention import _warm_up, call_once
+    from longseq.bench.attention import call_once, warm_up
     from longseq.compare.isolate import peak_memory
 
     if threads:
         torch.set_num_threads(threads)
-    _warm_up(device)
+    warm_up(device)
     model, fn = build(config, n, batch, device)
     dummy = torch.zeros(1, device=device)
     gc.collect()
