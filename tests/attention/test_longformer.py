@@ -295,3 +295,16 @@ def test_causal_with_global_tokens():
     glob[0, 2] = 1
     with pytest.raises(ValueError, match="causal longformer attention cannot have global tokens"):
         layer(torch.randn(1, 8, HIDDEN, dtype=torch.float64), global_attention_mask=glob)
+
+
+def test_global_rows_under_bf16_autocast():
+    """The band and the global rows meet in one tensor; under autocast they must agree in dtype."""
+    torch.manual_seed(0)
+    layer = attention.build("longformer", 16, 2, window=4).eval()
+    x = torch.randn(2, 20, 16)
+    glob = torch.zeros(2, 20, dtype=torch.long)
+    glob[:, 0] = 1
+    ref = layer(x, global_attention_mask=glob)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, global_attention_mask=glob)
+    torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)

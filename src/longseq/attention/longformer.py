@@ -162,7 +162,8 @@ class LongformerAttention(SelfAttention):
         if glob is not None:
             rows = self._global_rows(hidden_states, real, gidx, g_ok)  # (B, G, H, D)
             bi, si = g_ok.nonzero(as_tuple=True)
-            ctx = ctx.index_put((bi, gidx[bi, si]), rows[bi, si])
+            # under autocast the band and the global rows can come out in different dtypes
+            ctx = ctx.index_put((bi, gidx[bi, si]), rows[bi, si].to(ctx.dtype))
         return ctx.transpose(1, 2)
 
     def _band(
