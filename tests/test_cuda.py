@@ -45,7 +45,7 @@ def test_attention_on_cuda_equals_cpu(case):
     x, mask, glob = _inputs(name, opts.get("causal", False))
     outs, grads = [], []
     for layer, dev in ((cpu, torch.device("cpu")), (gpu, CUDA)):
-        xi = x.to(dev).requires_grad_(True)
+        xi = x.detach().to(dev).requires_grad_(True)
         out = layer(xi, mask.to(dev), None if glob is None else glob.to(dev))
         out.square().sum().backward()
         outs.append(out.detach().cpu())
@@ -58,8 +58,11 @@ def test_attention_on_cuda_equals_cpu(case):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("mechanism", ["full", "longformer", "bigbird", "linformer", "lsh"])
+@pytest.mark.parametrize(
+    "mechanism", ["full", "longformer", "bigbird", "linformer", "lsh", "lsh-reversible"]
+)
 def test_training_on_cuda(tmp_path, precision, mechanism):
+    mechanism, _, reversible = mechanism.partition("-")
     rng = torch.Generator().manual_seed(0)
     lines = []
     for _ in range(64):  # label = first digit: learnable in a few steps
@@ -83,6 +86,7 @@ def test_training_on_cuda(tmp_path, precision, mechanism):
                 "intermediate_size": 64,
                 "attention": mechanism,
                 "attention_options": options,
+                "reversible": bool(reversible),
             },
             data={
                 "task": "listops",

@@ -371,6 +371,9 @@ class _GatheredAttention(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(
+        device_type="cuda", cast_inputs=torch.float32
+    )  # out= buffers need one dtype
     def forward(ctx, q, k, v, index, bias, dropout):  # type: ignore[override]
         rows, b, d = q.shape
         kk = index.shape[1]
@@ -400,6 +403,7 @@ class _GatheredAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dout):  # type: ignore[override]
         q, k, v, index, out, keep, *probs = ctx.saved_tensors
         dropout = ctx.dropout

@@ -445,6 +445,9 @@ class _LSHKernel(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(
+        device_type="cuda", cast_inputs=torch.float32
+    )  # out= buffers need one dtype
     def forward(
         ctx: Any, qk: Tensor, key: Tensor, value: Tensor, plan: _Plan, dropout: float
     ) -> Tensor:
@@ -489,6 +492,7 @@ class _LSHKernel(torch.autograd.Function):
         return out.view(b, h, n, d)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, g: Tensor) -> tuple[Any, ...]:
         rows, out, lse, w = ctx.saved_tensors
         plan, dropout = ctx.plan, ctx.dropout

@@ -62,6 +62,9 @@ class _ReversibleFunction(torch.autograd.Function):
     """Forward without saving activations; backward reconstructs inputs block by block."""
 
     @staticmethod
+    # backward replays the blocks under the forward's autocast state, so that it reconstructs
+    # the inputs from the very numbers the forward produced
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(  # type: ignore[override]
         ctx: Any,
         x1: Tensor,
@@ -81,6 +84,7 @@ class _ReversibleFunction(torch.autograd.Function):
         return x1, x2
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy1: Tensor, dy2: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         y1, y2 = ctx.saved_tensors
         index = {id(p): i for i, p in enumerate(ctx.params)}
