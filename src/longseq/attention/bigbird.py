@@ -308,7 +308,7 @@ class BigBirdAttention(SelfAttention):
         # Dense rows over all keys: PyTorch's fused (flash) kernel, no (g*b, n) scores kept.
         p = self.dropout if self.training else 0.0
         rows = F.scaled_dot_product_attention(gq, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
-        rows = rows.view(bsz, h, g, b, d)
+        rows = rows.view(bsz, h, g, b, d).to(ctx.dtype)  # autocast: SDPA half, kernel fp32
         # Block nb is a dummy that takes the slots of global blocks a sequence does not have.
         ctx = torch.cat([ctx, ctx.new_zeros(bsz, h, 1, b, d)], dim=2)
         return ctx.scatter(2, pick, rows)[:, :, :nb]
