@@ -281,3 +281,22 @@ def test_global_attention_mask_is_rejected():
         layer(torch.randn(1, 8, HID, dtype=torch.float64), global_attention_mask=glob)
     with pytest.raises(ValueError, match="globals are blocks"):
         layer.pattern(8, glob[0].bool())
+
+
+def test_global_rows_in_another_dtype_than_the_kernel(monkeypatch):
+    """Under CUDA autocast the dense global rows (SDPA) come out in half precision while the
+    block kernel runs in fp32; they must still meet in one tensor (seen failing on an H100)."""
+    from longseq.attention import bigbird
+
+    layer = attention.build("bigbird", 16, 2, block_size=4, num_random_blocks=1).eval()
+    x = torch.randn(2, 32, 16)
+    ref = layer(x)
+    sdpa = bigbird.F.scaled_dot_product_attention
+
+    def half_sdpa(*args, **kwargs):
+        return sdpa(*args, **kwargs).to(torch.bfloat16)
+
+    monkeypatch.setattr(bigbird.F, "scaled_dot_product_attention", half_sdpa)
+    out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
