@@ -18,11 +18,14 @@ autograd to get the gradients. Activation memory is therefore O(1) in the number
 Dropout inside F and G must draw the same masks in the recomputation as in the forward: each
 call records the RNG state (CPU, and CUDA for CUDA inputs) before running and replays it in
 backward inside `torch.random.fork_rng`, so the global RNG stream is left untouched (this is
-reformer-pytorch's `Deterministic` wrapper).
+reformer-pytorch's `Deterministic` wrapper). Each call also records which autocast (bf16,
+fp16) was on, and the replay runs under it: the backward pass runs outside the training
+step's autocast block, and a replay in another precision would reconstruct other numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -37,8 +40,16 @@ class _Replayable:
         self.cpu_state: Tensor | None = None
         self.cuda_devices: list[int] = []
         self.cuda_states: list[Tensor] = []
+        self.autocast: list[tuple[str, torch.dtype]] = []
 
     def record(self, x: Tensor, **kwargs: Any) -> Tensor:
+        # autocast (bf16/fp16) too: the replay must compute the very numbers the forward did,
+        # or the inputs it reconstructs and the gradients drift
+        self.autocast = [
+            (d, torch.get_autocast_dtype(d))
+            for d in ("cpu", "cuda")
+            if torch.is_autocast_enabled(d)
+        ]
         self.cpu_state = torch.get_rng_state()
         if x.is_cuda:
             self.cuda_devices = [x.device.index if x.device.index is not None else 0]
@@ -47,7 +58,10 @@ class _Replayable:
 
     def replay(self, x: Tensor, **kwargs: Any) -> Tensor:
         assert self.cpu_state is not None, "replay() before record()"
-        with torch.random.fork_rng(devices=self.cuda_devices):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=self.cuda_devices))
+            for device, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device, dtype=dtype))
             torch.set_rng_state(self.cpu_state)
             for d, s in zip(self.cuda_devices, self.cuda_states, strict=True):
                 torch.cuda.set_rng_state(s, d)
@@ -62,9 +76,6 @@ class _ReversibleFunction(torch.autograd.Function):
     """Forward without saving activations; backward reconstructs inputs block by block."""
 
     @staticmethod
-    # backward replays the blocks under the forward's autocast state, so that it reconstructs
-    # the inputs from the very numbers the forward produced
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(  # type: ignore[override]
         ctx: Any,
         x1: Tensor,
@@ -84,7 +95,6 @@ class _ReversibleFunction(torch.autograd.Function):
         return x1, x2
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx: Any, dy1: Tensor, dy2: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         y1, y2 = ctx.saved_tensors
         index = {id(p): i for i, p in enumerate(ctx.params)}
