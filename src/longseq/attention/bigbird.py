@@ -371,9 +371,9 @@ class _GatheredAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(
-        device_type="cuda", cast_inputs=torch.float32
-    )  # out= buffers need one dtype
+    # under CUDA autocast the inputs come in mixed dtypes, and the out= buffers need one:
+    # the kernel runs in fp32 (the projections around it stay in low precision)
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, q, k, v, index, bias, dropout):  # type: ignore[override]
         rows, b, d = q.shape
         kk = index.shape[1]

@@ -445,9 +445,9 @@ class _LSHKernel(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(
-        device_type="cuda", cast_inputs=torch.float32
-    )  # out= buffers need one dtype
+    # under CUDA autocast the inputs come in mixed dtypes, and the out= buffers need one:
+    # the kernel runs in fp32 (the projections around it stay in low precision)
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(
         ctx: Any, qk: Tensor, key: Tensor, value: Tensor, plan: _Plan, dropout: float
     ) -> Tensor:
