@@ -112,6 +112,19 @@ def test_records_match_the_checkpoints(finished: tuple[Path, runner.Summary]) ->
     assert [r["resumed"] for r in lines] == [False, True]
 
 
+def test_sweep_config_without_a_finished_run(finished: tuple[Path, runner.Summary]) -> None:
+    """The sweep's model config when no run finished equals the trained runs' config."""
+    out, _summary = finished
+    trained = read_jsonl(out / runner.RESULTS)[0]["model_config"]
+    plan = tiny_plan(out)
+    data = tasks.prepare(plan.task_spec, TINY, TINY.seed, out / "data", log=lambda _: None)
+    fallback = runner._base_model_config(plan, data, {})
+    skip = {"attention", "attention_options", "layer_attention", "label_names"}  # no weights
+    assert {k: v for k, v in fallback.items() if k not in skip} == {
+        k: v for k, v in trained.items() if k not in skip
+    }
+
+
 def test_resume_skips_finished(finished: tuple[Path, runner.Summary]) -> None:
     out, summary = finished
     before = (out / runner.RESULTS).read_text()

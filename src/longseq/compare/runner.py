@@ -447,24 +447,20 @@ def _base_model_config(
     # no run finished: the same fields the trainer would fill in from the data
     from longseq.models import ModelConfig
 
-    p, task = plan.preset_spec, plan.task_spec
+    task = plan.task_spec
     if task.kind == "listops":
         from longseq.data.listops import ListOpsTokenizer
 
         vocab = ListOpsTokenizer().vocab_size
     else:
         vocab = 260  # ByteTokenizer
-    labels = data.info.get("num_classes", 2)
+    # the model section every run trains with (one source for the preset's sizes)
+    model = train_config(plan, data, "full")["model"]
     return ModelConfig(
+        **model,
         architecture=task.architecture,
         vocab_size=vocab,
-        hidden_size=p.hidden_size,
-        num_layers=p.num_layers,
-        num_heads=p.num_heads,
-        intermediate_size=p.intermediate_size,
-        dropout=p.dropout,
-        pooling=p.pooling,
-        num_labels=labels,
+        num_labels=data.info.get("num_classes", 2),
         max_length=data.max_length,
     ).to_dict()
 
