@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 import longseq
 from longseq import attention
+from longseq.forkserver import ChildError, Server
 
 DTYPES = {
     "fp32": torch.float32,
@@ -269,41 +269,6 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def collect_child(pid: int, read_fd: int, timeout: float | None) -> tuple[bytes, str | None]:
-    """Read a forked child's reply from `read_fd` until it closes, then reap the child.
-
-    Returns (data, error): error is None when a reply came, else why not: the child ran past
-    `timeout` seconds (it is killed), or died without writing (a signal: often the OOM killer).
-    Closes `read_fd`.
-    """
-    import select as io_select  # in this module, `select` is the spec chooser below
-    import signal
-
-    chunks: list[bytes] = []
-    error = None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not io_select.select([read_fd], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)
-            error = f"no result after {timeout:.0f} s (stopped)"
-            break
-        chunk = os.read(read_fd, 1 << 16)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    os.close(read_fd)
-    if error is None and not chunks:
-        why = (
-            f"signal {os.WTERMSIG(status)}"
-            if os.WIFSIGNALED(status)
-            else f"exit code {os.WEXITSTATUS(status)}"
-        )
-        error = f"the process died ({why}; killed for memory?)"
-    return b"".join(chunks), error
-
-
 def reset_peak_rss() -> Callable[[], int]:
     """Reset the RSS high-water mark; return a function giving bytes of growth since then."""
     try:
@@ -351,93 +316,37 @@ def probe(spec_name: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def _short_error(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line[:300]
+    return _first_line(f"{type(err).__name__}: {err}")
 
 
-def _serve(preload: list[str]) -> None:
-    """Probe server: import once, then fork a fresh child per job read from stdin.
-
-    A job is a JSON line {"spec", "n", "cfg", "timeout"}; the reply a JSON line with "ok" and
-    the probe's figures or an "error". The server itself never runs a torch op, so each child
-    starts without thread pools or cached allocations, as a new process would, but without
-    paying the imports again (torch ~2 s, transformers ~5 s).
-    """
-    import importlib
-
-    for mod in preload:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(mod)
-    for line in sys.stdin:
-        job = json.loads(line)
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: quiet, measure, reply through the pipe, exit without cleanup
-            os.close(read_fd)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            try:
-                reply = {"ok": True, **probe(job["spec"], job["n"], job["cfg"])}
-            except BaseException as err:  # every failure goes back to the parent, recorded
-                reply = {"ok": False, "error": _short_error(err)}
-            os.write(write_fd, json.dumps(reply).encode())
-            os._exit(0)
-        os.close(write_fd)
-        data, error = collect_child(pid, read_fd, job["timeout"])
-        # fatal: the layer ran out of time or memory, so longer lengths are not tried
-        reply = {"ok": False, "error": error, "fatal": True} if error else json.loads(data)
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0][:300]
 
 
 class Prober:
-    """Peak-memory probes, each in a fresh process (forked by a `_serve` subprocess)."""
+    """Peak-memory probes, each in a fresh process (`longseq.forkserver`)."""
 
     def __init__(self, preload: list[str]) -> None:
-        self.preload = ["longseq.bench.attention", *preload]
-        self.proc: subprocess.Popen[str] | None = None
-
-    def _start(self) -> subprocess.Popen[str]:
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "longseq.bench.attention", "--probe-server", *self.preload],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        return self.proc
+        self.server = Server(["longseq.bench.attention", *preload], quiet=True)
 
     def __call__(self, spec: Spec, n: int, cfg: Config, timeout: float) -> dict[str, Any]:
-        import select
-
-        proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        job = {"spec": spec.name, "n": n, "cfg": asdict(cfg), "timeout": timeout}
         try:
-            proc.stdin.write(json.dumps(job) + "\n")
-            proc.stdin.flush()
-            # the server answers within `timeout`; the margin covers its own start (imports)
-            if select.select([proc.stdout], [], [], timeout + 120)[0]:
-                line = proc.stdout.readline()
-                if line:
-                    return json.loads(line)
-        except (BrokenPipeError, json.JSONDecodeError):
-            pass
-        self.close()
-        return {"ok": False, "error": "probe server stopped (killed for memory?)", "fatal": True}
+            return {
+                "ok": True,
+                **self.server.call(probe, spec.name, n, asdict(cfg), timeout=timeout),
+            }
+        except ChildError as err:
+            # a layer that raised fails its row; one that ran out of time or memory (no trace)
+            # is fatal: longer lengths are not tried
+            line = _first_line(str(err))
+            return (
+                {"ok": False, "error": line}
+                if err.trace
+                else {"ok": False, "error": line, "fatal": True}
+            )
 
     def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        self.server.close()
 
 
 def extrapolate(history: list[tuple[int, float]], n: int) -> float | None:
@@ -710,13 +619,3 @@ def _precheck(
     if sec is not None and sec > cfg.max_seconds:
         return f"expected fwd+bwd time {sec:.0f} s > --max-seconds {cfg.max_seconds:g}"
     return None
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--probe-server"]:
-        _serve(sys.argv[2:])
-    else:
-        sys.exit(
-            "usage: python -m longseq.bench.attention --probe-server [MODULE ...] "
-            "(internal; run benchmarks with `longseq bench attention`)"
-        )
