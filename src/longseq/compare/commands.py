@@ -1,7 +1,7 @@
 """`longseq compare`: train every mechanism alike on one task, then report and plot.
 
-longseq compare --out DIR [--task listops] [--mechanisms full,longformer,...]
-                [--preset default|cpu|lra] [--lengths 512,1024,...] [--resume]
+longseq compare --out DIR [--task recall|listops|...] [--mechanisms full,longformer,...]
+                [--preset recall|default|cpu|lra] [--lengths 512,1024,...] [--resume]
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
-        "--task", choices=list(TASKS), default="listops", help="the task (default listops)"
+        "--task",
+        choices=list(TASKS),
+        default="recall",
+        help="the task (default recall: associative recall by distance, with the patterns' "
+        "predictions beside the measurements)",
     )
     p.add_argument(
         "--mechanisms",
@@ -37,9 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         choices=list(PRESETS),
-        default="default",
-        help="model size, data and budget: "
-        + "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items()),
+        default=None,
+        help="model size, data and budget (default: the task's, recall for recall, default "
+        "for the others): " + "; ".join(f"{k}: {v.summary}" for k, v in PRESETS.items()),
     )
     p.add_argument(
         "--lengths", type=int_list, help="sweep lengths, comma-separated (default: the preset's)"
@@ -52,6 +56,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, help="training steps (overrides the preset)")
     p.add_argument("--seed", type=int, help="seed of the data and every run (default 0)")
+    p.add_argument(
+        "--seeds", type=int, help="training runs per mechanism, seeds SEED, SEED+1, ..."
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -82,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"steps={args.steps}")
         if args.seed is not None:
             overrides.append(f"seed={args.seed}")
-        preset = presets.get(args.preset).with_overrides(overrides)
+        if args.seeds is not None:
+            overrides.append(f"seeds={args.seeds}")
+        from longseq.compare.tasks import get as get_task
+
+        name = args.preset or get_task(args.task).preset
+        preset = presets.get(name).with_overrides(overrides)
         mechanisms = None
         if args.mechanisms is not None:
             mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
@@ -120,7 +132,15 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(summary.table)
     print()
-    for name in ("report.md", "curves.png", "sweep.png", "results.jsonl", "sweep.jsonl"):
+    for name in (
+        "report.md",
+        "curves.png",
+        "distance.png",
+        "tradeoff.png",
+        "sweep.png",
+        "results.jsonl",
+        "sweep.jsonl",
+    ):
         if (summary.out / name).exists():
             print(f"wrote {summary.out / name}")
     print(f"wrote {summary.out / 'patterns'}/ (attention patterns)")

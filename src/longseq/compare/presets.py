@@ -7,8 +7,11 @@ real-data tasks), the settings of each mechanism at that length, and the short
 forward+backward sweep over sequence lengths. Each mechanism is then trained with exactly the
 same values and the same seed.
 
-- `default`: what `make run` runs, under 15 minutes on 2 CPU cores with all five
-  mechanisms (docs/experiments.md explains the choice).
+- `recall`: what `make run` runs (the recall task's preset), about 8 minutes on 2 CPU cores
+  with all five mechanisms and 2 seeds each: associative recall at 256 tokens, with windows
+  and blocks small enough that distance decides what each pattern reaches.
+- `default`: ListOps' preset, under 15 minutes on 2 CPU cores with all five mechanisms
+  (docs/experiments.md explains the choice).
 - `cpu`: the largest run that fits a few hours on 2 CPU cores: the small 2-layer model that
   reproduces the LRA ListOps figures in later work, at the full LRA lengths.
 - `lra`: the Long Range Arena ListOps settings (6 layers, hidden 512, 8 heads, feed-forward
@@ -60,12 +63,23 @@ class Preset:
     eval_every: int = 50
     eval_batches: int | None = None  # None: the whole validation split
     seed: int = 0
+    seeds: int = 1  # training runs per mechanism, seeds seed, seed + 1, ... (data: `seed`)
     # ListOps (LRA generator): examples per split and kept lengths (min < length < max)
     listops_train: int = 96_000
     listops_val: int = 2_000
     listops_test: int = 2_000
     listops_min_length: int = 500
     listops_max_length: int = 2_000
+    # recall (`longseq.data.recall`): tokens, pairs, vocabularies and examples per split; the
+    # distance ranges follow from the Longformer window (see `recall_spec`)
+    recall_length: int = 256
+    recall_pairs: int = 8
+    recall_keys: int = 32
+    recall_values: int = 8
+    recall_filler: int = 8
+    recall_train: int = 16_000
+    recall_val: int = 500
+    recall_test: int = 1_000
     # real-data tasks: bytes per document (classification, cut) or per block (LM)
     text_length: int = 2_048
     # mechanisms at this preset's length
@@ -149,6 +163,34 @@ def _parse(text: str, tp: Any, key: str) -> Any:
 
 
 PRESETS: dict[str, Preset] = {
+    "recall": Preset(
+        name="recall",
+        summary="make run, about 8 minutes on 2 CPU cores: associative recall by distance, "
+        "256 tokens, 2 seeds",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        dropout=0.0,
+        pooling="mean",  # unused: recall labels every query token
+        steps=400,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=50,
+        eval_every=100,
+        seeds=2,
+        recall_length=256,
+        window=32,
+        block_size=8,
+        random_blocks=2,
+        linformer_k=32,
+        lsh_chunk=32,
+        lsh_hashes=2,
+        sweep_lengths=(256, 1024, 4096, 8192),
+        sweep_batch=1,
+        sweep_repeats=3,
+        sweep_max_seconds=20.0,
+    ),
     "default": Preset(
         name="default",
         summary="under 15 minutes on 2 CPU cores: a tiny model, ListOps of 100-500 tokens",
@@ -244,6 +286,28 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def recall_spec(preset: Preset) -> Any:
+    """The recall data of `preset`: distances within the Longformer window's one-layer reach
+    (1 .. w/2), beyond it but within its num_layers-hop reach (.. L w/2), and far."""
+    from longseq.data.recall import RecallSpec
+
+    half, reach = preset.window // 2, preset.num_layers * preset.window // 2
+    if reach + 1 > preset.recall_length - 1:
+        raise ValueError(
+            f"preset {preset.name!r}: recall_length={preset.recall_length} leaves no distance "
+            f"beyond the window's {preset.num_layers}-layer reach ({preset.num_layers} x "
+            f"{half}); raise recall_length or lower window (--set recall_length=...)"
+        )
+    return RecallSpec(
+        length=preset.recall_length,
+        pairs=preset.recall_pairs,
+        keys=preset.recall_keys,
+        values=preset.recall_values,
+        filler=preset.recall_filler,
+        distances=((1, half), (half + 1, reach), (reach + 1, preset.recall_length - 1)),
+    )
+
+
 def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
@@ -284,4 +348,5 @@ __all__ = [
     "describe_options",
     "get",
     "mechanism_options",
+    "recall_spec",
 ]

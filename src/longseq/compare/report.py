@@ -38,8 +38,30 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def by_mechanism(results: list[Record]) -> dict[str, list[Record]]:
+    """The records of each mechanism (one per seed), in plan order."""
+    out: dict[str, list[Record]] = {}
+    for r in results:
+        out.setdefault(r["mechanism"], []).append(r)
+    return out
+
+
+def mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def fmt_seeds(values: list[float | None], task: Task) -> str:
+    """The mean over seeds, and each seed's value in brackets when there are several."""
+    ok = [v for v in values if v is not None]
+    if not ok:
+        return "–"
+    m = fmt_metric(mean(ok), task)
+    return m if len(ok) == 1 else f"{m} ({', '.join(fmt_metric(v, task) for v in ok)})"
+
+
 def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) -> str:
-    """The one table: a row per mechanism."""
+    """The one table: a row per mechanism (means over seeds; each seed's value in brackets)."""
     unit = "acc. %" if task.metric == "accuracy" else "bits/byte"
     lra = task.name == "listops"
     head = [
@@ -54,22 +76,22 @@ def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) 
         "train time",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-    for r in results:
-        m = r["mechanism"]
+    for m, runs in by_mechanism(results).items():
         opts = P.describe_options(preset, m, max_length)
-        if r["status"] != "ok":
-            cells = [m, opts, f"failed: {r.get('error', '?')}"] + ["–"] * (len(head) - 3)
+        bad = [r for r in runs if r["status"] != "ok"]
+        if bad:
+            cells = [m, opts, f"failed: {bad[0].get('error', '?')}"] + ["–"] * (len(head) - 3)
         else:
             cells = [
                 m,
                 opts,
-                fmt_metric(r["val"], task),
-                fmt_metric(r["test"], task),
+                fmt_seeds([r["val"] for r in runs], task),
+                fmt_seeds([r["test"] for r in runs], task),
                 *([_num(P.LRA_LISTOPS.get(m), 2) if m in P.LRA_LISTOPS else "–"] if lra else []),
-                _num(r["tokens_per_s"]),
-                _num(r["peak_memory_mb"]),
-                _num(r["parameters"]),
-                _duration(r["train_seconds"]),
+                _num(mean([r["tokens_per_s"] for r in runs])),
+                _num(mean([r["peak_memory_mb"] for r in runs])),
+                _num(runs[0]["parameters"]),
+                _duration(mean([r["train_seconds"] for r in runs])),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -130,13 +152,17 @@ def plot_curves(
     colour = _colours([r["mechanism"] for r in results])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     scale = 100.0 if task.metric == "accuracy" else 1.0
+    labelled: set[str] = set()
     for r in results:
         evals = [e for e in r.get("evals", []) if task.metric in e]
         if r["status"] != "ok" or not evals:
             continue
         xs = [e["step"] for e in evals]
         ys = [scale * e[task.metric] for e in evals]
-        ax.plot(xs, ys, "-o", ms=3, color=colour[r["mechanism"]], label=r["mechanism"])
+        m = r["mechanism"]
+        label = None if m in labelled else m  # one legend entry per mechanism, a line per seed
+        labelled.add(m)
+        ax.plot(xs, ys, "-o", ms=3, color=colour[m], label=label, alpha=0.85)
     for (label, value), style in zip(lines.items(), ("--", ":"), strict=False):
         if value is not None:
             ax.axhline(value, color="0.5", lw=0.9, ls=style, label=label)
@@ -205,7 +231,9 @@ def write(
     max_length = info["max_length"]
     the_table = table(results, task, preset, max_length)
     lines_at: dict[str, float | None] = {}
-    if task.metric == "accuracy":
+    if task.kind == "recall":
+        lines_at["chance"] = info.get("chance")
+    elif task.metric == "accuracy":
         lines_at["majority class (test)"] = info.get("majority_test")
         if info.get("root_rule_test") is not None:
             lines_at["root-operator rule (test)"] = info["root_rule_test"]
@@ -228,9 +256,12 @@ def write(
         "",
         _settings(task, preset, info),
         "",
-        "![validation curves](curves.png)",
-        "",
     ]
+    if task.kind == "recall":
+        from longseq.compare import recall_report
+
+        lines += recall_report.section(out, plan, info, results, sweep)
+    lines += ["![validation curves](curves.png)", ""]
     if sweep:
         b = sweep[0]
         title = (
@@ -280,7 +311,15 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
         data += f", {g['min_length']} < length < {g['max_length']} tokens"
     if ex:
         data += f", {ex['train']:,} / {ex['val']:,} / {ex['test']:,} examples"
-    if task.metric == "accuracy":
+    if task.kind == "recall":
+        spec = info["recall_spec"]
+        ranges = ", ".join(f"{a}-{b}" for a, b in spec["distances"])
+        data += (
+            f", {spec['length']} tokens, {spec['pairs']} key->value pairs and their queries per "
+            f"sequence, {spec['keys']} keys, {spec['values']} values (chance "
+            f"{info['chance']:.1f}%), query distances from the ranges {ranges}"
+        )
+    elif task.metric == "accuracy":
         data += (
             f"; {info['num_classes']} classes: chance {info['chance']:.1f}%, majority class "
             f"{info['majority_test']:.1f}% of test"
@@ -293,11 +332,18 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
     else:
         data += f", blocks of {info['max_length']} bytes"
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
+    seeds = (
+        f"training seeds {p.seed}..{p.seed + p.seeds - 1} (data seed {p.seed})"
+        if p.seeds > 1
+        else f"seed ({p.seed})"
+    )
     pooling = f", {p.pooling} pooling" if task.architecture == "sequence-classification" else ""
+    if p.seeds > 1:
+        pooling += f"; {p.seeds} training runs per mechanism: the mean, each run in brackets"
     return (
         f"Every mechanism: the same model (hidden {p.hidden_size}, {p.num_layers} layers, "
         f"{p.num_heads} heads, feed-forward {p.intermediate_size}, dropout {p.dropout}, "
-        f"learned positions, pre-LN{pooling}), data, seed ({p.seed}) and training "
+        f"learned positions, pre-LN{pooling}), data, {seeds} and training "
         f"({p.steps} steps of batch {p.batch_size}, AdamW lr {p.lr:g}, weight decay "
         f"{p.weight_decay:g}, "
         f"{min(p.warmup_steps, p.steps)} warm-up steps then linear decay, gradient clipping 1.0). "

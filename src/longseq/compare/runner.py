@@ -7,11 +7,13 @@ Steps, each resumable:
 
 1. data: built once into OUT/data (ListOps generated from the seed; real data from the
    installed packages), or read from --data;
-2. training: for each mechanism, `longseq.train.train` with the same model size, data,
-   steps, batch, schedule and seed, only `model.attention` and its options differing, into
-   OUT/runs/<mechanism>, in a fresh process (`isolate`: peak memory is that run's own). A
-   finished mechanism is a line of OUT/results.jsonl and is skipped on --resume; an
-   interrupted one continues from its checkpoint OUT/runs/<mechanism>/last;
+2. training: for each mechanism (and each of the preset's `seeds` training seeds),
+   `longseq.train.train` with the same model size, data, steps, batch, schedule and seed,
+   only `model.attention` and its options differing, into OUT/runs/<mechanism> (with several
+   seeds OUT/runs/<mechanism>/seed<S>), in a fresh process (`isolate`: peak memory is that
+   run's own). A finished run is a line of OUT/results.jsonl and is skipped on --resume; an
+   interrupted one continues from its checkpoint (its folder's `last`). Recall runs also
+   score their best checkpoint on the test split per query distance;
 3. the time/memory sweep over sequence lengths (`sweep`), OUT/sweep.jsonl;
 4. the attention-pattern pictures (`longseq.viz.patterns.draw_all`), OUT/patterns;
 5. OUT/report.md with the table, plus curves.png and sweep.png (`report`).
@@ -43,8 +45,8 @@ class Plan:
     """What to compare. `preset` is a name or a `Preset` (e.g. with overrides applied)."""
 
     out: str | Path
-    task: str = "listops"
-    preset: str | P.Preset = "default"
+    task: str = "recall"
+    preset: str | P.Preset | None = None  # None: the task's preset
     mechanisms: list[str] | None = None  # None: the five (those with a causal form for LMs)
     lengths: list[int] | None = None  # sweep lengths (None: the preset's)
     data: str | Path | None = None  # a folder with the task's splits (None: build them)
@@ -61,7 +63,9 @@ class Plan:
         self.out = Path(self.out)
         self.task_spec: T.Task = T.get(self.task)
         self.preset_spec: P.Preset = (
-            self.preset if isinstance(self.preset, P.Preset) else P.get(self.preset)
+            self.preset
+            if isinstance(self.preset, P.Preset)
+            else P.get(self.preset or self.task_spec.preset)
         )
         causal = self.task_spec.kind == "lm"
         if self.mechanisms is None:
@@ -98,6 +102,16 @@ class Plan:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     @property
+    def seeds(self) -> list[int]:
+        """The training seeds of every mechanism (the data's seed is the preset's `seed`)."""
+        p = self.preset_spec
+        return [p.seed + i for i in range(p.seeds)]
+
+    def run_dir(self, mechanism: str, seed: int) -> Path:
+        base = Path(self.out) / "runs" / mechanism
+        return base if self.preset_spec.seeds == 1 else base / f"seed{seed}"
+
+    @property
     def sweep_lengths(self) -> list[int]:
         return sorted(set(self.lengths or self.preset_spec.sweep_lengths))
 
@@ -111,9 +125,13 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------- training
-def train_config(plan: Plan, data: T.TaskData, mechanism: str) -> dict[str, Any]:
-    """The trainer's config for one mechanism: everything but the attention is shared."""
+def train_config(
+    plan: Plan, data: T.TaskData, mechanism: str, seed: int | None = None
+) -> dict[str, Any]:
+    """The trainer's config for one mechanism: everything but the attention (and the
+    training seed, default the preset's) is shared."""
     p, task = plan.preset_spec, plan.task_spec
+    seed = p.seed if seed is None else seed
     return {
         "model": {
             "hidden_size": p.hidden_size,
@@ -142,8 +160,8 @@ def train_config(plan: Plan, data: T.TaskData, mechanism: str) -> dict[str, Any]
             "grad_clip": 1.0,
         },
         "run": {
-            "seed": p.seed,
-            "out": str(Path(plan.out) / "runs" / mechanism),
+            "seed": seed,
+            "out": str(plan.run_dir(mechanism, seed)),
             "eval_every": p.eval_every,
             "eval_batches": p.eval_batches,
             "log_every": max(1, min(10, p.eval_every)),
@@ -183,8 +201,16 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
     result = train(cfg, resume=resume, callbacks=[show])
     peak = result.peak_memory_bytes if cuda else measure()
     keep = ("step", "loss", metric)
+    by_distance = None
+    if cfg.data.task == "recall" and result.best is not None:
+        from longseq.data.recall import RecallDataset, accuracy_by_distance
+        from longseq.models import from_pretrained
+
+        best = from_pretrained(Path(cfg.run.out) / "best")
+        by_distance = accuracy_by_distance(best, RecallDataset(cfg.data.test))
     return {
         "mechanism": mechanism,
+        "seed": cfg.run.seed,
         "status": "ok",
         "attention_options": cfg.model.get("attention_options", {}),
         "metric": metric,
@@ -202,6 +228,7 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
         "model_config": result.model_config.to_dict(),
         "device": "cuda" if cuda else "cpu",
         "threads": cfg.run.threads,
+        "test_by_distance": by_distance,  # recall: [distance, correct, total] rows
     }
 
 
@@ -218,9 +245,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def latest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The last record of each mechanism."""
-    return {r["mechanism"]: r for r in records}
+def latest(records: list[dict[str, Any]]) -> dict[tuple[str, int | None], dict[str, Any]]:
+    """The last record of each (mechanism, seed)."""
+    return {(r["mechanism"], r.get("seed")): r for r in records}
 
 
 def _check_folder(plan: Plan) -> None:
@@ -273,7 +300,7 @@ def machine() -> dict[str, Any]:
 @dataclass
 class Summary:
     out: Path
-    results: list[dict[str, Any]]  # one per mechanism, in plan order
+    results: list[dict[str, Any]]  # one per mechanism and seed, in plan order
     sweep: list[dict[str, Any]]
     table: str
     wall_seconds: float
@@ -321,15 +348,16 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     }
     (out / PLAN).write_text(json.dumps(state, indent=1) + "\n")
 
-    # 2. training, one fresh process per mechanism
-    done = {m: r for m, r in latest(read_jsonl(out / RESULTS)).items() if r["status"] == "ok"}
+    # 2. training, one fresh process per mechanism and seed
+    done = {k: r for k, r in latest(read_jsonl(out / RESULTS)).items() if r["status"] == "ok"}
     echo = not (plan.progress and sys.stderr.isatty())  # the trainer's bar shows otherwise
-    for i, m in enumerate(mechanisms, 1):
-        head = f"[{i}/{len(mechanisms)}] {m}"
-        if m in done:
-            say(f"{head}: finished earlier, kept ({_brief(done[m], task)})")
+    jobs = [(m, s) for m in mechanisms for s in plan.seeds]
+    for i, (m, seed) in enumerate(jobs, 1):
+        head = f"[{i}/{len(jobs)}] {m}" + (f" seed {seed}" if len(plan.seeds) > 1 else "")
+        if (m, seed) in done:
+            say(f"{head}: finished earlier, kept ({_brief(done[m, seed], task)})")
             continue
-        config = train_config(plan, data, m)
+        config = train_config(plan, data, m, seed)
         say(
             f"{head}: training {preset.steps} steps, batch {preset.batch_size}, "
             f"{P.describe_options(preset, m, data.max_length)}"
@@ -340,6 +368,7 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
         except isolate.ChildError as err:
             record = {
                 "mechanism": m,
+                "seed": seed,
                 "status": "failed",
                 "error": str(err),
                 "wall_seconds": time.perf_counter() - t0,
@@ -347,14 +376,14 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
             say(f"{head}: FAILED: {err}")
             trace = getattr(err, "trace", "")
             if trace:
-                (out / "runs" / m).mkdir(parents=True, exist_ok=True)
-                (out / "runs" / m / "error.txt").write_text(trace)
+                plan.run_dir(m, seed).mkdir(parents=True, exist_ok=True)
+                (plan.run_dir(m, seed) / "error.txt").write_text(trace)
         else:
             say(f"{head}: {_brief(record, task)}")
         record["config"] = config
         with (out / RESULTS).open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-    results = [latest(read_jsonl(out / RESULTS))[m] for m in mechanisms]
+    results = [latest(read_jsonl(out / RESULTS))[job] for job in jobs]
 
     # 3. time and memory against length
     sweep_records: list[dict[str, Any]] = []
@@ -448,16 +477,23 @@ def _base_model_config(
     from longseq.models import ModelConfig
 
     task = plan.task_spec
+    extra: dict[str, Any] = {}
     if task.kind == "listops":
         from longseq.data.listops import ListOpsTokenizer
 
         vocab = ListOpsTokenizer().vocab_size
+    elif task.kind == "recall":
+        from longseq.data.recall import RecallSpec
+
+        spec = RecallSpec.from_dict(data.info["recall_spec"])
+        vocab, extra = spec.vocab_size, {"type_vocab_size": 1 + spec.values}
     else:
         vocab = 260  # ByteTokenizer
     # the model section every run trains with (one source for the preset's sizes)
     model = train_config(plan, data, "full")["model"]
     return ModelConfig(
         **model,
+        **extra,
         architecture=task.architecture,
         vocab_size=vocab,
         num_labels=data.info.get("num_classes", 2),

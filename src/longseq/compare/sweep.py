@@ -46,6 +46,8 @@ def make_inputs(config: dict[str, Any], n: int, batch: int, device: str) -> tupl
     ids = torch.randint(4, config["vocab_size"], (batch, n), generator=gen)
     if config["architecture"] == "causal-lm":
         labels = ids.clone()
+    elif config["architecture"] == "token-classification":
+        labels = torch.randint(0, config["num_labels"], (batch, n), generator=gen)
     else:
         labels = torch.randint(0, config["num_labels"], (batch,), generator=gen)
     return ids.to(device), labels.to(device)

@@ -1,12 +1,14 @@
 """The tasks of `longseq compare` and their data: built once per output folder, then shared.
 
+    recall             associative recall by distance (values as classes), accuracy per
+                       distance range, the prediction from the patterns beside it
     listops            ListOps as the Long Range Arena generates it (10 classes), accuracy
     shakespeare-genre  Shakespeare scenes by genre (4 classes), bytes, accuracy
     kernel-docs        Linux kernel documents by subsystem, bytes, accuracy
     shakespeare-lm     the plays' text, byte-level causal LM, bits per byte
     gcide-lm           the GCIDE dictionary, byte-level causal LM, bits per byte
 
-ListOps is generated from the seed (no download). The real-data tasks are built from
+ListOps and recall are generated from the seed (no download). The real-data tasks are built from
 installed packages by `longseq.data.real` (the same files `longseq data NAME` writes), or
 read from a folder given with --data.
 """
@@ -31,10 +33,13 @@ class Task:
     dataset: str | None  # the `longseq data` builder (None: ListOps, generated)
     metric: str  # accuracy | bpb
     description: str
+    preset: str = "default"  # the preset used when --preset is not given
 
     @property
     def architecture(self) -> str:
-        return "causal-lm" if self.kind == "lm" else "sequence-classification"
+        from longseq.train.data import ARCHITECTURE
+
+        return ARCHITECTURE[self.kind]
 
     @property
     def lower_is_better(self) -> bool:
@@ -44,6 +49,14 @@ class Task:
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
+        Task(
+            "recall",
+            "recall",
+            None,
+            "accuracy",
+            "associative recall by distance",
+            preset="recall",
+        ),
         Task("listops", "listops", None, "accuracy", "ListOps (Long Range Arena generator)"),
         Task(
             "shakespeare-genre",
@@ -104,6 +117,8 @@ def prepare(
     """Build (or find) the task's splits under `root` (or in `given`); return the files."""
     if task.kind == "listops":
         return _listops(preset, seed, Path(given) if given else root / "listops", given, log)
+    if task.kind == "recall":
+        return _recall(preset, seed, Path(given) if given else root / "recall", given, log)
     return _real(task, preset, Path(given) if given else root / str(task.dataset), given, log)
 
 
@@ -165,6 +180,58 @@ def _listops(
         val=str(paths["val"]),
         test=str(paths["test"]),
         max_length=max_length,
+        info=info,
+    )
+
+
+def _recall(
+    preset: Preset, seed: int, folder: Path, given: Path | None, log: Callable[[str], None]
+) -> TaskData:
+    from longseq.compare.presets import recall_spec
+    from longseq.data import recall
+
+    paths = {s: recall.split_path(folder, s) for s in recall.SPLITS}
+    if given is not None:
+        if not all(p.is_file() for p in paths.values()):
+            raise FileNotFoundError(
+                f"--data {folder}: expected recall_train.jsonl, recall_val.jsonl, "
+                "recall_test.jsonl and spec.json there (written by `longseq data recall`)"
+            )
+        spec = recall.read_spec(folder)
+    else:
+        spec = recall_spec(preset)
+        sizes = {"train": preset.recall_train, "val": preset.recall_val, "test": preset.recall_test}
+        want = {"spec": spec.to_dict(), "sizes": sizes, "seed": seed}
+        marker = folder / recall.SPEC_JSON
+        done = (
+            marker.is_file()
+            and json.loads(marker.read_text()) == want
+            and all(p.is_file() for p in paths.values())
+        )
+        if not done:
+            total = sum(sizes.values())
+            log(
+                f"data: generating {total:,} recall examples ({spec.length} tokens, "
+                f"{spec.pairs} pairs, seed {seed}) into {folder}"
+            )
+            bar = _bar(total, "recall")
+            recall.write_splits(folder, spec, sizes, seed, progress=lambda k: bar.update(k - bar.n))
+            bar.close()
+    counts = {s: sum(1 for _ in p.open(encoding="utf-8")) for s, p in paths.items()}
+    info: dict[str, Any] = {
+        "source": str(folder),
+        "examples": counts,
+        "num_classes": spec.values,
+        "labels": [str(v) for v in range(spec.values)],
+        "chance": 100.0 / spec.values,
+        "majority_test": None,
+        "recall_spec": spec.to_dict(),
+    }
+    return TaskData(
+        train=str(paths["train"]),
+        val=str(paths["val"]),
+        test=str(paths["test"]),
+        max_length=spec.length,
         info=info,
     )
 

@@ -1,4 +1,4 @@
-"""`longseq data shakespeare|kernel-docs|gcide|listops --out DIR`: build the data sets.
+"""`longseq data shakespeare|kernel-docs|gcide|listops|recall --out DIR`: build the data sets.
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that
@@ -53,6 +53,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     listops.add_arguments(p)
     p.set_defaults(func=listops.run)
+    from longseq.data import recall
+
+    p = which.add_parser(
+        "recall",
+        help="associative recall by distance: key->value pairs, queries at chosen distances "
+        "(generated, no package)",
+        description="Generate the multi-query associative recall task: "
+        "recall_{train,val,test}.jsonl, spec.json and README.md in --out "
+        "(format: longseq/data/recall.py).",
+    )
+    recall.add_arguments(p)
+    p.set_defaults(func=recall.run)
 
 
 def run(args: argparse.Namespace) -> int:

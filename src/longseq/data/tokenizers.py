@@ -249,6 +249,10 @@ def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Token
         from longseq.data.listops import ListOpsTokenizer
 
         return ListOpsTokenizer.from_config(config)
+    if kind == "recall":
+        from longseq.data.recall import RecallSpec, RecallTokenizer
+
+        return RecallTokenizer(RecallSpec.from_dict(config.get("spec", {})))
     if (path / HF_FILE).is_file():
         return HFTokenizer(path)
     if kind not in (None, "hf"):

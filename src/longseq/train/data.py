@@ -29,6 +29,7 @@ ARCHITECTURE: dict[str, str] = {
     "listops": "sequence-classification",
     "lm": "causal-lm",
     "mlm": "masked-lm",
+    "recall": "token-classification",
 }
 
 
@@ -126,6 +127,14 @@ def resolve_tokenizer(cfg: DataConfig, init_from: str | None, given: Any = None)
         if cfg.tokenizer not in (None, "listops"):
             raise ValueError("task listops has its own vocabulary: leave data.tokenizer unset")
         return ListOpsTokenizer()
+    if cfg.task == "recall":
+        from longseq.data.recall import RecallTokenizer, read_spec
+
+        if cfg.tokenizer is not None:
+            raise ValueError("task recall has its own vocabulary: leave data.tokenizer unset")
+        if cfg.train is None:
+            raise ValueError("task recall reads its vocabulary from spec.json beside data.train")
+        return RecallTokenizer(read_spec(Path(_one(cfg.train, "train")).parent))
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
     if init_from is not None and (Path(init_from) / CONFIG_NAME).is_file():
@@ -170,6 +179,14 @@ def build_task_data(
 
         def make(split: str, path: str) -> Dataset:
             return ListOpsDataset(path, tokenizer, max_length=cfg.max_length)
+
+    elif cfg.task == "recall":
+        from longseq.data.recall import RecallDataset
+
+        label_names = [str(v) for v in range(tokenizer.spec.values)]
+
+        def make(split: str, path: str) -> Dataset:
+            return RecallDataset(path, max_length=cfg.max_length)
 
     else:
         from longseq.data.datasets import LMDataset

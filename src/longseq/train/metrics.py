@@ -75,6 +75,14 @@ def lm_metrics(loss_sum: float, tokens: float, num_bytes: float) -> dict[str, fl
     }
 
 
+def token_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:
+    """Token classification (recall): mean loss and accuracy over the labelled positions."""
+    return {
+        "loss": loss_sum / tokens if tokens else float("nan"),
+        "accuracy": correct / tokens if tokens else float("nan"),
+    }
+
+
 def mlm_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:
     loss = loss_sum / tokens if tokens else float("nan")
     return {
@@ -108,4 +116,5 @@ __all__ = [
     "mlm_metrics",
     "per_class_f1",
     "target_bytes",
+    "token_metrics",
 ]

@@ -306,6 +306,8 @@ class _Trainer:
             result = metrics.classification_metrics(confusion.cpu(), loss_sum)
         elif self.arch == "causal-lm":
             result = metrics.lm_metrics(loss_sum, n, num_bytes)
+        elif self.arch == "token-classification":
+            result = metrics.token_metrics(loss_sum, n, correct)
         else:
             result = metrics.mlm_metrics(loss_sum, n, correct)
         return result
@@ -637,7 +639,9 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
             f"task {cfg.data.task!r} trains a {arch!r} model, but model.architecture is "
             f"{fields['architecture']!r}; leave it out or change data.task"
         )
-    if arch == "sequence-classification" and data.label_names is not None:
+    if getattr(tok, "type_vocab_size", 0):  # recall: the values travel as token types
+        fields["type_vocab_size"] = tok.type_vocab_size
+    if arch in ("sequence-classification", "token-classification") and data.label_names:
         fields["num_labels"] = len(data.label_names)
         fields["label_names"] = list(data.label_names)
     names = data.label_names
