@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# Main job: `longseq compare` with its defaults (every mechanism trained alike on ListOps, then
-# report.md and plots in $(OUT)/compare; resumes an interrupted run), and the pattern pictures.
+# Main job: `longseq compare` on associative recall by distance (every mechanism trained alike,
+# 2 seeds each; the patterns' predictions beside the measurements; report.md and plots in
+# $(OUT)/compare; resumes an interrupted run), and the pattern pictures. ListOps:
+# `longseq compare --task listops --out DIR`.
 run: setup
-	$(BIN)/longseq compare --out $(OUT)/compare --resume --set threads=$(THREADS)
+	$(BIN)/longseq compare --task recall --out $(OUT)/compare --resume --set threads=$(THREADS)
 	$(BIN)/longseq patterns --out $(OUT)/patterns
 
 test: setup

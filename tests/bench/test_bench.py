@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from longseq.bench import attention as ba
 from longseq.bench import peers, report
@@ -218,3 +220,26 @@ def test_report_ratios():
     assert "| longformer | 1.5x | 1.5x |" in text  # vs projections at each n
     assert "growth n=4096 -> n=16384" in text and "| longformer | 4x | 4x |" in text
     assert "- hf-longformer at n=16384: too big" in text
+
+
+def test_round_robin_repeats_while_the_calls_spread(monkeypatch):
+    """A disturbed layer gets extra rounds until its calls settle (or max_repeats is hit)."""
+    from longseq.bench import attention as A
+
+    script = {"calm": iter([1.0] * 100), "noisy": iter([1.0, 3.0, 1.0, 1.1] + [1.0] * 100)}
+
+    def fake_call(module, fn, x, mode, device):
+        return next(script[module]) / 1e3 if mode == "fwd+bwd" else 1e-3
+
+    monkeypatch.setattr(A, "call_once", fake_call)
+    rows = [(SimpleNamespace(name=n), n, None) for n in ("calm", "noisy")]
+    cfg = A.Config(repeats=2, warmup=1, max_repeats=6, tolerance=0.25)
+    times, failed = A.time_round_robin(rows, torch.zeros(1, 4), cfg)
+    assert not failed
+    # rounds: warm-up (1.0), then 3.0, 1.0 (spread 2: go on), 1.1 (still 3.0 in it) ... to 6
+    assert len(times["noisy"]["fwd+bwd"]) == 6
+    assert A.spread([1.0, 1.2]) == pytest.approx(0.2) and A.spread([5.0]) == 0.0
+    # without max_repeats: exactly `repeats`
+    script["noisy"] = iter([1.0, 3.0, 1.0] + [1.0] * 10)
+    times, _ = A.time_round_robin(rows, torch.zeros(1, 4), A.Config(repeats=2, warmup=1))
+    assert len(times["noisy"]["fwd+bwd"]) == 2

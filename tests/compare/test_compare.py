@@ -141,7 +141,9 @@ def test_resume_refuses_other_settings(finished: tuple[Path, runner.Summary]) ->
     out, _ = finished
     with pytest.raises(ValueError, match="steps: 4 then, 5 now"):
         changed = dataclasses.replace(TINY, steps=5)
-        runner.run(runner.Plan(out=out, preset=changed, resume=True), log=lambda _: None)
+        runner.run(
+            runner.Plan(out=out, task="listops", preset=changed, resume=True), log=lambda _: None
+        )
     with pytest.raises(ValueError, match="--resume"):
         runner.run(tiny_plan(out, resume=False), log=lambda _: None)
 
@@ -222,3 +224,82 @@ def test_root_rule_accuracy() -> None:
         ("( ( ( [SM 4 ) 5 ) ] )", 9),  # root unseen in train: the overall most frequent, 9: hit
     ]
     assert tasks.root_rule_accuracy(train, test) == 75.0
+
+
+# ----------------------------------------------------------------------------- recall
+TINY_RECALL = dataclasses.replace(
+    PRESETS["recall"],
+    name="tiny-recall",
+    hidden_size=16,
+    num_heads=2,
+    intermediate_size=32,
+    steps=3,
+    batch_size=4,
+    warmup_steps=1,
+    eval_every=3,
+    seeds=2,
+    recall_length=48,
+    recall_pairs=3,
+    recall_keys=4,
+    recall_values=3,
+    recall_train=16,
+    recall_val=4,
+    recall_test=6,
+    window=8,
+    block_size=4,
+    random_blocks=1,
+    linformer_k=8,
+    lsh_chunk=8,
+    sweep_lengths=(48, 96),
+    sweep_repeats=1,
+    sweep_max_seconds=30.0,
+    threads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def recall_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, runner.Summary]:
+    out = tmp_path_factory.mktemp("recall")
+    plan = runner.Plan(out=out, task="recall", preset=TINY_RECALL, mechanisms=["full", "lsh"])
+    return out, runner.run(plan, log=lambda _: None)
+
+
+def test_recall_runs_every_seed_and_scores_by_distance(
+    recall_run: tuple[Path, runner.Summary],
+) -> None:
+    from longseq.data.recall import RecallDataset, accuracy_by_distance
+    from longseq.models import from_pretrained
+
+    out, summary = recall_run
+    assert summary.ok
+    lines = read_jsonl(out / runner.RESULTS)
+    assert [(r["mechanism"], r["seed"]) for r in lines] == [
+        ("full", 0), ("full", 1), ("lsh", 0), ("lsh", 1)
+    ]
+    test = RecallDataset(out / "data" / "recall" / "recall_test.jsonl")
+    for r in lines:
+        rows = r["test_by_distance"]
+        assert sum(t for _d, _c, t in rows) == TINY_RECALL.recall_test * TINY_RECALL.recall_pairs
+        # the recorded test accuracy is the per-distance counts' total, and the best model's
+        assert r["test"] == pytest.approx(sum(c for _d, c, _t in rows) / sum(t for *_, t in rows))
+        run_dir = out / "runs" / r["mechanism"] / f"seed{r['seed']}"
+        assert accuracy_by_distance(from_pretrained(run_dir / "best"), test) == rows
+    report = (out / "report.md").read_text()
+    assert "## Recall by distance" in report and "### Separation" in report
+    for name in ("distance.png", "tradeoff.png", "curves.png", "sweep.png"):
+        assert (out / name).is_file(), name
+    # the table's rows: the mean over the two seeds and each seed's value in brackets
+    row = next(line for line in report.splitlines() if line.startswith("| full | - |"))
+    assert row.count("(") >= 2
+
+
+def test_recall_is_the_default_task(tmp_path: Path) -> None:
+    plan = runner.Plan(out=tmp_path)
+    assert plan.task == "recall" and plan.preset_spec.name == "recall"
+    assert plan.seeds == [0, 1]
+    assert plan.run_dir("full", 1) == tmp_path / "runs" / "full" / "seed1"
+    spec = presets.recall_spec(plan.preset_spec)
+    w, L = plan.preset_spec.window, plan.preset_spec.num_layers
+    assert spec.distances == ((1, w // 2), (w // 2 + 1, L * w // 2), (L * w // 2 + 1, 255))
+    with pytest.raises(ValueError, match="recall_length"):
+        presets.recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))

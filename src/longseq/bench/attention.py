@@ -170,6 +170,10 @@ class Config:
     threads: int = 2
     repeats: int = 5
     warmup: int = 1
+    # Interference: after `repeats`, more rounds (up to `max_repeats` in all) while a layer's
+    # calls spread by more than `tolerance` (slowest / fastest - 1); 0 turns this off.
+    max_repeats: int = 0
+    tolerance: float = 0.25
     dtype: str = "fp32"
     device: str = "cpu"
     peers: bool = True
@@ -574,14 +578,29 @@ def time_round_robin(
     """Milliseconds per call of every layer and mode, warm-up rounds dropped; and failures.
 
     Each round calls every layer once per mode; the order rotates by one layer each round, so
-    no layer always runs first (after a cold cache) or right after the same neighbour.
+    no layer always runs first (after a cold cache) or right after the same neighbour. With
+    `cfg.max_repeats` > `cfg.repeats`, rounds go on while some layer's times spread by more
+    than `cfg.tolerance` (another process took the cores for part of the time), up to
+    `cfg.max_repeats` timed rounds; `spread` says whether they settled.
     """
     times: dict[str, dict[str, list[float]]] = {
         s.name: {m: [] for m in MODES} for s, _, _ in layers
     }
     failed: dict[str, str] = {}
     rounds = cfg.warmup + cfg.repeats
-    for r in range(rounds):
+
+    def unsettled() -> bool:
+        return any(
+            spread(t[mode]) > cfg.tolerance
+            for name, t in times.items()
+            if name not in failed
+            for mode in MODES
+        )
+
+    r = 0  # rounds done
+    while r < rounds or (r < cfg.warmup + cfg.max_repeats and unsettled()):
+        if r >= rounds and bar is not None:
+            bar.total += len(layers)
         k = r % max(1, len(layers))
         for spec, module, fn in layers[k:] + layers[:k]:
             if spec.name in failed:
@@ -599,7 +618,13 @@ def time_round_robin(
                     bar.update(rounds - r - 1)
             if bar is not None:
                 bar.update(1)
+        r += 1
     return times, failed
+
+
+def spread(times: list[float]) -> float:
+    """Slowest over fastest call, minus 1 (0 for fewer than two calls)."""
+    return max(times) / min(times) - 1 if len(times) > 1 and min(times) > 0 else 0.0
 
 
 def _precheck(

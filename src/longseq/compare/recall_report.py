@@ -311,6 +311,7 @@ def plot_tradeoff(groups: dict[str, list[Record]], sweep: list[Record], path: Pa
     colour = _colours(names)
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
     for ax, n in zip(axes[0], shown, strict=True):
+        right = 0.0
         for m in names:
             accs = [r["test"] for r in groups[m] if r.get("test") is not None]
             t = next(x for x in ok if x["mechanism"] == m and x["n"] == n)
@@ -318,12 +319,13 @@ def plot_tradeoff(groups: dict[str, list[Record]], sweep: list[Record], path: Pa
             y = 100 * mean(accs)
             err = [[y - 100 * min(accs)], [100 * max(accs) - y]]
             ax.errorbar([ms], [y], yerr=err, fmt="o", color=colour[m], capsize=3, label=m)
+            right = max(right, ms)
             ax.annotate(m, (ms, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set_xscale("log")
+        ax.set_xlim(0, 1.15 * right)
         ax.set_xlabel(f"forward+backward time at n = {n} (ms, fastest of the repeats)")
         ax.set_ylabel("recall test accuracy (%)")
         ax.set_ylim(0, 102)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.suptitle("Accuracy against cost", fontsize=10)
     fig.tight_layout()
