@@ -274,7 +274,10 @@ def test_recall_runs_every_seed_and_scores_by_distance(
     assert summary.ok
     lines = read_jsonl(out / runner.RESULTS)
     assert [(r["mechanism"], r["seed"]) for r in lines] == [
-        ("full", 0), ("full", 1), ("lsh", 0), ("lsh", 1)
+        ("full", 0),
+        ("full", 1),
+        ("lsh", 0),
+        ("lsh", 1),
     ]
     test = RecallDataset(out / "data" / "recall" / "recall_test.jsonl")
     for r in lines:

@@ -33,7 +33,11 @@ def test_bigbird_reach_uses_each_layers_own_layout() -> None:
     assert not torch.equal(masks[0], masks[1])  # random blocks drawn per layer
     for layer, m in enumerate(masks):
         mine = patterns.bigbird(
-            64, block_size=4, num_heads=2, num_random_blocks=1, num_global_blocks=0,
+            64,
+            block_size=4,
+            num_heads=2,
+            num_random_blocks=1,
+            num_global_blocks=0,
             layer_idx=layer,
         ).any(0)
         assert torch.equal(m, mine)
@@ -63,8 +67,7 @@ def test_lsh_reach_against_a_closed_form() -> None:
         got = torch.diagonal(r, -d)[4:-4].mean().item()
         assert got == pytest.approx((1 - 1 / b) ** (d - 1), abs=0.03)
     # one chunk holds everything: always seen
-    whole = predict.lsh_reach(16, chunk=16, n_hashes=1, num_buckets=2, layers=1, samples=50,
-                              seed=0)
+    whole = predict.lsh_reach(16, chunk=16, n_hashes=1, num_buckets=2, layers=1, samples=50, seed=0)
     assert torch.all(whole == 1)
 
 

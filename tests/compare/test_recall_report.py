@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from longseq.compare import recall_report
 
 SPEC = {"length": 64, "distances": [[1, 4], [5, 8], [9, 63]]}
@@ -14,7 +16,7 @@ def record(m: str, seed: int, acc: float, rows: list[list[int]]) -> dict:
 def test_bins_cover_the_ranges() -> None:
     edges = recall_report.bins(SPEC)
     assert edges[0][0] == 1 and edges[-1][1] == 63
-    assert all(b[0] == a[1] + 1 for a, b in zip(edges, edges[1:], strict=False))
+    assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(edges))
     assert (9, 17) in edges  # the far range in doublings
 
 

@@ -56,9 +56,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, help="training steps (overrides the preset)")
     p.add_argument("--seed", type=int, help="seed of the data and every run (default 0)")
-    p.add_argument(
-        "--seeds", type=int, help="training runs per mechanism, seeds SEED, SEED+1, ..."
-    )
+    p.add_argument("--seeds", type=int, help="training runs per mechanism, seeds SEED, SEED+1, ...")
     p.add_argument(
         "--set",
         dest="overrides",
