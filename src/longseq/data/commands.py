@@ -1,4 +1,4 @@
-"""`longseq data shakespeare|kernel-docs|gcide|listops|recall --out DIR`: build the data sets.
+"""`longseq data shakespeare|kernel-docs|gcide|listops|recall|gcide-qa --out DIR`: build the data sets.
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that
@@ -65,6 +65,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     recall.add_arguments(p)
     p.set_defaults(func=recall.run)
+    from longseq.data import gcide_qa
+
+    p = which.add_parser(
+        "gcide-qa",
+        help="long-document QA on real GCIDE dictionary entries: which definition does the "
+        "question's headword have? (Debian dict-gcide)",
+        description="Build documents of real GCIDE entries, each with a question naming one "
+        "headword whose definition is the answer span: train/val/test.jsonl, tokenizer.json, "
+        "stats.json and README.md in --out (format: longseq/data/gcide_qa.py).",
+    )
+    gcide_qa.add_arguments(p)
+    p.set_defaults(func=gcide_qa.run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,6 +97,15 @@ class ByteTokenizer(_SpecialAliases):
     def encode(self, text: str) -> list[int]:
         return [b + self.offset for b in text.encode("utf-8")]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and, per id, the (start, end) characters of `text` it comes from."""
+        ids, offsets = [], []
+        for i, ch in enumerate(text):
+            for b in ch.encode("utf-8"):
+                ids.append(b + self.offset)
+                offsets.append((i, i + 1))
+        return ids, offsets
+
     def decode(self, ids: Iterable[int]) -> str:
         # Special ids (and anything out of range) are dropped; broken UTF-8 becomes U+FFFD.
         data = bytes(i - self.offset for i in map(int, ids) if self.offset <= i < self.vocab_size)
@@ -183,6 +192,11 @@ class HFTokenizer(_SpecialAliases):
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and, per id, the (start, end) characters of `text` it comes from."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -4,7 +4,7 @@
             data: vocab_size, num_labels, label_names, special ids, max_length, and the
             architecture the task needs), or `init_from: DIR` (a saved model) plus any fields
             to change, e.g. `architecture: sequence-classification` to fine-tune an MLM.
-    data:   the task (classification | lm | mlm | listops | recall), the files, tokenizer, lengths.
+    data:   the task (classification | lm | mlm | listops | recall | qa), the files, tokenizer, lengths.
     optim:  AdamW and its learning-rate schedule, clipping, accumulation.
     run:    seed, output folder, evaluation / logging / saving cadence, precision, device.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = ("classification", "lm", "mlm", "listops", "recall")
+TASKS: tuple[str, ...] = ("classification", "lm", "mlm", "listops", "recall", "qa")
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "lm": ("loss", "perplexity", "bpb"),
     "mlm": ("loss", "perplexity", "accuracy"),
     "recall": ("loss", "accuracy"),
+    "qa": ("loss", "exact_match", "f1"),
 }
 
 

@@ -30,6 +30,7 @@ ARCHITECTURE: dict[str, str] = {
     "lm": "causal-lm",
     "mlm": "masked-lm",
     "recall": "token-classification",
+    "qa": "question-answering",
 }
 
 
@@ -137,6 +138,10 @@ def resolve_tokenizer(cfg: DataConfig, init_from: str | None, given: Any = None)
         return RecallTokenizer(read_spec(Path(_one(cfg.train, "train")).parent))
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
+    if cfg.task == "qa" and cfg.train is not None:  # `longseq data gcide-qa` writes one
+        beside = Path(_one(cfg.train, "train")).parent / "tokenizer.json"
+        if beside.is_file():
+            return load_tokenizer(beside)
     if init_from is not None and (Path(init_from) / CONFIG_NAME).is_file():
         return load_tokenizer(init_from)  # the tokenizer saved with the model
     return load_tokenizer("byte")
@@ -179,6 +184,12 @@ def build_task_data(
 
         def make(split: str, path: str) -> Dataset:
             return ListOpsDataset(path, tokenizer, max_length=cfg.max_length)
+
+    elif cfg.task == "qa":
+        from longseq.data.gcide_qa import QADataset
+
+        def make(split: str, path: str) -> Dataset:
+            return QADataset(path, tokenizer, cfg.max_length)
 
     elif cfg.task == "recall":
         from longseq.data.recall import RecallDataset

@@ -83,6 +83,15 @@ def token_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, f
     }
 
 
+def qa_metrics(loss_sum: float, n: float, exact: float, f1: float) -> dict[str, float]:
+    """Extractive QA: mean loss, exact match and token F1 over `n` examples (sums given)."""
+    return {
+        "loss": loss_sum / n if n else float("nan"),
+        "exact_match": exact / n if n else float("nan"),
+        "f1": f1 / n if n else float("nan"),
+    }
+
+
 def mlm_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:
     loss = loss_sum / tokens if tokens else float("nan")
     return {
@@ -115,6 +124,7 @@ __all__ = [
     "macro_f1",
     "mlm_metrics",
     "per_class_f1",
+    "qa_metrics",
     "target_bytes",
     "token_metrics",
 ]

@@ -61,7 +61,16 @@ from longseq.train.logger import RunLogger
 from longseq.train.optim import build_optimizer, build_scheduler
 
 IGNORE = -100
-MODEL_INPUTS = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids", "labels")
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "global_attention_mask",
+    "token_type_ids",
+    "labels",
+    "start_positions",
+    "end_positions",
+)
+QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 Callback = Callable[[dict[str, Any]], Any]
 
 
@@ -183,8 +192,12 @@ class _Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # QA data marks the question global; models without global tokens do without
+        drop = () if getattr(self.model, "supports_global", False) else ("global_attention_mask",)
         return {
-            k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS
+            k: v.to(self.device, non_blocking=True)
+            for k, v in batch.items()
+            if k in MODEL_INPUTS and k not in drop
         }
 
     def _freeze_unused(self) -> list[str]:
@@ -212,6 +225,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------------- steps
     def _loss_items(self, batch: dict[str, torch.Tensor]) -> int:
+        if self.arch == "question-answering":
+            return batch["start_positions"].shape[0]
         labels = batch["labels"]
         if self.arch == "sequence-classification":
             return labels.shape[0]
@@ -277,6 +292,20 @@ class _Trainer:
         confusion = torch.zeros(classes, classes, dtype=torch.int64, device=self.device)
         for cpu_batch in loader:
             batch = self._to_device(cpu_batch)
+            if self.arch == "question-answering":
+                from longseq.data.gcide_qa import best_spans, span_scores
+
+                with self._autocast():
+                    out = model(**batch)
+                gold = torch.stack([batch["start_positions"], batch["end_positions"]], -1)
+                first = cpu_batch["global_attention_mask"].sum(-1).to(self.device)
+                pred = best_spans(out.start_logits, out.end_logits, first, QA_MAX_ANSWER)
+                exact, f1 = span_scores(pred, gold)
+                sums[0] += out.loss.double() * gold.shape[0]
+                sums[1] += gold.shape[0]
+                sums[2] += f1.sum().double()
+                sums[3] += exact.sum().double()
+                continue
             labels = batch.pop("labels")
             with self._autocast():
                 logits = model(**batch).logits.float()
@@ -308,6 +337,8 @@ class _Trainer:
             result = metrics.lm_metrics(loss_sum, n, num_bytes)
         elif self.arch == "token-classification":
             result = metrics.token_metrics(loss_sum, n, correct)
+        elif self.arch == "question-answering":
+            result = metrics.qa_metrics(loss_sum, n, correct, num_bytes)
         else:
             result = metrics.mlm_metrics(loss_sum, n, correct)
         return result
