@@ -10,6 +10,7 @@ time and peak memory against sequence length) with their tables, and the attenti
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from longseq.compare import presets as P
 from longseq.compare.tasks import Task
 
 Record = dict[str, Any]
+PERCENT = ("accuracy", "f1", "exact_match")  # metrics shown in %
 
 
 def fmt_metric(value: float | None, task: Task) -> str:
     if value is None or value != value:  # None or NaN
         return "–"
-    return f"{100 * value:.1f}" if task.metric == "accuracy" else f"{value:.3f}"
+    return f"{100 * value:.1f}" if task.metric in PERCENT else f"{value:.3f}"
 
 
 def _num(v: float | None, digits: int = 0) -> str:
@@ -62,7 +64,7 @@ def fmt_seeds(values: list[float | None], task: Task) -> str:
 
 def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) -> str:
     """The one table: a row per mechanism (means over seeds; each seed's value in brackets)."""
-    unit = "acc. %" if task.metric == "accuracy" else "bits/byte"
+    unit = {"accuracy": "acc. %", "f1": "F1 %"}.get(task.metric, "bits/byte")
     lra = task.name == "listops"
     head = [
         "mechanism",
@@ -163,7 +165,7 @@ def plot_curves(
 
     colour = _colours([r["mechanism"] for r in results])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    scale = 100.0 if task.metric == "accuracy" else 1.0
+    scale = 100.0 if task.metric in PERCENT else 1.0
     labelled: set[str] = set()
     for r in results:
         evals = [e for e in r.get("evals", []) if task.metric in e]
@@ -180,7 +182,7 @@ def plot_curves(
             ax.axhline(value, color="0.5", lw=0.9, ls=style, label=label)
     ax.set_xlabel("training step")
     ax.set_ylabel(
-        "validation accuracy (%)" if task.metric == "accuracy" else "validation bits/byte"
+        f"validation {task.metric} (%)" if task.metric in PERCENT else "validation bits/byte"
     )
     ax.set_title(f"{task.description}: validation {task.metric} during training")
     ax.grid(True, alpha=0.3)
@@ -273,6 +275,8 @@ def write(
         from longseq.compare import recall_report
 
         lines += recall_report.section(out, plan, info, results, sweep)
+    if task.kind == "qa":
+        lines += qa_by_distance(results, max_length)
     lines += ["![validation curves](curves.png)", ""]
     if sweep:
         b = sweep[0]
@@ -316,6 +320,36 @@ def write(
     return the_table
 
 
+def qa_by_distance(results: list[Record], max_length: int) -> list[str]:
+    """Exact match and F1 (%) by the answer's distance from the question (thirds of the
+    document, in tokens), each mechanism's mean over seeds."""
+    edges = [0, max_length // 3, 2 * max_length // 3, max_length]
+    names = [f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
+    lines = [
+        "## Answers by distance from the question",
+        "",
+        "Exact match / F1 (%) on test, by how many context tokens lie between the question "
+        "and the answer's first token (mean over seeds).",
+        "",
+        "| mechanism | " + " | ".join(f"{n} tokens" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for m, runs in by_mechanism(results).items():
+        cells = []
+        for a, b in itertools.pairwise(edges):
+            em, f1 = [], []
+            for r in runs:
+                rows = [x for x in r.get("test_by_distance") or [] if a <= x[0] < b]
+                if rows:
+                    em.append(sum(x[1] for x in rows) / len(rows))
+                    f1.append(sum(x[2] for x in rows) / len(rows))
+            cells.append(
+                "–" if not em else f"{100 * (mean(em) or 0):.1f} / {100 * (mean(f1) or 0):.1f}"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
     ex = info.get("examples")
     data = f"{task.description}"
@@ -342,6 +376,8 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
                 f", the root-operator rule (the most frequent answer for the root operator, "
                 f"learned from train) {info['root_rule_test']:.1f}%"
             )
+    elif task.kind == "qa":
+        data += f", up to {info['max_length']} tokens per question + document"
     else:
         data += f", blocks of {info['max_length']} bytes"
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"

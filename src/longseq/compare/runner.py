@@ -202,12 +202,21 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
     peak = result.peak_memory_bytes if cuda else measure()
     keep = ("step", "loss", metric)
     by_distance = None
-    if cfg.data.task == "recall" and result.best is not None:
-        from longseq.data.recall import RecallDataset, accuracy_by_distance
+    if cfg.data.task in ("recall", "qa") and result.best is not None:
         from longseq.models import from_pretrained
 
         best = from_pretrained(Path(cfg.run.out) / "best")
-        by_distance = accuracy_by_distance(best, RecallDataset(cfg.data.test))
+        if cfg.data.task == "recall":
+            from longseq.data.recall import RecallDataset, accuracy_by_distance
+
+            by_distance = accuracy_by_distance(best, RecallDataset(cfg.data.test))
+        else:
+            from longseq.data.gcide_qa import QADataset, scores_by_distance
+            from longseq.train.data import resolve_tokenizer
+
+            tok = resolve_tokenizer(cfg.data, None)
+            qa = QADataset(cfg.data.test, tok, cfg.data.max_length)
+            by_distance = scores_by_distance(best, qa)
     return {
         "mechanism": mechanism,
         "seed": cfg.run.seed,
@@ -228,7 +237,8 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
         "model_config": result.model_config.to_dict(),
         "device": "cuda" if cuda else "cpu",
         "threads": cfg.run.threads,
-        "test_by_distance": by_distance,  # recall: [distance, correct, total] rows
+        # recall: [distance, correct, total] rows; qa: [distance, exact, f1] per example
+        "test_by_distance": by_distance,
     }
 
 
@@ -473,29 +483,23 @@ def _base_model_config(
     """The trained models' config (vocabulary, labels and sizes), attention aside."""
     for r in trained.values():
         return dict(r["model_config"])
-    # no run finished: the same fields the trainer would fill in from the data
+    # no run finished: the fields the trainer would fill in, from the task's own tokenizer
     from longseq.models import ModelConfig
+    from longseq.train.config import DataConfig
+    from longseq.train.data import resolve_tokenizer
 
     task = plan.task_spec
-    extra: dict[str, Any] = {}
-    if task.kind == "listops":
-        from longseq.data.listops import ListOpsTokenizer
-
-        vocab = ListOpsTokenizer().vocab_size
-    elif task.kind == "recall":
-        from longseq.data.recall import RecallSpec
-
-        spec = RecallSpec.from_dict(data.info["recall_spec"])
-        vocab, extra = spec.vocab_size, {"type_vocab_size": 1 + spec.values}
-    else:
-        vocab = 260  # ByteTokenizer
+    tok = resolve_tokenizer(DataConfig(task=task.kind, train=data.train), None)
+    extra: dict[str, Any] = {"pad_token_id": tok.pad_id, "cls_token_id": tok.cls_id}
+    if getattr(tok, "type_vocab_size", 0):
+        extra["type_vocab_size"] = tok.type_vocab_size
     # the model section every run trains with (one source for the preset's sizes)
     model = train_config(plan, data, "full")["model"]
     return ModelConfig(
         **model,
         **extra,
         architecture=task.architecture,
-        vocab_size=vocab,
+        vocab_size=tok.vocab_size,
         num_labels=data.info.get("num_classes", 2),
         max_length=data.max_length,
     ).to_dict()

@@ -63,10 +63,15 @@ def make_inputs(config: dict[str, Any], n: int, batch: int, device: str) -> tupl
 
 def build(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any, Callable]:
     """The model of `config` (seeded) and `fn(x) -> loss` on fixed inputs (x is ignored)."""
+    import torch
+
     from longseq.models import ModelConfig, build_model
 
     model = build_model(ModelConfig.from_dict(config), seed=0).to(device)
     ids, labels = make_inputs(config, n, batch, device)
+    if config["architecture"] == "question-answering":  # a span in the middle
+        pos = torch.full((batch,), n // 2, device=device)
+        return model, lambda _x: model(ids, start_positions=pos, end_positions=pos).loss
     return model, lambda _x: model(ids, labels=labels).loss
 
 

@@ -5,6 +5,8 @@
     listops            ListOps as the Long Range Arena generates it (10 classes), accuracy
     shakespeare-genre  Shakespeare scenes by genre (4 classes), bytes, accuracy
     kernel-docs        Linux kernel documents by subsystem, bytes, accuracy
+    gcide-qa           GCIDE entries as long documents, a question naming one headword,
+                       its definition the answer span: exact match and F1 by distance
     shakespeare-lm     the plays' text, byte-level causal LM, bits per byte
     gcide-lm           the GCIDE dictionary, byte-level causal LM, bits per byte
 
@@ -71,6 +73,13 @@ TASKS: dict[str, Task] = {
             "kernel-docs",
             "accuracy",
             "Linux kernel documents by subsystem, bytes",
+        ),
+        Task(
+            "gcide-qa",
+            "qa",
+            "gcide-qa",
+            "f1",
+            "GCIDE long-document QA (documents of dictionary entries)",
         ),
         Task("shakespeare-lm", "lm", "shakespeare", "bpb", "Shakespeare's plays, byte-level LM"),
         Task("gcide-lm", "lm", "gcide", "bpb", "GCIDE dictionary, byte-level LM"),
@@ -257,6 +266,7 @@ def _real(
     task: Task, preset: Preset, folder: Path, given: Path | None, log: Callable[[str], None]
 ) -> TaskData:
     ext = "txt" if task.kind == "lm" else "jsonl"
+    # (qa: train/val/test.jsonl, tokenizer.json and stats.json from longseq.data.gcide_qa)
     paths = {s: folder / f"{s}.{ext}" for s in ("train", "val", "test")}
     if not all(p.is_file() for p in paths.values()) or not (folder / "stats.json").is_file():
         if given is not None:
@@ -268,7 +278,12 @@ def _real(
 
         log(f"data: building {task.dataset} into {folder}")
         try:
-            real.BUILDERS[str(task.dataset)](folder)
+            if task.kind == "qa":  # documents of about 3 characters per token of text_length
+                from longseq.data import gcide_qa
+
+                gcide_qa.build(folder, length=3 * preset.text_length, progress=False)
+            else:
+                real.BUILDERS[str(task.dataset)](folder)
         except real.SourceNotFoundError as e:
             raise FileNotFoundError(
                 f"{e}\n(or build the data elsewhere with `longseq data {task.dataset} --out DIR` "
