@@ -4,7 +4,8 @@
             data: vocab_size, num_labels, label_names, special ids, max_length, and the
             architecture the task needs), or `init_from: DIR` (a saved model) plus any fields
             to change, e.g. `architecture: sequence-classification` to fine-tune an MLM.
-    data:   the task (classification | lm | mlm | listops | recall | qa), the files, tokenizer, lengths.
+    data:   the task (classification | lm | mlm | listops | recall | qa), the files,
+            tokenizer, lengths.
     optim:  AdamW and its learning-rate schedule, clipping, accumulation.
     run:    seed, output folder, evaluation / logging / saving cadence, precision, device.
 
