@@ -306,3 +306,43 @@ def test_recall_is_the_default_task(tmp_path: Path) -> None:
     assert spec.distances == ((1, w // 2), (w // 2 + 1, L * w // 2), (L * w // 2 + 1, 255))
     with pytest.raises(ValueError, match="recall_length"):
         presets.recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))
+
+
+# ----------------------------------------------------------------------------- sweep
+def _rec(m: str, n: int, ms: float) -> dict:
+    return {
+        "mechanism": m,
+        "n": n,
+        "mode": "fwd+bwd",
+        "min_ms": ms,
+        "median_ms": ms,
+        "times_ms": [ms],
+        "spread": 0.0,
+        "under_load": False,
+    }
+
+
+@pytest.mark.parametrize(("retimed", "flagged"), [(1.5, False), (3.5, True)])
+def test_a_time_never_falls_with_length(monkeypatch, retimed: float, flagged: bool) -> None:
+    """A time that falls as n grows is re-timed (load only slows a call, so the shorter point
+    was disturbed); if the fastest call still falls, both points are flagged."""
+    from longseq.bench import attention as A
+    from longseq.compare import sweep
+
+    records = [_rec("m", 64, 3.0), _rec("m", 128, 2.0)]  # 128 faster than 64: an error
+    # the re-timing: n = 64 gets `retimed` ms, n = 128 keeps 2.0 ms
+    monkeypatch.setattr(sweep, "build", lambda cfg, n, b, d: (n, None))
+    monkeypatch.setattr(
+        A,
+        "time_round_robin",
+        lambda layers, x, cfg, bar=None: (
+            {"m": {"forward": [1.0], "fwd+bwd": [retimed if layers[0][1] == 64 else 2.0]}},
+            {},
+        ),
+    )
+    sweep._never_falling(records, {"m": lambda n: {}}, 1, "cpu", None)
+    assert records[0]["times_ms"] == [3.0, retimed]
+    assert records[0]["min_ms"] == min(3.0, retimed)
+    assert [r["under_load"] for r in records] == [flagged, flagged]
+    if flagged:
+        assert "fell from n=64 to n=128" in records[0]["note"]
