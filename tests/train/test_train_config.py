@@ -95,7 +95,7 @@ def test_model_config_object_keeps_only_its_changes():
     assert cfg.model == {"attention": "bigbird", "hidden_size": 64}
 
 
-@pytest.mark.parametrize("name", ["shakespeare-genre.yaml", "shakespeare-lm.yaml"])
+@pytest.mark.parametrize("name", ["shakespeare-genre.yaml", "shakespeare-lm.yaml", "gcide-qa.yaml"])
 def test_example_configs_load(name):
     from pathlib import Path
 
@@ -103,4 +103,4 @@ def test_example_configs_load(name):
 
     cfg = load_config(Path(__file__).parents[2] / "examples" / name)
     ModelConfig.from_dict(cfg.model)  # a valid model config as written
-    assert cfg.data.train.startswith("data/shakespeare/")
+    assert cfg.data.train.startswith("data/" + name.split("-")[0])
