@@ -300,3 +300,34 @@ def test_global_rows_in_another_dtype_than_the_kernel(monkeypatch):
     out = layer(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("opts", LAYOUTS, ids=str)
+def test_causal_layout_of_a_prefix_is_the_prefix_of_the_layout(opts):
+    """Causal random blocks do not depend on the sequence's length (prefix stability)."""
+    long = patterns.bigbird_layout(24, num_heads=3, causal=True, **opts)
+    extra = opts["num_global_blocks"] if opts.get("variant") == "etc" else 0
+    for nb_real in (1, 4, 9, 17):
+        short = patterns.bigbird_layout(nb_real, num_heads=3, causal=True, **opts)
+        rows = extra + nb_real
+        assert torch.equal(short.index, long.index[:, :rows])
+        assert torch.equal(short.valid, long.valid[:, :rows])
+    # the random blocks differ between rows, heads and layers (they are drawn, not fixed)
+    other = patterns.bigbird_layout(24, num_heads=3, causal=True, layer_idx=1, **opts)
+    if opts["num_random_blocks"]:
+        assert not torch.equal(long.index, other.index)
+
+
+@pytest.mark.parametrize("variant", ["itc", "etc"])
+def test_causal_output_depends_on_the_past_only(variant):
+    """Output at t of the whole sequence == output of the first t+1 tokens alone, and changing
+    later tokens moves nothing before them."""
+    torch.manual_seed(0)
+    layer = make(block_size=4, num_random_blocks=2, causal=True, variant=variant).eval()
+    x = torch.randn(1, 44, HID, dtype=torch.double)
+    whole = layer(x)
+    for t in (1, 5, 8, 13, 27, 43):
+        assert torch.allclose(layer(x[:, : t + 1]), whole[:, : t + 1], atol=1e-12, rtol=0)
+    y = x.clone()
+    y[:, 30:] = torch.randn(1, 14, HID, dtype=torch.double)
+    assert torch.allclose(layer(y)[:, :30], whole[:, :30], atol=1e-12, rtol=0)

@@ -33,6 +33,9 @@ Global attention is given by blocks, not tokens: `global_attention_mask` is not 
 Random blocks depend only on (seed, layer_idx, head, query block, number of real blocks): a
 sequence's prediction never depends on what else is in the batch, and train and eval draw the
 same blocks. The number of real blocks is ceil(t / b), t = one past the last real token.
+Causal layers drop the number of real blocks from that list (query block i draws among blocks
+< i from a generator of its own): the output at t depends on tokens <= t only, whatever
+follows, so a causal LM computes in training what it computes when generating.
 
 Kernel (never n x n): per batch element the layout depends only on its real length, so one
 index (B, H, nb, K) lists the K key blocks of every query block. Rows (batch, head, query

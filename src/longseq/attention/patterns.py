@@ -188,9 +188,13 @@ def bigbird_layout(
     Non-global query block i sees the window i-s..i+s (i-s..i when causal; s =
     (num_sliding_blocks - 1) / 2), the global blocks, and r random blocks drawn without
     replacement from the blocks it does not already see (not in the window, not global; when
-    causal, only blocks before the window). The draw is a function of (seed, layer_idx, head,
-    i, nb_real) only: iid uniform scores over the blocks from a generator seeded by them,
-    forbidden blocks removed, top r kept. Fewer than r allowed blocks: all of them.
+    causal, only blocks before the window). The draw: iid uniform scores over the blocks from
+    a generator, forbidden blocks removed, top r kept; fewer than r allowed blocks: all of
+    them. Bidirectional, the generator is seeded by (seed, layer_idx, head, nb_real, rows):
+    one draw per chunk of rows. Causal, it is seeded by (seed, layer_idx, head, i) and scores
+    only the blocks 0..i-1, so row i's blocks do not depend on how long the sequence is:
+    the layout of a prefix is the prefix of the layout (prefix stability, which makes
+    training compute what generation computes).
     """
     g, r, s = num_global_blocks, num_random_blocks, (num_sliding_blocks - 1) // 2
     etc = variant == "etc"
@@ -216,10 +220,11 @@ def bigbird_layout(
     rnd = torch.zeros(num_heads, nb, r, dtype=torch.long)
     rnd_ok = torch.zeros(num_heads, nb, r, dtype=torch.bool)
     k = min(r, nb)
-    for start in range(0, nb, _RANDOM_ROWS):
+    if causal:
+        _causal_random(rnd, rnd_ok, is_glob, s, seed, layer_idx)
+    for start in range(0, 0 if causal else nb, _RANDOM_ROWS):
         rows = i[start : start + _RANDOM_ROWS]
-        far = blk < rows - s if causal else (blk - rows).abs() > s
-        forbidden = ~far | is_glob
+        forbidden = ((blk - rows).abs() <= s) | is_glob
         for h in range(num_heads):
             gen = torch.Generator().manual_seed(_bigbird_seed(seed, layer_idx, h, nb_real, start))
             scores = torch.rand(len(rows), nb, generator=gen).masked_fill(forbidden, -1.0)
@@ -231,6 +236,24 @@ def bigbird_layout(
     valid = torch.cat([sl_ok.expand(num_heads, nb, -1), gl_ok.expand(num_heads, nb, g), rnd_ok], -1)
     valid[:, global_blocks] = False
     return BigBirdLayout(index.masked_fill(~valid, 0), valid, global_blocks)
+
+
+def _causal_random(
+    rnd: Tensor, ok: Tensor, is_glob: Tensor, s: int, seed: int, layer_idx: int
+) -> None:
+    """Causal random blocks in place: row i's r blocks from a generator seeded by (seed,
+    layer_idx, head, i) over the blocks 0..i-1, keeping those before the window, not global."""
+    heads, nb, r = rnd.shape
+    for i in range(s + 1, nb):  # rows up to s have no block before their window
+        allowed = ~is_glob[: i - s]
+        if not bool(allowed.any()):
+            continue
+        for h in range(heads):
+            gen = torch.Generator().manual_seed(_bigbird_seed(seed, layer_idx, h, i, -1))
+            scores = torch.rand(i, generator=gen)[: i - s].masked_fill(~allowed, -1.0)
+            top, idx = scores.topk(min(r, i - s))
+            rnd[h, i, : len(idx)] = idx
+            ok[h, i, : len(idx)] = top >= 0
 
 
 def bigbird(
