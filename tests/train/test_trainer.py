@@ -256,3 +256,92 @@ def test_bad_inputs(tmp_path, cls_data):
         train(_config(tmp_path / "c", data, model={"architecture": "causal-lm"}))
     with pytest.raises(ValueError, match="no training data"):
         train(_config(tmp_path / "d", {"task": "classification"}))
+
+
+def _save_ops(tmp_path, cfg) -> list[str]:
+    """The file operations of one checkpoint save that replaces an earlier one, in order."""
+    from longseq.train import checkpoint as ckpt
+
+    seen: list[str] = []
+    ckpt.fault_hook = seen.append
+    try:
+        train(cfg(tmp_path / "probe"))
+    finally:
+        ckpt.fault_hook = None
+    second = [i for i, op in enumerate(seen) if op == "before:write model"][1]
+    third = [i for i, op in enumerate(seen) if op == "before:write model"][2]
+    return seen[second:third]
+
+
+def test_a_crash_anywhere_in_a_save_loses_nothing(tmp_path, cls_data):
+    """Kill the run before and after every file operation of a save that replaces an earlier
+    checkpoint (the second time the run reaches that operation: at step 4's save, or step
+    6's for the operations only a replacing save does), then resume: the newest complete
+    checkpoint is picked up (never a restart from zero), and the run ends with bitwise the
+    weights of an uninterrupted one."""
+    from longseq.train import checkpoint as ckpt
+
+    def cfg(out):
+        return _config(
+            out,
+            {"task": "classification", "train": cls_data["train"], "val": cls_data["val"]},
+            model={"dropout": 0.2},
+            optim={"max_steps": 6},
+            run={"save_every": 2, "eval_every": 3},
+        )
+
+    straight = train(cfg(tmp_path / "straight"))
+    want = load_file(tmp_path / "straight/last/model.safetensors")
+    ops = _save_ops(tmp_path, cfg)
+    assert "before:rename tmp to last" in ops and "after:remove old again" in ops
+
+    class Killed(Exception):
+        pass
+
+    for k, where in enumerate(ops):
+        out = tmp_path / f"crash{k}"
+        calls = {"n": 0}
+
+        def kill(op, where=where, calls=calls):
+            if op == where:
+                calls["n"] += 1
+                if calls["n"] == 2:  # the second save: step 4 replacing step 2
+                    raise Killed(op)
+
+        ckpt.fault_hook = kill
+        try:
+            with pytest.raises(Killed):
+                train(cfg(out))
+        finally:
+            ckpt.fault_hook = None
+        steps = {s: ckpt.verify(out / f"last{s}") for s in ckpt.SUFFIXES}
+        assert any(v is not None for v in steps.values()), (where, steps)
+        resumed = train(cfg(out), resume=True)
+        assert resumed.step == straight.step == 6
+        got = load_file(out / "last/model.safetensors")
+        for name in want:
+            assert torch.equal(got[name], want[name]), (where, name)
+        first_step = min(r["step"] for r in _records(out, "train") if r["step"] > 2)
+        assert first_step == 3  # steps 1-2 were never redone from zero: resumed at 2 or 4
+        assert (out / "best").is_dir()
+
+
+def test_resume_never_starts_afresh_over_an_earlier_run(tmp_path, cls_data):
+    """A folder whose checkpoints are all incomplete is refused, not wiped."""
+    from longseq.train import checkpoint as ckpt
+
+    def cfg(out):
+        return _config(
+            out,
+            {"task": "classification", "train": cls_data["train"], "val": cls_data["val"]},
+            optim={"max_steps": 2},
+            run={"save_every": 2, "eval_every": 2},
+        )
+
+    out = tmp_path / "run"
+    train(cfg(out))
+    (out / "last" / STATE_TENSORS).write_bytes(b"cut")  # a torn write
+    assert ckpt.verify(out / "last") is None
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        train(cfg(out), resume=True)
+    assert (out / "best").is_dir() and (out / "last").is_dir()

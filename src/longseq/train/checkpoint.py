@@ -10,8 +10,15 @@ model.safetensors, the tokenizer's files) and the trainer's state in two files:
                                 python's RNG state, best metric, history
 
 Both formats hold data only (safetensors: raw tensors; JSON: numbers and strings), so
-loading a checkpoint runs no code. A folder is written under a temporary name and renamed
-into place, so an interruption while saving leaves the previous checkpoint intact.
+loading a checkpoint runs no code.
+
+Crash safety. `save_checkpoint(DIR)` writes DIR.tmp, with `trainer_state.json` last: it lists
+every other file's size, so a folder whose JSON reads back and whose files have those sizes
+is complete (`verify`). Every file and the folder are fsynced; then DIR -> DIR.old,
+DIR.tmp -> DIR, DIR.old removed, the parent folder fsynced after each rename. A crash at any
+point leaves at least one complete checkpoint among DIR, DIR.tmp and DIR.old, and `recover`
+puts the newest complete one back at DIR (an incomplete DIR is kept aside as DIR.broken,
+never deleted). Tests crash the save before and after each of its file operations.
 
 RNG states are per process: under data parallel each rank's are gathered to rank 0 and
 saved side by side (rank r's torch state as `rng.r.torch`), and a resumed rank restores its own.
@@ -20,8 +27,11 @@ saved side by side (rank r's torch state as `rng.r.torch`), and a resumed rank r
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,36 @@ from safetensors.torch import load_file, save_file
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
+SUFFIXES = ("", ".tmp", ".old")  # the folders a save can leave: DIR, DIR.tmp, DIR.old
+
+# Called with the name of each file operation of a save, before ("before:NAME") and after
+# ("after:NAME"); the fault-injection tests raise from it. None in normal use.
+fault_hook: Callable[[str], None] | None = None
+
+
+def _op(name: str, fn: Callable[[], Any]) -> Any:
+    if fault_hook is not None:
+        fault_hook(f"before:{name}")
+    out = fn()
+    if fault_hook is not None:
+        fault_hook(f"after:{name}")
+    return out
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            _fsync(f)
+    _fsync(folder)
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -113,9 +153,9 @@ def save_checkpoint(
     per rank (see `capture_rng`)."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, tokenizer=tokenizer)
+    if tmp.exists():  # a save interrupted earlier; `recover` has already looked at it
+        _op("remove tmp", lambda: shutil.rmtree(tmp))
+    _op("write model", lambda: model.save_pretrained(tmp, tokenizer=tokenizer))
     tensors, optim_meta = _split_optimizer(optimizer.state_dict())
     rng_meta = []
     for rank, (rng_tensors, meta) in enumerate(rng):
@@ -130,17 +170,65 @@ def save_checkpoint(
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_meta,
     }
-    save_file(tensors, str(tmp / STATE_TENSORS))
-    (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1) + "\n")
+    _op("write state", lambda: save_file(tensors, str(tmp / STATE_TENSORS)))
+    # the JSON comes last and lists the other files' sizes: it makes the folder complete
+    meta["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+    _op("write json", lambda: (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1) + "\n"))
+    _op("fsync tmp", lambda: _fsync_folder(tmp))
     old = final.with_name(final.name + ".old")
+    parent = final.parent
     if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
+        if old.exists():  # from a crash; `final` is complete and newer (see `recover`)
+            _op("remove old", lambda: shutil.rmtree(old))
+        _op("rename last to old", lambda: final.rename(old))
+        _op("fsync parent", lambda: _fsync(parent))
+    _op("rename tmp to last", lambda: tmp.rename(final))
+    _op("fsync parent again", lambda: _fsync(parent))
     if old.exists():
-        shutil.rmtree(old)
+        _op("remove old again", lambda: shutil.rmtree(old))
     return final
+
+
+def verify(directory: str | Path) -> int | None:
+    """The step of a complete checkpoint folder, or None (missing, cut short, unreadable)."""
+    d = Path(directory)
+    try:
+        meta = json.loads((d / STATE_JSON).read_text())
+        files = meta.get("files")
+        if meta.get("format") != "longseq-trainer-state/1" or not isinstance(files, dict):
+            return None
+        for name, size in files.items():
+            if (d / name).stat().st_size != size:
+                return None
+        load_file(str(d / STATE_TENSORS))  # the header and every tensor read back
+        return int(meta["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover(directory: str | Path, log: Callable[[str], None] = print) -> int | None:
+    """Put the newest complete checkpoint among DIR, DIR.tmp and DIR.old at DIR; return its
+    step (None: there is none). Nothing complete is deleted: an incomplete DIR is renamed to
+    DIR.broken; leftovers older than the chosen one stay until the next save replaces them."""
+    final = Path(directory)
+    found = []
+    for suffix in SUFFIXES:
+        path = final.with_name(final.name + suffix)
+        step = verify(path) if path.is_dir() else None
+        if step is not None:
+            found.append((step, -SUFFIXES.index(suffix), path))
+    if not found:
+        return None
+    step, _, best = max(found)  # newest step; on a tie DIR, then DIR.tmp
+    if best != final:
+        if final.exists():
+            broken = final.with_name(f"{final.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            final.rename(broken)
+            log(f"resume: {final} is incomplete; kept as {broken}")
+        best.rename(final)
+        _fsync(final.parent)
+        log(f"resume: the newest complete checkpoint was {best.name} (step {step}); now {final}")
+    return step
 
 
 def read_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -201,6 +289,8 @@ __all__ = [
     "capture_rng",
     "load_checkpoint",
     "read_checkpoint",
+    "recover",
     "restore_rng",
     "save_checkpoint",
+    "verify",
 ]

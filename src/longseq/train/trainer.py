@@ -396,8 +396,22 @@ class _Trainer:
         """Check the output folder; return whether a checkpoint will be resumed."""
         last = self.out / "last"
         if resume:
-            if (last / ckpt.STATE_JSON).is_file():
+            if self.dist.is_main:  # the newest complete checkpoint a crash left, back at last/
+                ckpt.recover(last, log=lambda t: print(t, file=sys.stderr))
+            self.dist.barrier()
+            if ckpt.verify(last) is not None:
                 return True
+            earlier = [
+                p.name
+                for p in (*(last.with_name("last" + x) for x in ckpt.SUFFIXES), self.out / "best")
+                if p.exists()
+            ]
+            if earlier:  # never start afresh over what an earlier run left
+                raise ValueError(
+                    f"--resume: no complete checkpoint in {self.out}, but it holds "
+                    f"{', '.join(earlier)} from an earlier run; set run.overwrite=true to "
+                    "start over there, or choose another run.out"
+                )
             if self.dist.is_main:
                 print(
                     f"warning: --resume: no checkpoint in {last}; starting afresh", file=sys.stderr
