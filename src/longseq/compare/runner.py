@@ -419,11 +419,11 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
 def _brief(record: dict[str, Any], task: T.Task) -> str:
     if record.get("status") != "ok":
         return f"failed: {record.get('error')}"
-    from longseq.compare.report import fmt_metric
+    from longseq.compare.report import PERCENT, fmt_metric
 
     return (
         f"val {fmt_metric(record['val'], task)}, test {fmt_metric(record['test'], task)} "
-        f"{'%' if task.metric == 'accuracy' else 'bits/byte'}, "
+        f"{'%' if task.metric in PERCENT else 'bits/byte'}, "
         f"{record['tokens_per_s']:,.0f} tokens/s, {record['train_seconds']:.0f} s"
     )
 
