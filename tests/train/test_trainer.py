@@ -345,3 +345,29 @@ def test_resume_never_starts_afresh_over_an_earlier_run(tmp_path, cls_data):
     with pytest.raises(ValueError, match="no complete checkpoint"):
         train(cfg(out), resume=True)
     assert (out / "best").is_dir() and (out / "last").is_dir()
+
+
+@pytest.mark.parametrize("lr", [1e30, 1e20])
+def test_a_diverging_run_is_stopped_before_any_save(tmp_path, cls_data, lr):
+    """A huge learning rate: the loss, the gradients or the weights turn non-finite within a
+    few steps. Training stops with an error naming the step, and no saved weight is
+    non-finite (before this guard, NaN weights were saved as best and last)."""
+    out = tmp_path / "run"
+    cfg = _config(
+        out,
+        {"task": "classification", "train": cls_data["train"], "val": cls_data["val"]},
+        optim={"lr": lr, "max_steps": 20, "warmup_steps": 0, "weight_decay": 0.0},
+        run={"save_every": 1, "eval_every": 1, "log_every": 20},  # saves before any log
+    )
+    with pytest.raises(FloatingPointError, match=r"step \d+"):
+        train(cfg)
+    for folder in ("last", "best"):
+        if (out / folder).is_dir():
+            for name, w in load_file(out / folder / "model.safetensors").items():
+                assert torch.isfinite(w).all(), (folder, name)
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan"), 1e31])
+def test_lr_must_be_finite(lr):
+    with pytest.raises(ValueError, match="optim.lr must be"):
+        TrainConfig.from_dict({"optim": {"lr": lr}, "data": {"train": "x"}})

@@ -18,6 +18,7 @@ overrides any key, nested ones too (`--set model.attention_options.window=64`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import json
 import types
@@ -108,6 +109,9 @@ class OptimConfig:
     def validate(self) -> None:
         _choose("optim.schedule", self.schedule, SCHEDULES)
         _positive("optim.lr", self.lr)
+        # AdamW applies lr / (1 - beta1^t) in float32: far larger rates overflow there
+        if not math.isfinite(self.lr) or self.lr > 1e30:
+            raise ValueError(f"optim.lr must be finite and at most 1e30, got {self.lr}")
         _positive("optim.max_steps", self.max_steps)
         _positive("optim.grad_accum", self.grad_accum)
         _positive("optim.eps", self.eps)

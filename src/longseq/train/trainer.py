@@ -262,6 +262,18 @@ class _Trainer:
         norm = torch.nn.utils.clip_grad_norm_(
             self.params, clip if clip and clip > 0 else float("inf")
         )
+        if not self.scaler.is_enabled():  # fp16: the GradScaler skips such steps itself
+            # the norm is of the all-reduced gradients: every rank decides alike
+            checks = torch.stack([norm.detach().float(), loss_share.detach().float()])
+            bad = (~torch.isfinite(checks)).tolist()
+            if any(bad):
+                what = "gradient norm" if bad[0] else "loss"
+                raise FloatingPointError(
+                    f"step {self.step + 1}: the {what} is {float(checks[int(not bad[0])])} "
+                    "(before the optimiser step; the weights are untouched and nothing was "
+                    f"saved after step {self.saved_step}): lower optim.lr, raise "
+                    "optim.warmup_steps or set optim.grad_clip"
+                )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -358,7 +370,17 @@ class _Trainer:
             "frozen": self.frozen,
         }
 
+    def _check_weights(self) -> None:
+        """Raise before a save if a weight is not finite (a diverging run is never saved)."""
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise FloatingPointError(
+                    f"step {self.step}: parameter {name} is not finite; not saved (the last "
+                    f"checkpoint is step {self.saved_step}): lower optim.lr"
+                )
+
     def save_last(self) -> None:
+        self._check_weights()
         rng = ckpt.capture_rng()
         gathered: list[Any] = [rng]
         if self.dist.enabled:
@@ -378,6 +400,7 @@ class _Trainer:
         self.saved_step = self.step
 
     def save_best(self, record: dict[str, Any]) -> None:
+        self._check_weights()
         self.best_state = {
             k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
         }
