@@ -18,9 +18,9 @@ overrides any key, nested ones too (`--set model.attention_options.window=64`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
