@@ -369,5 +369,5 @@ def test_a_diverging_run_is_stopped_before_any_save(tmp_path, cls_data, lr):
 
 @pytest.mark.parametrize("lr", [float("inf"), float("nan"), 1e31])
 def test_lr_must_be_finite(lr):
-    with pytest.raises(ValueError, match="optim.lr must be"):
+    with pytest.raises(ValueError, match=r"optim\.lr must be"):
         TrainConfig.from_dict({"optim": {"lr": lr}, "data": {"train": "x"}})
