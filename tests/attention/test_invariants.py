@@ -104,6 +104,41 @@ def test_float32_runs_and_is_finite(case):
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_non_finite_padding_never_reaches_a_real_output(case):
+    """NaN and inf at padding positions: the real outputs equal those of finite padding."""
+    name, opts = case
+    layer = make(name, opts)
+    x = torch.randn(2, 13, HIDDEN, dtype=torch.float64)
+    mask = torch.ones(2, 13, dtype=torch.long)
+    mask[1, 9:] = 0
+    glob = _glob(name, opts, 2, 13)
+    clean = layer(x, attention_mask=mask, global_attention_mask=glob)
+    x[1, 9:11] = float("nan")
+    x[1, 11:] = float("inf")
+    dirty = layer(x, attention_mask=mask, global_attention_mask=glob)
+    assert torch.equal(dirty, clean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_half_precision_runs_and_follows_fp32(case, dtype):
+    """Every mechanism in fp16 and bf16 (masking constants from the dtype's range), close to
+    the same layer in fp32."""
+    name, opts = case
+    layer = make(name, opts).float()
+    x = torch.randn(2, 21, HIDDEN)
+    mask = torch.ones(2, 21, dtype=torch.bool)
+    mask[1, 15:] = False
+    want = layer(x, attention_mask=mask)
+    got = layer.to(dtype)(x.to(dtype), attention_mask=mask)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    if name == "lsh":  # a rounding can move a token to another bucket: rows may differ
+        assert (got.float() - want).abs().mean() < 0.02
+    else:
+        torch.testing.assert_close(got.float(), want, rtol=0.1, atol=0.05)
+
+
 def test_every_registered_mechanism_is_covered():
     names = {name for name, _ in CASES}
     assert names == set(attention.MECHANISMS)

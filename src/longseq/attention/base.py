@@ -1,8 +1,9 @@
 """The layer every mechanism shares: projections, input checks, output projection.
 
 A mechanism subclasses `SelfAttention` and implements `attend`, which maps the hidden states
-(already checked) to the per-head context `(batch, heads, seq, head_dim)`. Padding positions
-of the output are set to zero, so what they hold never depends on the mechanism.
+(already checked, padding positions zeroed) to the per-head context `(batch, heads, seq,
+head_dim)`. Padding positions of the output are set to zero, so what they hold never depends
+on the mechanism, and what padding holds on input (even NaN) never reaches a real output.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class SelfAttention(nn.Module):
         real, glob = ops.check_masks(
             hidden_states, attention_mask, global_attention_mask, self.supports_global, self.name
         )
+        # padding is zeroed first: whatever it holds (even NaN) never reaches a real output
+        hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
         context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
         return out.masked_fill(~real.unsqueeze(-1), 0.0)

@@ -411,13 +411,16 @@ class _Group:
         plan, c = self.plan, self.plan.chunk
         s = torch.bmm(q, k.transpose(1, 2), out=ws("s", self.chunks, c, 2 * c))
         s5 = s.view(self.u1 - self.u0, plan.rounds, plan.n // c, c, 2 * c)
+        # fp16 holds neither -1e9 nor -1e5: its lowest value, and half of it for self
+        neg = ops.neg_inf(s.dtype)
+        own = max(SELF_MASK, neg / 2)
         if not plan.wrap:
-            s5[:, :, 0, :, :c] = ops.NEG_INF  # a round's first chunk has no previous chunk
+            s5[:, :, 0, :, :c] = neg  # a round's first chunk has no previous chunk
         if self.mask is not None:
-            s5.masked_fill_(self.mask, ops.NEG_INF)
-        s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(SELF_MASK)
+            s5.masked_fill_(self.mask, neg)
+        s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(own)
         if self.wrap_self is not None:
-            s5[:, :, 0, :, :c].masked_fill_(self.wrap_self, SELF_MASK)
+            s5[:, :, 0, :, :c].masked_fill_(self.wrap_self, own)
         return s
 
     def to_tokens(self, ws: _Workspace, x: Tensor, out: Tensor) -> None:

@@ -17,6 +17,11 @@ from torch import Tensor
 NEG_INF = -1e9
 
 
+def neg_inf(dtype: torch.dtype) -> float:
+    """NEG_INF, or the dtype's lowest value where -1e9 does not fit (fp16: -65504)."""
+    return max(NEG_INF, torch.finfo(dtype).min) if dtype.is_floating_point else NEG_INF
+
+
 def check_hidden(hidden_states: Tensor, hidden_size: int) -> None:
     if not isinstance(hidden_states, Tensor):
         raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
@@ -128,7 +133,7 @@ def mask_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     """0 where `allowed`, NEG_INF elsewhere. Adding it to scores masks them like masked_fill,
     but its backward is free (masked_fill's backward masks the gradient again). In float16,
     whose range ends at 65504, the dtype's lowest value instead: still finite."""
-    return (~allowed).to(dtype) * max(NEG_INF, torch.finfo(dtype).min)
+    return (~allowed).to(dtype) * neg_inf(dtype)
 
 
 def is_int(x: Any) -> bool:
