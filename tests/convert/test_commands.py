@@ -77,3 +77,19 @@ def test_convert_reports_bad_sources(tmp_path, capsys) -> None:
     assert cli.main(["convert", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("longseq convert: error:") and "no Hugging Face model folder" in err
+
+
+def test_convert_never_writes_into_its_source(tmp_path, capsys) -> None:
+    """`convert H H --force` destroyed the Hugging Face source; now it is refused."""
+    _, src = hf_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    for dst in (src, src / "inside"):
+        assert cli.main(["convert", str(src), str(dst), "--force"]) == 2
+        assert "is SRC or inside it" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    # --force replaces only a longseq output, not any folder
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    assert cli.main(["convert", str(src), str(other), "--force"]) == 2
+    assert "not a longseq model folder" in capsys.readouterr().err

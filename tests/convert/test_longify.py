@@ -289,12 +289,13 @@ def test_folder_and_cli(tmp_path, capsys):
         assert max_diff(outputs(src, ids, mask), outputs(model, ids, mask), mask) < 1e-5
     # --option values are JSON; a bad one is reported, not raised
     more = ["--attention", "bigbird", "--option", "block_size=4", "--option", "variant=etc"]
-    assert main([*argv, *more, "--no-check"]) == 0
+    assert main([*argv, *more, "--no-check", "--force"]) == 0  # replaces its own output
     assert from_pretrained(tmp_path / "dst").config.attention_options == {
         "block_size": 4,
         "variant": "etc",
     }
     assert "input lengths: none" in capsys.readouterr().out
+    argv.append("--force")  # dst holds the output above: replacing it is allowed
     assert main([*argv, "--attention", "longformer", "--option", "window=3"]) == 2
     assert "window must be an even int" in capsys.readouterr().err
     assert main([*argv, "--attention", "lsh", "--k", "4", "--option", "k=4"]) == 2

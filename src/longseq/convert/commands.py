@@ -22,14 +22,21 @@ def register(commands: Any) -> None:
     )
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder")
     p.add_argument("dst", metavar="DST", help="output folder (created)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty DST")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty DST that an earlier longseq command wrote",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from longseq.convert import destination
+
     src, dst = Path(args.src), Path(args.dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not args.force:
-        return _fail(f"{dst} exists and is not an empty folder; pass --force to write into it")
+    refused = destination.check(src, dst, args.force)
+    if refused:
+        return _fail(refused)
     try:
         import transformers
 
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             model.config = model.config.replace(cls_token_id=tokenizer.cls_id)
-        model.save_pretrained(dst, tokenizer=tokenizer)
+        destination.write(dst, lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
     except (ValueError, FileNotFoundError, ImportError) as e:
         return _fail(str(e))
     cfg = model.config

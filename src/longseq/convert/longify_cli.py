@@ -62,6 +62,11 @@ def register(commands: Any) -> None:
         "--option num_random_blocks=2 (repeatable)",
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty DST that an earlier longseq command wrote",
+    )
+    p.add_argument(
         "--no-check",
         dest="check",
         action="store_false",
@@ -73,6 +78,8 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from longseq.convert import destination
+
     # the module, not the function `longseq.convert.longify` that shadows it in the package
     from longseq.convert.longify import (
         describe_lengths,
@@ -81,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         longify_with_report,
     )
 
+    refused = destination.check(args.src, args.dst, args.force)
+    if refused:
+        return _error(refused)
     options: dict[str, Any] = {}
     for key, value in args.option:
         if key in options:
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             f"check at {n} token{'s' * (n > 1)}: max |difference| {float((a - b).abs().max()):.2e}"
         )
     tokenizer = _tokenizer(args.src)
-    model.save_pretrained(args.dst, tokenizer=tokenizer)
+    destination.write(args.dst, lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
     print(f"wrote {args.dst}" + ("" if tokenizer else " (no tokenizer found in SRC)"))
     return 0
 
