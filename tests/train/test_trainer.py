@@ -371,3 +371,47 @@ def test_a_diverging_run_is_stopped_before_any_save(tmp_path, cls_data, lr):
 def test_lr_must_be_finite(lr):
     with pytest.raises(ValueError, match=r"optim\.lr must be"):
         TrainConfig.from_dict({"optim": {"lr": lr}, "data": {"train": "x"}})
+
+
+def test_resume_refuses_changed_training_settings(tmp_path, cls_data, capsys):
+    """lr, batch size or data changed on --resume: refused, naming each difference; cadence
+    and length may change, and the change is reported."""
+    out = tmp_path / "run"
+
+    def cfg(optim=None, data=None, run=None):
+        return _config(
+            out,
+            {
+                "task": "classification",
+                "train": cls_data["train"],
+                "val": cls_data["val"],
+                **(data or {}),
+            },
+            optim={"max_steps": 2, **(optim or {})},
+            run={"save_every": 2, "eval_every": 2, **(run or {})},
+        )
+
+    train(cfg())
+    for change, words in (
+        ({"optim": {"lr": 0.5}}, "optim.lr: 0.003 -> 0.5"),
+        ({"data": {"batch_size": 3}}, "data.batch_size: 4 -> 3"),
+        ({"data": {"train": cls_data["test"]}}, "data.train:"),
+    ):
+        with pytest.raises(ValueError, match="other settings") as err:
+            train(cfg(**change), resume=True)
+        assert words in str(err.value)
+    resumed = train(cfg(optim={"max_steps": 4}, run={"eval_every": 4}), resume=True)
+    assert resumed.step == 4
+    assert "resume: changed optim.max_steps: 2 -> 4" in capsys.readouterr().err
+
+
+def test_one_run_per_folder(tmp_path, cls_data):
+    """While a run holds the folder's lock, a second run there is refused, naming it."""
+    from longseq.train.trainer import run_lock
+
+    out = tmp_path / "run"
+    cfg = _config(out, {"task": "classification", "train": cls_data["train"]})
+    with run_lock(out):
+        with pytest.raises(ValueError, match=r"in use by process \d+"):
+            train(cfg)
+    assert train(cfg).step > 0  # released: the folder is free again

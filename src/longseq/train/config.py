@@ -165,6 +165,47 @@ class RunConfig:
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
+# What a resumed run may change: cadence, length and where it runs. Anything else (the model,
+# the data, the optimiser, the schedule, the seed, the batch) defines what a checkpoint's
+# training is, and a resume that changes it is refused.
+MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
+    "optim.max_steps",
+    "data.eval_batch_size",
+    "run.eval_every",
+    "run.eval_batches",
+    "run.log_every",
+    "run.save_every",
+    "run.patience",
+    "run.progress",
+    "run.tensorboard",
+    "run.threads",
+    "run.num_workers",
+    "run.out",
+    "run.overwrite",
+)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refused, allowed): the settings that differ between a checkpoint's training config
+    and this run's, as 'key: old -> new' lines."""
+    a, b = _flat(saved), _flat(now)
+    refused, allowed = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            line = f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+            ok = key in MAY_CHANGE_ON_RESUME
+            (allowed if ok else refused).append(line)
+    return refused, allowed
+
 
 @dataclass
 class TrainConfig:

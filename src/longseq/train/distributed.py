@@ -44,7 +44,13 @@ class Distributed:
 
     def close(self) -> None:
         if self.created_group and dist.is_initialized():
-            dist.destroy_process_group()
+            # Every rank reaches this point before any tears down: a rank that destroyed its
+            # gloo group while another was still saving aborted now and then at exit
+            # ("terminate called without an active exception"), failing the torchrun.
+            try:
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 def _env_int(name: str, default: int) -> int:

@@ -30,6 +30,7 @@ import contextlib
 import inspect
 import json
 import math
+import os
 import random
 import resource
 import shutil
@@ -126,10 +127,45 @@ def train(
     cfg = as_config(config)
     dist = distributed.setup(cfg.run.device)
     try:
-        trainer = _Trainer(cfg, dist, tokenizer, (train_dataset, val_dataset, test_dataset))
-        return trainer.fit(resume=resume, callbacks=callbacks)
+        with run_lock(Path(cfg.run.out), dist.is_main):
+            trainer = _Trainer(cfg, dist, tokenizer, (train_dataset, val_dataset, test_dataset))
+            return trainer.fit(resume=resume, callbacks=callbacks)
     finally:
         dist.close()
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: Path, is_main: bool = True) -> Any:
+    """Hold an OS lock on the run folder (rank 0): a second run on it is refused, naming the
+    process that holds it. The lock goes with the process, however it ends."""
+    if not is_main:
+        yield
+        return
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ValueError(
+                f"{out} is in use by {holder} (a longseq run writing there); wait for it to "
+                "end, or choose another run.out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class _Trainer:
@@ -368,6 +404,7 @@ class _Trainer:
             "evals": self.evals,
             "world_size": self.dist.world_size,
             "frozen": self.frozen,
+            "config": self.cfg.to_dict(),  # what resume compares its settings with
         }
 
     def _check_weights(self) -> None:
@@ -481,6 +518,18 @@ class _Trainer:
                 world_size=dist.world_size,
                 device=self.device,
             )
+            saved = state.get("config")
+            if saved is not None:
+                from longseq.train.config import resume_differences
+
+                refused, allowed = resume_differences(saved, cfg.to_dict())
+                if refused:
+                    raise ValueError(
+                        f"--resume: {self.out / 'last'} was trained with other settings; "
+                        "change them back, or start a new run.out:\n  " + "\n  ".join(refused)
+                    )
+                if allowed and dist.is_main:
+                    print("resume: changed " + "; ".join(allowed), file=sys.stderr)
             if state["frozen"] != self.frozen:
                 raise ValueError(
                     f"the checkpoint froze {state['frozen']} but this run freezes "
