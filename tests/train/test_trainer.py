@@ -411,7 +411,6 @@ def test_one_run_per_folder(tmp_path, cls_data):
 
     out = tmp_path / "run"
     cfg = _config(out, {"task": "classification", "train": cls_data["train"]})
-    with run_lock(out):
-        with pytest.raises(ValueError, match=r"in use by process \d+"):
-            train(cfg)
+    with run_lock(out), pytest.raises(ValueError, match=r"in use by process \d+"):
+        train(cfg)
     assert train(cfg).step > 0  # released: the folder is free again
