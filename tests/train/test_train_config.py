@@ -104,3 +104,19 @@ def test_example_configs_load(name):
     cfg = load_config(Path(__file__).parents[2] / "examples" / name)
     ModelConfig.from_dict(cfg.model)  # a valid model config as written
     assert cfg.data.train.startswith("data/" + name.split("-")[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("c.yaml", "optim:\n  lr: 1e-3\n  max_steps: 5\n  lr: 1\n"),
+        ("c.yaml", "optim: {lr: 1e-3}\noptim: {lr: 1}\n"),
+        ("c.json", '{"optim": {"lr": 0.001, "lr": 1}}'),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path, name, text):
+    """YAML and JSON keep the last of two equal keys silently; a config must not."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match="duplicate key"):
+        load_config(path)

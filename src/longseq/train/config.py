@@ -402,6 +402,41 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[path[-1]] = value
 
 
+def _strict_yaml(text: str) -> Any:
+    """yaml.safe_load, but a key repeated in one mapping is an error (YAML keeps the last one
+    silently, so `lr: 1e-3` ... `lr: 1` would train at 1)."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=True)
+
+    Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=Strict)
+
+
+def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML (.yaml/.yml) or JSON (.json) training config and apply `overrides`."""
     import yaml
@@ -411,8 +446,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise FileNotFoundError(f"no training config at {path}")
     text = path.read_text(encoding="utf-8")
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        if path.suffix == ".json":
+            raw = json.loads(text, object_pairs_hook=_unique_json)
+        else:
+            raw = _strict_yaml(text)
+    except (ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {e}") from None
     if raw is None:
         raw = {}
