@@ -37,6 +37,8 @@ def check_hidden(hidden_states: Tensor, hidden_size: int) -> None:
         )
     if hidden_states.shape[1] == 0:
         raise ValueError("hidden_states has an empty sequence (seq = 0)")
+    if hidden_states.shape[0] == 0:
+        raise ValueError("hidden_states has an empty batch (batch = 0)")
 
 
 def check_mask(mask: Tensor | None, name: str, batch: int, seq: int) -> Tensor | None:

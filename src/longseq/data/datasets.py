@@ -74,7 +74,13 @@ def read_examples(
             "line) or .csv (header with text,label columns)"
         )
     reader = _read_jsonl if kind == "jsonl" else _read_csv
-    examples = reader(path, text_field, label_field)
+    try:
+        examples = reader(path, text_field, label_field)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start} of a "
+            "line); save the file as UTF-8"
+        ) from None
     if not examples:
         raise ValueError(f"{path} holds no examples (the file is empty)")
     return examples

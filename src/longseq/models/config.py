@@ -39,6 +39,23 @@ ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
 _MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
 
 
+# Integer fields (a "32" or 32.0 from a hand-edited config.json is an error, not a crash)
+INT_FIELDS: tuple[str, ...] = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_length",
+    "position_offset",
+    "type_vocab_size",
+    "pad_token_id",
+    "cls_token_id",
+    "num_labels",
+)
+MAX_TENSOR_ELEMENTS = 2**33  # 32 GiB in fp32: far beyond any real model's embedding table
+
+
 @dataclass
 class ModelConfig:
     """Every field has a default, so `ModelConfig(attention="bigbird")` is a working model."""
@@ -105,9 +122,28 @@ class ModelConfig:
         choose("reversible_output", self.reversible_output, REVERSIBLE_OUTPUTS)
         choose("activation", self.activation, ACTIVATIONS)
         choose("classifier_activation", self.classifier_activation, ("tanh", *ACTIVATIONS))
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("dropout", "attention_dropout", "layer_norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        # sizes are checked before any tensor is allocated (1e12 embeddings would try to)
+        for name, size in (
+            ("vocab_size x hidden_size", self.vocab_size * self.hidden_size),
+            ("max_length x hidden_size", self.max_length * self.hidden_size),
+            ("hidden_size x intermediate_size", self.hidden_size * self.intermediate_size),
+        ):
+            if size > MAX_TENSOR_ELEMENTS:
+                raise ValueError(
+                    f"{name} = {size:,} weights in one tensor: more than the "
+                    f"{MAX_TENSOR_ELEMENTS:,} allowed; check the config's sizes"
+                )
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}")
         if self.hidden_size % self.num_heads:

@@ -1,0 +1,70 @@
+"""Bad input, each row: what a user gives, the call, and the clear error it must produce
+(issue 12's sweep: before, each of these was a raw traceback, a crash or silently accepted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from longseq import attention
+from longseq.models import ModelConfig
+
+
+def _layer_batch0(tmp: Path) -> None:
+    attention.build("full", 16, 2)(torch.zeros(0, 8, 16))
+
+
+def _config_str(tmp: Path) -> None:
+    ModelConfig(hidden_size="32", num_heads=2)  # type: ignore[arg-type]
+
+
+def _config_float(tmp: Path) -> None:
+    ModelConfig(vocab_size=1e3)  # type: ignore[arg-type]
+
+
+def _config_huge(tmp: Path) -> None:
+    ModelConfig(vocab_size=10**12)
+
+
+def _jsonl_not_utf8(tmp: Path) -> None:
+    from longseq.data.datasets import TextClassificationDataset
+    from longseq.data.tokenizers import ByteTokenizer
+
+    path = tmp / "train.jsonl"
+    path.write_bytes(b'{"text": "ok", "label": "a"}\n{"text": "\xff\xfe", "label": "b"}\n')
+    TextClassificationDataset(path, ByteTokenizer(), 64)
+
+
+def _yaml_duplicate(tmp: Path) -> None:
+    from longseq.train import load_config
+
+    path = tmp / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  lr: 1\n")
+    load_config(path)
+
+
+def _lr_inf(tmp: Path) -> None:
+    from longseq.train import TrainConfig
+
+    TrainConfig.from_dict({"optim": {"lr": float("inf")}})
+
+
+ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("a layer call with batch size 0", _layer_batch0, "empty batch"),
+    ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
+    ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),
+    ("vocab_size: 1e12, before allocating", _config_huge, "vocab_size x hidden_size"),
+    ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
+    ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
+    ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),
+]
+
+
+@pytest.mark.parametrize(("what", "call", "message"), ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_gets_a_clear_error(tmp_path: Path, what, call, message) -> None:
+    with pytest.raises(ValueError) as err:
+        call(tmp_path)
+    assert message in str(err.value), (what, str(err.value))
