@@ -7,7 +7,7 @@ real-data tasks), the settings of each mechanism at that length, and the short
 forward+backward sweep over sequence lengths. Each mechanism is then trained with exactly the
 same values and the same seed.
 
-- `recall`: what `make run` runs (the recall task's preset), about 8 minutes on 2 CPU cores
+- `recall`: what `make run` runs (the recall task's preset), about 6 minutes on 2 CPU cores
   with all five mechanisms and 2 seeds each: associative recall at 256 tokens, with windows
   and blocks small enough that distance decides what each pattern reaches.
 - `default`: ListOps' preset, under 15 minutes on 2 CPU cores with all five mechanisms
@@ -165,7 +165,7 @@ def _parse(text: str, tp: Any, key: str) -> Any:
 PRESETS: dict[str, Preset] = {
     "recall": Preset(
         name="recall",
-        summary="make run, about 8 minutes on 2 CPU cores: associative recall by distance, "
+        summary="make run, about 6 minutes on 2 CPU cores: associative recall by distance, "
         "256 tokens, 2 seeds",
         hidden_size=64,
         num_layers=2,
