@@ -1,0 +1,161 @@
+"""GCIDE QA: definitions parsed from dictd entries, documents, answer spans, scores, training."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from longseq.data import gcide_qa
+from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
+
+COCKLE = """Cockle \\Coc"kle\\, v. t. [imp. & p. p. {Cockled}; p. pr. & vb. n.
+   {Cockling}.] [Of uncertian origin.]
+   To cause to contract into wrinkles or ridges, as some kinds
+   of cloth after a wetting.
+   [1913 Webster]
+
+   {Cockling sea}, waves dashing against each other.
+      [1913 Webster]
+"""
+TENTIF = """Tentif \\Ten"tif\\, a.
+   Attentive, careful and watchful in all things. [Obs.] --Chaucer.
+   [1913 Webster]
+"""
+
+
+def test_definitions() -> None:
+    assert gcide_qa.definition(COCKLE, "Cockle") == (
+        "To cause to contract into wrinkles or ridges, as some kinds of cloth after a wetting."
+    )
+    assert gcide_qa.definition(TENTIF, "Tentif") == "Attentive, careful and watchful in all things."
+    assert gcide_qa.definition(COCKLE, "Cockling sea") is None  # a sub-entry's headword
+    assert gcide_qa.definition("Wier \\Wier\\, n.\n   Same as {Weir}.\n", "Wier") is None  # short
+
+
+def _b64(value: int) -> str:
+    digits = ""
+    while True:
+        digits = gcide_qa._B64[value % 64] + digits
+        value //= 64
+        if not value:
+            return digits
+
+
+def fake_gcide(folder: Path, count: int = 400) -> Path:
+    """A dictd pair (gcide.dict + gcide.index) of `count` made-up entries."""
+    rng = random.Random(0)
+    words = ["amber", "basalt", "cinder", "dune", "ember", "flint", "granite", "heath"]
+    data, index = "", []
+    for i in range(count):
+        head = f"Term{i}"
+        body = " ".join(rng.choice(words) for _ in range(rng.randint(5, 12)))
+        entry = f"{head} \\{head}\\, n.\n   A {body} of kind {i}.\n   [1913 Webster]\n\n"
+        index.append(f"{head}\t{_b64(len(data.encode()))}\t{_b64(len(entry.encode()))}")
+        data += entry
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gcide.dict").write_text(data)
+    (folder / "gcide.index").write_text("\n".join(index) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gqa")
+    source = fake_gcide(root / "src")
+    out = root / "data"
+    sizes = {"train": 40, "val": 8, "test": 8}
+    gcide_qa.build(out, source, length=600, sizes=sizes, vocab_size=400, progress=False)
+    return out
+
+
+def test_build_writes_answerable_documents(built: Path) -> None:
+    heads = {}
+    for split in gcide_qa.SPLITS:
+        lines = [json.loads(x) for x in (built / f"{split}.jsonl").read_text().splitlines()]
+        assert lines
+        for ex in lines:
+            a = ex["answer_start"]
+            assert ex["context"][a : a + len(ex["answer_text"])] == ex["answer_text"]
+            assert f"\n{ex['headword']}: " in "\n" + ex["context"]
+            assert ex["question"] == f"{ex['headword']}?"
+            assert len(ex["context"]) >= 600
+        heads[split] = {h for ex in lines for h in _headwords(ex["context"])}
+    assert not heads["train"] & heads["test"]  # each headword in one split only
+    assert json.loads((built / "stats.json").read_text())["splits"]["test"]["examples"] == 8
+    assert load_tokenizer(built / "tokenizer.json").vocab_size <= 400
+
+
+def _headwords(context: str) -> list[str]:
+    return [line.split(":", 1)[0] for line in context.splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "byte"])
+def test_dataset_spans_are_the_answer(built: Path, kind: str) -> None:
+    tok = load_tokenizer(built / "tokenizer.json") if kind == "bpe" else ByteTokenizer()
+    ds = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=1024)
+    lines = [json.loads(x) for x in (built / "test.jsonl").read_text().splitlines()]
+    assert len(ds) == len(lines) and ds.dropped == 0
+    for item, ex in zip(ds.items, lines, strict=True):
+        ids = item["input_ids"]
+        span = tok.decode(ids[item["start_positions"] : item["end_positions"] + 1])
+        assert span.strip() == ex["answer_text"]
+        q = len(tok.encode(ex["question"])) + 2
+        assert item["global_attention_mask"][:q] == [1] * q and sum(item["global_attention_mask"]) == q
+    ends = sorted(item["end_positions"] for item in ds.items)
+    cut = ends[len(ends) // 2] + 1  # the answers ending later no longer fit: left out
+    short = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=cut)
+    assert short.dropped == sum(e >= cut for e in ends) > 0
+    assert len(short) + short.dropped == len(lines)
+    with pytest.raises(ValueError, match="no example's answer fits"):
+        gcide_qa.QADataset(built / "test.jsonl", tok, max_length=ends[0])
+
+
+def test_best_spans_and_scores() -> None:
+    start = torch.tensor([[9.0, 0, 5, 0, 0, 0]])
+    end = torch.tensor([[9.0, 0, 0, 4, 0, 0]])
+    # position 0 is the question: excluded; (2, 3) is the best span in the context
+    assert gcide_qa.best_spans(start, end, torch.tensor([1]), max_answer=4).tolist() == [[2, 3]]
+    # (2, 5) would score 5 + 9 but is longer than max_answer = 2 tokens: (4, 5) wins, 0 + 9
+    end = torch.tensor([[0.0, 0, 0, 0, 0, 9]])
+    assert gcide_qa.best_spans(start, end, torch.tensor([1]), max_answer=2).tolist() == [[4, 5]]
+    assert gcide_qa.best_spans(start, end, torch.tensor([1]), max_answer=4).tolist() == [[2, 5]]
+    pred = torch.tensor([[2, 5], [2, 3], [7, 8]])
+    gold = torch.tensor([[2, 5], [3, 4], [1, 2]])
+    exact, f1 = gcide_qa.span_scores(pred, gold)
+    assert exact.tolist() == [1.0, 0.0, 0.0]
+    assert f1.tolist() == pytest.approx([1.0, 2 * 1 / 4, 0.0])
+
+
+@pytest.mark.parametrize("attention", ["full", "longformer"])
+def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: str) -> None:
+    from longseq.train import train
+
+    options = {"window": 16} if attention == "longformer" else {}
+    result = train(
+        {
+            "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                      "intermediate_size": 32, "attention": attention,
+                      "attention_options": options},
+            "data": {"task": "qa", "train": str(built / "train.jsonl"),
+                     "val": str(built / "val.jsonl"), "test": str(built / "test.jsonl"),
+                     "max_length": 512, "batch_size": 4},
+            "optim": {"max_steps": 2},
+            "run": {"out": str(tmp_path / "run"), "eval_every": 2, "metric": "f1",
+                    "progress": False, "tensorboard": False, "threads": 1},
+        }
+    )
+    assert set(result.test) >= {"loss", "exact_match", "f1"}
+    assert 0.0 <= result.test["f1"] <= 1.0
+    # the recorded test F1 is the mean of the per-example scores of the best model
+    from longseq.models import from_pretrained
+
+    tok = load_tokenizer(built / "tokenizer.json")
+    rows = gcide_qa.scores_by_distance(
+        from_pretrained(tmp_path / "run" / "best"),
+        gcide_qa.QADataset(built / "test.jsonl", tok, 512),
+    )
+    assert result.test["f1"] == pytest.approx(sum(r[2] for r in rows) / len(rows))
