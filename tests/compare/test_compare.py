@@ -267,10 +267,9 @@ def recall_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, runner.S
 def test_recall_runs_every_seed_and_scores_by_distance(
     recall_run: tuple[Path, runner.Summary],
 ) -> None:
-    from longseq.data import recall
+    from longseq.data.recall import RecallDataset, accuracy_by_distance
     from longseq.models import from_pretrained
 
-    RecallDataset, accuracy_by_distance = recall.RecallDataset, recall.accuracy_by_distance
     out, summary = recall_run
     assert summary.ok
     lines = read_jsonl(out / runner.RESULTS)
