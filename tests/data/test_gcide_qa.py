@@ -104,7 +104,9 @@ def test_dataset_spans_are_the_answer(built: Path, kind: str) -> None:
         span = tok.decode(ids[item["start_positions"] : item["end_positions"] + 1])
         assert span.strip() == ex["answer_text"]
         q = len(tok.encode(ex["question"])) + 2
-        assert item["global_attention_mask"][:q] == [1] * q and sum(item["global_attention_mask"]) == q
+        assert (
+            item["global_attention_mask"][:q] == [1] * q and sum(item["global_attention_mask"]) == q
+        )
     ends = sorted(item["end_positions"] for item in ds.items)
     cut = ends[len(ends) // 2] + 1  # the answers ending later no longer fit: left out
     short = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=cut)
@@ -137,15 +139,31 @@ def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: st
     options = {"window": 16} if attention == "longformer" else {}
     result = train(
         {
-            "model": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
-                      "intermediate_size": 32, "attention": attention,
-                      "attention_options": options},
-            "data": {"task": "qa", "train": str(built / "train.jsonl"),
-                     "val": str(built / "val.jsonl"), "test": str(built / "test.jsonl"),
-                     "max_length": 512, "batch_size": 4},
+            "model": {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "intermediate_size": 32,
+                "attention": attention,
+                "attention_options": options,
+            },
+            "data": {
+                "task": "qa",
+                "train": str(built / "train.jsonl"),
+                "val": str(built / "val.jsonl"),
+                "test": str(built / "test.jsonl"),
+                "max_length": 512,
+                "batch_size": 4,
+            },
             "optim": {"max_steps": 2},
-            "run": {"out": str(tmp_path / "run"), "eval_every": 2, "metric": "f1",
-                    "progress": False, "tensorboard": False, "threads": 1},
+            "run": {
+                "out": str(tmp_path / "run"),
+                "eval_every": 2,
+                "metric": "f1",
+                "progress": False,
+                "tensorboard": False,
+                "threads": 1,
+            },
         }
     )
     assert set(result.test) >= {"loss", "exact_match", "f1"}

@@ -34,7 +34,9 @@ def test_labels_match_an_independent_solver() -> None:
     for ex in recall.generate(SPEC, 200, seed=3):
         f = recall.features(ex)
         answers = solve(f["input_ids"], f["token_type_ids"])
-        labelled = {i: (lab, f["distance"][i]) for i, lab in enumerate(f["labels"]) if lab != IGNORE}
+        labelled = {
+            i: (lab, f["distance"][i]) for i, lab in enumerate(f["labels"]) if lab != IGNORE
+        }
         assert answers == labelled
         assert len(labelled) == SPEC.pairs
         keys = [k for k, *_ in ex["pairs"]]
@@ -46,9 +48,7 @@ def test_labels_match_an_independent_solver() -> None:
 
 
 def test_distances_follow_the_ranges() -> None:
-    dists = [
-        q - p for ex in recall.generate(SPEC, 500, seed=0) for _k, _v, p, q in ex["pairs"]
-    ]
+    dists = [q - p for ex in recall.generate(SPEC, 500, seed=0) for _k, _v, p, q in ex["pairs"]]
     assert all(1 <= d <= 60 for d in dists)
     near = sum(d <= 4 for d in dists) / len(dists)
     assert 0.4 < near < 0.6  # a range is chosen uniformly, then a distance in it
@@ -57,11 +57,33 @@ def test_distances_follow_the_ranges() -> None:
 
 
 def test_files_round_trip(tmp_path: Path) -> None:
-    assert main(
-        ["data", "recall", "--out", str(tmp_path), "--length", "64", "--pairs", "4",
-         "--keys", "6", "--values", "3", "--distances", "1:4,5:60",
-         "--train", "20", "--val", "5", "--test", "7"]
-    ) == 0
+    assert (
+        main(
+            [
+                "data",
+                "recall",
+                "--out",
+                str(tmp_path),
+                "--length",
+                "64",
+                "--pairs",
+                "4",
+                "--keys",
+                "6",
+                "--values",
+                "3",
+                "--distances",
+                "1:4,5:60",
+                "--train",
+                "20",
+                "--val",
+                "5",
+                "--test",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert recall.read_spec(tmp_path).distances == ((1, 4), (5, 60))
     ds = RecallDataset(recall.split_path(tmp_path, "test"))
     assert len(ds) == 7

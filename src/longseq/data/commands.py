@@ -1,4 +1,7 @@
-"""`longseq data shakespeare|kernel-docs|gcide|listops|recall|gcide-qa --out DIR`: build the data sets.
+"""`longseq data NAME --out DIR`: build the data sets.
+
+NAME: shakespeare, kernel-docs, gcide (real data from installed packages), gcide-qa (QA on
+GCIDE entries), listops and recall (generated).
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that

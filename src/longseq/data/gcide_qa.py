@@ -239,13 +239,13 @@ def _readme(stats: dict[str, Any]) -> str:
     s = stats["splits"]
     return f"""# GCIDE long-document QA (longseq data gcide-qa)
 
-Documents of about {stats['length']:,} characters of real GCIDE dictionary entries, one per
+Documents of about {stats["length"]:,} characters of real GCIDE dictionary entries, one per
 line as `Headword: definition`; the question "HEADWORD?" names one of them and the
 answer is its definition (a span of the document). Headwords are split 90/5/5 between
-train / val / test ({stats['entries']['train']:,} / {stats['entries']['val']:,} /
-{stats['entries']['test']:,} entries); {s['train']['examples']:,} / {s['val']['examples']:,} /
-{s['test']['examples']:,} documents (seed {stats['seed']}). About {s['train']['tokens_p50']}
-tokens per question + document with tokenizer.json (byte-level BPE, {stats['vocab_size']:,}
+train / val / test ({stats["entries"]["train"]:,} / {stats["entries"]["val"]:,} /
+{stats["entries"]["test"]:,} entries); {s["train"]["examples"]:,} / {s["val"]["examples"]:,} /
+{s["test"]["examples"]:,} documents (seed {stats["seed"]}). About {s["train"]["tokens_p50"]}
+tokens per question + document with tokenizer.json (byte-level BPE, {stats["vocab_size"]:,}
 ids, trained on the train split). Source: the GNU Collaborative International Dictionary of
 English (GPL), Debian package dict-gcide. Format: `longseq/data/gcide_qa.py`.
 """

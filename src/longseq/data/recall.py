@@ -284,14 +284,12 @@ def accuracy_by_distance(
             multiple = model.pad_multiple()
             width = -(-width // multiple) * multiple
 
-            def pad(key: str, value: int, rows: Sequence[dict] = rows) -> Any:
-                return torch.tensor(
-                    [r[key] + [value] * (width - len(r[key])) for r in rows], device=device
-                )
-
-            ids, types = pad("input_ids", 0), pad("token_type_ids", 0)
-            labels, dist = pad("labels", IGNORE), pad("distance", 0)
-            mask = pad("input_ids", -1) >= 0
+            ids, types = _pad(rows, "input_ids", 0, width), _pad(rows, "token_type_ids", 0, width)
+            labels, dist = _pad(rows, "labels", IGNORE, width), _pad(rows, "distance", 0, width)
+            mask = _pad(rows, "input_ids", -1, width) >= 0
+            ids, types, labels, dist, mask = (
+                t.to(device) for t in (ids, types, labels, dist, mask)
+            )
             logits = model(ids, attention_mask=mask.long(), token_type_ids=types).logits
             hit = logits.argmax(-1) == labels
             real = labels != IGNORE
@@ -300,6 +298,13 @@ def accuracy_by_distance(
                 c[0] += int(h)
                 c[1] += 1
     return [[d, c, t] for d, (c, t) in sorted(counts.items())]
+
+
+def _pad(rows: Sequence[dict[str, Any]], key: str, value: int, width: int) -> Any:
+    """rows[i][key] padded with `value` to `width`, as a (len(rows), width) tensor."""
+    import torch
+
+    return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
 
 
 def _readme(spec: RecallSpec, sizes: dict[str, int], seed: int) -> str:
