@@ -21,9 +21,9 @@ feed-forward), and keeps per layer a cache of keys and values:
 Both are one structure: slots with the position each holds (-1: empty), and a query at
 position t may see slot s iff 0 <= t - pos(s) <= reach_h and (t - pos(s)) % d_h == 0.
 Mechanisms without an exact incremental form recompute the whole forward at every step:
-causal BigBird (its random blocks are drawn from the number of blocks, which grows with the
-sequence, so earlier positions' outputs change) and causal LSH (bucket sorting and chunk
-boundaries are over the whole sequence). `cache_kind(model)` says which path a model takes.
+causal BigBird (prefix-stable, but its block cache is not built yet) and causal LSH (bucket
+sorting and chunk boundaries are over the whole sequence). `cache_kind(model)` says which
+path a model takes.
 
 Positions. Learned and axial tables end at `max_length`, and full attention was trained on at
 most `max_length` tokens: generation stops there (`finish_reason == "max_length"`). A model
@@ -63,8 +63,8 @@ PREFILL_CHUNK = 256
 # ------------------------------------------------------------------------------ cache plan
 
 _RECOMPUTE_REASONS = {
-    "bigbird": "causal BigBird draws its random blocks from the number of blocks, which grows "
-    "with the sequence, so the outputs at earlier positions change: no exact incremental form",
+    "bigbird": "causal BigBird is prefix-stable, but its incremental block cache is not built "
+    "yet",
     "lsh": "LSH sorts the whole sequence into hash buckets and chunks, whose boundaries move as "
     "tokens are added: no exact incremental form",
 }
