@@ -63,8 +63,7 @@ PREFILL_CHUNK = 256
 # ------------------------------------------------------------------------------ cache plan
 
 _RECOMPUTE_REASONS = {
-    "bigbird": "causal BigBird is prefix-stable, but its incremental block cache is not built "
-    "yet",
+    "bigbird": "causal BigBird is prefix-stable, but its incremental block cache is not built yet",
     "lsh": "LSH sorts the whole sequence into hash buckets and chunks, whose boundaries move as "
     "tokens are added: no exact incremental form",
 }
