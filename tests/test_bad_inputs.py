@@ -52,7 +52,52 @@ def _lr_inf(tmp: Path) -> None:
     TrainConfig.from_dict({"optim": {"lr": float("inf")}})
 
 
+def _truncated_model(tmp: Path, architecture: str = "encoder") -> Path:
+    from longseq.models import build_model
+
+    cfg = ModelConfig(
+        architecture=architecture,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        max_length=32,
+    )
+    build_model(cfg, seed=0).save_pretrained(tmp / "model")
+    weights = tmp / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return tmp / "model"
+
+
+def _from_pretrained_cut(tmp: Path) -> None:
+    from longseq.models import from_pretrained
+
+    from_pretrained(_truncated_model(tmp))
+
+
+def _init_from_cut(tmp: Path) -> None:
+    from longseq.train import train
+
+    data = tmp / "train.jsonl"
+    data.write_text('{"text": "abcabc", "label": "a"}\n{"text": "bcabca", "label": "b"}\n')
+    train(
+        {
+            "model": {"init_from": str(_truncated_model(tmp, "masked-lm"))},
+            "data": {
+                "task": "classification",
+                "train": str(data),
+                "batch_size": 2,
+                "max_length": 32,
+            },
+            "optim": {"max_steps": 1},
+            "run": {"out": str(tmp / "run"), "progress": False, "tensorboard": False},
+        }
+    )
+
+
 ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
+    ("init_from a cut model", _init_from_cut, "init_from: "),
     ("a layer call with batch size 0", _layer_batch0, "empty batch"),
     ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),

@@ -791,7 +791,12 @@ def _load_matching(model: nn.Module, path: Path) -> list[str]:
 
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for a cut or bad file
+        raise ValueError(
+            f"model.init_from: {path} is not a readable safetensors file ({e})"
+        ) from None
     own = model.state_dict()
     bad = [
         f"{k}: saved {tuple(v.shape)} vs now {tuple(own[k].shape)}"
