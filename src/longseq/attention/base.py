@@ -67,8 +67,8 @@ class SelfAttention(nn.Module):
         real, glob = ops.check_masks(
             hidden_states, attention_mask, global_attention_mask, self.supports_global, self.name
         )
-        # padding is zeroed first: whatever it holds (even NaN) never reaches a real output
-        hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
+        if attention_mask is not None:  # whatever padding holds (even NaN) stays out
+            hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
         context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
         return out.masked_fill(~real.unsqueeze(-1), 0.0)

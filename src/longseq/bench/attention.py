@@ -615,7 +615,7 @@ def time_round_robin(
             except Exception as err:  # e.g. out of memory on CUDA: record, go on
                 failed[spec.name] = _short_error(err)
                 if bar is not None:
-                    bar.update(rounds - r - 1)
+                    bar.update(max(0, rounds - r - 1))
             if bar is not None:
                 bar.update(1)
         r += 1

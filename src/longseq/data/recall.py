@@ -34,7 +34,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -275,36 +275,25 @@ def accuracy_by_distance(
     """[distance, correct, total] for every distance present, in the model's predictions."""
     import torch
 
+    from longseq.data.collate import Collator
+
+    # the trainer's padding: per-token fields with 0, labels with IGNORE, the attention mask
+    collate = Collator(pad_id=0, pad_to_multiple_of=model.pad_multiple())
     counts: dict[int, list[int]] = {}
     model.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
-            rows = [features(ex) for ex in dataset.examples[start : start + batch_size]]
-            width = max(len(r["input_ids"]) for r in rows)
-            multiple = model.pad_multiple()
-            width = -(-width // multiple) * multiple
-
-            ids, types = _pad(rows, "input_ids", 0, width), _pad(rows, "token_type_ids", 0, width)
-            labels, dist = _pad(rows, "labels", IGNORE, width), _pad(rows, "distance", 0, width)
-            mask = _pad(rows, "input_ids", -1, width) >= 0
-            ids, types, labels, dist, mask = (
-                t.to(device) for t in (ids, types, labels, dist, mask)
-            )
-            logits = model(ids, attention_mask=mask.long(), token_type_ids=types).logits
-            hit = logits.argmax(-1) == labels
+            exs = dataset.examples[start : start + batch_size]
+            batch = collate([{k: torch.tensor(v) for k, v in features(ex).items()} for ex in exs])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            dist, labels = batch.pop("distance"), batch.pop("labels")
+            hit = model(**batch).logits.argmax(-1) == labels
             real = labels != IGNORE
             for d, h in zip(dist[real].tolist(), hit[real].tolist(), strict=True):
                 c = counts.setdefault(d, [0, 0])
                 c[0] += int(h)
                 c[1] += 1
     return [[d, c, t] for d, (c, t) in sorted(counts.items())]
-
-
-def _pad(rows: Sequence[dict[str, Any]], key: str, value: int, width: int) -> Any:
-    """rows[i][key] padded with `value` to `width`, as a (len(rows), width) tensor."""
-    import torch
-
-    return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
 
 
 def _readme(spec: RecallSpec, sizes: dict[str, int], seed: int) -> str:

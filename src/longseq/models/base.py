@@ -25,6 +25,18 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, with clear errors (missing, cut or not safetensors);
+    nothing is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+
+
 class LongseqModel(nn.Module):
     """Base of every head: `self.body` is the Transformer; subclasses add their head."""
 
@@ -156,12 +168,7 @@ class LongseqModel(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Load a safetensors file into this model; names and shapes must all match."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights file at {path}")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+        state = read_weights(path)
         expected = {k: v for k, v in self.state_dict().items() if k not in self.tied_keys()}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -237,4 +244,5 @@ __all__ = [
     "build_model",
     "from_pretrained",
     "read_config",
+    "read_weights",
 ]

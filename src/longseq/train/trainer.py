@@ -409,12 +409,14 @@ class _Trainer:
 
     def _check_weights(self) -> None:
         """Raise before a save if a weight is not finite (a diverging run is never saved)."""
-        for name, p in self.model.named_parameters():
-            if not bool(torch.isfinite(p.detach()).all()):
-                raise FloatingPointError(
-                    f"step {self.step}: parameter {name} is not finite; not saved (the last "
-                    f"checkpoint is step {self.saved_step}): lower optim.lr"
-                )
+        named = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+        if not bool(finite.all()):  # one device sync, then the first offender's name
+            name = named[int((~finite).nonzero()[0])][0]
+            raise FloatingPointError(
+                f"step {self.step}: parameter {name} is not finite; not saved (the last "
+                f"checkpoint is step {self.saved_step}): lower optim.lr"
+            )
 
     def save_last(self) -> None:
         self._check_weights()
@@ -787,16 +789,12 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
 
 def _load_matching(model: nn.Module, path: Path) -> list[str]:
     """Copy the weights whose names and shapes match; a body mismatch is an error."""
-    from safetensors.torch import load_file
+    from longseq.models.base import read_weights
 
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
     try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type for a cut or bad file
-        raise ValueError(
-            f"model.init_from: {path} is not a readable safetensors file ({e})"
-        ) from None
+        state = read_weights(path)
+    except ValueError as e:
+        raise ValueError(f"model.init_from: {e}") from None
     own = model.state_dict()
     bad = [
         f"{k}: saved {tuple(v.shape)} vs now {tuple(own[k].shape)}"
