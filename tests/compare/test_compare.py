@@ -324,8 +324,8 @@ def _rec(m: str, n: int, ms: float) -> dict:
 
 @pytest.mark.parametrize(("retimed", "flagged"), [(1.5, False), (3.5, True)])
 def test_a_time_never_falls_with_length(monkeypatch, retimed: float, flagged: bool) -> None:
-    """A time that falls as n grows is re-timed (load only slows a call, so the shorter point
-    was disturbed); if the fastest call still falls, both points are flagged."""
+    """A time that falls as n grows: the shorter point is re-timed (load only slows a call, so
+    it was the one disturbed); if the fastest call still falls, both points are flagged."""
     from longseq.bench import attention as A
     from longseq.compare import sweep
 

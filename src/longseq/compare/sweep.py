@@ -11,8 +11,8 @@ with its code:
   time_round_robin`). Interference from other processes shows as spread: while a model's
   calls differ by more than `TOLERANCE` (slowest / fastest - 1), more rounds are run, up to
   3 x `repeats`; a point still that spread is marked `under_load`. A time that falls as n
-  grows is a measurement error: both points are timed again (`repeats` more calls each)
-  and, if the fastest time still falls, both are marked `under_load`;
+  grows is a measurement error: load only slows a call, so the shorter point is timed again
+  (`repeats` more calls) and, if the fastest time still falls, both are marked `under_load`;
 - peak memory: one forward, then one forward+backward, in a fresh process per model and
   length (`isolate.call`): the growth of the resident set size on CPU (activations,
   gradients, workspace; the weights and the input exist before), `max_memory_allocated` on
@@ -220,8 +220,7 @@ def run(
                 model, fn = build(configs[m](n), n, batch, device)
                 layers.append((Row(m), model, fn))
         # the models ignore x (their inputs are fixed); its shape names n in the progress bar
-        dummy = torch.zeros(1, n, device=device)
-        times, failed = time_round_robin(layers, dummy, bench_cfg, bar)
+        times, failed = time_round_robin(layers, _dummy(n, device), bench_cfg, bar)
         for row, _, _ in layers:
             for mode in MODES:
                 if row.name in failed:
@@ -243,7 +242,8 @@ def _never_falling(
     device: str,
     bench_cfg: Any,
 ) -> None:
-    """Re-time both points where a model's fastest time falls as n grows; flag if it still does."""
+    """Where a model's fastest time falls as n grows, re-time the shorter point (load only
+    slows a call, so it is the one disturbed); flag both if the time still falls."""
     from longseq.bench.attention import spread, time_round_robin
 
     for m in configs:
@@ -255,17 +255,16 @@ def _never_falling(
             for a, b in itertools.pairwise(pts):
                 if b["min_ms"] >= a["min_ms"]:
                     continue
-                for r in (a, b):  # `repeats` more calls each
-                    model, fn = build(configs[m](r["n"]), r["n"], batch, device)
-                    x = _dummy(r["n"], device)
-                    more, failed = time_round_robin([(Row(m), model, fn)], x, bench_cfg)
-                    if m not in failed:
-                        r["times_ms"] = r["times_ms"] + more[m][mode]
-                        times = r["times_ms"]
-                        r["median_ms"], r["min_ms"] = statistics.median(times), min(times)
-                        r["spread"] = spread(times)
-                    del model, fn
-                    gc.collect()
+                model, fn = build(configs[m](a["n"]), a["n"], batch, device)
+                more, failed = time_round_robin(
+                    [(Row(m), model, fn)], _dummy(a["n"], device), bench_cfg
+                )
+                if m not in failed:
+                    times = a["times_ms"] = a["times_ms"] + more[m][mode]
+                    a["median_ms"], a["min_ms"] = statistics.median(times), min(times)
+                    a["spread"] = spread(times)
+                del model, fn
+                gc.collect()
                 if b["min_ms"] < a["min_ms"]:
                     for r in (a, b):
                         r["under_load"] = True
