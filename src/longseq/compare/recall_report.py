@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longseq.compare.report import _colours, by_mechanism, mean
+from longseq.compare.report import by_mechanism, colours, mean
 
 Record = dict[str, Any]
 
@@ -60,13 +61,19 @@ def test_queries(path: str | Path) -> list[tuple[int, int]]:
     return [(q, p) for ex in read_split(path) for _k, _v, p, q in ex["pairs"]]
 
 
+@dataclass
+class Prediction:
+    basis: str  # how the reach was computed, one line
+    bands: dict[tuple[int, int], tuple[float, float]]  # distance range -> accuracy (low, high)
+
+
 def predictions(
     results: list[Record], queries: list[tuple[int, int]], spec: dict[str, Any], chance: float
-) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
-    """mechanism -> (low, high) distance range -> predicted accuracy band (fractions)."""
+) -> dict[str, Prediction]:
+    """mechanism -> the predicted accuracy band (fractions) of every distance range and bin."""
     from longseq.compare import predict
 
-    out: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
+    out: dict[str, Prediction] = {}
     ranges = sorted(set(_ranges(spec)) | set(bins(spec)))
     for m, runs in by_mechanism(results).items():
         cfg = runs[0].get("model_config") or runs[0].get("config", {}).get("model", {})
@@ -80,11 +87,11 @@ def predictions(
             )
         except (ValueError, KeyError):
             continue  # a mechanism with no reach model: measured only
-        out[m] = {
+        bands = {
             (a, b): predict.band(r, [(q, p) for q, p in queries if a <= q - p <= b], chance)
             for a, b in ranges
         }
-        out[m]["basis"] = r.basis  # type: ignore[assignment]
+        out[m] = Prediction(r.basis, bands)
     return out
 
 
@@ -146,7 +153,7 @@ def section(
     for m, runs in groups.items():
         cells = [m]
         for a, b in ranges:
-            band = preds.get(m, {}).get((a, b))
+            band = preds[m].bands[a, b] if m in preds else None
             acc, seeds, n = _measured(runs, a, b)
             pred = (
                 "–"
@@ -169,7 +176,7 @@ def section(
             cells += [pred, meas]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "How each prediction is computed:", ""]
-    lines += [f"- {m}: {p['basis']}" for m, p in preds.items() if "basis" in p]
+    lines += [f"- {m}: {p.basis}" for m, p in preds.items()]
     lines += [""]
     if notes:
         lines += [
@@ -233,7 +240,7 @@ def separation(groups: dict[str, list[Record]]) -> list[str]:
 
 def plot_distance(
     groups: dict[str, list[Record]],
-    preds: dict[str, Any],
+    preds: dict[str, Prediction],
     spec: dict[str, Any],
     chance: float,
     path: Path,
@@ -247,7 +254,7 @@ def plot_distance(
     edges = bins(spec)
     centres = [math.sqrt(a * b) for a, b in edges]
     names = list(groups)
-    colour = _colours(names)
+    colour = colours(names)
     fig, axes = plt.subplots(
         1, len(names), figsize=(3.1 * len(names), 3.4), sharey=True, squeeze=False
     )
@@ -255,8 +262,8 @@ def plot_distance(
     for ax, m in zip(axes[0], names, strict=True):
         runs = groups[m]
         if m in preds:
-            lo = [100 * preds[m][e][0] for e in edges]
-            hi = [100 * preds[m][e][1] for e in edges]
+            lo = [100 * preds[m].bands[e][0] for e in edges]
+            hi = [100 * preds[m].bands[e][1] for e in edges]
             ax.fill_between(
                 centres, lo, hi, color=colour[m], alpha=0.15, step="mid", label="predicted"
             )
@@ -308,7 +315,7 @@ def plot_tradeoff(groups: dict[str, list[Record]], sweep: list[Record], path: Pa
     if not lengths:
         return False
     shown = sorted({lengths[0], lengths[-1]})
-    colour = _colours(names)
+    colour = colours(names)
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
     for ax, n in zip(axes[0], shown, strict=True):
         right = 0.0

@@ -146,7 +146,7 @@ def sweep_tables(records: list[Record]) -> str:
     return "\n".join(parts)
 
 
-def _colours(names: list[str]) -> dict[str, Any]:
+def colours(names: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
@@ -163,7 +163,7 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colour = _colours([r["mechanism"] for r in results])
+    colour = colours([r["mechanism"] for r in results])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     scale = 100.0 if task.metric in PERCENT else 1.0
     labelled: set[str] = set()
@@ -203,7 +203,7 @@ def plot_sweep(records: list[Record], path: Path, title: str) -> None:
     ok = [r for r in records if r["mode"] == "fwd+bwd" and r["status"] == "ok"]
     names = list(dict.fromkeys(r["mechanism"] for r in records))
     lengths = sorted({r["n"] for r in records})
-    colour = _colours(names)
+    colour = colours(names)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, key, label in (
         (axes[0], "median_ms", "forward+backward time (ms)"),

@@ -119,9 +119,14 @@ class Plan:
         """What must match for --resume to reuse finished runs."""
         return {
             "task": self.task,
-            "preset": self.preset_spec.to_dict(),
+            "preset": _settings_only(self.preset_spec.to_dict()),
             "data": str(self.data) if self.data is not None else None,
         }
+
+
+def _settings_only(preset: dict[str, Any]) -> dict[str, Any]:
+    """A preset without its description: rewording a summary changes no result."""
+    return {k: v for k, v in preset.items() if k != "summary"}
 
 
 # ----------------------------------------------------------------------------- training
@@ -273,9 +278,11 @@ def _check_folder(plan: Plan) -> None:
             f"{out} already holds a compare run; pass --resume to continue it (finished "
             "mechanisms are kept), or choose another --out"
         )
-    new = plan.identity()
-    if old.get("identity") != new:
-        diff = _differences(old.get("identity", {}), new)
+    new, then = plan.identity(), dict(old.get("identity", {}))
+    if isinstance(then.get("preset"), dict):  # folders written before the summary was dropped
+        then["preset"] = _settings_only(then["preset"])
+    if then != new:
+        diff = _differences(then, new)
         raise ValueError(
             f"--resume: {out} was made with other settings ({'; '.join(diff[:4])}); "
             "use the same task, preset and options, or choose another --out"
