@@ -177,3 +177,16 @@ def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: st
         gcide_qa.QADataset(built / "test.jsonl", tok, 512),
     )
     assert result.test["f1"] == pytest.approx(sum(r[2] for r in rows) / len(rows))
+
+
+def test_best_spans_equal_a_brute_force_search() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n, w = 17, 5
+        start, end = torch.randn(3, n, generator=gen), torch.randn(3, n, generator=gen)
+        first = torch.randint(0, 6, (3,), generator=gen)
+        got = gcide_qa.best_spans(start, end, first, max_answer=w).tolist()
+        for b in range(3):
+            spans = [(s, e) for s in range(int(first[b]), n) for e in range(s, min(n, s + w))]
+            best = max(spans, key=lambda se: float(start[b, se[0]] + end[b, se[1]]))
+            assert tuple(got[b]) == best

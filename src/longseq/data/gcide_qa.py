@@ -320,18 +320,18 @@ class QADataset:
 
 def best_spans(start: Any, end: Any, context_from: Any, max_answer: int) -> Any:
     """(B, 2): the span (s, e), s <= e < s + max_answer, s >= context_from, that maximises
-    start[s] + end[e]. start, end: (B, N) logits; context_from: (B,) first context token."""
+    start[s] + end[e]. start, end: (B, N) logits; context_from: (B,) first context token.
+    Scores only the N x max_answer allowed spans (never N x N)."""
     import torch
 
-    n = start.shape[1]
-    pos = torch.arange(n, device=start.device)
-    width = pos[None, :] - pos[:, None]  # e - s
-    allowed = (width >= 0) & (width < max_answer)
-    scores = start.float()[:, :, None] + end.float()[:, None, :]
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    scores = scores.masked_fill((pos[None, :, None] < context_from[:, None, None]), float("-inf"))
-    flat = scores.flatten(1).argmax(-1)
-    return torch.stack([flat // n, flat % n], -1)
+    b, n = start.shape
+    w = min(max_answer, n)
+    ends = torch.cat([end.float(), end.new_full((b, w - 1), float("-inf"))], 1)
+    scores = start.float()[:, :, None] + ends.unfold(1, w, 1)  # [b, s, j]: span (s, s + j)
+    before = torch.arange(n, device=start.device)[None, :] < context_from[:, None]
+    flat = scores.masked_fill(before[:, :, None], float("-inf")).flatten(1).argmax(-1)
+    first = flat // w
+    return torch.stack([first, first + flat % w], -1)
 
 
 def span_scores(pred: Any, gold: Any) -> tuple[Any, Any]:
