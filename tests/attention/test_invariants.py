@@ -71,6 +71,22 @@ def test_causal_never_sees_the_future(case):
         assert torch.all(g[0, i + 1 :] == 0), f"position {i} depends on a later position"
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].get("causal")], ids=case_id)
+def test_causal_is_prefix_stable(case):
+    """The output at t is the output of the layer run on tokens 0..t alone, and rewriting the
+    tail leaves every earlier output unchanged (what generation through a cache needs)."""
+    name, opts = case
+    layer = make(name, opts)
+    n = 23
+    x = torch.randn(1, n, HIDDEN, dtype=torch.float64)
+    full = layer(x)
+    for t in range(n):
+        torch.testing.assert_close(layer(x[:, : t + 1])[:, t], full[:, t], rtol=1e-10, atol=1e-10)
+    y = x.clone()
+    y[:, 15:] = torch.randn(1, n - 15, HIDDEN, dtype=torch.float64)
+    assert torch.equal(layer(y)[:, :15], full[:, :15])
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_eval_is_deterministic(case):
     name, opts = case

@@ -9,7 +9,7 @@ on the mechanism, and what padding holds on input (even NaN) never reaches a rea
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -55,6 +55,14 @@ class SelfAttention(nn.Module):
         # Optional (q, k) -> (q, k) position transform applied in `project`, e.g. the model's
         # rotary embedding. Kept duck-typed so `attention` never imports `layers`.
         self.rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+
+    @classmethod
+    def model_options(
+        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
+    ) -> dict[str, Any]:
+        """The layer options a model passes for layer `layer` of a model of `max_length`
+        positions: `opts` completed with what the mechanism derives from the model."""
+        return opts
 
     def forward(
         self,

@@ -62,6 +62,7 @@ and sequences of n <= (5 + 2r) * b tokens get full attention, as HF switches to
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,12 @@ _layout = functools.lru_cache(maxsize=128)(patterns.bigbird_layout)
 class BigBirdAttention(SelfAttention):
     name = "bigbird"
     supports_global = False
+
+    @classmethod
+    def model_options(
+        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
+    ) -> dict[str, Any]:
+        return {**opts, "layer_idx": layer}  # each layer draws its own random blocks
 
     def __init__(
         self,

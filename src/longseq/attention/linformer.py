@@ -30,7 +30,7 @@ Initialisation as lucidrains' `linformer`: E, F ~ uniform(-1/sqrt(k), 1/sqrt(k))
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +120,12 @@ class LinformerAttention(SelfAttention):
 
     name = "linformer"
     supports_causal: ClassVar[bool] = False
+
+    @classmethod
+    def model_options(
+        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
+    ) -> dict[str, Any]:
+        return {"max_seq_len": max_length, **opts}
 
     def __init__(
         self,

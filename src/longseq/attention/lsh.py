@@ -31,10 +31,27 @@ plain attention over it (no wrap), as in Hugging Face. wrap_rounds also copies H
 arithmetic (probabilities exp(s - logsumexp(s)), round weights exp(lse_r - logsumexp_r(lse))),
 whose float32 rounding differs visibly from a softmax in one case (see `_round_weights`).
 
-Masks within a window: padding keys and, when causal, keys at a later original position get
-NEG_INF (-1e9); the query's own key gets -1e5 (Hugging Face's self_mask_value), so a token
-attends to itself only when no other key is available, and a row is never empty (no NaN).
-(With wrap_rounds a query can meet itself in the previous round's chunk too: also -1e5.)
+Masks within a window: padding keys get NEG_INF (-1e9); the query's own key gets -1e5
+(Hugging Face's self_mask_value), so a token attends to itself only when no other key is
+available, and a row is never empty (no NaN). (With wrap_rounds a query can meet itself in the
+previous round's chunk too: also -1e5.)
+
+Causal attention is prefix-stable: the output at t depends on tokens <= t only, so a causal LM
+computes in training what it computes token by token when generating (`LSHCache`). Chunk
+boundaries in the sorted order move with where LATER tokens hash, so they cannot decide what an
+earlier query sees. Instead, with rank_r(t) = #{s < t : bucket_r(s) = bucket_r(t)} (how many
+earlier tokens share t's bucket in round r), query t sees in round r the keys
+
+    { s : bucket_r(s) = bucket_r(t),  0 <= rank_r(t) - rank_r(s) < chunk_length },
+
+the chunk_length latest tokens of its own bucket, itself included: a sliding window over each
+bucket, a function of tokens <= t. Within a bucket the sorted order is the position order, so
+rank differences are differences of sorted index, and those keys always lie in the query's
+window (its chunk and the previous one): the same kernel, with a mask (same bucket, sorted
+index in (i - chunk_length, i]) in place of "position <= t". The number of buckets must then be
+fixed (`num_buckets=None` derives it from the padded length). With wrap_rounds (Hugging Face
+parity) causal keeps Hugging Face's rule instead, keys at a later position masked, which is
+not prefix-stable.
 
 Rounds. Round r gives out_r(i) and lse_r(i) (the logsumexp of row i); they are combined as
 
@@ -102,6 +119,18 @@ class LSHAttention(SelfAttention):
     name = "lsh"
     shared_qk = True
 
+    @classmethod
+    def model_options(
+        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
+    ) -> dict[str, Any]:
+        """Causal models fix the bucket count from max_length (prefix stability)."""
+        if causal and not opts.get("wrap_rounds") and opts.get("num_buckets") is None:
+            c = opts.get("chunk_length", 64)
+            if ops.is_int(c) and c >= 1:
+                padded = -(-max_length // c) * c
+                opts = {**opts, "num_buckets": derived_num_buckets(padded, c)}
+        return opts
+
     def __init__(
         self,
         hidden_size: int,
@@ -136,6 +165,12 @@ class LSHAttention(SelfAttention):
         if not isinstance(wrap_rounds, bool):
             raise ValueError(f"wrap_rounds must be True or False, got {wrap_rounds!r}")
         ops.check_pad_multiple(pad_multiple, chunk_length)
+        if causal and not wrap_rounds and num_buckets is None:
+            raise ValueError(
+                "causal LSH attention needs a fixed num_buckets: None derives it from the padded "
+                "length, so earlier outputs would change as the sequence grows (models set it "
+                "from max_length)"
+            )
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
         self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
         self.n_hashes = n_hashes
@@ -204,6 +239,11 @@ class LSHAttention(SelfAttention):
 
     # ----------------------------------------------------------------------------- attention
 
+    @property
+    def prefix_stable(self) -> bool:
+        """Causal with per-bucket windows (see the module docstring), not Hugging Face's rule."""
+        return self.causal and not self.wrap_rounds
+
     def wraps(self, padded_len: int) -> bool:
         """Whether first chunks look back across rounds (never for a single chunk)."""
         return self.wrap_rounds and padded_len > self.chunk_length
@@ -217,10 +257,20 @@ class LSHAttention(SelfAttention):
         real = ops.pad_to_multiple(real, m, dim=1, value=False)
         key = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * self.head_dim**-0.5
         with torch.no_grad():
-            perm = self.sort_order(self.hash(qk, real))  # (B, H, R, N)
+            buckets = self.hash(qk, real)
+            perm = self.sort_order(buckets)  # (B, H, R, N)
             n_real = None if bool(real.all()) else real.sum(-1)
             wrap = self.wraps(qk.shape[2])
-            plan = _Plan(perm, self.chunk_length, n_real, self.causal, qk.element_size(), wrap)
+            sorted_buckets = buckets.gather(-1, perm) if self.prefix_stable else None
+            plan = _Plan(
+                perm,
+                self.chunk_length,
+                n_real,
+                self.causal,
+                qk.element_size(),
+                wrap,
+                sorted_buckets,
+            )
         p = self.dropout if self.training else 0.0
         return _LSHKernel.apply(qk, key, v, plan, p)[:, :, :n0]
 
@@ -232,7 +282,8 @@ class LSHAttention(SelfAttention):
         count(i, j) = number of rounds in which j lies in i's window (i's chunk or the previous
         chunk of the same round, after sorting; with wrap_rounds the previous chunk in the
         rounds laid end to end, counted once per occurrence) AND the pair is allowed: i and j
-        are real tokens and, when causal, j <= i. The self pair (i, i) is counted (n_hashes
+        are real tokens and, when causal, j <= i (prefix-stable causal: j is one of the
+        chunk_length latest tokens of i's bucket up to i). The self pair (i, i) is counted (n_hashes
         times for a real i, more with wrap_rounds): it is in the window, with score SELF_MASK
         instead of qk_i . key_i. Rows of padding queries are zero. Dense in N: for tests and
         pictures on short sequences.
@@ -242,13 +293,16 @@ class LSHAttention(SelfAttention):
         b, h, n, _ = qk.shape
         c = self.chunk_length
         with torch.no_grad():
-            perm = self.sort_order(self.hash(qk, real))
+            buckets = self.hash(qk, real)
+            perm = self.sort_order(buckets)
             q_pos = perm.view(b, h, -1, n // c, c, 1)
             wrap = self.wraps(n)
             k_pos = _window_pos(perm, c, wrap).unsqueeze(-2)  # (B, H, R, C, 1, 2c)
             rank = torch.arange(-c, n, device=qk.device).unfold(0, 2 * c, c)[:, None, :]
             ok = (wrap | (rank >= 0)) & _take(real, q_pos) & _take(real, k_pos)
-            if self.causal:
+            if self.prefix_stable:
+                ok = ok & ~_bucket_window_hidden(buckets.gather(-1, perm), c)
+            elif self.causal:
                 ok = ok & (k_pos <= q_pos)
             flat = (q_pos * n + k_pos).expand(ok.shape).reshape(b, h, -1)
             counts = torch.zeros(b, h, n * n, dtype=torch.int64, device=qk.device)
@@ -293,6 +347,17 @@ def _window_pos(perm: Tensor, c: int, wrap: bool = False) -> Tensor:
     return torch.cat([prev, win], dim=-1)
 
 
+def _bucket_window_hidden(sorted_buckets: Tensor, c: int) -> Tensor:
+    """Prefix-stable causal LSH: True where a window key is hidden from its query,
+    (..., R, C, c, 2c). A query at sorted index i sees sorted index j iff both share a bucket
+    and i - c < j <= i (the c latest tokens of its bucket; the window starts at chunk - 1)."""
+    q_b = sorted_buckets.unflatten(-1, (-1, c)).unsqueeze(-1)
+    k_b = _window_pos(sorted_buckets, c).unsqueeze(-2)
+    i = torch.arange(c, device=sorted_buckets.device)[:, None]
+    j = torch.arange(2 * c, device=sorted_buckets.device)
+    return (q_b != k_b) | (j <= i) | (j > i + c)
+
+
 _GROUP_BYTES = 32 << 20  # a group's scores (fp32, n = 4096, 4 hashes: four heads)
 # Keep all probabilities for the backward up to this size (fp32, n = 4096, 4 hashes, 12 heads:
 # 100 MiB); recompute them beyond it (one more score matmul: 5-10% slower on CPU).
@@ -318,10 +383,13 @@ class _Plan:
         causal: bool,
         element_size: int,
         wrap: bool = False,
+        sorted_buckets: Tensor | None = None,
     ) -> None:
         b, h, r, n = perm.shape
         self.units, self.heads, self.rounds, self.n = b * h, h, r, n
         self.chunk, self.causal, self.wrap = chunk, causal, wrap
+        # prefix-stable causal: each round's buckets in sorted order, per unit (B*H, R, N)
+        self.sorted_buckets = None if sorted_buckets is None else sorted_buckets.flatten(0, 1)
         self.perm = perm.reshape(b * h, r, n)
         self.inv = torch.empty_like(self.perm).scatter_(
             -1, self.perm, torch.arange(n, device=perm.device).expand_as(self.perm)
@@ -371,8 +439,8 @@ class _Group:
             self.wrap_self = perm[..., :c].unsqueeze(-1) == prev.unsqueeze(-2)  # (u, R, c, c)
 
     def _mask(self, perm: Tensor) -> Tensor | None:
-        """True where a window key gets NEG_INF (padding; later keys when causal), broadcastable
-        to (units, R, C, c, 2c); None when nothing is masked beyond the first chunks."""
+        """True where a window key gets NEG_INF (padding; causal: see the module docstring),
+        broadcastable to (units, R, C, c, 2c); None when nothing is masked beyond first chunks."""
         plan, c = self.plan, self.plan.chunk
         mask = None
         if plan.n_real is not None:
@@ -381,7 +449,10 @@ class _Group:
             rank = rank.unfold(0, 2 * c, c)  # (C, 2c)
             n_real = plan.n_real[self.u0 : self.u1].view(-1, 1, 1, 1, 1)
             mask = rank[:, None, :] >= n_real
-        if plan.causal:
+        if plan.sorted_buckets is not None:
+            hidden = _bucket_window_hidden(plan.sorted_buckets[self.u0 : self.u1], c)
+            mask = hidden if mask is None else mask | hidden
+        elif plan.causal:
             q_pos = perm.unflatten(-1, (-1, c)).unsqueeze(-1)
             later = _window_pos(perm, c, plan.wrap).unsqueeze(-2) > q_pos
             mask = later if mask is None else mask | later

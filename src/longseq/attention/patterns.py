@@ -121,18 +121,23 @@ def longformer(
 def lsh_round(buckets: Tensor, chunk: int, causal: bool = False) -> MaskMod:
     """One round of Reformer's LSH attention, given every token's bucket (n,) (n a multiple of
     `chunk`): the tokens sorted by (bucket, position) are cut into chunks of `chunk`, and a
-    query sees the keys of its own chunk and of the previous one (no wrap-around; only k <= q
-    when causal). The buckets are data (the hash of each token); the pattern is this cut."""
+    query sees the keys of its own chunk and of the previous one (no wrap-around). Causal, the
+    rule is prefix-stable instead: a query sees the `chunk` latest tokens of its own bucket up
+    to itself (same bucket, k <= q, fewer than `chunk` tokens of that bucket in (k, q]). The
+    buckets are data (the hash of each token); the pattern is this cut."""
     n = buckets.shape[-1]
-    order = torch.argsort(buckets.long() * n + torch.arange(n))
+    buckets = buckets.long()
+    order = torch.argsort(buckets * n + torch.arange(n))
     rank = torch.empty_like(order)
     rank[order] = torch.arange(n)
     chunk_of = rank // chunk
 
     def mod(q: Tensor, k: Tensor) -> Tensor:
+        if causal:  # within a bucket, sorted ranks differ by the tokens of it in between
+            d = rank[q] - rank[k]
+            return (buckets[q] == buckets[k]) & (d >= 0) & (d < chunk)
         d = chunk_of[q] - chunk_of[k]
-        ok = (d == 0) | (d == 1)
-        return ok & (k <= q) if causal else ok
+        return (d == 0) | (d == 1)
 
     return mod
 

@@ -92,10 +92,9 @@ class AttentionSublayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         name, opts = config.layer_spec(layer)
-        if name == "linformer":
-            opts.setdefault("max_seq_len", config.max_length)
-        if name == "bigbird":
-            opts["layer_idx"] = layer
+        opts = attention.get(name).model_options(
+            opts, max_length=config.max_length, layer=layer, causal=config.causal
+        )
         self.attention = attention.build(
             name,
             config.hidden_size,
