@@ -14,7 +14,6 @@ from cases import HEADS, HIDDEN, all_cases, case_id
 
 from longseq import attention
 from longseq.models import ModelConfig, build_model
-from longseq.models.generation import CachedDecoder
 from longseq.train import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -125,7 +124,14 @@ def test_training_on_cuda(tmp_path, precision, mechanism):
 
 
 @pytest.mark.parametrize(
-    "attn", [{}, {"attention": "longformer", "attention_options": {"window": 4}}]
+    "attn",
+    [
+        {},
+        {"attention": "longformer", "attention_options": {"window": 4}},
+        {"attention": "bigbird", "attention_options": {"block_size": 2, "num_global_blocks": 1}},
+        {"attention": "lsh", "attention_options": {"chunk_length": 4, "num_buckets": 4}},
+        {"attention": "local", "attention_options": {"chunk_length": 4}},
+    ],
 )
 def test_cached_generation_on_cuda_equals_forward(attn):
     cfg = ModelConfig(
@@ -141,13 +147,13 @@ def test_cached_generation_on_cuda_equals_forward(attn):
     )
     model = build_model(cfg, seed=0).double().to(CUDA).eval()
     seq = torch.randint(4, 260, (1, 20), device=CUDA)
-    dec = CachedDecoder(model, batch=1, capacity=20)
-    logits = dec.prefill(seq[:, :8], torch.tensor([8], device=CUDA), chunk=4)
+    cache = model.new_cache(1)
     with torch.no_grad():
+        logits = model(seq[:, :8], cache=cache).logits[:, -1]
         for t in range(8, 20):
             full = model(seq[:, :t]).logits[:, -1]
             torch.testing.assert_close(logits, full, rtol=1e-9, atol=1e-9)
-            logits = dec.step(seq[:, t])
+            logits = model(seq[:, t : t + 1], cache=cache).logits[:, -1]
     out = model.generate(seq[:, :5], max_new_tokens=6)
-    assert out.cache == "kv" if not attn else out.cache == "rolling"
+    assert out.cache in ("kv", "ring", "lsh")
     assert out.sequences.shape == (1, 11) and out.sequences.device.type == "cuda"

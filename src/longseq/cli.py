@@ -26,7 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.convert.commands",
     "longseq.convert.longify_cli",
     "longseq.data.commands",
-    "longseq.generate_cli",
+    "longseq.models.generate_cli",
     "longseq.train.commands",
 )
 

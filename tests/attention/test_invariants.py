@@ -87,6 +87,51 @@ def test_causal_is_prefix_stable(case):
     assert torch.equal(layer(y)[:, :15], full[:, :15])
 
 
+def test_every_causal_mechanism_has_a_causal_case():
+    """So that the prefix-stability and cache invariants cover a new mechanism by itself."""
+    causal = {m for m in attention.MECHANISMS if attention.get(m).supports_causal}
+    assert causal <= {name for name, opts in CASES if opts.get("causal")}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[1].get("causal")], ids=case_id)
+def test_cache_equals_the_forward(case):
+    """Token by token (and in chunks of 3, two rows at different lengths) through the layer's
+    own cache == the layer's forward over the whole sequence."""
+    name, opts = case
+    layer = make(name, opts)
+    n = 21
+    x = torch.randn(2, n, HIDDEN, dtype=torch.float64)
+    full = layer(x)
+    cache = layer.new_cache()
+    steps = [layer(x[:, t : t + 1], cache=cache, positions=torch.full((2, 1), t)) for t in range(n)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-10, atol=1e-10)
+    # chunks of 3; row 1 lags 2 tokens behind (its chunk's tail marked as missing)
+    cache, got = layer.new_cache(), [[], []]
+    length = torch.zeros(2, dtype=torch.long)
+    while int(length.min()) < n:
+        take = torch.tensor(
+            [min(3, n - int(length[0])), min(1 if length[1] < 4 else 3, n - int(length[1]))]
+        )
+        pos = length[:, None] + torch.arange(3)
+        valid = torch.arange(3)[None] < take[:, None]
+        chunk = x[torch.arange(2)[:, None], pos.clamp(max=n - 1)]
+        out = layer(
+            chunk, attention_mask=valid.long(), cache=cache, positions=pos.masked_fill(~valid, 0)
+        )
+        for r in range(2):
+            got[r].append(out[r, : int(take[r])])
+        length += take
+    for r in range(2):
+        torch.testing.assert_close(torch.cat(got[r]), full[r], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c[1].get("causal")], ids=case_id)
+def test_a_bidirectional_layer_has_no_cache(case):
+    name, opts = case
+    with pytest.raises(ValueError, match=r"not causal|no incremental cache"):
+        make(name, opts).new_cache()
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_eval_is_deterministic(case):
     name, opts = case

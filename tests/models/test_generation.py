@@ -1,8 +1,8 @@
 """Generation: cached decoding == the model's full forward, sampling sets, stops, streaming, CLI.
 
 The oracle for the caches is the model's own forward (the attention kernels) on each whole
-prefix: the cached next-token logits must equal it at every step (fp64), with the rolling
-Longformer cache smaller than the sequence so that it really rolls.
+prefix: the cached next-token logits must equal it at every step (fp64), with ring caches
+smaller than the sequence so that they really roll, prompts fed in chunks longer than a ring.
 """
 
 from __future__ import annotations
@@ -12,22 +12,27 @@ import io
 import pytest
 import torch
 
+from longseq import attention
 from longseq.cli import main
 from longseq.data.tokenizers import ByteTokenizer
 from longseq.models import ModelConfig, build_model
 from longseq.models.generation import (
-    CachedDecoder,
     IncrementalText,
     TextStreamer,
     cache_kind,
     filter_logits,
     generate,
     position_limit,
-    recompute_reason,
     sample_next,
 )
 
 LF = {"attention": "longformer", "attention_options": {"window": 4}}  # 3 slots
+AXIAL = {"position": "axial", "axial_shape": [8, 16], "axial_dims": [16, 16]}
+LSH = {"attention": "lsh", "attention_options": {"chunk_length": 4, "num_buckets": 4}, **AXIAL}
+BIGBIRD = {
+    "attention": "bigbird",
+    "attention_options": {"block_size": 2, "num_random_blocks": 2, "num_global_blocks": 1},
+}
 
 
 def lm(dtype: torch.dtype = torch.float64, **kw) -> torch.nn.Module:
@@ -49,9 +54,7 @@ CASES = {
     "full-learned-pre": {},
     "full-rotary-post": {"position": "rotary", "norm": "post"},
     "full-axial-reversible-mean": {
-        "position": "axial",
-        "axial_shape": [8, 16],
-        "axial_dims": [16, 16],
+        **AXIAL,
         "embedding_norm": True,
         "type_vocab_size": 2,
         "feed_forward_chunk_size": 3,
@@ -70,53 +73,145 @@ CASES = {
         "reversible_output": "concat",
         "tie_word_embeddings": False,
     },
+    "local-rotary": {
+        "attention": "local",
+        "attention_options": {"chunk_length": 3, "num_chunks_before": 2},
+        "position": "rotary",
+    },
+    "bigbird-itc-learned": BIGBIRD,
+    "bigbird-etc-rotary": {
+        "attention": "bigbird",
+        "attention_options": {
+            "block_size": 3,
+            "num_random_blocks": 1,
+            "num_global_blocks": 1,
+            "variant": "etc",
+        },
+        "position": "rotary",
+    },
+    "lsh-axial-3-rounds": {
+        **LSH,
+        "attention_options": {"chunk_length": 3, "num_buckets": 4, "n_hashes": 3},
+    },
+    "lsh-factorised-post": {
+        **LSH,
+        "attention_options": {"chunk_length": 4, "num_buckets": [2, 4]},
+        "norm": "post",
+    },
+    "reformer-reversible-local-lsh": {
+        **AXIAL,
+        "reversible": True,
+        "reversible_output": "concat",
+        "tie_word_embeddings": False,
+        "layer_attention": [
+            {"attention": "local", "chunk_length": 4},
+            {"attention": "lsh", "chunk_length": 4, "num_buckets": 4, "n_hashes": 2},
+        ],
+    },
     "mixed-layers": {"layer_attention": [{"attention": "longformer", "window": 4}, {}]},
+    "mixed-bigbird-lsh": {
+        **AXIAL,
+        "num_layers": 3,
+        "layer_attention": [
+            {"attention": "bigbird", "block_size": 2, "num_random_blocks": 1},
+            {"attention": "lsh", "chunk_length": 2, "num_buckets": 6},
+            {"attention": "longformer", "window": 2},
+        ],
+    },
 }
-KINDS = {"full": "kv", "longformer": "rolling", "mixed": "kv+rolling"}
+KINDS = {
+    "full": "kv",
+    "longformer": "ring",
+    "local": "ring",
+    "bigbird": "kv",
+    "lsh": "lsh",
+    "reformer": "ring+lsh",
+    "mixed-layers": "ring+kv",
+    "mixed-bigbird-lsh": "kv+lsh+ring",
+}
+
+
+def kind_of(name: str) -> str:
+    return KINDS.get(name, KINDS.get(name.split("-")[0], ""))
+
+
+def cached_logits(model, ids, prompts, total, chunk):
+    """(B, total - max(prompts), V)-like list: the logits after each row's prompt (fed in
+    chunks of `chunk`, right-padded) and after each teacher-forced token of `ids`."""
+    b = ids.shape[0]
+    cache = model.new_cache(b)
+    p = int(prompts.max())
+    last = torch.zeros(b, model.config.vocab_size, dtype=next(model.parameters()).dtype)
+    with torch.no_grad():
+        for s in range(0, p, chunk):
+            cols = torch.arange(s, min(s + chunk, p))
+            valid = cols[None] < prompts[:, None]
+            logits = model(ids[:, cols], attention_mask=valid.long(), cache=cache).logits
+            for r in range(b):
+                if s <= int(prompts[r]) - 1 < s + chunk:
+                    last[r] = logits[r, int(prompts[r]) - 1 - s]
+        out = [last]
+        for t in range(total - p):
+            nxt = ids[torch.arange(b), prompts + t][:, None]
+            out.append(model(nxt, cache=cache).logits[:, 0])
+    return out, cache
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cached_logits_equal_full_forward_on_every_prefix(name):
-    """Ragged batch (prompts 5 and 13, right-padded), teacher-forced random continuations;
-    each row's cached logits == the forward of that row's prefix alone, at every step."""
+    """Ragged batch (prompts 5 and 13, fed in chunks of 6), teacher-forced random
+    continuations; each row's cached logits == the forward of that row's prefix alone, at
+    every step."""
     model = lm(**CASES[name])
-    assert cache_kind(model) == KINDS[name.split("-")[0]]
-    total, prompts = 24, torch.tensor([5, 13])
+    assert cache_kind(model) == kind_of(name)
+    total, prompts = 30, torch.tensor([5, 13])
     seq = torch.randint(4, 260, (2, total))
-    ids = seq[:, :13].clone()
-    ids[0, 5:] = 0
-    dec = CachedDecoder(model, batch=2, capacity=total)
-    logits = dec.prefill(ids, prompts, chunk=6)  # chunks longer than the rolling buffer
+    steps, cache = cached_logits(model, seq, prompts, total, chunk=6)
     with torch.no_grad():
-        for t in range(total - 13):
+        for t, logits in enumerate(steps):
             for b in range(2):
                 n = int(prompts[b]) + t
                 ref = model(seq[b : b + 1, :n]).logits[0, -1]
-                torch.testing.assert_close(logits[b], ref, rtol=1e-9, atol=1e-9)
-            logits = dec.step(seq[torch.arange(2), prompts + t])
-    if "longformer" in name:  # the buffer rolled: fewer slots than positions seen
-        assert all(c.size < total - 13 for c in dec.caches)
+                torch.testing.assert_close(logits[b], ref, rtol=1e-10, atol=1e-10)
+    for c in cache.layers:  # a ring rolled: fewer slots than positions seen
+        assert not c.bounded or c.k.shape[2] < total - 13
 
 
-def test_cached_logits_fp32_tolerance():
-    model = lm(torch.float32, **LF, position="rotary")
-    seq = torch.randint(4, 260, (1, 20))
-    dec = CachedDecoder(model, 1, 20)
-    logits = dec.prefill(seq[:, :3], torch.tensor([3]))
+def test_every_causal_mechanism_has_an_exact_cache():
+    """The registry decides: a new causal mechanism must come with a cache (or fail here)."""
+    causal = [m for m in attention.MECHANISMS if attention.get(m).supports_causal]
+    tested = {c.get("attention", "full") for c in CASES.values()}
+    tested |= {
+        la.get("attention", c.get("attention", "full"))
+        for c in CASES.values()
+        for la in c.get("layer_attention", [])
+    }
+    assert set(causal) <= tested, f"no cache test for {set(causal) - tested}"
+
+
+@pytest.mark.parametrize(
+    "name", ["longformer-rotary-post", "bigbird-itc-learned", "lsh-axial-3-rounds"]
+)
+def test_cached_logits_fp32_tolerance(name):
+    model = lm(torch.float32, **CASES[name])
+    seq = torch.randint(4, 260, (1, 40))
+    steps, _ = cached_logits(model, seq, torch.tensor([3]), 40, chunk=2)
     with torch.no_grad():
-        for n in range(3, 20):
-            ref = model(seq[:, :n]).logits[0, -1]
+        for t, logits in enumerate(steps):
+            ref = model(seq[:, : 3 + t]).logits[0, -1]
             torch.testing.assert_close(logits[0], ref, rtol=1e-5, atol=1e-5)
-            logits = dec.step(seq[:, n])
 
 
-@pytest.mark.parametrize("name", ["full-learned-pre", "longformer-dilated-rotary"])
+@pytest.mark.parametrize(
+    "name",
+    ["full-learned-pre", "longformer-dilated-rotary", "lsh-axial-3-rounds", "bigbird-etc-rotary"],
+)
 def test_greedy_with_cache_equals_without(name):
     model = lm(**CASES[name])
     prompt = torch.randint(4, 260, (1, 7))
     cached = generate(model, prompt, 20, output_logits=True)
     plain = generate(model, prompt, 20, use_cache=False, output_logits=True)
-    assert cached.cache == cache_kind(model) and plain.cache == "recompute"
+    assert cached.cache == cache_kind(model) and plain.cache == "none"
     assert torch.equal(cached.sequences, plain.sequences)
     assert len(set(cached.new_tokens().tolist())) > 3  # not a constant stream
     for a, b in zip(cached.logits, plain.logits, strict=True):
@@ -135,8 +230,9 @@ def test_greedy_is_argmax_of_the_forward():
     assert out.finish_reasons == ["max_new_tokens"]
 
 
-def test_batch_with_left_or_right_padding_equals_each_prompt_alone():
-    model = lm(**LF, position="rotary")
+@pytest.mark.parametrize("name", ["longformer-rotary-post", "lsh-axial-3-rounds"])
+def test_batch_with_left_or_right_padding_equals_each_prompt_alone(name):
+    model = lm(**CASES[name])
     a, b = torch.randint(4, 260, (9,)), torch.randint(4, 260, (4,))
     alone = [generate(model, p, 15).new_tokens() for p in (a, b)]
     right = torch.zeros(2, 9, dtype=torch.long)
@@ -154,54 +250,77 @@ def test_batch_with_left_or_right_padding_equals_each_prompt_alone():
         assert bool((out.sequences[1, 19:] == 0).all())
 
 
-RECOMPUTE = {
-    "BigBird": {"attention": "bigbird", "attention_options": {"block_size": 4}},
-    "LSH": {
-        "attention": "lsh",
-        "attention_options": {"chunk_length": 4, "num_buckets": 4},
-        "position": "axial",
-        "axial_shape": [8, 16],
-        "axial_dims": [16, 16],
-    },
-}
-
-
-@pytest.mark.parametrize("name", list(RECOMPUTE))
-def test_recompute_fallback(name):
-    model = lm(**RECOMPUTE[name])
-    assert cache_kind(model) == "recompute" and name in recompute_reason(model)
-    with pytest.raises(ValueError, match="cannot be decoded with a cache"):
-        CachedDecoder(model, 1, 16)
+def test_layers_that_are_not_prefix_stable_refuse_a_cache():
+    """Hugging Face's wrapped LSH rounds: the past changes as tokens come, so no cache can be
+    exact; generate says so, and use_cache=False decodes it with the full forward."""
+    opts = {"chunk_length": 4, "num_buckets": 4, "wrap_rounds": True}
+    model = lm(**{**LSH, "attention_options": opts})
+    with pytest.raises(ValueError, match=r"not prefix-stable.*use_cache=False"):
+        generate(model, torch.randint(4, 260, (1, 5)), 8)
     seq = torch.randint(4, 260, (1, 5))
-    out = generate(model, seq, 8)
-    assert out.cache == "recompute"
+    out = generate(model, seq, 8, use_cache=False)
+    assert out.cache == "none"
     with torch.no_grad():
         for _ in range(8):
             seq = torch.cat((seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)), 1)
     assert torch.equal(out.sequences, seq)
+    with pytest.raises(ValueError, match="needs a causal model"):
+        build_model(ModelConfig(hidden_size=32, num_heads=4, num_layers=1)).body.new_cache(1)
+
+
+def test_cache_input_errors():
+    model = lm(**LF)
+    cache = model.new_cache(2)
+    with pytest.raises(ValueError, match="cache holds 2 rows, input has 1"):
+        model(torch.randint(4, 260, (1, 3)), cache=cache)
+    with pytest.raises(ValueError, match="right padding"):
+        model(
+            torch.randint(4, 260, (2, 3)), attention_mask=torch.tensor([[0, 1, 1]] * 2), cache=cache
+        )
+    small = lm(max_length=8)
+    cache = small.new_cache(1)
+    small(torch.randint(4, 260, (1, 8)), cache=cache)
+    with pytest.raises(ValueError, match="at most 8 tokens"):
+        small(torch.randint(4, 260, (1, 1)), cache=cache)
 
 
 # ------------------------------------------------------------------------------ memory
 
 
-def test_rolling_cache_is_constant_memory_and_kv_cache_grows_with_capacity():
+def test_ring_cache_is_constant_memory_and_kv_cache_grows_by_doubling():
     model = lm(
         attention="longformer",
         attention_options={"window": 8, "dilation": [1, 2, 1, 1]},
         position="rotary",
     )
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        model(torch.randint(4, 260, (1, 30)), cache=cache)
+        assert all(c.k.shape[2] == 2 * 4 + 1 for c in cache.layers)  # max(d) * w/2 + 1
+        before = [(t.data_ptr(), t.shape) for c in cache.layers for t in c.tensors()]
+        for _ in range(60):  # decoding allocates nothing new in the cache
+            model(torch.randint(4, 260, (1, 1)), cache=cache)
+    assert [(t.data_ptr(), t.shape) for c in cache.layers for t in c.tensors()] == before
+    assert int(cache.lengths[0]) == 90
     full = lm()
-    small, large = CachedDecoder(model, 1, 50), CachedDecoder(model, 1, 100_000)
-    assert [c.k.shape for c in small.caches] == [c.k.shape for c in large.caches]
-    assert all(c.k.shape[2] == 2 * 4 + 1 for c in large.caches)  # max(d) * w/2 + 1
-    assert [c.k.shape[2] for c in CachedDecoder(full, 1, 300).caches] == [300, 300]
-    # decoding 60 tokens allocates nothing new in the cache: same tensors, same sizes
-    large.prefill(torch.randint(4, 260, (1, 30)), torch.tensor([30]))
-    before = [(t.data_ptr(), t.shape) for c in large.caches for t in c.tensors()]
-    for _ in range(60):
-        large.step(torch.randint(4, 260, (1,)))
-    assert [(t.data_ptr(), t.shape) for c in large.caches for t in c.tensors()] == before
-    assert int(large.lengths[0]) == 90
+    cache = full.new_cache(1)
+    with torch.no_grad():
+        full(torch.randint(4, 260, (1, 10)), cache=cache)
+        assert [c.k.shape[2] for c in cache.layers] == [64, 64]
+        full(torch.randint(4, 260, (1, 60)), cache=cache)
+    assert [c.k.shape[2] for c in cache.layers] == [128, 128]
+
+
+def test_huge_max_new_tokens_reserves_nothing_up_front():
+    """max_new_tokens = 10**12 on a ring model (no position limit) must not allocate for it:
+    the run stops at eos after a few tokens (it used to reserve the whole token buffer)."""
+    model = lm(**LF, position="rotary")
+    prompt = torch.randint(4, 260, (1, 5))
+    first = generate(model, prompt, 6).new_tokens()
+    eos = int(first[-1])
+    stop = first.tolist().index(eos) + 1
+    out = generate(model, prompt, 10**12, eos_token_id=eos)
+    assert out.finish_reasons == ["eos"] and out.sequences.shape == (1, 5 + stop)
 
 
 # ------------------------------------------------------------------------------ limits
@@ -216,7 +335,7 @@ def test_learned_positions_stop_at_max_length():
         generate(model, torch.randint(4, 260, (1, 33)), 5)
 
 
-def test_rotary_rolling_cache_goes_past_max_length():
+def test_rotary_ring_cache_goes_past_max_length():
     """Positions need no table: the same weights with a larger max_length are the oracle."""
     model = lm(**LF, position="rotary", max_length=16)
     assert position_limit(model) is None and position_limit(model, use_cache=False) == 16
@@ -410,3 +529,9 @@ def test_cli_errors_and_byte_fallback(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tmp_path / "bare"), "--prompt", "x", "--top-k", "3"])
     assert "--temperature > 0" in capsys.readouterr().err
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9".encode("latin-1"))
+    for path, message in ((tmp_path / "missing.txt", "no such file"), (bad, "not UTF-8")):
+        with pytest.raises(SystemExit) as exc:
+            main(["generate", "--model", str(tmp_path / "bare"), "--prompt-file", str(path)])
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from longseq.attention import ops
+from longseq.attention.cache import AttentionCache
 
 
 class SelfAttention(nn.Module):
@@ -69,31 +70,79 @@ class SelfAttention(nn.Module):
         hidden_states: Tensor,
         attention_mask: Tensor | None = None,
         global_attention_mask: Tensor | None = None,
+        *,
+        cache: AttentionCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
-        """(batch, seq, hidden) -> (batch, seq, hidden); masks are (batch, seq) of 0/1."""
+        """(batch, seq, hidden) -> (batch, seq, hidden); masks are (batch, seq) of 0/1.
+
+        Incremental decoding (causal layers): `cache` from `new_cache()` holds the past, the
+        input is the next tokens of each row at `positions` (batch, seq), and
+        `attention_mask` marks the ones that exist. See `longseq.attention.cache`."""
         ops.check_hidden(hidden_states, self.hidden_size)
-        real, glob = ops.check_masks(
-            hidden_states, attention_mask, global_attention_mask, self.supports_global, self.name
-        )
-        if attention_mask is not None:  # whatever padding holds (even NaN) stays out
+        if cache is not None:  # a row may have no new token (it has finished)
+            if positions is None or tuple(positions.shape) != tuple(hidden_states.shape[:2]):
+                raise ValueError("a cached call needs positions of shape (batch, seq)")
+            if global_attention_mask is not None:
+                raise ValueError("cached (causal) decoding has no global tokens")
+            b, n = hidden_states.shape[:2]
+            real = ops.check_mask(attention_mask, "attention_mask", b, n)
+            real = positions >= 0 if real is None else real.to(hidden_states.device)
             hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
-        context = self.attend(hidden_states, real, glob)
+            context = self.attend_cached(hidden_states, cache, positions, real)
+        else:
+            real, glob = ops.check_masks(
+                hidden_states,
+                attention_mask,
+                global_attention_mask,
+                self.supports_global,
+                self.name,
+            )
+            if attention_mask is not None:  # whatever padding holds (even NaN) stays out
+                hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
+            context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
         return out.masked_fill(~real.unsqueeze(-1), 0.0)
 
-    def project(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries (pre-scaled by 1/sqrt(head_dim)), keys, values as (B, H, N, D)."""
+    def project(
+        self, hidden_states: Tensor, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (pre-scaled by 1/sqrt(head_dim)), keys, values as (B, H, N, D); the
+        position transform (rotary) at `positions` (B, N), by default 0 .. N - 1."""
         h = self.num_heads
         q = ops.split_heads(self.query(hidden_states), h) * self.head_dim**-0.5
         k = ops.split_heads(self.key(hidden_states), h)
         v = ops.split_heads(self.value(hidden_states), h)
         if self.rotary is not None:
-            q, k = self.rotary(q, k)
+            q, k = (
+                self.rotary(q, k) if positions is None else self.rotary(q, k, positions=positions)
+            )
         return q, k, v
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         """Per-head context (B, H, N, D). `real` (B, N) bool; `glob` (B, N) bool or None."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ incremental decoding
+
+    def new_cache(self) -> AttentionCache:
+        """An empty cache for decoding this causal layer token by token, exactly: its output
+        at every step equals the layer's forward over the whole sequence so far."""
+        raise ValueError(f"'{self.name}' attention has no incremental cache")
+
+    def _check_cacheable(self) -> None:
+        if not self.causal:
+            raise ValueError(
+                f"'{self.name}' layer is not causal: an incremental cache needs causal=True "
+                "(a bidirectional layer's outputs change as tokens are added)"
+            )
+
+    def attend_cached(
+        self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
+    ) -> Tensor:
+        """Per-head context (B, H, C, D) of C new tokens at `positions`, through `cache`."""
+        q, k, v = self.project(hidden_states, positions)
+        return cache.attend(q, k, v, positions, real)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         """(heads, n, n) bool: which keys each query of an n-token sequence may see.

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
+from longseq.attention.cache import AttentionCache, SlotCache
 
 VARIANTS = ("itc", "etc")
 RANDOM_SOURCES = ("seeded", "hf-eval")
@@ -189,15 +190,46 @@ class BigBirdAttention(SelfAttention):
         if self.random_source == "hf-eval":
             if self.hf_full(n):
                 return torch.ones(self.num_heads, n, n, dtype=torch.bool)
-            lay = self.layout(-(-n // self.block_size))
-            nb = lay.index.shape[1]
-            blk = torch.zeros(self.num_heads, nb, nb + 1, dtype=torch.bool)
-            blk.scatter_(2, lay.index.masked_fill(~lay.valid, nb), True)
-            blk = blk[..., :nb]
-            blk[:, lay.global_blocks] = True
+            blk = patterns.bigbird_blocks(self.layout(-(-n // self.block_size)))
             b = self.block_size
             return blk.repeat_interleave(b, 1).repeat_interleave(b, 2)[:, :n, :n]
         return patterns.bigbird(n, block_size=self.block_size, **self._pattern_options())
+
+    def new_cache(self) -> SlotCache:
+        """Every earlier position (random blocks reach anywhere back). A query sees the
+        positions of the key blocks its layout row lists (`patterns.bigbird_blocks`, the
+        prefix-stable causal layout), earlier than itself. ETC's extra global tokens are the
+        first slots (positions are shifted by their number)."""
+        self._check_cacheable()
+        b, gx = self.block_size, self.extra_blocks
+        tables: dict[tuple[int, torch.device], Tensor] = {}
+
+        def rule(q: Tensor, k: Tensor) -> Tensor:
+            qb, kb = q[:, 0, :, 0] // b, k[:, 0, 0, :].clamp(min=0) // b  # (B, C), (B, S)
+            top = max(int(qb.max()), int(kb.max()))  # other rows may be further on
+            nb = 1 << top.bit_length()  # blocks 0..nb-1 (powers of 2: few tables)
+            if (nb, q.device) not in tables:  # a causal layout's rows do not depend on nb
+                blk = patterns.bigbird_blocks(self.layout(max(1, nb - gx)))
+                tables[nb, q.device] = blk.to(q.device)
+            blk = tables[nb, q.device]
+            return blk[:, qb[:, :, None], kb[:, None, :]].transpose(0, 1)  # (B, H, C, S)
+
+        return SlotCache(rule)
+
+    def attend_cached(
+        self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
+    ) -> Tensor:
+        q, k, v = self.project(hidden_states, positions)
+        if not self.extra_blocks:
+            return cache.attend(q, k, v, positions, real)
+        gxb = self.extra_blocks * self.block_size
+        assert isinstance(cache, SlotCache)
+        if cache.hi == 0:  # ETC: the extra global tokens take the first slots
+            _, ek, ev = self.project(self.global_states[None].to(q.dtype))
+            bsz = q.shape[0]
+            epos = torch.arange(gxb, device=q.device).expand(bsz, gxb)
+            cache.store(ek.expand(bsz, -1, -1, -1), ev.expand(bsz, -1, -1, -1), epos, epos >= 0)
+        return cache.attend(q, k, v, positions + gxb, real)
 
     def _batch_layout(
         self, nb_real: list[int], nb: int, device: torch.device

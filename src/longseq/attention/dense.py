@@ -14,6 +14,7 @@ from torch import Tensor
 
 from longseq.attention import patterns
 from longseq.attention.base import SelfAttention
+from longseq.attention.cache import SlotCache
 
 
 class FullAttention(SelfAttention):
@@ -33,6 +34,11 @@ class FullAttention(SelfAttention):
             # the diagonal keeps padding queries from having an empty row (their output is zeroed)
             allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+
+    def new_cache(self) -> SlotCache:
+        """Every earlier position (a key/value cache): O(t) per new token."""
+        self._check_cacheable()
+        return SlotCache()
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         mod = patterns.causal() if self.causal else patterns.full()

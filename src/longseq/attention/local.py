@@ -30,6 +30,7 @@ from torch import Tensor
 
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
+from longseq.attention.cache import SlotCache
 
 
 class LocalAttention(SelfAttention):
@@ -106,6 +107,25 @@ class LocalAttention(SelfAttention):
         scores = torch.matmul(ops.blocks(q, c), k_win) + ops.mask_bias(allowed, q.dtype)
         probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
         return torch.matmul(probs, v_win).flatten(2, 3)[:, :, :n0]
+
+    def new_cache(self) -> SlotCache:
+        """A ring of (num_chunks_before + 1) * chunk_length slots (constant memory): a causal
+        query in chunk i sees chunks i - num_chunks_before .. i, rule `patterns.chunked_local`.
+
+        With wrap, causal attention equals the unwrapped rule while the look-back is at most
+        one chunk and there is no look-ahead (a wrapped-around chunk is then always a later
+        one, hidden); otherwise a window can wrap onto earlier chunks, depending on the padded
+        length, which no cache can reproduce."""
+        self._check_cacheable()
+        if self.wrap and (self.num_chunks_before > 1 or self.num_chunks_after > 0):
+            raise ValueError(
+                "causal local attention with wrap=True (Hugging Face parity) and "
+                "num_chunks_before > 1 or num_chunks_after > 0 is not prefix-stable: windows "
+                "wrap onto earlier chunks depending on the padded length. Decode it without a "
+                "cache (use_cache=False), or use wrap=False"
+            )
+        mod = patterns.chunked_local(self.chunk_length, self.num_chunks_before, 0, True)
+        return SlotCache(mod, size=(self.num_chunks_before + 1) * self.chunk_length)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         """(heads, n, n) bool: the chunks each query sees (a chunk counted twice, possible

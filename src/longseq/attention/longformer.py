@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
+from longseq.attention.cache import SlotCache
 
 # Query block size c: w/2 clamped to [MIN_BLOCK, MAX_BLOCK] (see _block_size). Scores computed
 # per query: c + w instead of w + 1; smaller blocks waste fewer but the fused kernel runs less
@@ -113,6 +114,17 @@ class LongformerAttention(SelfAttention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
+
+    def new_cache(self) -> SlotCache:
+        """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again
+        (constant memory); the rule is `patterns.sliding_window`, one dilation per head."""
+        self._check_cacheable()
+        dil = torch.tensor(self.dilations)[:, None, None]  # (H, 1, 1): a dilation per head
+
+        def rule(q: Tensor, k: Tensor) -> Tensor:
+            return patterns.sliding_window(self.window, dil.to(q.device), is_causal=True)(q, k)
+
+        return SlotCache(rule, size=max(self.dilations) * (self.window // 2) + 1)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         return patterns.longformer(

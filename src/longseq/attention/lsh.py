@@ -84,6 +84,7 @@ from torch import Tensor
 
 from longseq.attention import ops
 from longseq.attention.base import SelfAttention
+from longseq.attention.cache import AttentionCache, SlotCache
 
 SELF_MASK = -1e5  # a query's score with itself (Hugging Face's self_mask_value)
 _NORM_EPS = 1e-6  # Hugging Face's _len_norm epsilon
@@ -274,6 +275,30 @@ class LSHAttention(SelfAttention):
         p = self.dropout if self.training else 0.0
         return _LSHKernel.apply(qk, key, v, plan, p)[:, :, :n0]
 
+    # ----------------------------------------------------------------------------- decoding
+
+    def new_cache(self) -> LSHCache:
+        """Every earlier token's key, value, buckets and rank in its bucket (see `LSHCache`)."""
+        self._check_cacheable()
+        if not self.prefix_stable:
+            raise ValueError(
+                "causal LSH with wrap_rounds=True (Hugging Face parity) is not prefix-stable: "
+                "a first chunk looks back at the last chunk of another round, which later "
+                "tokens change. Decode it without a cache (use_cache=False), or set "
+                "wrap_rounds=False (the same weights, the prefix-stable rule)"
+            )
+        return LSHCache(self.chunk_length)
+
+    def attend_cached(
+        self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
+    ) -> Tensor:
+        assert isinstance(cache, LSHCache)
+        qk, v = self.qk_and_value(hidden_states)
+        key = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * self.head_dim**-0.5
+        with torch.no_grad():
+            buckets = self.hash(qk, real)  # (B, H, R, C); a fixed bucket count
+        return cache.attend(qk, key, v, buckets, positions, real)
+
     # ----------------------------------------------------------------------------- pattern
 
     def scored_pairs(self, hidden_states: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -325,6 +350,61 @@ class LSHAttention(SelfAttention):
             f"chunk_length={self.chunk_length}, seed={self.seed}, wrap_rounds={self.wrap_rounds}, "
             f"pad_multiple={self.pad_multiple}"
         )
+
+
+class LSHCache(AttentionCache):
+    """Incremental prefix-stable causal LSH: every earlier token's key and value, its bucket
+    in each round, and its rank there (how many earlier tokens share that bucket).
+
+    A new token t with buckets b_r and ranks rank_r(t) scores stored key s count(t, s) times,
+
+        count(t, s) = #{r : bucket_r(s) = b_r, 0 <= rank_r(t) - rank_r(s) < chunk_length},
+
+    its own key with SELF_MASK, in one softmax: out = sum_s count exp(score) v / sum_s count
+    exp(score), the kernel's combination of the rounds (module docstring). O(t) per token,
+    like a key/value cache; memory grows with the sequence, by doubling.
+    """
+
+    kind = "lsh"
+
+    def __init__(self, chunk_length: int) -> None:
+        self.chunk = chunk_length
+        self.kv = SlotCache()  # keys and values, slot = position
+        self.buckets: Tensor | None = None  # (B, H, R, S), -1 empty
+        self.rank: Tensor | None = None  # (B, H, R, S)
+
+    def attend(  # type: ignore[override]
+        self, qk: Tensor, key: Tensor, v: Tensor, buckets: Tensor, qpos: Tensor, valid: Tensor
+    ) -> Tensor:
+        kv = self.kv
+        kv.store(key, v, qpos, valid)
+        assert kv.k is not None and kv.v is not None and kv.pos is not None
+        if self.buckets is None or self.buckets.shape[-1] < kv.k.shape[2]:  # grow with kv
+            grown = buckets.new_full((*buckets.shape[:3], kv.k.shape[2]), -1)
+            rank = torch.zeros_like(grown)
+            if self.buckets is not None and self.rank is not None:
+                n = self.buckets.shape[-1]
+                grown[..., :n], rank[..., :n] = self.buckets, self.rank
+            self.buckets, self.rank = grown, rank
+        assert self.rank is not None
+        n = kv.hi
+        bi, ci = valid.nonzero(as_tuple=True)  # the new tokens' slots are their positions
+        slot = qpos[bi, ci]
+        self.buckets[bi, :, :, slot] = buckets[bi, :, :, ci]
+        kb, kpos = self.buckets[..., :n], kv.pos[:, None, None, None, :n]  # (B, H, R, n)
+        q5 = qpos[:, None, None, :, None]
+        same = (kb[..., None, :] == buckets[..., None]) & (kpos >= 0)  # (B, H, R, C, n)
+        rank = (same & (kpos < q5)).sum(-1)  # earlier tokens of the query's bucket
+        self.rank[bi, :, :, slot] = rank[bi, :, :, ci]
+        d = rank[..., None] - self.rank[..., None, :n]
+        count = (same & (kpos <= q5) & (d < self.chunk)).sum(2)  # (B, H, C, n): rounds seen
+        scores = torch.matmul(qk, kv.k[:, :, :n].transpose(-1, -2))
+        own = max(SELF_MASK, ops.neg_inf(scores.dtype) / 2)
+        is_self = (kv.pos[:, None, :n] == qpos[:, :, None])[:, None]  # (B, 1, C, n)
+        scores = scores.masked_fill(is_self, own) + count.to(scores.dtype).clamp(min=1).log()
+        scores = scores.masked_fill(count == 0, float("-inf"))
+        scores = scores.masked_fill(~valid[:, None, :, None], 0.0)  # padding: any finite row
+        return torch.matmul(torch.softmax(scores, -1), kv.v[:, :, :n])
 
 
 def _take(real: Tensor, pos: Tensor) -> Tensor:
@@ -635,4 +715,4 @@ def _dropped(ws: _Workspace, p: Tensor, keep: Tensor, dropout: float) -> Tensor:
     return torch.mul(p, keep, out=ws("pd", *p.shape)).div_(1.0 - dropout)
 
 
-__all__ = ["SELF_MASK", "LSHAttention", "derived_num_buckets"]
+__all__ = ["SELF_MASK", "LSHAttention", "LSHCache", "derived_num_buckets"]

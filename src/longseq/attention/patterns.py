@@ -292,11 +292,17 @@ def bigbird(
         seed=seed,
         layer_idx=layer_idx,
     )
-    h, nb, _ = lay.index.shape
-    blk = torch.zeros(h, nb, nb + 1, dtype=torch.bool)
-    blk.scatter_(2, lay.index.masked_fill(~lay.valid, nb), True)
-    blk = blk[..., :nb]
-    blk[:, lay.global_blocks] = True
+    blk = bigbird_blocks(lay)
     big_n = n + (num_global_blocks * b if variant == "etc" else 0)
     mask = blk.repeat_interleave(b, 1).repeat_interleave(b, 2)[:, :big_n, :big_n]
     return mask.tril() if causal else mask
+
+
+def bigbird_blocks(lay: BigBirdLayout) -> Tensor:
+    """(heads, nb, nb) bool: query block i sees key block j (global query blocks: every j)."""
+    h, nb, _ = lay.index.shape
+    blk = torch.zeros(h, nb, nb + 1, dtype=torch.bool, device=lay.index.device)
+    blk.scatter_(2, lay.index.masked_fill(~lay.valid, nb), True)
+    blk = blk[..., :nb]
+    blk[:, lay.global_blocks] = True
+    return blk

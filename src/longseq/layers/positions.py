@@ -51,9 +51,13 @@ class LearnedPositions(nn.Module):
         _check_length(n, offset, self.max_len, "learned position")
         return self.weight[offset : offset + n]
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """(batch, seq, hidden) -> same shape with positions added."""
-        return x + self.table(x.shape[1], offset).to(x.dtype)
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        """(batch, seq, hidden) -> same shape with positions added: offset .. offset + seq - 1,
+        or each token's own `positions` (batch, seq) (+ offset)."""
+        if positions is None:
+            return x + self.table(x.shape[1], offset).to(x.dtype)
+        _check_length(int(positions.max()) + 1, offset, self.max_len, "learned position")
+        return x + self.weight[positions + offset].to(x.dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -112,8 +116,17 @@ class RotaryEmbedding(nn.Module):
         nq, nk = q.shape[-2], k.shape[-2]
         return apply_rotary(q, cos[:nq], sin[:nq]), apply_rotary(k, cos[:nk], sin[:nk])
 
-    def forward(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
-        return self.rotate(q, k, offset)
+    def forward(
+        self, q: Tensor, k: Tensor, offset: int = 0, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Rotated (q, k) at positions offset .. offset + N - 1, or at each token's own
+        `positions` (B, N) (incremental decoding)."""
+        if positions is None:
+            return self.rotate(q, k, offset)
+        lo = int(positions.min())
+        cos, sin = self.cos_sin(int(positions.max()) - lo + 1, lo, device=q.device, dtype=q.dtype)
+        cos, sin = cos[positions - lo][:, None], sin[positions - lo][:, None]  # (B, 1, N, D)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
 class AxialPositions(nn.Module):
@@ -164,13 +177,16 @@ class AxialPositions(nn.Module):
         ).reshape(a * b, self.hidden)
         return full[:n]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None = None) -> Tensor:
+        """x + the table's rows 0 .. seq - 1, or each token's own `positions` (batch, seq)."""
         if x.shape[-1] != self.hidden:
             raise ValueError(
                 f"input hidden size {x.shape[-1]} != sum of axial_dims {self.axial_dims} "
                 f"= {self.hidden}"
             )
-        return x + self.table(x.shape[1]).to(x.dtype)
+        if positions is None:
+            return x + self.table(x.shape[1]).to(x.dtype)
+        return x + self.table(int(positions.max()) + 1)[positions].to(x.dtype)
 
 
 __all__ = ["AxialPositions", "LearnedPositions", "RotaryEmbedding", "apply_rotary", "rotate_half"]

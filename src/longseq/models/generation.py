@@ -7,27 +7,21 @@ most likely tokens whose probability mass reaches p (top-p, nucleus); everything
 -inf. A sequence stops at `max_new_tokens`, at `eos_token_id`, when its generated text
 contains a stop string, or at the model's position limit (then `finish_reason` says which).
 
-Incremental decoding. A causal layer's output at position t depends only on the keys and
-values of the positions it looks at, k_j = Wk LN(x_j), v_j = Wv LN(x_j), which never change
-once computed. So the decoder steps each block itself, with the layer's own modules (norm,
-query/key/value/out projections, the model's rotary embedding at the token's position,
-feed-forward), and keeps per layer a cache of keys and values:
+Incremental decoding goes through the model's own forward: `model.new_cache(batch)` gives
+each attention layer its own cache (the layer class says how it caches, see
+`longseq.attention.cache`), the prompt is fed in chunks and each new token after it, and the
+logits equal the full forward over the whole sequence at every step. This module holds no copy
+of any model logic and never looks at a mechanism's name. `cache_kind(model)` says what the
+layers keep: "kv" (every position: full attention, BigBird), "ring" (a fixed window: causal
+Longformer, local attention: constant memory), "lsh" (every position with its buckets).
 
-- full attention: every position so far (a key/value cache); a new token costs O(t) per layer.
-- causal Longformer: query t sees t - d*j for 0 <= j <= w/2 (dilation d per head), so only the
-  last max(d)*w/2 + 1 positions can ever be seen again: a ROLLING buffer of that many slots,
-  slot = position mod size. Constant memory, O(w) per token however long the generation runs.
+Positions. Learned and axial tables end at `max_length`, and a layer that keeps every
+position was trained on at most `max_length` tokens: generation stops there
+(`finish_reason == "max_length"`). A model whose every layer keeps a ring (a fixed window),
+with rotary (or no) positions, has no limit.
 
-Both are one structure: slots with the position each holds (-1: empty), and a query at
-position t may see slot s iff 0 <= t - pos(s) <= reach_h and (t - pos(s)) % d_h == 0.
-Mechanisms without an exact incremental form recompute the whole forward at every step:
-causal BigBird (prefix-stable, but its block cache is not built yet) and causal LSH (bucket
-sorting and chunk boundaries are over the whole sequence). `cache_kind(model)` says which
-path a model takes.
-
-Positions. Learned and axial tables end at `max_length`, and full attention was trained on at
-most `max_length` tokens: generation stops there (`finish_reason == "max_length"`). A model
-whose every layer is a rolling Longformer cache with rotary (or no) positions has no limit.
+Memory. Nothing is reserved for `max_new_tokens` up front: the token buffer and growing
+caches double as they fill, so a huge `max_new_tokens` costs only what is generated.
 
 Batches. Prompts of different lengths come with an `attention_mask` (left or right padding);
 each row is decoded at its own positions, exactly as if it were alone.
@@ -37,24 +31,16 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-
-from longseq.attention import ops
-from longseq.layers.positions import (
-    AxialPositions,
-    LearnedPositions,
-    RotaryEmbedding,
-    apply_rotary,
-)
 
 if TYPE_CHECKING:
     from longseq.models.heads import ForCausalLM
+    from longseq.models.transformer import DecodingCache
 
 FINISH_REASONS = ("max_new_tokens", "eos", "stop_string", "max_length")
 # Prompt tokens per prefill chunk: bounds the (chunk x keys) score tensor of full attention.
@@ -62,54 +48,21 @@ PREFILL_CHUNK = 256
 
 # ------------------------------------------------------------------------------ cache plan
 
-_RECOMPUTE_REASONS = {
-    "bigbird": "causal BigBird is prefix-stable, but its incremental block cache is not built yet",
-    "lsh": "LSH sorts the whole sequence into hash buckets and chunks, whose boundaries move as "
-    "tokens are added: no exact incremental form",
-}
-
-
-def layer_plan(model: nn.Module) -> list[tuple[str, str | None]]:
-    """Per layer: ("kv" | "rolling" | "recompute", reason for recomputing or None)."""
-    plan: list[tuple[str, str | None]] = []
-    for block in model.body.layers:
-        att = block.attn.attention
-        if att.rotary is not None and not isinstance(att.rotary, RotaryEmbedding):
-            plan.append(("recompute", f"unknown position transform {type(att.rotary).__name__}"))
-        elif att.name == "full":
-            plan.append(("kv", None))
-        elif att.name == "longformer" and att.causal:
-            plan.append(("rolling", None))
-        else:
-            reason = _RECOMPUTE_REASONS.get(att.name, f"no incremental form for {att.name!r}")
-            plan.append(("recompute", reason))
-    return plan
-
 
 def cache_kind(model: nn.Module) -> str:
-    """How `generate` decodes this model: "kv" (key/value cache, every layer full attention),
-    "rolling" (every layer causal Longformer: constant memory), "kv+rolling" (a mix), or
-    "recompute" (some layer has no exact incremental form: full forward at every step)."""
-    kinds = {k for k, _ in layer_plan(model)}
-    if "recompute" in kinds:
-        return "recompute"
-    return "+".join(k for k in ("kv", "rolling") if k in kinds)
-
-
-def recompute_reason(model: nn.Module) -> str | None:
-    """Why `cache_kind(model) == "recompute"` (the first such layer), else None."""
-    for i, (kind, reason) in enumerate(layer_plan(model)):
-        if kind == "recompute":
-            return f"layer {i}: {reason}"
-    return None
+    """What the layers of this causal model keep when decoding: their cache kinds joined by
+    "+", in layer order ("kv", "ring", "lsh"; e.g. "kv+ring" for a mixed model). Raises
+    ValueError, with the reason, when some layer has no exact incremental form."""
+    kinds: list[str] = []
+    for c in model.body.new_cache(1).layers:
+        if c.kind not in kinds:
+            kinds.append(c.kind)
+    return "+".join(kinds)
 
 
 def position_limit(model: nn.Module, use_cache: bool = True) -> int | None:
     """Longest sequence (prompt + generated) this model can decode; None: unbounded."""
-    cfg = model.config
-    if use_cache and cache_kind(model) == "rolling" and cfg.position in ("rotary", "none"):
-        return None
-    return cfg.max_length
+    return model.body.new_cache(1).limit if use_cache else model.config.max_length
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -243,271 +196,82 @@ class TextStreamer:
             out.flush()
 
 
-# ------------------------------------------------------------------------------ cache
+# ------------------------------------------------------------------------------ runners
 
 
-class LayerCache:
-    """Keys and values of one attention layer: `size` slots, slot = position mod size.
+class _Cached:
+    """Decoding through the model's forward with a `DecodingCache` (see the module docstring)."""
 
-    k, v: (B, H, size, D); pos: (B, size) the position each slot holds (-1: empty). A query at
-    position t sees slot s iff 0 <= t - pos[s] <= reach[h] and (t - pos[s]) % dilation[h] == 0.
-    `ring` is True when positions wrap around (size < the longest sequence).
-    """
-
-    def __init__(
-        self,
-        batch: int,
-        heads: int,
-        head_dim: int,
-        size: int,
-        ring: bool,
-        reach: Sequence[int] | None,
-        dilation: Sequence[int] | None,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        self.k = torch.zeros(batch, heads, size, head_dim, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.pos = torch.full((batch, size), -1, dtype=torch.long, device=device)
-        self.size = size
-        self.ring = ring
-        self.hi = 0  # for a cache that never wraps: slots >= hi are still empty
-        self.windowed = reach is not None
-        if reach is not None and dilation is not None:
-            self.reach = torch.tensor(reach, device=device)[None, :, None, None]
-            self.dilation = torch.tensor(dilation, device=device)[None, :, None, None]
-
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.k, self.v, self.pos
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
-        """Context (B, H, C, D) of C new queries at positions qpos (B, C); their keys/values
-        k, v (B, H, C, D) are stored where `valid`. Queries carry the 1/sqrt(D) scale."""
-        kpos_new = qpos.masked_fill(~valid, -1)
-        if self.ring and q.shape[2] > 1:
-            # a chunk longer than the ring would overwrite keys its own queries still need:
-            # attend over (ring + chunk), then store the chunk's last positions
-            keys = torch.cat((self.k, k), 2)
-            values = torch.cat((self.v, v), 2)
-            kpos = torch.cat((self.pos, kpos_new), 1)
-            self._store(k, v, qpos, valid)
-        else:
-            self._store(k, v, qpos, valid)
-            n = self.size if self.ring else self.hi
-            keys, values, kpos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
-        diff = qpos[:, :, None] - kpos[:, None, :]  # (B, C, S)
-        ok = ((kpos[:, None, :] >= 0) & (diff >= 0))[:, None]  # (B, 1, C, S)
-        if self.windowed:
-            d = diff[:, None]
-            ok = ok & (d <= self.reach) & (d % self.dilation == 0)
-        ok = ok | ~valid[:, None, :, None]  # padding queries: any finite row, never used
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=ok, scale=1.0)
-
-    def _store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
-        b, c = qpos.shape
-        if c == 1:  # one token per row; invalid rows rewrite the slot with its old content
-            rows = torch.arange(b, device=qpos.device)
-            slot = qpos[:, 0] % self.size
-            ok = valid[:, 0]
-            keep = ok[:, None, None]
-            self.k[rows, :, slot] = torch.where(keep, k[:, :, 0], self.k[rows, :, slot])
-            self.v[rows, :, slot] = torch.where(keep, v[:, :, 0], self.v[rows, :, slot])
-            self.pos[rows, slot] = torch.where(ok, qpos[:, 0], self.pos[rows, slot])
-        else:  # a prompt chunk: per row, its valid positions that fit (distinct slots)
-            last = qpos.masked_fill(~valid, -1).amax(1, keepdim=True)
-            bi, ci = (valid & (qpos > last - self.size)).nonzero(as_tuple=True)
-            slot = qpos[bi, ci] % self.size
-            self.k[bi, :, slot] = k[bi, :, ci]
-            self.v[bi, :, slot] = v[bi, :, ci]
-            self.pos[bi, slot] = qpos[bi, ci]
-        if not self.ring:
-            self.hi = min(self.size, max(self.hi, int(qpos.max()) + 1))
-
-
-class CachedDecoder:
-    """Steps a `ForCausalLM` token by token with per-layer caches (see the module docstring).
-
-        dec = CachedDecoder(model, batch=2, capacity=n_max)
-        logits = dec.prefill(ids, lengths)     # (B, V) at each row's last prompt token
-        logits = dec.step(next_tokens)         # (B, V) after appending one token per row
-
-    `capacity` is the longest sequence (prompt + generated) any row will reach: the size of
-    full-attention caches. Rolling caches hold max(dilation) * window/2 + 1 slots whatever it is.
-    Put the model in eval mode first (`generate` does): the steps apply no attention dropout.
-    """
-
-    def __init__(
-        self,
-        model: ForCausalLM,
-        batch: int,
-        capacity: int,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        reason = recompute_reason(model)
-        if reason is not None:
-            raise ValueError(f"this model cannot be decoded with a cache ({reason})")
+    def __init__(self, model: ForCausalLM, batch: int) -> None:
         self.model = model
-        self.config = model.config
-        first = next(model.parameters())
-        device = device or first.device
-        dtype = dtype or first.dtype
-        self.caches: list[LayerCache] = []
-        for block, (kind, _) in zip(model.body.layers, layer_plan(model), strict=True):
-            att = block.attn.attention
-            reach = dil = None
-            size = capacity
-            if kind == "rolling":
-                half = att.window // 2
-                dil = att.dilations
-                reach = [d * half for d in dil]
-                size = min(max(reach) + 1, capacity)
-            self.caches.append(
-                LayerCache(
-                    batch,
-                    att.num_heads,
-                    att.head_dim,
-                    size,
-                    size < capacity,
-                    reach,
-                    dil,
-                    device=device,
-                    dtype=dtype,
-                )
-            )
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        self._axial: Tensor | None = None
-        self._rotary: dict[int, tuple[Tensor, Tensor]] = {}  # per forward: cos, sin
-
-    # ---------------------------------------------------------------- public steps
-    @torch.no_grad()
-    def prefill(self, input_ids: Tensor, lengths: Tensor, chunk: int = PREFILL_CHUNK) -> Tensor:
-        """Run right-padded prompts (B, N) of `lengths` (B,) through the model in chunks of
-        `chunk` tokens, filling the caches; returns the logits at each row's last token."""
-        b, n = input_ids.shape
-        lengths = lengths.to(self.lengths.device)
-        last: Tensor | None = None
-        for s in range(0, n, chunk):
-            ids = input_ids[:, s : s + chunk]
-            qpos = s + torch.arange(ids.shape[1], device=ids.device).expand(b, -1)
-            valid = qpos < lengths[:, None]
-            h = self._forward(ids, qpos, valid)
-            here = (lengths - 1 >= s) & (lengths - 1 < s + ids.shape[1])
-            idx = (lengths - 1 - s).clamp(0, ids.shape[1] - 1)
-            picked = h[torch.arange(b, device=h.device), idx]
-            last = picked if last is None else torch.where(here[:, None], picked, last)
-        assert last is not None
-        self.lengths = lengths.clone()
-        return self._logits(last)
+        self.cache: DecodingCache = model.new_cache(batch)
 
     @torch.no_grad()
-    def step(self, tokens: Tensor, active: Tensor | None = None) -> Tensor:
-        """Append one token per row (B,) and return the next logits (B, V). Rows with
-        active=False (finished) neither advance nor store anything."""
-        b = tokens.shape[0]
-        if active is None:
-            active = torch.ones(b, dtype=torch.bool, device=tokens.device)
-        qpos = torch.where(active, self.lengths, 0)[:, None]
-        h = self._forward(tokens[:, None], qpos, active[:, None])
-        self.lengths = self.lengths + active.long()
-        return self._logits(h[:, 0])
+    def prefill(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """(B, V) logits at each row's last prompt token; prompts right-padded (B, N)."""
+        b, n = ids.shape
+        rows = torch.arange(b, device=ids.device)
+        last = lengths - 1
+        out: Tensor | None = None
+        for s in range(0, n, PREFILL_CHUNK):
+            chunk = ids[:, s : s + PREFILL_CHUNK]
+            cols = torch.arange(s, s + chunk.shape[1], device=ids.device)
+            valid = cols[None] < lengths[:, None]
+            logits = self.model(chunk, attention_mask=valid.long(), cache=self.cache).logits
+            if out is None:
+                out = logits.new_zeros(b, logits.shape[-1])
+            here = (last >= s) & (last < s + chunk.shape[1])
+            out[here] = logits[rows[here], (last - s)[here]]
+        assert out is not None
+        return out
 
-    # ---------------------------------------------------------------- the model, stepped
-    def _logits(self, h: Tensor) -> Tensor:
-        body = self.model.body
-        if body.final_norm is not None:
-            h = body.final_norm(h)
-        return self.model.lm_head(h)
-
-    def _embed(self, ids: Tensor, pos: Tensor) -> Tensor:
-        emb = self.model.body.embeddings
-        x = emb.word(ids)
-        if isinstance(emb.position, LearnedPositions):
-            x = x + emb.position.weight[pos + self.config.position_offset].to(x.dtype)
-        elif isinstance(emb.position, AxialPositions):
-            if self._axial is None:
-                self._axial = emb.position.table()
-            x = x + self._axial[pos].to(x.dtype)
-        if emb.token_type is not None:  # segment 0, as the model's forward without ids
-            x = x + emb.token_type(torch.zeros_like(ids))
-        if emb.norm is not None:
-            x = emb.norm(x)
-        return emb.dropout(x)
-
-    def _attention(self, i: int, x: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
-        """The attention branch F of block i for the new positions (B, C, hidden)."""
-        sub = self.model.body.layers[i].attn
-        att = sub.attention
-        a = sub.norm(x) if sub.pre else x
-        h = att.num_heads
-        q = ops.split_heads(att.query(a), h) * att.head_dim**-0.5
-        k = ops.split_heads(att.key(a), h)
-        v = ops.split_heads(att.value(a), h)
-        if att.rotary is not None:
-            cos, sin = self._rotary_tables(att.rotary, qpos, q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        ctx = self.caches[i].attend(q, k, v, qpos, valid)
-        return sub.dropout(att.out(ops.merge_heads(ctx)))
-
-    def _rotary_tables(
-        self, rotary: RotaryEmbedding, qpos: Tensor, dtype: torch.dtype
-    ) -> tuple[Tensor, Tensor]:
-        """cos, sin (B, 1, C, D) at positions qpos, computed once per forward (layers share
-        the model's rotary embedding)."""
-        if id(rotary) not in self._rotary:
-            lo = int(qpos.min())
-            cos, sin = rotary.cos_sin(int(qpos.max()) - lo + 1, lo, device=qpos.device, dtype=dtype)
-            self._rotary[id(rotary)] = (cos[qpos - lo][:, None], sin[qpos - lo][:, None])
-        return self._rotary[id(rotary)]
-
-    def _forward(self, ids: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
-        """Hidden states (B, C, width) of C new tokens per row, before the final norm."""
-        cfg = self.config
-        self._rotary = {}
-        layers = self.model.body.layers
-        x = self._embed(ids, qpos)
-        if cfg.reversible:  # y1 = x1 + F(x2), y2 = x2 + G(y1), then merge the streams
-            x1 = x2 = x
-            for i, block in enumerate(layers):
-                x1 = x1 + self._attention(i, x2, qpos, valid)
-                x2 = x2 + block.ff(x1)
-            return torch.cat((x1, x2), -1) if cfg.reversible_output == "concat" else (x1 + x2) / 2
-        for i, block in enumerate(layers):
-            if block.pre:
-                x = x + self._attention(i, x, qpos, valid)
-                x = x + block.ff(x)
-            else:
-                x = block.attn.norm(x + self._attention(i, x, qpos, valid))
-                x = block.ff.norm(x + block.ff(x))
-        return x
+    @torch.no_grad()
+    def step(self, tokens: Tensor, active: Tensor) -> Tensor:
+        """(B, V) logits after appending one token to each active row."""
+        mask = active[:, None].long()
+        return self.model(tokens[:, None], attention_mask=mask, cache=self.cache).logits[:, 0]
 
 
-class _Recompute:
-    """The fallback: the model's full forward over every row's whole sequence at each step."""
+class _FullForward:
+    """The reference (use_cache=False): the model's forward over every row's whole sequence
+    at each step; also the way to decode layers that are not prefix-stable (Hugging Face
+    parity modes), whose outputs change as tokens are added."""
 
-    def __init__(self, model: ForCausalLM, sequences: Tensor) -> None:
+    def __init__(self, model: ForCausalLM, tokens: _Tokens) -> None:
         self.model = model
-        self.sequences = sequences  # (B, capacity), shared with `generate`, written there
-        self.lengths = torch.zeros(sequences.shape[0], dtype=torch.long)
+        self.tokens = tokens
 
     @torch.no_grad()
     def _run(self) -> Tensor:
-        n = int(self.lengths.max())
-        ids = self.sequences[:, :n]
-        lengths = self.lengths.to(ids.device)
+        lengths = self.tokens.lengths
+        n = int(lengths.max())
+        ids = self.tokens.buf[:, :n]
         mask = torch.arange(n, device=ids.device)[None] < lengths[:, None]
         logits = self.model(ids, attention_mask=None if bool(mask.all()) else mask.long()).logits
         return logits[torch.arange(ids.shape[0], device=ids.device), lengths - 1]
 
-    def prefill(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        self.lengths = lengths.clone()
+    def prefill(self, ids: Tensor, lengths: Tensor) -> Tensor:
         return self._run()
 
     def step(self, tokens: Tensor, active: Tensor) -> Tensor:
-        self.lengths = self.lengths + active.to(self.lengths.device).long()
         return self._run()
+
+
+class _Tokens:
+    """Each row's tokens so far, right-padded, in a buffer that doubles as it fills."""
+
+    def __init__(self, ids: Tensor, lengths: Tensor, pad: int) -> None:
+        self.buf, self.lengths, self.pad = ids.clone(), lengths.clone(), pad
+
+    def append(self, tokens: Tensor, active: Tensor) -> None:
+        b = self.buf.shape[0]
+        if int(self.lengths.max()) + 1 > self.buf.shape[1]:
+            grown = self.buf.new_full((b, 2 * self.buf.shape[1]), self.pad)
+            grown[:, : self.buf.shape[1]] = self.buf
+            self.buf = grown
+        rows = torch.arange(b, device=self.buf.device)[active]
+        self.buf[rows, self.lengths[active]] = tokens[active]
+        self.lengths = self.lengths + active.long()
 
 
 # ------------------------------------------------------------------------------ generate
@@ -627,7 +391,8 @@ def generate(
     `stop_strings` (needs `tokenizer`; the tokens that complete it are kept), or at the model's
     position limit. `streamer(tokens)` is called once per step with the (B,) new tokens
     (finished rows get pad_token_id); if it has `end()`, that is called at the end.
-    use_cache=False recomputes the full forward at every step (the reference for the cache).
+    use_cache=False runs the full forward at every step (the reference for the cache, and the
+    way to decode a layer that is not prefix-stable, e.g. Hugging Face's wrapped LSH rounds).
     The model runs in eval mode (its mode is restored afterwards).
     """
     cfg = model.config
@@ -661,17 +426,16 @@ def generate(
     ids = ids[:, : int(lengths.max())]  # no column of padding only
     n = ids.shape[1]
     prompt_lengths = lengths.clone()
-    use_cache = use_cache and cache_kind(model) != "recompute"
+    if use_cache:
+        kind = cache_kind(model)  # a layer without an exact cache says why, here
     limit = position_limit(model, use_cache)
     if limit is not None and n > limit:
         raise ValueError(
             f"prompt of {n} tokens exceeds this model's max_length={limit} "
-            f"(position {cfg.position!r}, cache {cache_kind(model)!r}); truncate the prompt"
+            f"(position {cfg.position!r}); truncate the prompt"
         )
-    capacity = n + max_new_tokens if limit is None else min(limit, n + max_new_tokens)
     pad = cfg.pad_token_id
-    sequences = torch.full((b, capacity), pad, dtype=torch.long, device=device)
-    sequences[:, :n] = ids
+    tokens = _Tokens(ids, lengths, pad)
 
     generator = None
     if seed is not None:
@@ -682,8 +446,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        runner: CachedDecoder | _Recompute
-        runner = CachedDecoder(model, b, capacity) if use_cache else _Recompute(model, sequences)
+        runner = _Cached(model, b) if use_cache else _FullForward(model, tokens)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         reasons: list[str | None] = [None] * b
         if limit is not None:
@@ -691,7 +454,6 @@ def generate(
                 finished[r], reasons[r] = True, "max_length"
         logits = runner.prefill(ids, lengths)
         all_logits: list[Tensor] = []
-        rows = torch.arange(b, device=device)
         for step in range(max_new_tokens):
             if bool(finished.all()):
                 break
@@ -707,12 +469,11 @@ def generate(
                 generator=generator,
             )
             nxt = torch.where(active, nxt, pad)
-            sequences[rows[active], lengths[active]] = nxt[active]
-            lengths = lengths + active.long()
+            tokens.append(nxt, active)
             if streamer is not None:
                 streamer(nxt)
             for r in active.nonzero().flatten().tolist():
-                reason = rules.check(r, int(nxt[r]), int(lengths[r]))
+                reason = rules.check(r, int(nxt[r]), int(tokens.lengths[r]))
                 if reason is None and step == max_new_tokens - 1:
                     reason = "max_new_tokens"
                 if reason is not None:
@@ -723,29 +484,25 @@ def generate(
             streamer.end()
     finally:
         model.train(was_training)
-    out_len = int(lengths.max())
+    out_len = int(tokens.lengths.max())
     return GenerationOutput(
-        sequences=sequences[:, :out_len],
+        sequences=tokens.buf[:, :out_len],
         prompt_lengths=prompt_lengths,
-        lengths=lengths,
+        lengths=tokens.lengths,
         finish_reasons=[r or "max_new_tokens" for r in reasons],
-        cache=cache_kind(model) if use_cache else "recompute",
+        cache=kind if use_cache else "none",
         logits=all_logits if output_logits else None,
     )
 
 
 __all__ = [
     "FINISH_REASONS",
-    "CachedDecoder",
     "GenerationOutput",
     "IncrementalText",
-    "LayerCache",
     "TextStreamer",
     "cache_kind",
     "filter_logits",
     "generate",
-    "layer_plan",
     "position_limit",
-    "recompute_reason",
     "sample_next",
 ]

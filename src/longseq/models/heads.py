@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from longseq.layers.feedforward import ACTIVATIONS
 from longseq.models.base import LongseqModel
 from longseq.models.config import ModelConfig
-from longseq.models.transformer import ModelOutput
+from longseq.models.transformer import DecodingCache, ModelOutput
 
 IGNORE = -100
 
@@ -58,12 +58,18 @@ class _Head(LongseqModel):
         global_attention_mask: Tensor | None,
         token_type_ids: Tensor | None,
         output_hidden_states: bool,
+        cache: DecodingCache | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, Tensor | None]:
         attention_mask, global_attention_mask = self.check_inputs(
             input_ids, attention_mask, global_attention_mask
         )
         h, states = self.body(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            token_type_ids,
+            output_hidden_states,
+            cache,
         )
         return h, states, attention_mask
 
@@ -281,8 +287,14 @@ class ForCausalLM(_Head):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
+        cache: DecodingCache | None = None,
     ) -> ModelOutput:
-        h, states, mask = self.encode(input_ids, attention_mask, None, None, output_hidden_states)
+        """Logits (B, N, V). With `cache` (from `new_cache`), input_ids are the tokens that
+        follow what the cache holds, and the logits are exactly those of the full forward
+        over the whole sequence at those positions (see `longseq.attention.cache`)."""
+        h, states, mask = self.encode(
+            input_ids, attention_mask, None, None, output_hidden_states, cache
+        )
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
@@ -294,6 +306,10 @@ class ForCausalLM(_Head):
                 logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE
             )
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
+
+    def new_cache(self, batch: int = 1) -> DecodingCache:
+        """An empty incremental-decoding cache for `batch` rows (see `forward`)."""
+        return self.body.new_cache(batch)
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs: Any) -> Any:
         """Continue the prompts; see `longseq.models.generation.generate` for the options."""

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from longseq import attention
+from longseq.attention.cache import AttentionCache
 from longseq.layers import (
     AxialPositions,
     FeedForward,
@@ -69,12 +70,18 @@ class Embeddings(nn.Module):
         self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """`positions` (batch, seq): each token's position (default 0 .. seq - 1)."""
         x = self.word(input_ids)
         if isinstance(self.position, LearnedPositions):
-            x = self.position(x, offset=self.config.position_offset)
+            x = self.position(x, offset=self.config.position_offset, positions=positions)
         elif self.position is not None:
-            x = self.position(x)
+            x = self.position(x, positions=positions)
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -113,11 +120,18 @@ class AttentionSublayer(nn.Module):
         x: Tensor,
         attention_mask: Tensor | None = None,
         global_attention_mask: Tensor | None = None,
+        cache: AttentionCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         if not self.attention.supports_global:
             # In a model that mixes mechanisms, only layers with global tokens use the mask.
             global_attention_mask = None
-        y = self.attention(self.norm(x) if self.pre else x, attention_mask, global_attention_mask)
+        y = self.attention(
+            self.norm(x) if self.pre else x,
+            attention_mask,
+            global_attention_mask,
+            **({} if cache is None else {"cache": cache, "positions": positions}),
+        )
         return self.dropout(y)
 
 
@@ -152,11 +166,14 @@ class Block(nn.Module):
         x: Tensor,
         attention_mask: Tensor | None = None,
         global_attention_mask: Tensor | None = None,
+        cache: AttentionCache | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
+        a = self.attn(x, attention_mask, global_attention_mask, cache, positions)
         if self.pre:
-            x = x + self.attn(x, attention_mask, global_attention_mask)
+            x = x + a
             return x + self.ff(x)
-        x = self.attn.norm(x + self.attn(x, attention_mask, global_attention_mask))
+        x = self.attn.norm(x + a)
         return self.ff.norm(x + self.ff(x))
 
 
@@ -190,10 +207,18 @@ class Transformer(nn.Module):
         global_attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        cache: DecodingCache | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-        x = self.embeddings(input_ids, token_type_ids)
+        """Final hidden states (and, on request, every layer's input and the last output).
+
+        With `cache` (causal models, see `new_cache`), input_ids are each row's NEXT tokens
+        after what the cache holds, right-padded: `attention_mask` marks those that exist."""
+        positions = None if cache is None else cache.positions(input_ids, attention_mask)
+        x = self.embeddings(input_ids, token_type_ids, positions)
         states: list[Tensor] = [x]
-        if self._reversible:
+        if cache is not None:
+            x = self._cached(x, attention_mask, cache, positions, states)
+        elif self._reversible:
             # ReversibleSequence passes keyword arguments to every F.
             kwargs: dict[str, Any] = {"attention_mask": attention_mask}
             if global_attention_mask is not None:
@@ -220,5 +245,97 @@ class Transformer(nn.Module):
             x = x.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
         return x, (tuple(states) if output_hidden_states else None)
 
+    def _cached(
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None,
+        cache: DecodingCache,
+        positions: Tensor | None,
+        states: list[Tensor],
+    ) -> Tensor:
+        """The blocks over new tokens through the layer caches: the same modules, the same
+        arithmetic as the forward (reversible: y1 = x1 + F(x2), y2 = x2 + G(y1))."""
+        if len(cache.layers) != len(self.layers):
+            raise ValueError(f"cache has {len(cache.layers)} layers, model {len(self.layers)}")
+        if self._reversible:
+            x1 = x2 = x
+            for block, c in zip(self.layers, cache.layers, strict=True):
+                x1 = x1 + block.attn(x2, attention_mask, None, c, positions)
+                x2 = x2 + block.ff(x1)
+            x = (
+                torch.cat((x1, x2), -1)
+                if self.config.reversible_output == "concat"
+                else (x1 + x2) / 2
+            )
+            states.append(x)
+        else:
+            for block, c in zip(self.layers, cache.layers, strict=True):
+                x = block(x, attention_mask, None, c, positions)
+                states.append(x)
+        cache.advance(attention_mask, x.shape[:2])
+        return x
 
-__all__ = ["Block", "Embeddings", "ModelOutput", "Transformer"]
+    def new_cache(self, batch: int) -> DecodingCache:
+        """An empty decoding cache for `batch` rows: each layer's own cache (see
+        `longseq.attention.cache`). Needs a causal model."""
+        if not self.config.causal:
+            raise ValueError(
+                "incremental decoding needs a causal model (a causal-lm, or causal_attention)"
+            )
+        device = self.embeddings.word.weight.device
+        caches = [block.attn.attention.new_cache() for block in self.layers]
+        limit = None
+        if not (all(c.bounded for c in caches) and self.config.position in ("rotary", "none")):
+            limit = self.config.max_length
+        return DecodingCache(caches, batch, device, limit)
+
+
+class DecodingCache:
+    """The state of incremental decoding: one attention cache per layer, each row's length.
+
+        cache = model.new_cache(batch)
+        model(prompt_ids, attention_mask=mask, cache=cache)   # feeds the prompts
+        model(next_ids[:, None], cache=cache)                 # one more token per row
+
+    `limit` is the longest sequence the model may decode (positions of learned or axial
+    tables, or max_length when some layer keeps every position); None: unbounded (every layer
+    a ring, rotary or no positions).
+    """
+
+    def __init__(
+        self, layers: list[AttentionCache], batch: int, device: torch.device, limit: int | None
+    ) -> None:
+        self.layers = layers
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.limit = limit
+
+    def positions(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """(B, C) positions of the new tokens; 0 where a token does not exist."""
+        b, c = input_ids.shape
+        if b != self.lengths.shape[0]:
+            raise ValueError(f"cache holds {self.lengths.shape[0]} rows, input has {b}")
+        pos = self.lengths[:, None] + torch.arange(c, device=input_ids.device)
+        if attention_mask is None:
+            end = pos[:, -1]
+        else:
+            valid = attention_mask.bool()
+            if bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+                raise ValueError(
+                    "with a cache, each row's new tokens come first: attention_mask must be "
+                    "1s then 0s (right padding)"
+                )
+            pos = pos.masked_fill(~valid, 0)
+            end = pos.amax(1)
+        if self.limit is not None and int(end.max()) >= self.limit:
+            raise ValueError(
+                f"decoding past position {self.limit - 1}: this model supports sequences of at "
+                f"most {self.limit} tokens (max_length)"
+            )
+        return pos
+
+    def advance(self, attention_mask: Tensor | None, shape: torch.Size) -> None:
+        added = shape[1] if attention_mask is None else attention_mask.bool().sum(1)
+        self.lengths = self.lengths + added
+
+
+__all__ = ["Block", "DecodingCache", "Embeddings", "ModelOutput", "Transformer"]

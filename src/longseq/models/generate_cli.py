@@ -56,7 +56,8 @@ def register(commands: Any) -> None:
         "--no-cache",
         dest="use_cache",
         action="store_false",
-        help="recompute the full forward at every step (slow; for comparison)",
+        help="run the full forward at every step (slow: the reference for the cache, and the "
+        "way to decode Hugging Face-parity layers that are not prefix-stable)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
@@ -118,7 +119,16 @@ def run(args: argparse.Namespace) -> int:
         )
     prompt = args.prompt
     if args.prompt_file is not None:
-        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            parser.error(f"--prompt-file {args.prompt_file}: no such file")
+        except UnicodeDecodeError as e:
+            parser.error(
+                f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte {e.start})"
+            )
+        except OSError as e:
+            parser.error(f"--prompt-file {args.prompt_file}: {e.strerror}")
     ids = tokenizer.encode(prompt)
     if args.add_bos:
         ids = [tokenizer.bos_id, *ids]

@@ -1,0 +1,137 @@
+"""Incremental caches: what a causal layer keeps of the past to score new tokens exactly.
+
+A causal, prefix-stable layer's output at position t is a softmax over the keys k_j = Wk x_j
+and values v_j = Wv x_j of the positions j <= t its pattern lets t see, and k_j, v_j never
+change once computed. So decoding stores them once, in slots that remember the position they
+hold, and a new query at position t attends over the slots its rule allows:
+
+    out_t = sum_{slots s: kpos(s) <= t, rule(t, kpos(s))} softmax_s(q_t . k_s) v_s
+
+The rule is the mechanism's own pattern (`patterns.py`, the functions its kernel is tested
+against), evaluated on positions: (qpos (B, 1, C, 1), kpos (B, 1, 1, S)) -> bool broadcastable
+to (B, heads, C, S). A query at t sees nothing after t, so what it computes does not depend on
+how the past was fed in: token by token, in chunks, or as one prompt.
+
+`SlotCache(rule)` keeps every position (full attention, BigBird, whose random blocks reach
+anywhere back); storage grows by doubling, so nothing is reserved for tokens not yet made.
+`SlotCache(rule, size=m)` is a ring of m slots, slot = position mod m, for rules that never
+look back more than m - 1 positions (Longformer's window, local attention's chunks): constant
+memory however long the generation runs. LSH keeps buckets beside its keys (`LSHCache`, in
+`lsh.py`).
+
+Several new tokens per row (a prompt, in chunks) are scored against the cache plus the chunk
+itself; rows of a batch advance at their own positions, and `valid` marks the new tokens that
+exist (a row that has finished, or the right padding of a shorter prompt, stores nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# (qpos (B, 1, C, 1), kpos (B, 1, 1, S)) -> allowed, broadcastable to (B, H, C, S)
+Rule = Callable[[Tensor, Tensor], Tensor]
+
+_FIRST_CAPACITY = 64  # slots of a growing cache before its first doubling
+
+
+class AttentionCache:
+    """The incremental state of one attention layer (see the module docstring)."""
+
+    bounded: bool = False  # memory independent of the sequence length (a ring)
+    kind: str = "kv"  # what it keeps, for messages: "kv" (every position), "ring", "lsh"
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
+        """Context (B, H, C, D) of C new queries at positions qpos (B, C), queries pre-scaled;
+        their keys and values k, v (B, H, C, D) are stored where `valid` (B, C)."""
+        raise NotImplementedError
+
+
+class SlotCache(AttentionCache):
+    """Keys and values in slots with the position each holds (-1: empty).
+
+    k, v: (B, H, S, D); pos: (B, S). `rule` is the mechanism's pattern on positions (None:
+    every earlier position); `size` makes a ring of that many slots (None: grows).
+    """
+
+    def __init__(self, rule: Rule | None = None, size: int | None = None) -> None:
+        self.rule = rule
+        self.size = size
+        self.bounded = size is not None
+        self.kind = "kv" if size is None else "ring"
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.pos: Tensor | None = None
+        self.hi = 0  # a growing cache: slots >= hi are still empty
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return () if self.k is None else (self.k, self.v, self.pos)  # type: ignore[return-value]
+
+    def _allocate(self, like: Tensor, slots: int) -> None:
+        b, h, _, d = like.shape
+        k = like.new_zeros(b, h, slots, d)
+        v = torch.zeros_like(k)
+        pos = torch.full((b, slots), -1, dtype=torch.long, device=like.device)
+        if self.k is not None:  # grow: the old slots keep their places
+            n = self.k.shape[2]
+            k[:, :, :n], v[:, :, :n], pos[:, :n] = self.k, self.v, self.pos
+        self.k, self.v, self.pos = k, v, pos
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
+        if self.k is None:
+            self._allocate(k, self.size or _FIRST_CAPACITY)
+        kpos_new = qpos.masked_fill(~valid, -1)
+        if self.size is not None and q.shape[2] > 1:
+            # a chunk can overwrite ring slots its own earlier queries still need:
+            # attend over (ring + chunk), then store the chunk's last positions
+            keys = torch.cat((self.k, k), 2)
+            values = torch.cat((self.v, v), 2)
+            kpos = torch.cat((self.pos, kpos_new), 1)
+            self._store(k, v, qpos, valid)
+        else:
+            self._store(k, v, qpos, valid)
+            n = self.size or self.hi
+            keys, values, kpos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
+        q4, k4 = qpos[:, None, :, None], kpos[:, None, None, :]
+        ok = (k4 >= 0) & (k4 <= q4)
+        if self.rule is not None:
+            ok = ok & self.rule(q4, k4)
+        ok = ok | ~valid[:, None, :, None]  # padding queries: any finite row, never used
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=ok, scale=1.0)
+
+    def store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
+        """Keep keys and values (B, H, C, D) at positions qpos (B, C) where `valid`."""
+        self._store(k, v, qpos, valid)
+
+    def _store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
+        if self.k is None:
+            self._allocate(k, self.size or _FIRST_CAPACITY)
+        assert self.k is not None and self.v is not None and self.pos is not None
+        if self.size is None:
+            top = int(qpos.masked_fill(~valid, -1).max()) + 1
+            if top > self.k.shape[2]:
+                self._allocate(k, max(top, 2 * self.k.shape[2]))
+            self.hi = max(self.hi, top)
+        size = self.k.shape[2]
+        b, c = qpos.shape
+        if c == 1:  # one token per row; invalid rows rewrite the slot with its old content
+            rows = torch.arange(b, device=qpos.device)
+            slot = qpos[:, 0] % size
+            ok = valid[:, 0]
+            keep = ok[:, None, None]
+            self.k[rows, :, slot] = torch.where(keep, k[:, :, 0], self.k[rows, :, slot])
+            self.v[rows, :, slot] = torch.where(keep, v[:, :, 0], self.v[rows, :, slot])
+            self.pos[rows, slot] = torch.where(ok, qpos[:, 0], self.pos[rows, slot])
+        else:  # a chunk: per row, its valid positions that fit (distinct slots)
+            last = qpos.masked_fill(~valid, -1).amax(1, keepdim=True)
+            bi, ci = (valid & (qpos > last - size)).nonzero(as_tuple=True)
+            slot = qpos[bi, ci] % size
+            self.k[bi, :, slot] = k[bi, :, ci]
+            self.v[bi, :, slot] = v[bi, :, ci]
+            self.pos[bi, slot] = qpos[bi, ci]
+
+
+__all__ = ["AttentionCache", "Rule", "SlotCache"]
