@@ -44,6 +44,10 @@ class AttentionCache:
     bounded: bool = False  # memory independent of the sequence length (a ring)
     kind: str = "kv"  # what it keeps, for messages: "kv" (every position), "ring", "lsh"
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """What the cache holds (for measuring its memory)."""
+        raise NotImplementedError
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
         """Context (B, H, C, D) of C new queries at positions qpos (B, C), queries pre-scaled;
         their keys and values k, v (B, H, C, D) are stored where `valid` (B, C)."""

@@ -179,6 +179,7 @@ class LSHAttention(SelfAttention):
         self.seed = seed
         self.wrap_rounds = wrap_rounds
         self.pad_multiple = pad_multiple or chunk_length
+        self._rotations: tuple[Any, Tensor | None] = (None, None)
 
     # ----------------------------------------------------------------------------- hashing
 
@@ -200,9 +201,12 @@ class LSHAttention(SelfAttention):
         """Random rotations (heads, head_dim, n_hashes, num_buckets / 2), a function of `seed`.
 
         For factorised buckets pass the sum of the factors (Hugging Face's rotation_size)."""
-        gen = torch.Generator().manual_seed(self.seed)
-        shape = (self.num_heads, self.head_dim, self.n_hashes, num_buckets // 2)
-        return torch.randn(shape, generator=gen, dtype=dtype).to(device)
+        key = (self.seed, num_buckets, dtype, device)
+        if self._rotations[0] != key:  # drawn once per setting (decoding hashes every token)
+            gen = torch.Generator().manual_seed(self.seed)
+            shape = (self.num_heads, self.head_dim, self.n_hashes, num_buckets // 2)
+            self._rotations = (key, torch.randn(shape, generator=gen, dtype=dtype).to(device))
+        return self._rotations[1]
 
     def hash(self, qk: Tensor, real: Tensor) -> Tensor:
         """Bucket of every token in every round, (B, H, n_hashes, N); padding -> the bucket
@@ -372,6 +376,10 @@ class LSHCache(AttentionCache):
         self.kv = SlotCache()  # keys and values, slot = position
         self.buckets: Tensor | None = None  # (B, H, R, S), -1 empty
         self.rank: Tensor | None = None  # (B, H, R, S)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        extra = () if self.buckets is None or self.rank is None else (self.buckets, self.rank)
+        return (*self.kv.tensors(), *extra)
 
     def attend(  # type: ignore[override]
         self, qk: Tensor, key: Tensor, v: Tensor, buckets: Tensor, qpos: Tensor, valid: Tensor
