@@ -95,7 +95,46 @@ def _init_from_cut(tmp: Path) -> None:
     )
 
 
+def _hf_folder(tmp: Path) -> Path:
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    transformers.BertForMaskedLM(config).save_pretrained(tmp / "hf")
+    return tmp / "hf"
+
+
+def _convert(src: Path) -> None:
+    from longseq.convert import from_huggingface
+
+    from_huggingface(src)
+
+
+def _convert_pipeline(tmp: Path) -> None:
+    import json
+
+    src = _hf_folder(tmp)
+    raw = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**raw, "architectures": ["pipeline"]}))
+    _convert(src)
+
+
+def _convert_cut(tmp: Path) -> None:
+    src = _hf_folder(tmp)
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _convert(src)
+
+
 ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("convert: architectures ['pipeline']", _convert_pipeline, "not a transformers model class"),
+    ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
     ("init_from a cut model", _init_from_cut, "init_from: "),
     ("a layer call with batch size 0", _layer_batch0, "empty batch"),

@@ -85,8 +85,11 @@ def model_class(transformers: ModuleType, raw: dict[str, Any]) -> type:
         if name.endswith(old):
             name = name[: -len(old)] + new
     cls = getattr(transformers, name, None)
-    if cls is None:
-        raise ValueError(f"config.json names architecture {archs[0]!r}, unknown to transformers")
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(
+            f"config.json names architecture {archs[0]!r}, which is not a transformers model "
+            "class (expected e.g. 'LongformerForMaskedLM' or 'BertModel')"
+        )
     return cls
 
 
@@ -94,13 +97,18 @@ def check_shapes(cls: type, config: Any, files: list[Path]) -> None:
     """Compare the safetensors shapes with those `config` implies (no tensor data is read)."""
     if not all(f.suffix == ".safetensors" for f in files):
         return  # .bin files: transformers' own check (a RuntimeError, re-raised below)
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
-        with safe_open(str(f), "pt") as h:
-            for k in h.keys():  # noqa: SIM118 (safe_open is not a dict)
-                shapes[k] = tuple(h.get_slice(k).get_shape())
+        try:
+            with safe_open(str(f), "pt") as h:
+                for k in h.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    shapes[k] = tuple(h.get_slice(k).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise ValueError(
+                f"{f} is not a readable safetensors file (cut or corrupt?): {e}"
+            ) from None
     with torch.device("meta"):
         model = cls(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
