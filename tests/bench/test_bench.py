@@ -176,13 +176,6 @@ def test_select_and_settings():
     }
 
 
-def test_lsh_buckets_match_the_layer_rule():
-    from longseq.attention.lsh import derived_num_buckets
-
-    for n in (128, 1000, 4096, 16384):
-        assert ba.lsh_buckets(n, 64) == derived_num_buckets(n, 64)
-
-
 def test_extrapolate():
     assert ba.extrapolate([], 2048) is None
     assert ba.extrapolate([(1024, 10.0)], 2048) == pytest.approx(40.0)  # one point: quadratic

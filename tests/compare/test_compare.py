@@ -187,20 +187,33 @@ def test_lra_preset_is_the_papers() -> None:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_mechanisms_build(name: str) -> None:
-    """Every mechanism's options at the preset's training length make a valid model."""
-    from longseq.models import ModelConfig
+    """Every mechanism's options at the preset's training length make a model that runs a
+    full-length batch (one layer, to keep it quick) and carries those options."""
+    import torch
+
+    from longseq.models import ModelConfig, build_model
 
     p = PRESETS[name]
     for m in presets.MECHANISMS:
         opts = mechanism_options(p, m, p.listops_max_length)
-        ModelConfig(
+        config = ModelConfig(
             architecture="sequence-classification",
             attention=m,
             attention_options=opts,
             hidden_size=p.hidden_size,
             num_heads=p.num_heads,
+            num_layers=1,
+            intermediate_size=p.hidden_size,
             max_length=p.listops_max_length,
+            num_labels=10,
         )
+        model = build_model(config, seed=0).eval()
+        layer = model.body.layers[0].attn.attention
+        assert layer.name == m
+        assert all(getattr(layer, k) == v for k, v in opts.items() if hasattr(layer, k))
+        with torch.no_grad():
+            logits = model(torch.randint(4, 20, (1, p.listops_max_length))).logits
+        assert logits.shape == (1, 10) and torch.isfinite(logits).all()
 
 
 def test_preset_overrides() -> None:

@@ -293,7 +293,7 @@ def test_empty_row_mask_rejected():
     model = build_model(config("longformer"), seed=13)
     ids, mask = inputs()
     mask[0] = 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"no real token in sequence\(s\) \[0\]"):
         model(ids, mask)
 
 

@@ -293,7 +293,9 @@ def _block_size(half: int, sub: int) -> int:
     small (wasted halo keys), and no longer than the (sub)sequence."""
     blocks_per_half = -(-half // MAX_BLOCK)
     c = max(half, MIN_BLOCK) if blocks_per_half == 1 else -(-half // blocks_per_half)
-    return min(c, sub)
+    # a branch, not min(): under torch.compile's dynamic shapes the comparison becomes a guard
+    # and c stays a constant (a symbolic Min(c, n) breaks Inductor's lowering of the windows)
+    return c if sub >= c else sub
 
 
 @functools.lru_cache(maxsize=16)

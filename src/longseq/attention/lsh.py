@@ -277,7 +277,7 @@ class LSHAttention(SelfAttention):
                 sorted_buckets,
             )
         p = self.dropout if self.training else 0.0
-        return _LSHKernel.apply(qk, key, v, plan, p)[:, :, :n0]
+        return _run_kernel(qk, key, v, plan, p)[:, :, :n0]
 
     # ----------------------------------------------------------------------------- decoding
 
@@ -702,6 +702,13 @@ class _LSHKernel(torch.autograd.Function):
             grp.to_tokens(ws, dbuf, grads)
         shape = (plan.units // plan.heads, plan.heads, plan.n, d)
         return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
+
+
+# torch.compile traced the kernel's out= buffers and overlapping views into wrong numbers (NaN,
+# 1e35); it runs eagerly inside a compiled model instead (a graph break around this call).
+@torch.compiler.disable
+def _run_kernel(qk: Tensor, key: Tensor, v: Tensor, plan: _Plan, dropout: float) -> Tensor:
+    return _LSHKernel.apply(qk, key, v, plan, dropout)
 
 
 def _round_weights(lse: Tensor, like_hf: bool) -> Tensor:

@@ -91,7 +91,8 @@ def check_masks(
         elif not supports_global:
             raise ValueError(
                 f"'{name}' attention has no global tokens; global_attention_mask must be None "
-                "(use 'longformer' or 'bigbird' for global attention)"
+                "(use 'longformer' for token-level global attention; BigBird's globals are "
+                "blocks, set by num_global_blocks)"
             )
         elif (glob & ~real).any():
             raise ValueError("global_attention_mask marks padding positions (attention_mask = 0)")

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 import longseq
 from longseq import attention
+from longseq.attention.lsh import derived_num_buckets
 from longseq.forkserver import ChildError, Server
 
 DTYPES = {
@@ -78,13 +79,8 @@ class Spec:
             if self.kind == "ours":
                 opts["max_seq_len"] = n
         if self.family == "lsh":
-            opts["num_buckets"] = lsh_buckets(n, opts["chunk_length"])
+            opts["num_buckets"] = derived_num_buckets(n, opts["chunk_length"])
         return opts
-
-
-def lsh_buckets(n: int, chunk_length: int) -> int:
-    """Hugging Face Reformer's default: 2 * n / chunk_length rounded down to a power of 2."""
-    return 2 ** max(1, (2 * (n // chunk_length)).bit_length() - 1)
 
 
 LONGFORMER = {"window": 512}
