@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from longseq import cli
 from longseq.data.datasets import LMDataset, TextClassificationDataset
 from longseq.models import from_pretrained
 from longseq.train import TrainConfig, build_training_model, train
@@ -414,3 +415,56 @@ def test_one_run_per_folder(tmp_path, cls_data):
     with run_lock(out), pytest.raises(ValueError, match=r"in use by process \d+"):
         train(cfg)
     assert train(cfg).step > 0  # released: the folder is free again
+
+
+# ------------------------------------------------------------------ longseq evaluate
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(tmp_path, cls_data, capsys):
+    """The test metrics the run computed at its end == `longseq evaluate` of its best model on
+    the test file (another batch size: the counts are exact; the loss, summed per batch in
+    fp32, agrees to float32 rounding)."""
+    out = tmp_path / "run"
+    cfg = _config(
+        out,
+        {"task": "classification", **cls_data},
+        model={"attention": "bigbird", "attention_options": {"block_size": 8}},
+    )
+    result = train(cfg)
+    assert result.test is not None
+    dst = tmp_path / "m.json"
+    argv = ["evaluate", "--model", str(out / "best"), "--data", cls_data["test"]]
+    assert cli.main([*argv, "--batch-size", "3", "--out", str(dst)]) == 0
+    got = json.loads(dst.read_text())
+    assert got["task"] == "classification" and got["examples"] == 11
+    assert got["accuracy"] == result.test["accuracy"]
+    assert got["macro_f1"] == result.test["macro_f1"]
+    assert got["loss"] == pytest.approx(result.test["loss"], rel=1e-6)
+    assert cli.main(argv) == 0  # to stdout
+    assert json.loads(capsys.readouterr().out)["accuracy"] == got["accuracy"]
+
+
+def test_evaluate_lm_without_a_run_config(tmp_path, text_data):
+    """A model folder alone: the task comes from its architecture (causal-lm -> lm)."""
+    out = tmp_path / "run"
+    result = train(_config(out, {"task": "lm", **text_data}, optim={"max_steps": 2}))
+    model = tmp_path / "copy"
+    (out / "best").rename(model)
+    dst = tmp_path / "m.json"
+    assert cli.main(["evaluate", "--model", str(model), "--data", text_data["val"],
+                     "--max-length", "64", "--out", str(dst)]) == 0  # fmt: skip
+    got = json.loads(dst.read_text())
+    assert got["task"] == "lm"
+    assert got["bpb"] == pytest.approx(result.best["bpb"], rel=1e-6)
+
+
+def test_evaluate_errors(tmp_path, cls_data, capsys):
+    out = tmp_path / "run"
+    train(_config(out, {"task": "classification", **cls_data}, optim={"max_steps": 1}))
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--model", str(out / "best"), "--data", cls_data["test"],
+                  "--task", "lm"])  # fmt: skip
+    assert "needs a causal-lm model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--model", str(tmp_path / "none"), "--data", cls_data["test"]])
+    assert "error" in capsys.readouterr().err

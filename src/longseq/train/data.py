@@ -147,6 +147,65 @@ def resolve_tokenizer(cfg: DataConfig, init_from: str | None, given: Any = None)
     return load_tokenizer("byte")
 
 
+def split_dataset(
+    cfg: DataConfig,
+    tokenizer: Any,
+    path: str | list[str],
+    *,
+    split: str = "test",
+    seed: int = 0,
+    label_names: list[str] | None = None,
+) -> Dataset:
+    """The dataset of one split of `cfg.task` from `path` (LM / MLM: one file or several).
+    Classification maps labels by `label_names` (the train set's, so every split agrees)."""
+    task = cfg.task
+    if task in ("lm", "mlm"):
+        from longseq.data.datasets import LMDataset
+
+        ds = LMDataset(
+            _files(path),
+            tokenizer,
+            cfg.max_length,
+            random_offset=cfg.random_offset and split == "train",
+            seed=seed,
+        )
+        return MaskedExamples(ds, tokenizer, cfg.mlm_probability, seed) if task == "mlm" else ds
+    path = _one(path, split)
+    if task == "classification":
+        from longseq.data.datasets import TextClassificationDataset
+
+        return TextClassificationDataset(
+            path,
+            tokenizer,
+            cfg.max_length,
+            label_names=label_names,
+            text_field=cfg.text_field,
+            label_field=cfg.label_field,
+        )
+    if task == "listops":
+        from longseq.data.listops import ListOpsDataset
+
+        return ListOpsDataset(path, tokenizer, max_length=cfg.max_length)
+    if task == "qa":
+        from longseq.data.gcide_qa import QADataset
+
+        return QADataset(path, tokenizer, cfg.max_length)
+    from longseq.data.recall import RecallDataset
+
+    return RecallDataset(path, max_length=cfg.max_length)
+
+
+def task_label_names(cfg: DataConfig, tokenizer: Any) -> list[str] | None:
+    """The class names a task fixes (ListOps digits, recall values) or the config gives."""
+    if cfg.task == "listops":
+        from longseq.data.listops import NUM_CLASSES
+
+        return [str(d) for d in range(NUM_CLASSES)]
+    if cfg.task == "recall":
+        return [str(v) for v in range(tokenizer.spec.values)]
+    return _label_names(cfg) if cfg.task == "classification" else None
+
+
 def build_task_data(
     cfg: DataConfig,
     *,
@@ -158,63 +217,7 @@ def build_task_data(
 ) -> TaskData:
     """The task's datasets: the ones given, else those the files in `cfg` make."""
     given = {"train": train, "val": val, "test": test}
-    label_names = None
-    if cfg.task == "classification":
-        from longseq.data.datasets import TextClassificationDataset
-
-        label_names = _label_names(cfg)
-
-        def make(split: str, path: str) -> Dataset:
-            nonlocal label_names
-            ds = TextClassificationDataset(
-                path,
-                tokenizer,
-                cfg.max_length,
-                label_names=label_names,
-                text_field=cfg.text_field,
-                label_field=cfg.label_field,
-            )
-            label_names = ds.label_names  # val/test use the train set's names
-            return ds
-
-    elif cfg.task == "listops":
-        from longseq.data.listops import NUM_CLASSES, ListOpsDataset
-
-        label_names = [str(d) for d in range(NUM_CLASSES)]
-
-        def make(split: str, path: str) -> Dataset:
-            return ListOpsDataset(path, tokenizer, max_length=cfg.max_length)
-
-    elif cfg.task == "qa":
-        from longseq.data.gcide_qa import QADataset
-
-        def make(split: str, path: str) -> Dataset:
-            return QADataset(path, tokenizer, cfg.max_length)
-
-    elif cfg.task == "recall":
-        from longseq.data.recall import RecallDataset
-
-        label_names = [str(v) for v in range(tokenizer.spec.values)]
-
-        def make(split: str, path: str) -> Dataset:
-            return RecallDataset(path, max_length=cfg.max_length)
-
-    else:
-        from longseq.data.datasets import LMDataset
-
-        def make(split: str, path: str) -> Dataset:
-            files = _files(path)
-            ds = LMDataset(
-                files,
-                tokenizer,
-                cfg.max_length,
-                random_offset=cfg.random_offset and split == "train",
-                seed=seed,
-            )
-            if cfg.task == "mlm":
-                return MaskedExamples(ds, tokenizer, cfg.mlm_probability, seed)
-            return ds
-
+    label_names = task_label_names(cfg, tokenizer)
     out: dict[str, Dataset | None] = {}
     for split in ("train", "val", "test"):
         path = getattr(cfg, split)
@@ -223,7 +226,11 @@ def build_task_data(
         elif path is None:
             out[split] = None
         else:
-            out[split] = make(split, path if cfg.task in ("lm", "mlm") else _one(path, split))
+            out[split] = split_dataset(
+                cfg, tokenizer, path, split=split, seed=seed, label_names=label_names
+            )
+            if cfg.task == "classification":  # val/test use the train set's names
+                label_names = getattr(out[split], "label_names", label_names)
     if out["train"] is None:
         raise ValueError("no training data: set data.train (a file path) or pass a dataset")
     if cfg.task == "classification" and label_names is None:
@@ -333,4 +340,6 @@ __all__ = [
     "eval_loader",
     "make_collate",
     "resolve_tokenizer",
+    "split_dataset",
+    "task_label_names",
 ]

@@ -43,11 +43,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from longseq.train import checkpoint as ckpt
-from longseq.train import distributed, metrics
+from longseq.train import distributed
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
 from longseq.train.data import (
     ARCHITECTURE,
@@ -58,20 +57,11 @@ from longseq.train.data import (
     make_collate,
     resolve_tokenizer,
 )
+from longseq.train.evaluation import evaluate, model_inputs
 from longseq.train.logger import RunLogger
 from longseq.train.optim import build_optimizer, build_scheduler
 
 IGNORE = -100
-MODEL_INPUTS = (
-    "input_ids",
-    "attention_mask",
-    "global_attention_mask",
-    "token_type_ids",
-    "labels",
-    "start_positions",
-    "end_positions",
-)
-QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 Callback = Callable[[dict[str, Any]], Any]
 
 
@@ -228,13 +218,7 @@ class _Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # QA data marks the question global; models without global tokens do without
-        drop = () if getattr(self.model, "supports_global", False) else ("global_attention_mask",)
-        return {
-            k: v.to(self.device, non_blocking=True)
-            for k, v in batch.items()
-            if k in MODEL_INPUTS and k not in drop
-        }
+        return model_inputs(self.model, batch, self.device, non_blocking=True)
 
     def _freeze_unused(self) -> list[str]:
         """One probe forward/backward (RNG untouched): freeze what gets no gradient anywhere."""
@@ -317,10 +301,9 @@ class _Trainer:
         return loss_share, norm.detach().float()
 
     # ------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
     def evaluate(self, dataset: Any) -> dict[str, Any]:
-        model = self.model
-        model.eval()
+        """Metrics over `dataset` (`evaluation.evaluate`; every example once over all ranks,
+        or run.eval_batches batches of it)."""
         run = self.cfg.run
         per_rank = max(
             1, (self.cfg.data.eval_batch_size or self.cfg.data.batch_size) // self.dist.world_size
@@ -335,61 +318,14 @@ class _Trainer:
             num_workers=run.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, n, bytes, correct
-        classes = self.model.config.num_labels
-        confusion = torch.zeros(classes, classes, dtype=torch.int64, device=self.device)
-        for cpu_batch in loader:
-            batch = self._to_device(cpu_batch)
-            if self.arch == "question-answering":
-                from longseq.data.gcide_qa import best_spans, span_scores
-
-                with self._autocast():
-                    out = model(**batch)
-                gold = torch.stack([batch["start_positions"], batch["end_positions"]], -1)
-                first = cpu_batch["global_attention_mask"].sum(-1).to(self.device)
-                pred = best_spans(out.start_logits, out.end_logits, first, QA_MAX_ANSWER)
-                exact, f1 = span_scores(pred, gold)
-                sums[0] += out.loss.double() * gold.shape[0]
-                sums[1] += gold.shape[0]
-                sums[2] += f1.sum().double()
-                sums[3] += exact.sum().double()
-                continue
-            labels = batch.pop("labels")
-            with self._autocast():
-                logits = model(**batch).logits.float()
-            if self.arch == "sequence-classification":
-                sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-                confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
-                continue
-            if self.arch == "causal-lm":
-                keep = batch["attention_mask"][:, 1:].bool()
-                labels = labels[:, 1:].masked_fill(~keep, IGNORE)
-                logits = logits[:, :-1]
-                cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
-                    ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
-                )
-                sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
-            sums[0] += F.cross_entropy(
-                logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
-            ).double()
-            real = labels != IGNORE
-            sums[1] += real.sum()
-            sums[3] += ((logits.argmax(-1) == labels) & real).sum()
-        self.dist.all_reduce(sums)
-        self.dist.all_reduce(confusion)
-        model.train()
-        loss_sum, n, num_bytes, correct = sums.tolist()
-        if self.arch == "sequence-classification":
-            result = metrics.classification_metrics(confusion.cpu(), loss_sum)
-        elif self.arch == "causal-lm":
-            result = metrics.lm_metrics(loss_sum, n, num_bytes)
-        elif self.arch == "token-classification":
-            result = metrics.token_metrics(loss_sum, n, correct)
-        elif self.arch == "question-answering":
-            result = metrics.qa_metrics(loss_sum, n, correct, num_bytes)
-        else:
-            result = metrics.mlm_metrics(loss_sum, n, correct)
-        return result
+        return evaluate(
+            self.model,
+            loader,
+            tokenizer=self.tokenizer,
+            to_device=self._to_device,
+            autocast=self._autocast,
+            all_reduce=self.dist.all_reduce,
+        )
 
     # ------------------------------------------------------------------------- saving
     def _state(self) -> dict[str, Any]:
