@@ -26,7 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.convert.commands",
     "longseq.convert.longify_cli",
     "longseq.data.commands",
-    "longseq.models.generate_cli",
+    "longseq.models.commands",
     "longseq.train.commands",
 )
 

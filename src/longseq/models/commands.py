@@ -1,4 +1,6 @@
-r"""`longseq generate`: continue a prompt with a saved causal language model.
+r"""`longseq generate` and `longseq predict`: use a saved model.
+
+`longseq generate` continues a prompt with a saved causal language model:
 
     longseq generate --model DIR --prompt "To be, or not" --max-new-tokens 200 \
         [--temperature 0.8 --top-k 40 --top-p 0.95 --seed 0] [--stop $'\n\n'] [--no-stream]
@@ -25,6 +27,11 @@ BYTE_VOCAB = 260
 
 
 def register(commands: Any) -> None:
+    _register_generate(commands)
+    _register_predict(commands)
+
+
+def _register_generate(commands: Any) -> None:
     p = commands.add_parser(
         "generate",
         help="generate text with a saved causal language model",
@@ -192,3 +199,107 @@ class _Clock:
 
 
 __all__ = ["register", "run"]
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+def _register_predict(commands: Any) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="label documents, fill masks, tag tokens or answer questions with a saved model",
+        description="Run a saved model on documents and print one JSON line per document "
+        "(longseq.models.predict): the label of a classifier, the tokens of a masked LM's "
+        "masks, the label of every token, or the answer span of a QA model. Each INPUT file "
+        "is one document, or one per line if it is JSON lines (.jsonl); '-' or no INPUT "
+        "reads standard input (JSON lines if it starts with '{', else one document).",
+    )
+    p.add_argument("--model", required=True, help="model folder (e.g. runs/NAME/best)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="document files, or '-'")
+    p.add_argument("--question", help="QA: the question to ask of every document")
+    p.add_argument("--text-field", default="text", help="JSON lines: the text field")
+    p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
+    p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
+    p.add_argument("--max-length", type=positive(int), help="cut documents (default: model's)")
+    p.add_argument("--batch-size", type=positive(int), default=8, help="(default 8)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict, predict_parser=p)
+
+
+def _documents(args: argparse.Namespace) -> Any:
+    """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
+    import json
+
+    def from_text(text: str, source: str, jsonl: bool) -> Any:
+        if not jsonl:
+            yield {"text": text, "source": source}
+            return
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{source}:{number}: not JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{source}:{number}: expected a JSON object")
+            if args.text_field != "text" and args.text_field in record:
+                record["text"] = record[args.text_field]
+            yield {"source": f"{source}:{number}", **record}
+
+    for name in args.inputs or ["-"]:
+        if name == "-":
+            text = sys.stdin.read()
+            yield from from_text(text, "<stdin>", text.lstrip().startswith("{"))
+            continue
+        try:
+            text = Path(name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"{name}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        yield from from_text(text, name, name.endswith(".jsonl"))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.predict_parser
+    import json
+
+    import torch
+
+    from longseq.models import from_pretrained
+    from longseq.models.predict import Predictor
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    try:
+        model = from_pretrained(args.model, device=args.device)
+        tokenizer = _tokenizer(Path(args.model), model.config.vocab_size)
+        predictor = Predictor(
+            model,
+            tokenizer,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            top_k=args.top_k,
+            mask_token=args.mask_token,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    docs = _documents(args)
+    if args.question is not None:
+        docs = ({"question": args.question, **d} for d in docs)
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        docs = tqdm(docs, desc="predict", unit="doc", leave=False)
+    try:
+        for record in predictor.predict(docs):
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    except ValueError as e:
+        parser.error(str(e))
+    return 0
