@@ -61,13 +61,17 @@ def test_lsh_round_is_the_layers_pattern() -> None:
 def test_lsh_reach_against_a_closed_form() -> None:
     """Chunks of one token: q sees p only when no token between them shares their bucket,
     probability (1 - 1/b)^(d - 1) for b uniform buckets."""
+    from longseq import attention
+
     b = 4
-    r = predict.lsh_reach(32, chunk=1, n_hashes=1, num_buckets=b, layers=1, samples=3000, seed=0)
+    lsh = attention.build("lsh", 8, 2, chunk_length=1, num_buckets=b)
+    r, high, _ = lsh.reach_bound(32, 1, samples=3000, seed=0)
+    assert torch.equal(r, high)
     for d in (1, 2, 4, 8):
         got = torch.diagonal(r, -d)[4:-4].mean().item()
         assert got == pytest.approx((1 - 1 / b) ** (d - 1), abs=0.03)
     # one chunk holds everything: always seen
-    whole = predict.lsh_reach(16, chunk=16, n_hashes=1, num_buckets=2, layers=1, samples=50, seed=0)
+    whole = attention.build("lsh", 8, 2, chunk_length=16, num_buckets=2).reach_bound(16, 1)[0]
     assert torch.all(whole == 1)
 
 
@@ -76,7 +80,7 @@ def test_linformer_and_full() -> None:
     assert predict.band(r, [(10, 3)], 0.25) == (0.25, pytest.approx(0.25 + 0.75 * 16 / 64))
     f = predict.reach("full", {}, 8, 1, 1)
     assert predict.band(f, [(7, 0), (3, 2)], 0.1) == (1.0, 1.0)
-    with pytest.raises(ValueError, match="no reach model"):
+    with pytest.raises(ValueError, match="unknown attention mechanism 'mystery'"):
         predict.reach("mystery", {}, 8, 1, 1)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from longseq.attention.base import SelfAttention
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
-_REGISTRY: dict[str, str] = {
+_REGISTRY: dict[str, str | type[SelfAttention]] = {
     "full": "longseq.attention.dense:FullAttention",
     "longformer": "longseq.attention.longformer:LongformerAttention",
     "bigbird": "longseq.attention.bigbird:BigBirdAttention",
@@ -25,13 +25,39 @@ _REGISTRY: dict[str, str] = {
 MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)
 
 
+def register(cls: type[SelfAttention], target: str | None = None) -> None:
+    """Add a mechanism under `cls.name` (`target`: its "module:Class" path, for a lazy import;
+    default: the class itself). Models, the trainer, generation, compare, the benchmark and
+    the pictures then take it by name: they ask the class, never test the name."""
+    global MECHANISMS
+    if not (isinstance(cls, type) and issubclass(cls, SelfAttention)):
+        raise ValueError(f"register takes a SelfAttention subclass, got {cls!r}")
+    _REGISTRY[cls.name] = target or cls
+    MECHANISMS = tuple(_REGISTRY)
+
+
+def unregister(name: str) -> None:
+    """Remove a mechanism added by `register` (tests)."""
+    global MECHANISMS
+    _REGISTRY.pop(name, None)
+    MECHANISMS = tuple(_REGISTRY)
+
+
+def mechanisms() -> tuple[str, ...]:
+    """Every registered name (the registry is the only list of mechanisms)."""
+    return tuple(_REGISTRY)
+
+
 def get(name: str) -> type[SelfAttention]:
     """The layer class registered under `name`."""
     if name not in _REGISTRY:
         raise ValueError(
-            f"unknown attention mechanism {name!r}; valid names: {', '.join(MECHANISMS)}"
+            f"unknown attention mechanism {name!r}; valid names: {', '.join(_REGISTRY)}"
         )
-    module, cls = _REGISTRY[name].split(":")
+    entry = _REGISTRY[name]
+    if not isinstance(entry, str):
+        return entry
+    module, cls = entry.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -61,4 +87,13 @@ def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAtten
     return cls(hidden_size, num_heads, **opts)
 
 
-__all__ = ["MECHANISMS", "SelfAttention", "build", "get", "options"]
+__all__ = [
+    "MECHANISMS",
+    "SelfAttention",
+    "build",
+    "get",
+    "mechanisms",
+    "options",
+    "register",
+    "unregister",
+]

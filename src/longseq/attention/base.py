@@ -24,6 +24,7 @@ class SelfAttention(nn.Module):
     supports_causal: ClassVar[bool] = True
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
+    compared: ClassVar[bool] = True  # among the mechanisms `longseq compare` runs by default
 
     def __init__(
         self,
@@ -64,6 +65,26 @@ class SelfAttention(nn.Module):
         """The layer options a model passes for layer `layer` of a model of `max_length`
         positions: `opts` completed with what the mechanism derives from the model."""
         return opts
+
+    @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        """This mechanism's options under an experiment's budget for sequences of up to
+        `length` tokens. `budget` has the fields of a `longseq compare` preset: window,
+        block_size, random_blocks, linformer_k, lsh_chunk, lsh_hashes."""
+        return {}
+
+    @property
+    def length_multiple(self) -> int:
+        """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
+        return 1
+
+    def reach_bound(
+        self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
+    ) -> tuple[Tensor, Tensor, str]:
+        """(low, high, basis): for a mechanism that is not a fixed token mask, the probability
+        bounds (n, n) that query q can read position p in a model of `num_layers` such layers
+        (`longseq.compare.predict`; mask mechanisms are computed from `pattern`)."""
+        raise NotImplementedError(f"'{self.name}' has no reach model")
 
     def forward(
         self,

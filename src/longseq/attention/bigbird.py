@@ -156,6 +156,14 @@ class BigBirdAttention(SelfAttention):
             else None
         )
 
+    @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        return {"block_size": budget.block_size, "num_random_blocks": budget.random_blocks}
+
+    @property
+    def length_multiple(self) -> int:
+        return self.block_size
+
     def _pattern_options(self) -> dict[str, int | str | bool]:
         """The options that define this layer's block layout (shared by kernel and pattern)."""
         return {

@@ -122,6 +122,21 @@ class LinformerAttention(SelfAttention):
     supports_causal: ClassVar[bool] = False
 
     @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        # E and F are shared by the heads (as lucidrains' linformer); k never above n.
+        return {"k": min(budget.linformer_k, length), "max_seq_len": length, "sharing": "headwise"}
+
+    def reach_bound(
+        self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
+    ) -> tuple[Tensor, Tensor, str]:
+        """The query sees k mixtures of the n positions (E K, F V, E and F fixed once
+        learned): k fixed rows single out at most k of n positions, so a pair at a random
+        position is readable with probability <= k/n (low 0, high k/n)."""
+        k = min(self.k, n)
+        high = torch.full((n, n), min(1.0, k / n))
+        return torch.zeros(n, n), high, f"rank k = {k}: at most k/n = {k}/{n} positions"
+
+    @classmethod
     def model_options(
         cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
     ) -> dict[str, Any]:

@@ -24,6 +24,8 @@ keys is then a strided view (`unfold`), and one batched matmul gives the (C, c, 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -78,6 +80,16 @@ class LocalAttention(SelfAttention):
         self.num_chunks_after = num_chunks_after
         self.wrap = wrap
         self.pad_multiple = pad_multiple or chunk_length
+
+    compared = False  # a Reformer building block, not one of the four classic mechanisms
+
+    @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        return {"chunk_length": budget.lsh_chunk}
+
+    @property
+    def length_multiple(self) -> int:
+        return self.pad_multiple
 
     def wraps(self, padded_len: int) -> bool:
         """Whether chunk indices wrap around (never for a single chunk)."""

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,10 @@ class LongformerAttention(SelfAttention):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
+
+    @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        return {"window": budget.window}
 
     def new_cache(self) -> SlotCache:
         """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again

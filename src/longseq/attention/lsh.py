@@ -82,7 +82,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longseq.attention import ops
+from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 
@@ -243,6 +243,44 @@ class LSHAttention(SelfAttention):
         return torch.argsort(buckets * n + pos, dim=-1)
 
     # ----------------------------------------------------------------------------- attention
+
+    @classmethod
+    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
+        # num_buckets left to the layer: Hugging Face's 2n/chunk rule for each batch's length
+        return {"chunk_length": budget.lsh_chunk, "n_hashes": budget.lsh_hashes}
+
+    @property
+    def length_multiple(self) -> int:
+        return self.pad_multiple
+
+    def reach_bound(
+        self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
+    ) -> tuple[Tensor, Tensor, str]:
+        """Identical shared-QK vectors share a bucket in every round; whether the sorted chunks
+        put them in one window depends on how many other tokens share it. Estimated by drawing
+        the other tokens' buckets uniformly (`samples` draws) and counting, among draws where
+        p and q share a bucket, those where `patterns.lsh_round` lets q see p; reached if some
+        round of some layer does (content decides, not distance: no relays, low = high)."""
+        c = self.chunk_length
+        padded = -(-n // c) * c
+        buckets = math.prod(self.bucket_factors(padded))
+        gen = torch.Generator().manual_seed(seed)
+        seen = torch.zeros(n, n)
+        same = torch.zeros(n, n)
+        for _ in range(samples):
+            draw = torch.randint(0, buckets, (n,), generator=gen)
+            both = draw[:, None] == draw[None, :]
+            mod = patterns.lsh_round(draw, c, self.causal)
+            seen += (patterns.materialize(mod, n) & both).float()
+            same += both.float()
+        per_round = seen / same.clamp_min(1)
+        r = 1 - (1 - per_round) ** (self.n_hashes * num_layers)
+        basis = (
+            f"identical shared-QK vectors share a bucket in every round; the sorted chunks of "
+            f"{c} put them in one window (patterns.lsh_round, {buckets} buckets, other tokens "
+            f"uniform, {samples} draws); {self.n_hashes} rounds x {num_layers} layers"
+        )
+        return r, r, basis
 
     @property
     def prefix_stable(self) -> bool:

@@ -17,17 +17,20 @@ query is chance + (1 - chance) * reach, a band from low to high:
 - Longformer, BigBird, local: low = one hop, high = the L-hop paths, from the exact masks of
   every layer and head (BigBird's random blocks are the layout the model itself uses: the
   same seed and layer index, so the prediction is for this model, not an average);
-- LSH: shared-QK hashing puts a key whose hashed vector equals the query's in the query's
+- mechanisms that are not a fixed mask give their own bounds (`SelfAttention.reach_bound`):
+  LSH: shared-QK hashing puts a key whose hashed vector equals the query's in the query's
   bucket with probability 1 in every round; whether the sorted chunks then put it in the
   query's window depends on how many other tokens share that bucket. Estimated by drawing
   the other tokens' buckets uniformly (`lsh_samples` draws per round) and counting, among
   draws where p and q share a bucket, those where `patterns.lsh_round` lets q see p; a query
   is reached if some round of some layer does. Content decides LSH, not distance, so a path
   through relays is not modelled (high = low);
-- Linformer: the query sees k mixtures of the n positions (E K, F V with fixed learned E, F).
+  Linformer: the query sees k mixtures of the n positions (E K, F V with fixed learned E, F).
   A value can be read alone only from a mixture that singles out its position, and k fixed
   rows single out at most k of n positions: reach <= k/n for a pair at a random position
   (low = 0, high = k/n).
+
+Every mechanism is asked through the registry; this module never tests a mechanism's name.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longseq.attention import patterns
+from longseq import attention
 
 
 @dataclass
@@ -48,43 +51,29 @@ class Reach:
     basis: str  # one line: how it was computed
 
 
+def layers(
+    mechanism: str, options: dict[str, Any], n: int, num_layers: int, num_heads: int
+) -> list[Any]:
+    """The model's attention layers for n-token sequences, as a model wires them (each layer
+    its own options: BigBird's layer index, Linformer's length)."""
+    cls = attention.get(mechanism)
+    out = []
+    for layer in range(num_layers):
+        opts = cls.model_options(dict(options), max_length=n, layer=layer, causal=False)
+        out.append(attention.build(mechanism, 8 * num_heads, num_heads, **opts))
+    return out
+
+
 def layer_masks(
     mechanism: str, options: dict[str, Any], n: int, num_layers: int, num_heads: int
 ) -> list[Tensor] | None:
-    """Per layer, (n, n) bool: pairs some head scores. None: not a fixed mask (LSH, Linformer)."""
-    if mechanism == "full":
-        return [torch.ones(n, n, dtype=torch.bool)] * num_layers
-    if mechanism == "longformer":
-        m = patterns.longformer(
-            n, options["window"], options.get("dilation", 1), num_heads=num_heads
-        ).any(0)
-        return [m] * num_layers
-    if mechanism == "local":
-        mod = patterns.chunked_local(
-            options.get("chunk_length", 64),
-            options.get("num_chunks_before", 1),
-            options.get("num_chunks_after", 0),
-        )
-        return [patterns.materialize(mod, n)] * num_layers
-    if mechanism == "bigbird":
-        b = options.get("block_size", 64)
-        g = options.get("num_global_blocks", 2)
-        out = []  # ETC: (g b + n)^2, its extra global tokens first
-        for layer in range(num_layers):
-            m = patterns.bigbird(
-                n,
-                block_size=b,
-                num_heads=num_heads,
-                num_random_blocks=options.get("num_random_blocks", 3),
-                num_global_blocks=g,
-                num_sliding_blocks=options.get("num_sliding_blocks", 3),
-                variant=options.get("variant", "itc"),
-                seed=options.get("seed", 0),
-                layer_idx=layer,
-            ).any(0)
-            out.append(m)
-        return out
-    return None
+    """Per layer, (N, N) bool: pairs some head scores, from each layer's own `pattern` (BigBird
+    ETC: N = its extra global tokens + n, those first). None: not a fixed mask (LSH,
+    Linformer)."""
+    try:
+        return [m.pattern(n).any(0) for m in layers(mechanism, options, n, num_layers, num_heads)]
+    except NotImplementedError:
+        return None
 
 
 def paths(masks: list[Tensor]) -> Tensor:
@@ -97,23 +86,6 @@ def paths(masks: list[Tensor]) -> Tensor:
     return reach
 
 
-def lsh_reach(
-    n: int, chunk: int, n_hashes: int, num_buckets: int, layers: int, samples: int, seed: int
-) -> Tensor:
-    """(n, n) float: probability that q sees p in some round of some layer when both hash
-    alike (see the module docstring); the other tokens' buckets uniform."""
-    gen = torch.Generator().manual_seed(seed)
-    seen = torch.zeros(n, n)
-    same = torch.zeros(n, n)
-    for _ in range(samples):
-        buckets = torch.randint(0, num_buckets, (n,), generator=gen)
-        both = buckets[:, None] == buckets[None, :]
-        seen += (patterns.materialize(patterns.lsh_round(buckets, chunk), n) & both).float()
-        same += both.float()
-    per_round = seen / same.clamp_min(1)
-    return 1 - (1 - per_round) ** (n_hashes * layers)
-
-
 def reach(
     mechanism: str,
     options: dict[str, Any],
@@ -124,37 +96,24 @@ def reach(
     lsh_samples: int = 400,
     seed: int = 0,
 ) -> Reach:
-    """The reach of `mechanism` with `options` in an L-layer model on n-token sequences."""
+    """The reach of `mechanism` with `options` in an L-layer model on n-token sequences: from
+    the masks of its layers, or (not a mask) from the layer's own `reach_bound`."""
     masks = layer_masks(mechanism, options, n, num_layers, num_heads)
     if masks is not None:
         offset = masks[0].shape[0] - n  # BigBird ETC: its extra global tokens come first
         one = torch.stack(masks).any(0)[offset:, offset:].float()
         many = paths(masks)[offset:, offset:].float()
-        if mechanism == "full":
+        if bool((one == 1).all()):
             basis = "every pair in one hop"
         else:
             basis = f"masks of every layer and head (patterns.py); {num_layers}-hop paths"
         return Reach(one, many, basis)
-    if mechanism == "lsh":
-        from longseq.attention.lsh import derived_num_buckets
-
-        chunk = options.get("chunk_length", 64)
-        buckets = options.get("num_buckets") or derived_num_buckets(-(-n // chunk) * chunk, chunk)
-        if isinstance(buckets, list):
-            buckets = int(torch.tensor(buckets).prod())
-        hashes = options.get("n_hashes", 1)
-        r = lsh_reach(n, chunk, hashes, buckets, num_layers, lsh_samples, seed)
-        basis = (
-            f"identical shared-QK vectors share a bucket in every round; the sorted chunks of "
-            f"{chunk} put them in one window (patterns.lsh_round, {buckets} buckets, other "
-            f"tokens uniform, {lsh_samples} draws); {hashes} rounds x {num_layers} layers"
-        )
-        return Reach(r, r, basis)
-    if mechanism == "linformer":
-        k = min(options["k"], n)
-        high = torch.full((n, n), min(1.0, k / n))
-        return Reach(torch.zeros(n, n), high, f"rank k = {k}: at most k/n = {k}/{n} positions")
-    raise ValueError(f"no reach model for mechanism {mechanism!r}")
+    layer = layers(mechanism, options, n, 1, num_heads)[0]
+    try:
+        low, high, basis = layer.reach_bound(n, num_layers, samples=lsh_samples, seed=seed)
+    except NotImplementedError:
+        raise ValueError(f"no reach model for mechanism {mechanism!r}") from None
+    return Reach(low, high, basis)
 
 
 def band(r: Reach, queries: list[tuple[int, int]], chance: float) -> tuple[float, float]:
@@ -181,4 +140,4 @@ def verdict(measured: float, low: float, high: float, margin: float) -> str:
     return "agrees (at the lower end)"
 
 
-__all__ = ["Reach", "band", "layer_masks", "lsh_reach", "paths", "reach", "verdict"]
+__all__ = ["Reach", "band", "layer_masks", "layers", "paths", "reach", "verdict"]

@@ -31,6 +31,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from longseq import attention
+
 # The Long Range Arena paper's ListOps test accuracy (Tay et al., 2021, Table 1); LSH = Reformer.
 LRA_LISTOPS: dict[str, float] = {
     "full": 36.37,
@@ -40,7 +42,8 @@ LRA_LISTOPS: dict[str, float] = {
     "lsh": 37.27,
 }
 # The five mechanisms compared by default, in report order.
-MECHANISMS: tuple[str, ...] = ("full", "longformer", "bigbird", "linformer", "lsh")
+# The mechanisms compared by default: every registered one that says so (`compared`).
+MECHANISMS: tuple[str, ...] = tuple(m for m in attention.mechanisms() if attention.get(m).compared)
 
 
 @dataclass(frozen=True)
@@ -315,24 +318,9 @@ def get(name: str) -> Preset:
 
 
 def mechanism_options(preset: Preset, mechanism: str, length: int) -> dict[str, Any]:
-    """The attention options of `mechanism` under `preset` for sequences of up to `length`."""
-    if mechanism == "longformer":
-        return {"window": preset.window}
-    if mechanism == "bigbird":
-        return {"block_size": preset.block_size, "num_random_blocks": preset.random_blocks}
-    if mechanism == "linformer":
-        # E and F are shared by the heads (as lucidrains' linformer); k never above n.
-        return {
-            "k": min(preset.linformer_k, length),
-            "max_seq_len": length,
-            "sharing": "headwise",
-        }
-    if mechanism == "lsh":
-        # num_buckets left to the layer: Hugging Face's 2n/chunk rule for each batch's length
-        return {"chunk_length": preset.lsh_chunk, "n_hashes": preset.lsh_hashes}
-    if mechanism == "local":
-        return {"chunk_length": preset.lsh_chunk}
-    return {}
+    """The attention options of `mechanism` under `preset` for sequences of up to `length`
+    (the mechanism's own `compare_options`: the preset is its budget)."""
+    return attention.get(mechanism).compare_options(preset, length)
 
 
 def describe_options(preset: Preset, mechanism: str, length: int) -> str:

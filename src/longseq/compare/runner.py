@@ -79,11 +79,11 @@ class Plan:
                 )
         if not self.mechanisms:
             raise ValueError("no mechanisms to compare; give at least one in --mechanisms")
-        unknown = [m for m in self.mechanisms if m not in attention.MECHANISMS]
+        unknown = [m for m in self.mechanisms if m not in attention.mechanisms()]
         if unknown:
             raise ValueError(
                 f"unknown mechanism(s) {', '.join(unknown)}; valid: "
-                + ", ".join(attention.MECHANISMS)
+                + ", ".join(attention.mechanisms())
             )
         if len(set(self.mechanisms)) != len(self.mechanisms):
             raise ValueError(f"a mechanism is listed twice in {self.mechanisms}")
@@ -410,7 +410,7 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     # 4. the attention patterns
     from longseq.viz import patterns
 
-    drawn = [m for m in mechanisms if m in patterns.FIGURES]
+    drawn = list(mechanisms)  # a mechanism without a picture of its own: mask_figure
     pictures = [out / "patterns" / f"{m}.png" for m in drawn] + [out / "patterns" / "sheet.png"]
     same = previous.get("mechanisms") == mechanisms and all(p.is_file() for p in pictures)
     if not same:  # the pictures depend only on the mechanisms: kept on resume

@@ -105,9 +105,9 @@ def longified_config(
             f"max_length={max_length} is shorter than the source model's max_length="
             f"{source.max_length}; longify only extends (truncate inputs to use a shorter one)"
         )
-    if attention_name not in attention.MECHANISMS:
+    if attention_name not in attention.mechanisms():
         raise ValueError(
-            f"unknown attention {attention_name!r}; valid: {', '.join(attention.MECHANISMS)}"
+            f"unknown attention {attention_name!r}; valid: {', '.join(attention.mechanisms())}"
         )
     seq_len = options.get("max_seq_len")
     if attention_name == "linformer" and seq_len is not None and seq_len < max_length:

@@ -129,12 +129,8 @@ class LongseqModel(nn.Module):
         import math
 
         multiple = 1
-        for b in self.body.layers:
-            att = b.attn.attention
-            for name in ("block_size", "chunk_length"):
-                size = getattr(att, name, None)
-                if isinstance(size, int) and size > 0:
-                    multiple = math.lcm(multiple, size)
+        for b in self.body.layers:  # each mechanism says what it pads to
+            multiple = math.lcm(multiple, b.attn.attention.length_multiple)
         return multiple
 
     # --------------------------------------------------------------------- save / load

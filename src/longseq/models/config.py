@@ -1,6 +1,6 @@
 """The one configuration of every longseq model: a dataclass that round-trips through JSON.
 
-`attention` picks the mechanism for every layer (any name in `longseq.attention.MECHANISMS`)
+`attention` picks the mechanism for every layer (any name in `longseq.attention.mechanisms()`)
 and `attention_options` its options (`longseq.attention.options(name)` lists them);
 `layer_attention` optionally overrides both per layer, e.g. Longformer windows that grow with
 depth, or Reformer's alternating local / LSH layers:
@@ -218,7 +218,9 @@ class ModelConfig:
                 raise ValueError(
                     f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
                     f"a causal-lm or with causal_attention; choose one of: "
-                    + ", ".join(m for m in attention.MECHANISMS if attention.get(m).supports_causal)
+                    + ", ".join(
+                        m for m in attention.mechanisms() if attention.get(m).supports_causal
+                    )
                 )
             if self.position == "rotary" and cls.shared_qk:
                 raise ValueError(

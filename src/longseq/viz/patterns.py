@@ -14,6 +14,9 @@ figures. Every picture is computed from the layers themselves, never redrawn by 
 - LSH: `layer.scored_pairs(x)` on an input with structure (tokens drawn around a few centres,
   shuffled), coloured by how many hashing rounds scored each pair, in token order and in the
   sorted (bucket, position) order of the first round, where the chunks appear.
+- any other registered mechanism (local attention, a new one): its `layer.pattern(n)`,
+  bidirectional and causal, with the options its `compare_options` gives at a budget scaled
+  to n (`mask_figure`).
 """
 
 from __future__ import annotations
@@ -265,6 +268,34 @@ def lsh_figure(n: int) -> Figure:
     return fig
 
 
+def mask_figure(name: str, n: int) -> Figure:
+    """Any mechanism with a token mask (`layer.pattern`), bidirectional and causal, with the
+    options it takes under a budget scaled to n (`compare_options`): the picture of a
+    mechanism that has no figure of its own (local attention, a newly registered one)."""
+    from types import SimpleNamespace
+
+    cls = attention.get(name)
+    budget = SimpleNamespace(
+        window=max(2, n // 8),
+        block_size=max(2, n // 16),
+        random_blocks=2,
+        linformer_k=max(1, n // 8),
+        lsh_chunk=max(2, n // 8),
+        lsh_hashes=2,
+    )
+    opts = cls.compare_options(budget, n)
+    fig = Figure(name, f"{name} attention (n={n}; {_describe(opts)})")
+    for causal in (False, True) if cls.supports_causal else (False,):
+        layer = attention.build(name, HIDDEN, HEADS, causal=causal, **opts)
+        fig.panels.append(_mask_panel(f"{name}, causal={causal}", layer.pattern(n).any(0)))
+    return fig
+
+
+def _describe(opts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in opts.items()) or "default options"
+
+
+# Mechanisms with a figure of their own (their parts coloured); any other: `mask_figure`.
 FIGURES: dict[str, Callable[[int], Figure]] = {
     "full": full_figure,
     "longformer": longformer_figure,
@@ -373,9 +404,9 @@ def draw_all(
     written: list[Path] = []
     figures: list[Figure] = []
     torch.manual_seed(0)
-    for name in mechanisms or list(FIGURES):
+    for name in mechanisms or attention.mechanisms():
         try:
-            fig = FIGURES[name](n)
+            fig = FIGURES[name](n) if name in FIGURES else mask_figure(name, n)
             path = out / f"{name}.png"
             _render([fig], path)
         except Exception as err:  # a mechanism still being written must not stop the rest
