@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument(
         "--mechanisms",
         default=",".join(d.mechanisms),
-        help=f"comma-separated, from: {', '.join(ba.CHOICES)} "
+        help=f"comma-separated, from: {', '.join(ba.choices())} "
         f"(default {','.join(d.mechanisms)}; baselines always run)",
     )
     att.add_argument(
@@ -124,11 +124,11 @@ def _bench_attention(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     from longseq.bench import attention as ba
 
     mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
-    unknown = [m for m in mechanisms if m not in ba.CHOICES]
+    unknown = [m for m in mechanisms if m not in ba.choices()]
     if unknown or not mechanisms:
         parser.error(
             f"unknown mechanism(s) {', '.join(unknown) or '(none given)'} in "
-            f"--mechanisms; valid: {', '.join(ba.CHOICES)}"
+            f"--mechanisms; valid: {', '.join(ba.choices())}"
         )
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")

@@ -100,6 +100,12 @@ def _run_child(job: dict[str, Any], write_fd: int) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # nor may it read the server's jobs
     try:
+        sys.path[:0] = [p for p in job.get("sys_path", ()) if p not in sys.path]
+        if job.get("mechanisms"):
+            from longseq import attention
+
+            for name, target in job["mechanisms"].items():
+                attention.register_path(name, target)
         result = _resolve(job["fn"])(*job["args"])
         reply = {"ok": True, "result": result}
     except BaseException as err:  # every failure goes back to the parent, which records it
@@ -134,6 +140,13 @@ def _serve(preload: list[str]) -> None:
         sys.stdout.flush()
 
 
+def _runtime_mechanisms() -> dict[str, str]:
+    """Attention mechanisms registered in this process at run time (name -> module:Class),
+    for a child to register too; {} when longseq.attention was never imported."""
+    attention = sys.modules.get("longseq.attention")
+    return attention.runtime_registered() if attention is not None else {}
+
+
 class Server:
     """A running `_serve` process; `call` sends it one job and waits for the reply.
 
@@ -166,6 +179,9 @@ class Server:
             "args": list(args),
             "timeout": timeout,
             "quiet": self.quiet,
+            # mechanisms registered at run time, and where their modules are found
+            "mechanisms": _runtime_mechanisms(),
+            "sys_path": list(sys.path),
         }
         try:
             proc.stdin.write(json.dumps(job) + "\n")

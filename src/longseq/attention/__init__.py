@@ -36,6 +36,23 @@ def register(cls: type[SelfAttention], target: str | None = None) -> None:
     MECHANISMS = tuple(_REGISTRY)
 
 
+def register_path(name: str, target: str) -> None:
+    """Add a mechanism by its "module:Class" path (imported on first use)."""
+    global MECHANISMS
+    _REGISTRY[name] = target
+    MECHANISMS = tuple(_REGISTRY)
+
+
+def runtime_registered() -> dict[str, str]:
+    """Mechanisms registered as classes in this process: name -> "module:Class" (what a child
+    process needs to register them too)."""
+    return {
+        name: f"{e.__module__}:{e.__qualname__}"
+        for name, e in _REGISTRY.items()
+        if not isinstance(e, str)
+    }
+
+
 def unregister(name: str) -> None:
     """Remove a mechanism added by `register` (tests)."""
     global MECHANISMS
@@ -95,5 +112,7 @@ __all__ = [
     "mechanisms",
     "options",
     "register",
+    "register_path",
+    "runtime_registered",
     "unregister",
 ]

@@ -73,6 +73,12 @@ class SelfAttention(nn.Module):
         block_size, random_blocks, linformer_k, lsh_chunk, lsh_hashes."""
         return {}
 
+    @classmethod
+    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
+        """`opts` for a layer that runs n-token sequences (a benchmark point): what the
+        mechanism derives from the length (Linformer's max_seq_len and k <= n, LSH's buckets)."""
+        return dict(opts)
+
     @property
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""

@@ -126,6 +126,10 @@ class LinformerAttention(SelfAttention):
         # E and F are shared by the heads (as lucidrains' linformer); k never above n.
         return {"k": min(budget.linformer_k, length), "max_seq_len": length, "sharing": "headwise"}
 
+    @classmethod
+    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
+        return {**opts, "k": min(opts.get("k", 256), n), "max_seq_len": n}
+
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
     ) -> tuple[Tensor, Tensor, str]:

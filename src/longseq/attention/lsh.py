@@ -249,6 +249,14 @@ class LSHAttention(SelfAttention):
         # num_buckets left to the layer: Hugging Face's 2n/chunk rule for each batch's length
         return {"chunk_length": budget.lsh_chunk, "n_hashes": budget.lsh_hashes}
 
+    @classmethod
+    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
+        """Hugging Face's bucket count for n, fixed (so a reference implementation can be given
+        the same); 2n/chunk_length rounded down to a power of 2."""
+        if opts.get("num_buckets") is not None:
+            return dict(opts)
+        return {**opts, "num_buckets": derived_num_buckets(n, opts.get("chunk_length", 64))}
+
     @property
     def length_multiple(self) -> int:
         return self.pad_multiple

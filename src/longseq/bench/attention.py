@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 import longseq
 from longseq import attention
-from longseq.attention.lsh import derived_num_buckets
 from longseq.forkserver import ChildError, Server
 
 DTYPES = {
@@ -72,15 +71,11 @@ class Spec:
     compare_to: str | None = None  # a peer's longseq row
 
     def options(self, n: int) -> dict[str, Any]:
-        """The settings at length n (Linformer's length and k, LSH's bucket count)."""
-        opts = dict(self.settings)
-        if self.family == "linformer":
-            opts["k"] = min(opts["k"], n)
-            if self.kind == "ours":
-                opts["max_seq_len"] = n
-        if self.family == "lsh":
-            opts["num_buckets"] = derived_num_buckets(n, opts["chunk_length"])
-        return opts
+        """The settings at length n, as the mechanism derives them (`at_length`: Linformer's
+        length and k, LSH's bucket count); peers take the same."""
+        if self.family == "baseline":
+            return dict(self.settings)
+        return attention.get(self.family).at_length(self.settings, n)
 
 
 LONGFORMER = {"window": 512}
@@ -138,18 +133,28 @@ SPECS: tuple[Spec, ...] = (
     ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
-FAMILIES: tuple[str, ...] = tuple(m for m in attention.MECHANISMS if m != "full")
-# Valid --mechanisms values: registry names (a family selects its variants and peers) or rows.
-CHOICES: tuple[str, ...] = tuple(dict.fromkeys([*attention.MECHANISMS, *(s.name for s in SPECS)]))
+FAMILIES: tuple[str, ...] = tuple(m for m in attention.mechanisms() if m != "full")
+
+
+def choices() -> tuple[str, ...]:
+    """Valid --mechanisms values: registry names (a family selects its variants and peers)
+    or rows."""
+    return tuple(dict.fromkeys([*attention.mechanisms(), *(s.name for s in SPECS)]))
 
 
 def select(mechanisms: list[str], peers: bool) -> list[Spec]:
-    """Baselines, then the chosen rows of ours, then their peers (when `peers`)."""
-    unknown = [m for m in mechanisms if m not in CHOICES]
+    """Baselines, then the chosen rows of ours, then their peers (when `peers`). A registered
+    mechanism without rows of its own gets one with its default options."""
+    valid = choices()
+    unknown = [m for m in mechanisms if m not in valid]
     if unknown:
-        raise ValueError(f"unknown mechanism(s) {unknown}; valid: {', '.join(CHOICES)}")
+        raise ValueError(f"unknown mechanism(s) {unknown}; valid: {', '.join(valid)}")
+    rows = list(SPECS)
+    for m in mechanisms:
+        if m in attention.mechanisms() and not any(s.family == m or s.name == m for s in SPECS):
+            rows.append(Spec(m, m, "ours", "longseq"))
     chosen = [
-        s for s in SPECS if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms
+        s for s in rows if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms
     ]
     if not peers:
         chosen = [s for s in chosen if s.kind != "peer"]
