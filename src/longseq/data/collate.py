@@ -27,8 +27,7 @@ import torch
 from torch.utils.data import Sampler, get_worker_info
 
 from longseq.data.tokenizers import Tokenizer, load_tokenizer
-
-IGNORE = -100
+from longseq.labels import IGNORE
 
 
 def round_up(n: int, multiple: int) -> int:

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-IGNORE = -100
+from longseq.labels import IGNORE
+
 SPLITS = ("train", "val", "test")
 SPEC_JSON = "spec.json"
 

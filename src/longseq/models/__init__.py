@@ -10,15 +10,9 @@
 `models` sits on `attention` and `layers` and knows nothing of training.
 """
 
-from longseq.models.base import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    LongseqModel,
-    build_model,
-    from_pretrained,
-    read_config,
-)
+from longseq.models.base import CONFIG_NAME, WEIGHTS_NAME, LongseqModel, read_config
 from longseq.models.config import ARCHITECTURES, POSITIONS, ModelConfig
+from longseq.models.factory import build_model, from_pretrained
 from longseq.models.heads import (
     Encoder,
     ForCausalLM,

@@ -186,48 +186,6 @@ class LongseqModel(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def _classes() -> dict[str, type[LongseqModel]]:
-    from longseq.models import heads
-
-    return {c.architecture: c for c in heads.MODEL_CLASSES}
-
-
-def build_model(config: ModelConfig, *, seed: int | None = None) -> LongseqModel:
-    """A freshly initialised model of `config.architecture` (seeded if `seed` is given)."""
-    cls = _classes()[config.architecture]
-    if seed is None:
-        model = cls(config)
-        model.init_weights()
-        return model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = cls(config)
-        model.init_weights()
-    return model
-
-
-def from_pretrained(
-    directory: str | Path, *, architecture: str | None = None, device: str | torch.device = "cpu"
-) -> LongseqModel:
-    """Load a model saved by `save_pretrained`. `architecture` may switch the head (for
-    fine-tuning a pre-trained body: weights of the old head are dropped, the new head is fresh).
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"no model folder at {d}")
-    config = ModelConfig.load(d / CONFIG_NAME)
-    if architecture is None or architecture == config.architecture:
-        model = _classes()[config.architecture](config)
-        model.load_weights(d / WEIGHTS_NAME)
-    else:
-        model = build_model(config.replace(architecture=architecture))
-        source = _classes()[config.architecture](config)
-        source.load_weights(d / WEIGHTS_NAME)
-        body = {k: v for k, v in source.state_dict().items() if k.startswith("body.")}
-        model.load_state_dict(body, strict=False)
-    return model.to(device).eval()
-
-
 def read_config(directory: str | Path) -> dict[str, Any]:
     """The raw config.json of a saved model (for tools that only inspect it)."""
     return json.loads((Path(directory) / CONFIG_NAME).read_text())
@@ -237,8 +195,6 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "LongseqModel",
-    "build_model",
-    "from_pretrained",
     "read_config",
     "read_weights",
 ]

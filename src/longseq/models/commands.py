@@ -23,8 +23,6 @@ from typing import Any
 
 from longseq.argtypes import nonnegative, positive
 
-BYTE_VOCAB = 260
-
 
 def register(commands: Any) -> None:
     _register_generate(commands)
@@ -74,13 +72,14 @@ def _register_generate(commands: Any) -> None:
 def _tokenizer(directory: Path, vocab_size: int) -> Any:
     from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
 
+    byte_vocab = ByteTokenizer.vocab_size
     try:
         return load_tokenizer(directory)
     except FileNotFoundError:
-        if vocab_size != BYTE_VOCAB:
+        if vocab_size != byte_vocab:
             raise ValueError(
                 f"{directory} has no tokenizer files and the model's vocab_size={vocab_size} is "
-                f"not the byte tokenizer's {BYTE_VOCAB}; save the model with its tokenizer "
+                f"not the byte tokenizer's {byte_vocab}; save the model with its tokenizer "
                 "(model.save_pretrained(dir, tokenizer=tok))"
             ) from None
         print(f"note: no tokenizer in {directory}; using the byte tokenizer", file=sys.stderr)

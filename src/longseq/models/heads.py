@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.labels import IGNORE
 from longseq.layers.feedforward import ACTIVATIONS
 from longseq.models.base import LongseqModel
 from longseq.models.config import ModelConfig
 from longseq.models.transformer import DecodingCache, ModelOutput
-
-IGNORE = -100
 
 
 class Encoder(LongseqModel):

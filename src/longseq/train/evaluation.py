@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.labels import IGNORE
 from longseq.train import metrics
 
-IGNORE = -100
 QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 MODEL_INPUTS = (
     "input_ids",

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-IGNORE = -100
+from longseq.labels import IGNORE
 
 
 def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from longseq.labels import IGNORE
 from longseq.train import checkpoint as ckpt
 from longseq.train import distributed
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
@@ -61,7 +62,6 @@ from longseq.train.evaluation import evaluate, model_inputs
 from longseq.train.logger import RunLogger
 from longseq.train.optim import build_optimizer, build_scheduler
 
-IGNORE = -100
 Callback = Callable[[dict[str, Any]], Any]
 
 
