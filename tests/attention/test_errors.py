@@ -74,3 +74,19 @@ class TestEveryLayer:
         else:
             with pytest.raises(ValueError, match="marks padding positions"):
                 layer(torch.randn(1, 8, HIDDEN), attention_mask=mask, global_attention_mask=glob)
+
+
+def _int_options():
+    for name in attention.mechanisms():
+        for opt, default in attention.options(name).items():
+            if isinstance(default, int) and not isinstance(default, bool) and opt != "layer_idx":
+                yield name, opt
+
+
+@pytest.mark.parametrize(("name", "opt"), list(_int_options()), ids=lambda x: str(x))
+def test_integer_options_refuse_bools_and_floats(name, opt):
+    """One validation style: a size or count given as True or 2.5 is an error naming it."""
+    base = {"max_seq_len": 16} if name == "linformer" and opt != "max_seq_len" else {}
+    for bad in (True, 2.5):
+        with pytest.raises(ValueError, match=opt):
+            attention.build(name, 16, 2, **base, **{opt: bad})

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.attention import ops
 from longseq.attention.base import SelfAttention
 
 SHARING: tuple[str, ...] = ("none", "headwise", "kv", "layerwise")
@@ -53,16 +54,16 @@ class LinformerProjection(nn.Module):
         self, k: int, max_seq_len: int, *, heads: int | None = None, share_kv: bool = True
     ) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 1:
+        if not ops.is_int(k) or k < 1:
             raise ValueError(f"k (projected length) must be a positive int, got {k!r}")
-        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+        if not ops.is_int(max_seq_len) or max_seq_len < 1:
             raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
         if k > max_seq_len:
             raise ValueError(
                 f"k={k} is larger than max_seq_len={max_seq_len}: projecting to more rows than "
                 "the longest sequence has only adds cost; use k <= max_seq_len"
             )
-        if heads is not None and (not isinstance(heads, int) or heads < 1):
+        if heads is not None and (not ops.is_int(heads) or heads < 1):
             raise ValueError(
                 f"heads must be None (shared by all heads) or a positive int, got {heads!r}"
             )
