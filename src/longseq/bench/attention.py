@@ -514,23 +514,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
             probes: dict[str, dict[str, Any]] = {}
             for spec in specs:
                 bar.set_description(f"n={n} memory {spec.name}")
-                reason = _precheck(spec, n, cfg, history[spec.name], gave_up)
-                res = (
-                    prober(spec, n, cfg, timeout=3 * cfg.max_seconds + 60)
-                    if not reason
-                    else {"ok": False, "error": reason}
-                )
-                if res["ok"]:
-                    fb = res["fwd+bwd"]
-                    history[spec.name]["mem"].append((n, fb["peak_bytes"]))
-                    history[spec.name]["sec"].append((n, fb["seconds"]))
-                    if fb["seconds"] > cfg.max_seconds:
-                        res = {
-                            "ok": False,
-                            "fatal": True,
-                            "error": f"one fwd+bwd took {fb['seconds']:.1f} s > "
-                            f"--max-seconds {cfg.max_seconds:g}",
-                        }
+                res = _probe(prober, spec, n, cfg, history[spec.name], gave_up)
                 if not res["ok"]:
                     if res.get("fatal"):
                         gave_up[spec.name] = f"{res['error']} at n={n}"
@@ -568,6 +552,34 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
     (out_dir / "table.md").write_text(report.table(records, describe(specs, cfg)))
     report.plot(records, out_dir / "plot.png")
     return records
+
+
+def _probe(
+    prober: Prober,
+    spec: Spec,
+    n: int,
+    cfg: Config,
+    history: dict[str, list[tuple[int, float]]],
+    gave_up: dict[str, str],
+) -> dict[str, Any]:
+    """One row's memory probe at n (unless the shorter lengths rule it out), recorded in its
+    history; {"ok": False, "error": why} ("fatal": no longer length either) otherwise."""
+    reason = _precheck(spec, n, cfg, history, gave_up)
+    if reason:
+        return {"ok": False, "error": reason}
+    res = prober(spec, n, cfg, timeout=3 * cfg.max_seconds + 60)
+    if res["ok"]:
+        fb = res["fwd+bwd"]
+        history["mem"].append((n, fb["peak_bytes"]))
+        history["sec"].append((n, fb["seconds"]))
+        if fb["seconds"] > cfg.max_seconds:
+            return {
+                "ok": False,
+                "fatal": True,
+                "error": f"one fwd+bwd took {fb['seconds']:.1f} s > "
+                f"--max-seconds {cfg.max_seconds:g}",
+            }
+    return res
 
 
 Layer = tuple[Spec, nn.Module, Callable[[Tensor], Tensor]]

@@ -107,6 +107,39 @@ def _available_bytes() -> float:
     return float("inf")
 
 
+def _probe(
+    config: dict[str, Any], n: int, batch: int, device: str, threads: int | None, max_s: float
+) -> tuple[dict[str, Any], str | None]:
+    """A model's memory probe at n in a fresh process: (result, None), or (_, why it is the
+    last length this model is measured at)."""
+    from longseq.compare import isolate
+
+    try:
+        res = isolate.call(probe, config, n, batch, device, threads, timeout=3 * max_s + 60)
+    except isolate.ChildError as err:
+        return {}, f"{err} at n={n}"
+    seconds = res["fwd+bwd"]["seconds"]
+    if seconds > max_s:
+        return res, f"one fwd+bwd took {seconds:.1f} s > {max_s:g} s at n={n}"
+    return res, None
+
+
+def _expected_limit(
+    history: dict[str, list[tuple[int, float]]],
+    n: int,
+    max_seconds: float,
+    extrapolate: Callable[[list[tuple[int, float]], int], float | None],
+) -> str | None:
+    """Why not to measure n at all: the time or memory the shorter lengths predict."""
+    sec = extrapolate(history["sec"], n)
+    mem = extrapolate(history["mem"], n)
+    if sec is not None and sec > max_seconds:
+        return f"expected fwd+bwd {sec:.0f} s > {max_seconds:g} s"
+    if mem is not None and mem > _available_bytes() / 2:
+        return f"expected peak memory {mem / 2**30:.1f} GiB > half the memory available"
+    return None
+
+
 def run(
     configs: dict[str, Callable[[int], dict[str, Any]]],
     lengths: list[int],
@@ -123,7 +156,6 @@ def run(
     from tqdm.auto import tqdm
 
     from longseq.bench.attention import Config, extrapolate, spread, time_round_robin
-    from longseq.compare import isolate
 
     if threads:
         torch.set_num_threads(threads)
@@ -178,36 +210,16 @@ def run(
         probes: dict[str, dict[str, Any]] = {}
         for m in names:
             bar.set_description(f"sweep n={n} memory {m}")
-            reason = gave_up.get(m)
-            sec = extrapolate(history[m]["sec"], n)
-            mem = extrapolate(history[m]["mem"], n)
-            if reason is None and sec is not None and sec > max_seconds:
-                reason = f"expected fwd+bwd {sec:.0f} s > {max_seconds:g} s"
-            if reason is None and mem is not None and mem > _available_bytes() / 2:
-                reason = f"expected peak memory {mem / 2**30:.1f} GiB > half the memory available"
+            reason = gave_up.get(m) or _expected_limit(history[m], n, max_seconds, extrapolate)
             if reason is None:
-                try:
-                    res = isolate.call(
-                        probe,
-                        configs[m](n),
-                        n,
-                        batch,
-                        device,
-                        threads,
-                        timeout=3 * max_seconds + 60,
-                    )
-                except isolate.ChildError as err:
-                    reason = gave_up[m] = f"{err} at n={n}"
+                res, reason = _probe(configs[m](n), n, batch, device, threads, max_seconds)
+                if reason is not None:
+                    gave_up[m] = reason
                 else:
                     fb = res["fwd+bwd"]
                     history[m]["mem"].append((n, fb["peak_bytes"]))
                     history[m]["sec"].append((n, fb["seconds"]))
-                    if fb["seconds"] > max_seconds:
-                        reason = gave_up[m] = (
-                            f"one fwd+bwd took {fb['seconds']:.1f} s > {max_seconds:g} s at n={n}"
-                        )
-                    else:
-                        probes[m] = res
+                    probes[m] = res
             if reason is not None:
                 for mode in MODES:
                     record(m, n, mode, reason=reason)

@@ -93,48 +93,15 @@ def run(args: argparse.Namespace) -> int:
     sampling = args.temperature > 0
     if not sampling and (args.top_k is not None or args.top_p is not None):
         parser.error("--top-k/--top-p need sampling: give --temperature > 0 as well")
-
     import torch
 
-    from longseq.models import from_pretrained, read_config
     from longseq.models.generation import TextStreamer, generate
 
-    directory = Path(args.model)
     try:
-        raw = read_config(directory)
-    except (FileNotFoundError, ValueError) as e:
-        parser.error(f"--model {directory}: {e}")
-    if raw.get("architecture") != "causal-lm":
-        parser.error(
-            f"--model {directory} is a {raw.get('architecture')!r} model; generate needs one "
-            "trained with architecture 'causal-lm'"
-        )
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    try:
-        model = from_pretrained(directory, device=args.device)
-        tokenizer = _tokenizer(directory, model.config.vocab_size)
+        model, tokenizer = _load(args, "causal-lm")
+        prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
-    if tokenizer.vocab_size > model.config.vocab_size:
-        parser.error(
-            f"the tokenizer's vocab_size {tokenizer.vocab_size} exceeds the model's "
-            f"{model.config.vocab_size}: they do not belong together"
-        )
-    prompt = args.prompt
-    if args.prompt_file is not None:
-        try:
-            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            parser.error(f"--prompt-file {args.prompt_file}: no such file")
-        except UnicodeDecodeError as e:
-            parser.error(
-                f"--prompt-file {args.prompt_file} is not UTF-8 text ({e.reason} at byte {e.start})"
-            )
-        except OSError as e:
-            parser.error(f"--prompt-file {args.prompt_file}: {e.strerror}")
     ids = tokenizer.encode(prompt)
     if args.add_bos:
         ids = [tokenizer.bos_id, *ids]
@@ -178,6 +145,50 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _load(args: argparse.Namespace, architecture: str | None = None) -> tuple[Any, Any]:
+    """The model of --model on --device (--threads), and its tokenizer; ValueError with the
+    reason when it is not there, not `architecture`, or the two do not belong together."""
+    import torch
+
+    from longseq.models import from_pretrained, read_config
+
+    directory = Path(args.model)
+    if architecture is not None:
+        try:
+            raw = read_config(directory)
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(f"--model {directory}: {e}") from None
+        if raw.get("architecture") != architecture:
+            raise ValueError(
+                f"--model {directory} is a {raw.get('architecture')!r} model; {args.command} "
+                f"needs one trained with architecture {architecture!r}"
+            )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    model = from_pretrained(directory, device=args.device)
+    tokenizer = _tokenizer(directory, model.config.vocab_size)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer's vocab_size {tokenizer.vocab_size} exceeds the model's "
+            f"{model.config.vocab_size}: they do not belong together"
+        )
+    return model, tokenizer
+
+
+def _read_text(path: str) -> str:
+    """A UTF-8 text file, or ValueError naming the file and what is wrong."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: {e.strerror}") from None
 
 
 class _Clock:
@@ -252,32 +263,18 @@ def _documents(args: argparse.Namespace) -> Any:
         if name == "-":
             text = sys.stdin.read()
             yield from from_text(text, "<stdin>", text.lstrip().startswith("{"))
-            continue
-        try:
-            text = Path(name).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ValueError(f"{name}: no such file") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        yield from from_text(text, name, name.endswith(".jsonl"))
+        else:
+            yield from from_text(_read_text(name), name, name.endswith(".jsonl"))
 
 
 def run_predict(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.predict_parser
     import json
 
-    import torch
-
-    from longseq.models import from_pretrained
     from longseq.models.predict import Predictor
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
     try:
-        model = from_pretrained(args.model, device=args.device)
-        tokenizer = _tokenizer(Path(args.model), model.config.vocab_size)
+        model, tokenizer = _load(args)
         predictor = Predictor(
             model,
             tokenizer,

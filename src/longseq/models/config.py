@@ -111,17 +111,30 @@ class ModelConfig:
 
     # ----------------------------------------------------------------------------- checks
     def validate(self) -> None:
-        def choose(name: str, value: Any, valid: tuple[str, ...]) -> None:
+        """Every check, before anything is allocated: choices, types and sizes, the body's
+        options, positions, and each layer's attention."""
+        self._check_choices()
+        self._check_types_and_sizes()
+        self._check_body()
+        self._check_positions()
+        for i in range(self.num_layers):
+            self._check_layer(i)
+
+    def _check_choices(self) -> None:
+        for name, valid in (
+            ("architecture", ARCHITECTURES),
+            ("position", POSITIONS),
+            ("norm", NORMS),
+            ("pooling", POOLINGS),
+            ("reversible_output", REVERSIBLE_OUTPUTS),
+            ("activation", ACTIVATIONS),
+            ("classifier_activation", ("tanh", *ACTIVATIONS)),
+        ):
+            value = getattr(self, name)
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
-        choose("architecture", self.architecture, ARCHITECTURES)
-        choose("position", self.position, POSITIONS)
-        choose("norm", self.norm, NORMS)
-        choose("pooling", self.pooling, POOLINGS)
-        choose("reversible_output", self.reversible_output, REVERSIBLE_OUTPUTS)
-        choose("activation", self.activation, ACTIVATIONS)
-        choose("classifier_activation", self.classifier_activation, ("tanh", *ACTIVATIONS))
+    def _check_types_and_sizes(self) -> None:
         for name in INT_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -130,7 +143,8 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
+        for name in (*positive, "max_length", "num_labels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         # sizes are checked before any tensor is allocated (1e12 embeddings would try to)
@@ -144,17 +158,15 @@ class ModelConfig:
                     f"{name} = {size:,} weights in one tensor: more than the "
                     f"{MAX_TENSOR_ELEMENTS:,} allowed; check the config's sizes"
                 )
-        if self.max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def _check_body(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.num_labels <= 0:
-            raise ValueError(f"num_labels must be positive, got {self.num_labels}")
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise ValueError(
                 f"{len(self.label_names)} label_names given but num_labels={self.num_labels}"
@@ -168,16 +180,19 @@ class ModelConfig:
         if self.reversible and self.gradient_checkpointing:
             raise ValueError("reversible and gradient_checkpointing both recompute; choose one")
         lm = self.architecture in ("masked-lm", "causal-lm")
-        if (
-            self.reversible
-            and self.reversible_output == "concat"
-            and self.tie_word_embeddings
-            and lm
-        ):
+        concat = self.reversible and self.reversible_output == "concat"
+        if concat and self.tie_word_embeddings and lm:
             raise ValueError(
                 "reversible_output='concat' gives width 2 * hidden_size, which cannot be "
                 "tied to the embeddings; set tie_word_embeddings=False"
             )
+        if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
+            raise ValueError(
+                f"layer_attention has {len(self.layer_attention)} entries but num_layers="
+                f"{self.num_layers}"
+            )
+
+    def _check_positions(self) -> None:
         if self.position == "axial":
             if not self.axial_shape or not self.axial_dims:
                 raise ValueError("position='axial' needs axial_shape and axial_dims (pairs)")
@@ -193,41 +208,35 @@ class ModelConfig:
                 )
         if self.position == "rotary" and (self.hidden_size // self.num_heads) % 2:
             raise ValueError("position='rotary' needs an even head dimension")
-        if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
+
+    def _check_layer(self, i: int) -> None:
+        name, opts = self.layer_spec(i)
+        cls = attention.get(name)  # raises on unknown names, listing the valid ones
+        owned = sorted(set(opts) & set(_MODEL_OWNED))
+        if owned:
             raise ValueError(
-                f"layer_attention has {len(self.layer_attention)} entries but num_layers="
-                f"{self.num_layers}"
+                f"layer {i}: attention option(s) {owned} are set by the model config "
+                "(architecture, attention_dropout, bias, layer index)"
             )
-        for i in range(self.num_layers):
-            name, opts = self.layer_spec(i)
-            cls = attention.get(name)  # raises on unknown names, listing the valid ones
-            owned = sorted(set(opts) & set(_MODEL_OWNED))
-            if owned:
-                raise ValueError(
-                    f"layer {i}: attention option(s) {owned} are set by the model config "
-                    "(architecture, attention_dropout, bias, layer index)"
-                )
-            valid = attention.options(name)
-            unknown = sorted(set(opts) - set(valid))
-            if unknown:
-                raise ValueError(
-                    f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
-                    f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
-                )
-            if self.causal and not cls.supports_causal:
-                raise ValueError(
-                    f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
-                    f"a causal-lm or with causal_attention; choose one of: "
-                    + ", ".join(
-                        m for m in attention.mechanisms() if attention.get(m).supports_causal
-                    )
-                )
-            if self.position == "rotary" and cls.shared_qk:
-                raise ValueError(
-                    f"layer {i}: rotary positions rotate queries and keys differently, which "
-                    f"breaks {name!r}'s shared query-key hashing; use position='axial' or "
-                    "'learned'"
-                )
+        valid = attention.options(name)
+        unknown = sorted(set(opts) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
+                f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
+            )
+        if self.causal and not cls.supports_causal:
+            causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
+            raise ValueError(
+                f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
+                f"a causal-lm or with causal_attention; choose one of: {', '.join(causal)}"
+            )
+        if self.position == "rotary" and cls.shared_qk:
+            raise ValueError(
+                f"layer {i}: rotary positions rotate queries and keys differently, which "
+                f"breaks {name!r}'s shared query-key hashing; use position='axial' or "
+                "'learned'"
+            )
 
     # ----------------------------------------------------------------------------- derived
     @property

@@ -396,6 +396,65 @@ def generate(
     The model runs in eval mode (its mode is restored afterwards).
     """
     cfg = model.config
+    stops = _check_arguments(model, max_new_tokens, stop_strings, tokenizer)
+    _check_sampling(do_sample, temperature, top_k, top_p)
+    if eos_token_id is None and tokenizer is not None:
+        eos_token_id = getattr(tokenizer, "eos_id", None)
+
+    device = next(model.parameters()).device
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+    ids, lengths = _prompts(input_ids.to(device), attention_mask, cfg.vocab_size)
+    ids = ids[:, : int(lengths.max())]  # no column of padding only
+    kind = cache_kind(model) if use_cache else "none"  # a layer without a cache says why
+    limit = position_limit(model, use_cache)
+    if limit is not None and ids.shape[1] > limit:
+        raise ValueError(
+            f"prompt of {ids.shape[1]} tokens exceeds this model's max_length={limit} "
+            f"(position {cfg.position!r}); truncate the prompt"
+        )
+    tokens = _Tokens(ids, lengths, cfg.pad_token_id)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+
+    def choose(logits: Tensor) -> Tensor:
+        return sample_next(
+            logits,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
+
+    was_training = model.training
+    model.eval()
+    try:
+        runner = _Cached(model, ids.shape[0]) if use_cache else _FullForward(model, tokens)
+        rules = _StopRules(ids.shape[0], eos_token_id, stops, tokenizer, limit)
+        reasons, all_logits = _decode(
+            runner, tokens, rules, choose, max_new_tokens, streamer, output_logits
+        )
+    finally:
+        model.train(was_training)
+    out_len = int(tokens.lengths.max())
+    return GenerationOutput(
+        sequences=tokens.buf[:, :out_len],
+        prompt_lengths=lengths,
+        lengths=tokens.lengths,
+        finish_reasons=reasons,
+        cache=kind,
+        logits=all_logits if output_logits else None,
+    )
+
+
+def _check_arguments(
+    model: nn.Module, max_new_tokens: int, stop_strings: Any, tokenizer: Any
+) -> list[str]:
+    """Validate generate's model and limits; the stop strings as a list."""
+    cfg = model.config
     if cfg.architecture != "causal-lm" or not hasattr(model, "lm_head"):
         raise ValueError(
             f"generate needs a causal-lm model, got architecture {cfg.architecture!r}; load one "
@@ -407,92 +466,54 @@ def generate(
         or max_new_tokens < 1
     ):
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    _check_sampling(do_sample, temperature, top_k, top_p)
-    if isinstance(stop_strings, str):
-        stop_strings = [stop_strings]
-    stops = list(stop_strings or [])
+    stops = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
     if stops and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer (to decode the text): pass tokenizer=")
-    if eos_token_id is None and tokenizer is not None:
-        eos_token_id = getattr(tokenizer, "eos_id", None)
+    return stops
 
-    device = next(model.parameters()).device
-    if attention_mask is not None:
-        attention_mask = attention_mask.to(device)
-    ids, lengths = _prompts(input_ids.to(device), attention_mask, cfg.vocab_size)
-    b = ids.shape[0]
-    ids = ids[:, : int(lengths.max())]  # no column of padding only
-    n = ids.shape[1]
-    prompt_lengths = lengths.clone()
-    if use_cache:
-        kind = cache_kind(model)  # a layer without an exact cache says why, here
-    limit = position_limit(model, use_cache)
-    if limit is not None and n > limit:
-        raise ValueError(
-            f"prompt of {n} tokens exceeds this model's max_length={limit} "
-            f"(position {cfg.position!r}); truncate the prompt"
-        )
-    pad = cfg.pad_token_id
-    tokens = _Tokens(ids, lengths, pad)
 
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-    rules = _StopRules(b, eos_token_id, stops, tokenizer, limit)
-
-    was_training = model.training
-    model.eval()
-    try:
-        runner = _Cached(model, b) if use_cache else _FullForward(model, tokens)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        reasons: list[str | None] = [None] * b
-        if limit is not None:
-            for r in (lengths >= limit).nonzero().flatten().tolist():
-                finished[r], reasons[r] = True, "max_length"
-        logits = runner.prefill(ids, lengths)
-        all_logits: list[Tensor] = []
-        for step in range(max_new_tokens):
-            if bool(finished.all()):
-                break
-            if output_logits:
-                all_logits.append(logits.clone())
-            active = ~finished
-            nxt = sample_next(
-                logits,
-                do_sample=do_sample,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                generator=generator,
-            )
-            nxt = torch.where(active, nxt, pad)
-            tokens.append(nxt, active)
-            if streamer is not None:
-                streamer(nxt)
-            for r in active.nonzero().flatten().tolist():
-                reason = rules.check(r, int(nxt[r]), int(tokens.lengths[r]))
-                if reason is None and step == max_new_tokens - 1:
-                    reason = "max_new_tokens"
-                if reason is not None:
-                    finished[r], reasons[r] = True, reason
-            if step < max_new_tokens - 1 and not bool(finished.all()):
-                logits = runner.step(nxt, ~finished)
-        if streamer is not None and hasattr(streamer, "end"):
-            streamer.end()
-    finally:
-        model.train(was_training)
-    out_len = int(tokens.lengths.max())
-    return GenerationOutput(
-        sequences=tokens.buf[:, :out_len],
-        prompt_lengths=prompt_lengths,
-        lengths=tokens.lengths,
-        finish_reasons=[r or "max_new_tokens" for r in reasons],
-        cache=kind if use_cache else "none",
-        logits=all_logits if output_logits else None,
-    )
+def _decode(
+    runner: _Cached | _FullForward,
+    tokens: _Tokens,
+    rules: _StopRules,
+    choose: Callable[[Tensor], Tensor],
+    max_new_tokens: int,
+    streamer: Callable[[Tensor], None] | None,
+    output_logits: bool,
+) -> tuple[list[str], list[Tensor]]:
+    """The decoding loop: prefill, then choose, append, stream, check the stops, step. Returns
+    each row's finish reason and (with output_logits) every step's logits."""
+    b, device = tokens.buf.shape[0], tokens.buf.device
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    reasons: list[str | None] = [None] * b
+    if rules.limit is not None:
+        for r in (tokens.lengths >= rules.limit).nonzero().flatten().tolist():
+            finished[r], reasons[r] = True, "max_length"
+    logits = runner.prefill(tokens.buf, tokens.lengths)
+    all_logits: list[Tensor] = []
+    for step in range(max_new_tokens):
+        if bool(finished.all()):
+            break
+        if output_logits:
+            all_logits.append(logits.clone())
+        active = ~finished
+        nxt = torch.where(active, choose(logits), tokens.pad)
+        tokens.append(nxt, active)
+        if streamer is not None:
+            streamer(nxt)
+        for r in active.nonzero().flatten().tolist():
+            reason = rules.check(r, int(nxt[r]), int(tokens.lengths[r]))
+            if reason is None and step == max_new_tokens - 1:
+                reason = "max_new_tokens"
+            if reason is not None:
+                finished[r], reasons[r] = True, reason
+        if step < max_new_tokens - 1 and not bool(finished.all()):
+            logits = runner.step(nxt, ~finished)
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+    return [r or "max_new_tokens" for r in reasons], all_logits
 
 
 __all__ = [

@@ -323,20 +323,8 @@ def _section(cls: type, data: dict[str, Any], name: str) -> Any:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """`value` converted to the annotated type `tp`, or a ValueError naming the key."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        # Exact type first: "str | list[str]" keeps a list as a list.
-        for arg in sorted(args, key=lambda a: not _is_instance(value, a)):
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+        return _coerce_union(value, tp, where)
     if tp is Any:
         return value
     if tp is bool:
@@ -344,33 +332,58 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where} must be true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads 1e-3 as a string
-            except ValueError:
-                raise ValueError(f"{where} must be a number, got {value!r}") from None
-        if not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
-        if tp is int:
-            if float(value) != int(value):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
-            return int(value)
-        return float(value)
+        return _coerce_number(value, tp, where)
     if tp is str:
         if isinstance(value, str):
             return value
         raise ValueError(f"{where} must be a string, got {value!r}")
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
-        if origin is tuple:
-            if len(value) != len(args):
-                raise ValueError(f"{where} must have {len(args)} entries, got {list(value)}")
-            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-        return [_coerce(v, args[0], where) for v in value]
+        return _coerce_sequence(value, tp, where)
     raise TypeError(f"{where}: no conversion to {tp}")  # a field type this module lacks
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    # Exact type first: "str | list[str]" keeps a list as a list.
+    for arg in sorted(args, key=lambda a: not _is_instance(value, a)):
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+
+
+def _coerce_number(value: Any, tp: type, where: str) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            raise ValueError(f"{where} must be a number, got {value!r}") from None
+    if not isinstance(value, int | float):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if tp is int:
+        if float(value) != int(value):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _coerce_sequence(value: Any, tp: Any, where: str) -> list[Any] | tuple[Any, ...]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where} must be a list, got {value!r}")
+    if origin is tuple:
+        if len(value) != len(args):
+            raise ValueError(f"{where} must have {len(args)} entries, got {list(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    return [_coerce(v, args[0], where) for v in value]
 
 
 def _is_instance(value: Any, tp: Any) -> bool:

@@ -426,99 +426,20 @@ class _Trainer:
         return False
 
     def fit(self, resume: bool, callbacks: Sequence[Callback]) -> TrainResult:
-        cfg, dist = self.cfg, self.dist
-        resuming = self._prepare_out(resume)
-        self.dist.barrier()
-        # The same dropout masks on every rank would be harmless, but distinct ones are the
-        # usual choice; the model itself was built from run.seed alone (identical on all ranks).
-        seed = cfg.run.seed + dist.rank
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
-        self.frozen = [] if cfg.run.find_unused_parameters else self._freeze_unused()
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
-        self.step, self.tokens_seen, self.train_time = 0, 0.0, 0.0
-        self.best: dict[str, Any] | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_evals, self.evals = 0, []
-        rng_note = ""
-        if resuming:
-            state = ckpt.load_checkpoint(
-                self.out / "last",
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=self.scaler,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                device=self.device,
-            )
-            saved = state.get("config")
-            if saved is not None:
-                from longseq.train.config import resume_differences
-
-                refused, allowed = resume_differences(saved, cfg.to_dict())
-                if refused:
-                    raise ValueError(
-                        f"--resume: {self.out / 'last'} was trained with other settings; "
-                        "change them back, or start a new run.out:\n  " + "\n  ".join(refused)
-                    )
-                if allowed and dist.is_main:
-                    print("resume: changed " + "; ".join(allowed), file=sys.stderr)
-            if state["frozen"] != self.frozen:
-                raise ValueError(
-                    f"the checkpoint froze {state['frozen']} but this run freezes "
-                    f"{self.frozen}: the model or data changed since it was saved"
-                )
-            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-            self.train_time = state["train_time"]
-            self.best, self.bad_evals, self.evals = (
-                state["best"],
-                state["bad_evals"],
-                state["evals"],
-            )
-            self.stream.epoch, self.stream.index = state["epoch"], state["batch"]
-            if not state["rng_restored"]:
-                torch.manual_seed(seed + 7919 * self.step)
-                rng_note = (
-                    f" (saved by {len(state['rng'])} process(es), run by {dist.world_size}: "
-                    "RNG reseeded, the run will not repeat bit for bit)"
-                )
-        self.saved_step = self.step
-        if dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out / "config.yaml")
+        """Set up (or resume), then the loop: a step, a train record every log_every steps,
+        validation and the best checkpoint every eval_every, `last` every save_every; then
+        the test split with the best weights."""
+        cfg = self.cfg
+        resuming, rng_note = self._start(resume)
         log = RunLogger(
             self.out,
-            enabled=dist.is_main,
+            enabled=self.dist.is_main,
             tensorboard=cfg.run.tensorboard,
             progress=cfg.run.progress,
             total_steps=cfg.optim.max_steps,
             start_step=self.step if resuming else 0,
         )
-        self.ddp = None
-        self.net: nn.Module = self.model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # No running statistics among the buffers: nothing to broadcast every forward.
-            no_sync = (
-                {"forward_sync_buffers": False}
-                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                else {"broadcast_buffers": False}
-            )
-            self.ddp = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.run.find_unused_parameters,
-                **no_sync,
-            )
-            self.net = self.ddp
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._wrap_ddp()
         self.model.train()
         history: list[dict[str, Any]] = []
 
@@ -528,93 +449,37 @@ class _Trainer:
                 history.append(record)
             return any(bool(cb(record)) for cb in callbacks)
 
-        n_params = sum(p.numel() for p in self.model.parameters())
-        start = f"resumed at step {self.step}{rng_note}" if resuming else "started"
-        log.message(
-            f"{start}: {self.arch} {self.model.config.attention}, {n_params:,} parameters, "
-            f"{dist.world_size} process(es) on {self.device.type}, "
-            f"{self.stream.batches_per_epoch} batches per epoch per process",
-            self.step,
-        )
-        for note in self.notes:
-            log.message(note, self.step)
-        if self.frozen:
-            log.message(
-                f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
-                f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
-                self.step,
-            )
-        metric = cfg.metric
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        stopped_early, stop = False, False
+        self._announce(log, f"resumed at step {self.step}{rng_note}" if resuming else "started")
+        window = _Window(self.device)
+        stopped_early = stop = False
         batches = iter(self.stream)
-        acc_loss = torch.zeros((), device=self.device)
-        acc_norm = torch.zeros((), device=self.device)
-        acc_steps, acc_tokens, acc_time = 0, 0.0, 0.0
-        last_loss: float | None = None
         opt = cfg.optim
         while self.step < opt.max_steps and not stop:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]  # this step's rate
-            micro = [next(batches) for _ in range(opt.grad_accum)]
-            loss_share, norm = self._step(micro)
+            loss_share, norm = self._step([next(batches) for _ in range(opt.grad_accum)])
             self.step += 1
-            acc_loss += loss_share
-            acc_norm += norm
-            acc_steps += 1
-            acc_tokens += self.step_tokens
             self.tokens_seen += self.step_tokens
             is_log = self.step % cfg.run.log_every == 0 or self.step == opt.max_steps
             if is_log and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
-            acc_time += dt
             self.train_time += dt
+            window.add(loss_share, norm, self.step_tokens, dt)
             if is_log:
-                stats = torch.stack([acc_loss, acc_norm]).double()
-                self.dist.all_reduce(stats[:1])
-                loss, gnorm = (stats / acc_steps).tolist()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss is {loss} at step {self.step}: lower optim.lr, "
-                        "raise optim.warmup_steps or set optim.grad_clip"
-                    )
-                last_loss = loss
-                record = {
-                    "kind": "train",
-                    "step": self.step,
-                    "epoch": self.stream.epoch + self.stream.index / self.stream.batches_per_epoch,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": gnorm,
-                    "tokens_per_s": acc_tokens / acc_time if acc_time > 0 else 0.0,
-                    "elapsed": self.train_time,
-                }
-                stop |= emit(record)
-                log.step(acc_steps, loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                acc_loss.zero_()
-                acc_norm.zero_()
-                acc_steps, acc_tokens, acc_time = 0, 0.0, 0.0
-            evaluate = self.data.val is not None and (
+                stop |= emit(self._train_record(window, lr))
+                log.step(window.steps, loss=f"{self.last_loss:.4f}", tok_s=f"{window.rate:.0f}")
+                window.reset()
+            if self.data.val is not None and (
                 self.step % cfg.run.eval_every == 0 or self.step == opt.max_steps or stop
-            )
-            if evaluate:
-                record = {"kind": "eval", "split": "val", "step": self.step}
-                record.update(self.evaluate(self.data.val))
-                record["elapsed"] = self.train_time
-                self.evals.append(record)
-                value = record[metric]
-                if self.best is None or sign * value > sign * self.best[metric]:
-                    self.best, self.bad_evals = record, 0
-                    self.save_best(record)
-                else:
-                    self.bad_evals += 1
+            ):
+                record = self._validate()
                 stop |= emit(record)
                 if cfg.run.patience is not None and self.bad_evals >= cfg.run.patience:
                     log.message(
-                        f"early stop at step {self.step}: val {metric} has not improved for "
-                        f"{self.bad_evals} evaluations (best {self.best[metric]:.4f} at step "
-                        f"{self.best['step']})",
+                        f"early stop at step {self.step}: val {cfg.metric} has not improved for "
+                        f"{self.bad_evals} evaluations (best {self.best[cfg.metric]:.4f} at "
+                        f"step {self.best['step']})",
                         self.step,
                     )
                     stopped_early = stop = True
@@ -630,7 +495,160 @@ class _Trainer:
             stop |= any(bool(cb(event)) for cb in callbacks)
         if self.saved_step != self.step:
             self.save_last()
-        test = None
+        test = self._test(emit)
+        log.close()
+        return self._result(test, stopped_early, history)
+
+    # ------------------------------------------------------------------------- fit's parts
+    def _start(self, resume: bool) -> tuple[bool, str]:
+        """Seeds, frozen parameters, optimiser, schedule and scaler, and the state of a
+        resumed run; returns (resuming, a note on the RNG when it could not be restored)."""
+        cfg, dist = self.cfg, self.dist
+        resuming = self._prepare_out(resume)
+        dist.barrier()
+        # The same dropout masks on every rank would be harmless, but distinct ones are the
+        # usual choice; the model itself was built from run.seed alone (identical on all ranks).
+        seed = cfg.run.seed + dist.rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self.frozen = [] if cfg.run.find_unused_parameters else self._freeze_unused()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
+        self.step, self.tokens_seen, self.train_time = 0, 0.0, 0.0
+        self.best: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals, self.evals = 0, []
+        self.last_loss: float | None = None
+        rng_note = self._restore(seed) if resuming else ""
+        self.saved_step = self.step
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out / "config.yaml")
+        return resuming, rng_note
+
+    def _restore(self, seed: int) -> str:
+        """Load `last` into the model, optimiser and stream (refusing changed settings)."""
+        cfg, dist = self.cfg, self.dist
+        state = ckpt.load_checkpoint(
+            self.out / "last",
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            device=self.device,
+        )
+        saved = state.get("config")
+        if saved is not None:
+            from longseq.train.config import resume_differences
+
+            refused, allowed = resume_differences(saved, cfg.to_dict())
+            if refused:
+                raise ValueError(
+                    f"--resume: {self.out / 'last'} was trained with other settings; "
+                    "change them back, or start a new run.out:\n  " + "\n  ".join(refused)
+                )
+            if allowed and dist.is_main:
+                print("resume: changed " + "; ".join(allowed), file=sys.stderr)
+        if state["frozen"] != self.frozen:
+            raise ValueError(
+                f"the checkpoint froze {state['frozen']} but this run freezes "
+                f"{self.frozen}: the model or data changed since it was saved"
+            )
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.train_time = state["train_time"]
+        self.best, self.bad_evals, self.evals = state["best"], state["bad_evals"], state["evals"]
+        self.stream.epoch, self.stream.index = state["epoch"], state["batch"]
+        if state["rng_restored"]:
+            return ""
+        torch.manual_seed(seed + 7919 * self.step)
+        return (
+            f" (saved by {len(state['rng'])} process(es), run by {dist.world_size}: "
+            "RNG reseeded, the run will not repeat bit for bit)"
+        )
+
+    def _wrap_ddp(self) -> None:
+        self.ddp = None
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # No running statistics among the buffers: nothing to broadcast every forward.
+            no_sync = (
+                {"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False}
+            )
+            self.ddp = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.run.find_unused_parameters,
+                **no_sync,
+            )
+            self.net = self.ddp
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _announce(self, log: RunLogger, start: str) -> None:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.message(
+            f"{start}: {self.arch} {self.model.config.attention}, {n_params:,} parameters, "
+            f"{self.dist.world_size} process(es) on {self.device.type}, "
+            f"{self.stream.batches_per_epoch} batches per epoch per process",
+            self.step,
+        )
+        for note in self.notes:
+            log.message(note, self.step)
+        if self.frozen:
+            log.message(
+                f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
+                f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
+                self.step,
+            )
+
+    def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
+        """The mean loss and gradient norm since the last record (loss over all ranks)."""
+        stats = torch.stack([window.loss, window.norm]).double()
+        self.dist.all_reduce(stats[:1])
+        loss, gnorm = (stats / window.steps).tolist()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss} at step {self.step}: lower optim.lr, "
+                "raise optim.warmup_steps or set optim.grad_clip"
+            )
+        self.last_loss = loss
+        return {
+            "kind": "train",
+            "step": self.step,
+            "epoch": self.stream.epoch + self.stream.index / self.stream.batches_per_epoch,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": gnorm,
+            "tokens_per_s": window.rate,
+            "elapsed": self.train_time,
+        }
+
+    def _validate(self) -> dict[str, Any]:
+        """Evaluate on val; keep and save the best."""
+        metric = self.cfg.metric
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        record = {"kind": "eval", "split": "val", "step": self.step}
+        record.update(self.evaluate(self.data.val))
+        record["elapsed"] = self.train_time
+        self.evals.append(record)
+        if self.best is None or sign * record[metric] > sign * self.best[metric]:
+            self.best, self.bad_evals = record, 0
+            self.save_best(record)
+        else:
+            self.bad_evals += 1
+        return record
+
+    def _test(self, emit: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The test split with the best weights (the last ones without validation)."""
         if self.best is not None:
             if self.best_state is None and (self.out / "best").is_dir():
                 from longseq.models import WEIGHTS_NAME
@@ -638,22 +656,27 @@ class _Trainer:
                 self.model.load_weights(self.out / "best" / WEIGHTS_NAME)
             elif self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
-        if self.data.test is not None:
-            test = {"kind": "eval", "split": "test", "step": self.step}
-            if self.best is not None:
-                test["best_step"] = self.best["step"]
-            test.update(self.evaluate(self.data.test))
-            emit(test)
-        log.close()
+        if self.data.test is None:
+            return None
+        test: dict[str, Any] = {"kind": "eval", "split": "test", "step": self.step}
+        if self.best is not None:
+            test["best_step"] = self.best["step"]
+        test.update(self.evaluate(self.data.test))
+        emit(test)
+        return test
+
+    def _result(
+        self, test: dict[str, Any] | None, stopped_early: bool, history: list[dict[str, Any]]
+    ) -> TrainResult:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return TrainResult(
             out_dir=self.out,
             step=self.step,
-            metric=metric,
+            metric=self.cfg.metric,
             evals=list(self.evals),
             best=self.best,
             test=test,
-            train_loss=last_loss,
+            train_loss=self.last_loss,
             tokens_per_second=self.tokens_seen / self.train_time if self.train_time else 0.0,
             train_seconds=self.train_time,
             peak_memory_bytes=peak,
@@ -663,6 +686,31 @@ class _Trainer:
             model=self.model,
             history=history,
         )
+
+
+class _Window:
+    """Sums over the steps since the last train record (on the device: no sync per step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.norm = torch.zeros((), device=device)
+        self.reset()
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor, tokens: float, seconds: float) -> None:
+        self.loss += loss
+        self.norm += norm
+        self.steps += 1
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.norm.zero_()
+        self.steps, self.tokens, self.seconds = 0, 0.0, 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------- the model
