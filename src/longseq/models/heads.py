@@ -50,6 +50,13 @@ class Encoder(LongseqModel):
 class _Head(LongseqModel):
     """Runs the body and hands the hidden states to `head`."""
 
+    @staticmethod
+    def loss_items(batch: dict[str, Tensor]) -> int:
+        """How many targets the batch's mean loss averages over (labelled tokens; a
+        sequence-level head overrides it: sequences), so that a step can weight micro-batches
+        and processes by their share of the targets."""
+        return int((batch["labels"] != IGNORE).sum())
+
     def encode(
         self,
         input_ids: Tensor,
@@ -95,6 +102,10 @@ class ClassificationHead(nn.Module):
 class ForSequenceClassification(_Head):
     architecture = "sequence-classification"
     uses_cls_global = True
+
+    @staticmethod
+    def loss_items(batch: dict[str, Tensor]) -> int:
+        return int(batch["labels"].shape[0])
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -164,6 +175,11 @@ class ForTokenClassification(_Head):
 
 class ForQuestionAnswering(_Head):
     architecture = "question-answering"
+
+    @staticmethod
+    def loss_items(batch: dict[str, Tensor]) -> int:
+        return int(batch["start_positions"].shape[0])
+
     uses_cls_global = True
 
     def __init__(self, config: ModelConfig) -> None:
@@ -275,6 +291,15 @@ class ForCausalLM(_Head):
     """Decoder-only LM: every layer causal; `labels` (usually = input_ids) shifted inside."""
 
     architecture = "causal-lm"
+
+    @staticmethod
+    def loss_items(batch: dict[str, Tensor]) -> int:
+        """Real next tokens: the shift and padding rule of `forward`'s loss."""
+        target = batch["labels"][:, 1:] != IGNORE
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            target = target & mask[:, 1:].bool()
+        return int(target.sum())
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

@@ -45,7 +45,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from longseq.labels import IGNORE
 from longseq.train import checkpoint as ckpt
 from longseq.train import distributed
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
@@ -244,20 +243,9 @@ class _Trainer:
         return frozen
 
     # ------------------------------------------------------------------------- steps
-    def _loss_items(self, batch: dict[str, torch.Tensor]) -> int:
-        if self.arch == "question-answering":
-            return batch["start_positions"].shape[0]
-        labels = batch["labels"]
-        if self.arch == "sequence-classification":
-            return labels.shape[0]
-        if self.arch == "causal-lm":
-            target = labels[:, 1:] != IGNORE
-            return int((target & batch["attention_mask"][:, 1:].bool()).sum())
-        return int((labels != IGNORE).sum())
-
     def _step(self, micro: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns (this rank's share of the mean loss, grad norm)."""
-        counts = [self._loss_items(b) for b in micro]
+        counts = [self.model.loss_items(b) for b in micro]  # the head's own rule
         totals = torch.tensor(
             [sum(counts), sum(int(b["attention_mask"].sum()) for b in micro)],
             dtype=torch.float64,
