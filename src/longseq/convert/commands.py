@@ -1,18 +1,31 @@
-"""`longseq convert SRC DST`: a local Hugging Face model folder -> a longseq model folder.
+"""`longseq convert` and `longseq longify`.
 
-DST gets config.json + model.safetensors, and the tokenizer when SRC has a tokenizer.json
-(read by `longseq.data.tokenizers.HFTokenizer`, which also fills the model's cls token id).
+`longseq convert SRC DST`: a local Hugging Face model folder -> a longseq model folder. DST
+gets config.json + model.safetensors, and the tokenizer when SRC has a tokenizer.json (read by
+`longseq.data.tokenizers.HFTokenizer`, which also fills the model's cls token id).
+
+`longseq longify SRC DST --max-length N --attention NAME [options]`: a longer copy of a model.
+SRC is a folder saved by longseq or a Hugging Face model folder (converted on the fly); DST
+gets the longified model and SRC's tokenizer. Mechanism options come from the named flags or
+`--option key=value` (the value is read as JSON when it parses: 3, 0.5, [1, 2], null, true;
+otherwise as a string). See `longseq.convert.longify` for what is copied and what is exact.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 
 def register(commands: Any) -> None:
+    _register_convert(commands)
+    _register_longify(commands)
+
+
+def _register_convert(commands: Any) -> None:
     p = commands.add_parser(
         "convert",
         help="convert a Hugging Face checkpoint folder to a longseq model",
@@ -77,4 +90,144 @@ def _fail(message: str) -> int:
     return 2
 
 
-__all__ = ["register", "run"]
+# ---------------------------------------------------------------------------------- longify
+
+# Named flags for the options people set most; everything else goes through --option.
+_FLAGS = {
+    "window": "longformer: total window width (w/2 tokens each side)",
+    "block_size": "bigbird: tokens per block",
+    "k": "linformer: projected length (default: the source's max_length)",
+    "chunk_length": "lsh: tokens per chunk",
+    "num_buckets": "lsh: buckets per hashing round",
+}
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _register_longify(commands: Any) -> None:
+    p = commands.add_parser(
+        "longify",
+        help="extend a short pre-trained encoder to a longer max length and a sparse mechanism",
+        description="Copy SRC (a longseq or Hugging Face model folder) into DST with a longer "
+        "max length and a new attention mechanism: position embeddings tiled out to the new "
+        "length, Longformer's global projections copied from the local ones, every other "
+        "weight kept. Prints the input lengths at which DST reproduces SRC exactly.",
+    )
+    p.add_argument("src", metavar="SRC", help="source model folder (longseq or Hugging Face)")
+    p.add_argument("dst", metavar="DST", help="output folder")
+    p.add_argument("--max-length", type=int, required=True, help="new maximum length")
+    p.add_argument(
+        "--attention",
+        required=True,
+        help="mechanism of every layer: longformer, bigbird, linformer, lsh (or full)",
+    )
+    for name, text in _FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=text)
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other option of the mechanism, e.g. --option dilation=2 "
+        "--option num_random_blocks=2 (repeatable)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty DST that an earlier longseq command wrote",
+    )
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip comparing SRC and DST on a random input of the longest exact length",
+    )
+    p.set_defaults(func=run_longify)
+
+
+def run_longify(args: argparse.Namespace) -> int:
+    import torch
+
+    from longseq.convert import destination
+
+    # the module, not the function `longseq.convert.longify` that shadows it in the package
+    from longseq.convert.longify import (
+        describe_lengths,
+        exact_lengths,
+        load_source,
+        longify_with_report,
+    )
+
+    refused = destination.check(args.src, args.dst, args.force)
+    if refused:
+        return _error(refused)
+    options: dict[str, Any] = {}
+    for key, value in args.option:
+        if key in options:
+            return _error(f"option {key!r} given twice")
+        options[key] = value
+    for name in _FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            if name in options:
+                return _error(f"option {name!r} given both as --{name} and --option")
+            options[name] = value
+    try:
+        source = load_source(args.src)
+        model, report = longify_with_report(source, args.max_length, args.attention, **options)
+    except (ValueError, FileNotFoundError) as e:
+        return _error(str(e))
+    exact = exact_lengths(source.config, model.config)
+    cfg = model.config
+    print(
+        f"{args.src}: {source.config.attention}, max_length {source.config.max_length} -> "
+        f"{cfg.attention} {json.dumps(cfg.attention_options)}, max_length {cfg.max_length}"
+    )
+    for kind in ("extended", "derived", "initialised", "dropped"):
+        if report[kind]:
+            names = ", ".join(report[kind][:2]) + (", ..." if len(report[kind]) > 2 else "")
+            print(f"  {kind} ({len(report[kind])}): {names}")
+    print(f"outputs equal the source's for input lengths: {describe_lengths(exact)}")
+    if args.check and exact:
+        n = max(x for x in exact if x <= 512)  # keep the check quick
+        ids = torch.randint(0, cfg.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            a, b = (_outputs(m, ids) for m in (source.eval(), model))
+        print(
+            f"check at {n} token{'s' * (n > 1)}: max |difference| {float((a - b).abs().max()):.2e}"
+        )
+    tokenizer = _tokenizer(args.src)
+    destination.write(args.dst, lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
+    print(f"wrote {args.dst}" + ("" if tokenizer else " (no tokenizer found in SRC)"))
+    return 0
+
+
+def _outputs(model: Any, ids: Any) -> Any:
+    out = model(ids)
+    return out.logits if out.logits is not None else out.last_hidden_state
+
+
+def _tokenizer(src: str) -> Any:
+    from longseq.data.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(src)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _error(message: str) -> int:
+    print(f"longseq longify: error: {message}", file=sys.stderr)
+    return 2
+
+
+__all__ = ["register", "run", "run_longify"]

@@ -1,0 +1,116 @@
+"""`longseq bench attention --out DIR [...]`: time and memory of the attention layers."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from longseq.argtypes import int_list, positive
+
+
+def register(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench", help="benchmarks", description="Benchmarks of the longseq layers."
+    )
+    which = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    from longseq.bench import attention as ba
+
+    att = which.add_parser(
+        "attention",
+        help="time and peak memory of the attention layers vs peers",
+        description="Forward and forward+backward median time and peak memory of every "
+        "chosen mechanism, its peer and the baselines (projections only, full "
+        "attention), over sequence lengths. Writes results.jsonl, table.md and "
+        "plot.png to --out.",
+    )
+    d = ba.Config()
+    att.add_argument(
+        "--mechanisms",
+        default=",".join(d.mechanisms),
+        help=f"comma-separated, from: {', '.join(ba.choices())} "
+        f"(default {','.join(d.mechanisms)}; baselines always run)",
+    )
+    att.add_argument(
+        "--lengths",
+        type=int_list,
+        default=d.lengths,
+        help=f"comma-separated sequence lengths (default {','.join(map(str, d.lengths))})",
+    )
+    att.add_argument("--hidden", type=positive(int), default=d.hidden)
+    att.add_argument("--heads", type=positive(int), default=d.heads)
+    att.add_argument("--batch", type=positive(int), default=d.batch)
+    att.add_argument(
+        "--threads", type=positive(int), default=d.threads, help="torch intra-op threads"
+    )
+    att.add_argument("--repeats", type=positive(int), default=d.repeats)
+    att.add_argument("--warmup", type=int, default=d.warmup)
+    att.add_argument("--dtype", choices=list(ba.DTYPES), default=d.dtype)
+    att.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
+    att.add_argument(
+        "--no-peers", dest="peers", action="store_false", help="skip the other libraries' layers"
+    )
+    att.add_argument(
+        "--max-memory-gb",
+        type=positive(float),
+        default=d.max_memory_gb,
+        help="skip a row whose expected peak memory exceeds this",
+    )
+    att.add_argument(
+        "--max-seconds",
+        type=positive(float),
+        default=d.max_seconds,
+        help="skip a row whose one forward+backward call exceeds this",
+    )
+    att.add_argument("--no-progress", dest="progress", action="store_false")
+    att.add_argument("--out", required=True, help="output directory")
+    att.set_defaults(func=run, parser=att)  # errors against the right usage line
+
+
+def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    from longseq.bench import attention as ba
+
+    mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
+    unknown = [m for m in mechanisms if m not in ba.choices()]
+    if unknown or not mechanisms:
+        parser.error(
+            f"unknown mechanism(s) {', '.join(unknown) or '(none given)'} in "
+            f"--mechanisms; valid: {', '.join(ba.choices())}"
+        )
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.hidden % args.heads:
+        parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available")
+    cfg = ba.Config(
+        mechanisms=mechanisms,
+        lengths=args.lengths,
+        hidden=args.hidden,
+        heads=args.heads,
+        batch=args.batch,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        device=args.device,
+        peers=args.peers,
+        max_memory_gb=args.max_memory_gb,
+        max_seconds=args.max_seconds,
+        out=args.out,
+        progress=args.progress,
+    )
+    records = ba.run(cfg)
+    from pathlib import Path
+
+    out = Path(args.out)
+    print((out / "table.md").read_text())
+    for name in ("results.jsonl", "table.md", "plot.png"):
+        print(f"wrote {out / name}")
+    return 0 if any(r["status"] == "ok" for r in records) else 1
+
+
+__all__ = ["register", "run"]
