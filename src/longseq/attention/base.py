@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from longseq.attention import ops
 from longseq.attention.cache import AttentionCache
+from longseq.attention.shard import Shard
 
 
 class SelfAttention(nn.Module):
@@ -56,7 +58,8 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
         # Optional (q, k) -> (q, k) position transform applied in `project`, e.g. the model's
         # rotary embedding. Kept duck-typed so `attention` never imports `layers`.
-        self.rotary: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+        self.rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self._offset = 0  # position of row 0 when the layer runs a stretch of a sequence
 
     @classmethod
     def model_options(
@@ -100,6 +103,7 @@ class SelfAttention(nn.Module):
         *,
         cache: AttentionCache | None = None,
         positions: Tensor | None = None,
+        shard: Shard | None = None,
     ) -> Tensor:
         """(batch, seq, hidden) -> (batch, seq, hidden); masks are (batch, seq) of 0/1.
 
@@ -117,6 +121,16 @@ class SelfAttention(nn.Module):
             real = positions >= 0 if real is None else real.to(hidden_states.device)
             hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
             context = self.attend_cached(hidden_states, cache, positions, real)
+        elif shard is not None:  # this rank's part of a sequence split over processes
+            b, n = hidden_states.shape[:2]  # (a shard may hold padding only)
+            real = ops.check_mask(attention_mask, "attention_mask", b, n)
+            real = torch.ones(b, n, dtype=torch.bool) if real is None else real
+            real = real.to(hidden_states.device)
+            glob = ops.check_mask(global_attention_mask, "global_attention_mask", b, n)
+            if glob is not None and not self.supports_global:
+                raise ValueError(f"'{self.name}' attention has no global tokens")
+            hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
+            context = self.attend_sharded(hidden_states, real, glob, shard)
         else:
             real, glob = ops.check_masks(
                 hidden_states,
@@ -131,6 +145,33 @@ class SelfAttention(nn.Module):
         out = self.out(ops.merge_heads(context))
         return out.masked_fill(~real.unsqueeze(-1), 0.0)
 
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """Per-head context of this rank's shard of a sequence split over processes (see
+        `attention/shard.py`), equal to the single-process layer's there."""
+        raise ValueError(
+            f"'{self.name}' attention has no sequence-parallel form; use one of the "
+            "mechanisms with attend_sharded (full, longformer, local, linformer)"
+        )
+
+    def _window_sharded(
+        self, hidden_states: Tensor, real: Tensor, shard: Shard, left: int, right: int
+    ) -> Tensor:
+        """A mechanism whose pattern depends on position differences within `left` before
+        and `right` after: its own `attend` on [halo, shard, halo] at those positions."""
+        n = hidden_states.shape[1]
+        x, exists = shard.halo(hidden_states, left, right)
+        ok, _ = shard.halo(real.to(hidden_states.dtype), left, right)
+        ok = (ok > 0) & exists
+        x = x.masked_fill(~ok.unsqueeze(-1), 0.0)
+        self._offset = shard.start - left
+        try:
+            ctx = self.attend(x, ok, None)
+        finally:
+            self._offset = 0
+        return ctx[:, :, left : left + n]
+
     def project(
         self, hidden_states: Tensor, positions: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,9 +182,12 @@ class SelfAttention(nn.Module):
         k = ops.split_heads(self.key(hidden_states), h)
         v = ops.split_heads(self.value(hidden_states), h)
         if self.rotary is not None:
-            q, k = (
-                self.rotary(q, k) if positions is None else self.rotary(q, k, positions=positions)
-            )
+            if positions is not None:
+                q, k = self.rotary(q, k, positions=positions)
+            elif self._offset:  # a shard's stretch of a longer sequence
+                q, k = self.rotary(q, k, offset=self._offset)
+            else:
+                q, k = self.rotary(q, k)
         return q, k, v
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:

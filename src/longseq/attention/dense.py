@@ -15,6 +15,7 @@ from torch import Tensor
 from longseq.attention import patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
+from longseq.attention.shard import Shard
 
 
 class FullAttention(SelfAttention):
@@ -34,6 +35,28 @@ class FullAttention(SelfAttention):
             # the diagonal keeps padding queries from having an empty row (their output is zeroed)
             allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """Every rank's keys and values all-gathered; this rank's queries scored against them
+        (memory O(n) for K, V; scores O(n/W x n))."""
+        b, n = hidden_states.shape[:2]
+        dev = hidden_states.device
+        qpos = shard.start + torch.arange(n, device=dev)
+        q, k, v = self.project(hidden_states, qpos.expand(b, n))
+        keys, values = shard.gather(k, 2), shard.gather(v, 2)
+        real_k = shard.gather(real.to(q.dtype), 1) > 0
+        kpos = torch.arange(shard.total, device=dev)
+        allowed = real_k[:, None, None, :]
+        if self.causal:
+            allowed = allowed & (kpos <= qpos[:, None])
+        # the diagonal keeps a padding query from having an empty row (its output is zeroed)
+        allowed = allowed | (kpos == qpos[:, None])
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=allowed, dropout_p=p, scale=1.0
+        )
 
     def new_cache(self) -> SlotCache:
         """Every earlier position (a key/value cache): O(t) per new token."""

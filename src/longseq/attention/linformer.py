@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from longseq.attention import ops
 from longseq.attention.base import SelfAttention
+from longseq.attention.shard import Shard
 
 SHARING: tuple[str, ...] = ("none", "headwise", "kv", "layerwise")
 
@@ -114,6 +115,16 @@ def _project(m: Tensor, x: Tensor) -> Tensor:
     """m (k, n) or (H, k, n) applied along the sequence axis of x (B, H, n, D) -> (B, H, k, D)."""
     # one batched matmul over heads (and batch); shared m folds heads into the GEMM's columns
     return torch.einsum("kn,bhnd->bhkd" if m.dim() == 2 else "hkn,bhnd->bhkd", m, x)
+
+
+def _project_at(m: Tensor, col: Tensor, x: Tensor) -> Tensor:
+    """sum_j m[..., :, col[b, j]] x[b, :, j]: m (k, N) or (H, k, N), col (B, n), x (B, H, n, D)
+    -> (B, H, k, D). The columns of each token, gathered per batch row."""
+    if m.dim() == 2:
+        cols = m[:, col]  # (k, B, n)
+        return torch.einsum("kbn,bhnd->bhkd", cols, x)
+    cols = m[:, :, col]  # (H, k, B, n)
+    return torch.einsum("hkbn,bhnd->bhkd", cols, x)
 
 
 class LinformerAttention(SelfAttention):
@@ -215,6 +226,31 @@ class LinformerAttention(SelfAttention):
         pk, pv = _project(e, k), _project(f, v)  # (B, H, k, D)
         p = self.dropout if self.training else 0.0
         # q is pre-scaled; no mask: every projected key is valid for every query
+        return F.scaled_dot_product_attention(q, pk, pv, dropout_p=p, scale=1.0)
+
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """E K and F V are sums over the real tokens, the i-th real token of the whole sequence
+        meeting column i of E and F: each rank sums its own tokens' terms (their columns follow
+        the real tokens of the earlier ranks), then one all-reduce."""
+        q, k, v = self.project(hidden_states)
+        counts = shard.gather(real.sum(1, keepdim=True).to(q.dtype), 1).long()  # (B, W)
+        before = counts[:, : shard.rank].sum(1, keepdim=True)
+        col = before + real.long().cumsum(1) - 1  # (B, n): column of each real token
+        longest = int(counts.sum(1).max())
+        if longest > self.max_seq_len:
+            raise ValueError(
+                f"sequence length {longest} exceeds max_seq_len={self.max_seq_len} of "
+                "linformer attention; build the layer with a larger max_seq_len"
+            )
+        e, f = self.projection.matrices(self.max_seq_len)
+        col = col.clamp(min=0).masked_fill(~real, 0)
+        keep = real[:, None, :, None]
+        k, v = k.masked_fill(~keep, 0.0), v.masked_fill(~keep, 0.0)
+        pk = shard.total_sum(_project_at(e, col, k))
+        pv = shard.total_sum(_project_at(f, col, v))
+        p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, pk, pv, dropout_p=p, scale=1.0)
 
     def extra_repr(self) -> str:

@@ -33,6 +33,7 @@ from torch import Tensor
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
+from longseq.attention.shard import Shard
 
 
 class LocalAttention(SelfAttention):
@@ -119,6 +120,21 @@ class LocalAttention(SelfAttention):
         scores = torch.matmul(ops.blocks(q, c), k_win) + ops.mask_bias(allowed, q.dtype)
         probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
         return torch.matmul(probs, v_win).flatten(2, 3)[:, :, :n0]
+
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """The chunks before (and after) as a halo from the neighbouring ranks; shards must
+        hold whole chunks, so chunk boundaries fall where they do in the whole sequence."""
+        c = self.chunk_length
+        if shard.length % c or self.wrap:
+            raise ValueError(
+                f"sequence-parallel local attention needs shards of whole chunks ({shard.length} "
+                f"tokens per shard, chunk_length {c}) and wrap=False"
+            )
+        left = self.num_chunks_before * c
+        right = 0 if self.causal else self.num_chunks_after * c
+        return self._window_sharded(hidden_states, real, shard, left, right)
 
     def new_cache(self) -> SlotCache:
         """A ring of (num_chunks_before + 1) * chunk_length slots (constant memory): a causal

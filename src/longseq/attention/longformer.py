@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
+from longseq.attention.shard import Shard
 
 # Query block size c: w/2 clamped to [MIN_BLOCK, MAX_BLOCK] (see _block_size). Scores computed
 # per query: c + w instead of w + 1; smaller blocks waste fewer but the fused kernel runs less
@@ -119,6 +120,19 @@ class LongformerAttention(SelfAttention):
     @classmethod
     def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
         return {"window": budget.window}
+
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """The band needs max(d) * w/2 neighbours on each side (the left only when causal): a
+        halo from the neighbouring ranks, then this layer's own kernel on the stretch."""
+        if glob is not None:
+            raise ValueError(
+                "sequence-parallel Longformer with global tokens is not supported yet "
+                "(global rows need every rank's keys); leave global_attention_mask unset"
+            )
+        reach = max(self.dilations) * (self.window // 2)
+        return self._window_sharded(hidden_states, real, shard, reach, 0 if self.causal else reach)
 
     def new_cache(self) -> SlotCache:
         """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again

@@ -290,6 +290,15 @@ class LSHAttention(SelfAttention):
         )
         return r, r, basis
 
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Any
+    ) -> Tensor:
+        raise ValueError(
+            "LSH attention has no exact sequence-parallel form: it sorts the whole sequence by "
+            "hash bucket, so any token's window can hold any other's; use one process per "
+            "sequence (data parallel) for LSH layers"
+        )
+
     @property
     def prefix_stable(self) -> bool:
         """Causal with per-bucket windows (see the module docstring), not Hugging Face's rule."""

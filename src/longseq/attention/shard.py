@@ -1,0 +1,113 @@
+"""Sequence parallelism: one sequence split over processes, each holding a contiguous shard.
+
+With W processes (a `torch.distributed` group: gloo on the CPU, NCCL on the GPU), rank r holds
+positions [r m, (r + 1) m) of every sequence, m = N / W (the caller pads N to a multiple of W
+times the mechanism's block). A layer called with `shard=Shard(group)` returns the output of
+its own positions, equal to the single-process layer's output there; gradients flow back to
+every rank that contributed an input. What a mechanism exchanges is what its pattern needs:
+
+- a bounded window (Longformer, local attention): the h rows before and after the shard from
+  the neighbours (a halo), h = the window's reach. The layer then runs its own kernel on
+  [halo, shard, halo] with the positions of that stretch, and keeps the shard's rows: the
+  pattern is a function of position differences only, so this is the same computation;
+- keys anywhere (full attention, BigBird's random and global blocks): every rank's keys and
+  values, all-gathered; each rank scores only its own queries;
+- Linformer: E K and F V are sums over positions: each rank's partial sum, all-reduced.
+
+Collectives with gradients: `gather` (backward: the all-reduced gradient, this rank's part)
+and `total` (an all-reduce, whose backward is an all-reduce), written here so they need only
+all_gather and all_reduce (gloo has no reduce_scatter).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+class _Gather(torch.autograd.Function):
+    """x (this rank's part) -> (W, *x.shape): every rank's part, in rank order."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)  # every rank's use of every part
+        return grad[dist.get_rank(ctx.group)], None
+
+
+class _Total(torch.autograd.Function):
+    """x -> the sum of x over the ranks (every rank gets it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+        ctx.group = group
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class Shard:
+    """This process's part of a sequence split over `group` (default: the whole world).
+
+    `length`: tokens per shard (every rank the same). Positions of this shard: `start` ..
+    `start + length - 1` of `total`."""
+
+    def __init__(self, length: int, group: Any = None) -> None:
+        if not dist.is_initialized():
+            raise ValueError("sequence parallelism needs torch.distributed (run under torchrun)")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.length = length
+        self.start = self.rank * length
+        self.total = self.world * length
+
+    def gather(self, x: Tensor, dim: int) -> Tensor:
+        """Every rank's x concatenated along `dim` (the whole sequence), with gradients."""
+        parts = _Gather.apply(x, self.group)
+        return torch.cat(parts.unbind(0), dim=dim)
+
+    def total_sum(self, x: Tensor) -> Tensor:
+        """The sum of x over the ranks, with gradients."""
+        return _Total.apply(x, self.group)
+
+    def halo(self, x: Tensor, left: int, right: int, dim: int = 1) -> tuple[Tensor, Tensor]:
+        """[the `left` positions before this shard, x, the `right` positions after it] along
+        `dim`, and a (extended length,) bool: which of those positions exist (none before the
+        first shard or after the last). Needs left, right <= length (one neighbour each)."""
+        m = x.shape[dim]
+        if left > m or right > m:
+            raise ValueError(
+                f"a shard of {m} tokens is shorter than the window's reach ({max(left, right)}): "
+                "use fewer processes or longer sequences"
+            )
+        edges = torch.cat([x.narrow(dim, m - left, left), x.narrow(dim, 0, right)], dim)
+        every = _Gather.apply(edges, self.group)  # (W, ..., left + right, ...)
+        prev = every[self.rank - 1] if self.rank > 0 else torch.zeros_like(edges)
+        nxt = every[self.rank + 1] if self.rank < self.world - 1 else torch.zeros_like(edges)
+        out = torch.cat([prev.narrow(dim, 0, left), x, nxt.narrow(dim, left, right)], dim)
+        exists = torch.ones(left + m + right, dtype=torch.bool, device=x.device)
+        if self.rank == 0:
+            exists[:left] = False
+        if self.rank == self.world - 1:
+            exists[left + m :] = False
+        return out, exists
+
+
+__all__ = ["Shard"]
