@@ -29,6 +29,13 @@ CASES = [
     ("local", {"chunk_length": 4}),
     ("local", {"chunk_length": 4, "num_chunks_before": 1, "num_chunks_after": 1}),
     ("local", {"chunk_length": 4, "causal": True}),
+    ("bigbird", {"block_size": 4, "num_random_blocks": 1, "num_global_blocks": 2}),
+    ("bigbird", {"block_size": 2, "num_random_blocks": 2, "num_global_blocks": 1, "seed": 3}),
+    ("bigbird", {"block_size": 4, "num_random_blocks": 1, "causal": True, "rotary": True}),
+    (
+        "bigbird",
+        {"block_size": 4, "num_random_blocks": 1, "num_global_blocks": 1, "variant": "etc"},
+    ),
     ("linformer", {"k": 5, "max_seq_len": 32}),
     ("linformer", {"k": 6, "max_seq_len": 32, "sharing": "headwise"}),
 ]

@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
+from longseq.attention.shard import Shard
 
 VARIANTS = ("itc", "etc")
 RANDOM_SOURCES = ("seeded", "hf-eval")
@@ -299,9 +300,17 @@ class BigBirdAttention(SelfAttention):
         return ctx if n_eff == n else F.pad(ctx, (0, 0, 0, n - n_eff))
 
     def _sparse_rows(
-        self, q: Tensor, k: Tensor, v: Tensor, real_k: Tensor, index: Tensor, valid: Tensor
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        real_k: Tensor,
+        index: Tensor,
+        valid: Tensor,
+        first_block: int | None = None,
     ) -> Tensor:
-        """Every query block against its K gathered key blocks: (B, H, nb, b, D)."""
+        """Every query block against its K gathered key blocks: (B, H, nb, b, D). The query
+        blocks are key blocks first_block.. (default: the extra ETC blocks' count)."""
         b, gx = self.block_size, self.extra_blocks
         bsz, h, length, d = q.shape
         nb, nbk, kk = length // b, k.shape[2] // b, index.shape[-1]
@@ -313,7 +322,8 @@ class BigBirdAttention(SelfAttention):
         if self.causal:
             offs = torch.arange(b, device=q.device)
             k_pos = (index[..., None] * b + offs).view(-1, kk * b)
-            q_pos = (torch.arange(gx, gx + nb, device=q.device)[:, None] * b + offs).repeat(
+            q0 = gx if first_block is None else first_block
+            q_pos = (torch.arange(q0, q0 + nb, device=q.device)[:, None] * b + offs).repeat(
                 bsz * h, 1
             )
 
@@ -337,21 +347,33 @@ class BigBirdAttention(SelfAttention):
         return out.view(bsz, h, nb, b, d)
 
     def _global_rows(
-        self, ctx: Tensor, q: Tensor, k: Tensor, v: Tensor, real: Tensor, glob_blocks: Tensor
+        self,
+        ctx: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        real_k: Tensor,
+        glob_blocks: Tensor,
+        first_block: int = 0,
     ) -> Tensor:
-        """ITC: overwrite the global query blocks of ctx (B, H, nb, b, D) with dense rows."""
+        """ITC: overwrite the global query blocks of ctx (B, H, nb, b, D) with dense rows over
+        all keys. ctx and q hold query blocks first_block.. (a shard); k, v, real_k every key;
+        global blocks elsewhere (or missing: index nbk) are left alone."""
         b = self.block_size
         bsz, h, nb, _, d = ctx.shape
+        nbk = k.shape[2] // b
         g = glob_blocks.shape[1]
-        pick = glob_blocks.view(bsz, 1, g, 1, 1).expand(bsz, h, g, b, d)
+        local = glob_blocks - first_block
+        held = (local >= 0) & (local < nb) & (glob_blocks < nbk)
+        slot = torch.where(held, local, nb)  # nb: a dummy block, dropped below
+        pick = slot.view(bsz, 1, g, 1, 1).expand(bsz, h, g, b, d)
         gq = ops.blocks(q, b).gather(2, pick.clamp(max=nb - 1)).view(bsz, h, g * b, d)
-        allowed = None if bool(real.all()) else real[:, None, None, :]
+        allowed = None if bool(real_k.all()) else real_k[:, None, None, :]
         if self.causal:
-            allowed = real[:, None, None, :]
-            k_pos = torch.arange(nb * b, device=q.device)
-            q_pos = (glob_blocks.clamp(max=nb - 1)[..., None] * b + k_pos[:b]).view(bsz, g * b)
+            k_pos = torch.arange(nbk * b, device=q.device)
+            q_pos = (glob_blocks.clamp(max=nbk - 1)[..., None] * b + k_pos[:b]).view(bsz, g * b)
             # the diagonal keeps a padding query from having an empty row (its output is unused)
-            allowed = (ops.causal_allowed(q_pos, k_pos) & allowed[:, 0]) | (
+            allowed = (ops.causal_allowed(q_pos, k_pos) & real_k[:, None, :]) | (
                 q_pos[..., None] == k_pos
             )
             allowed = allowed[:, None]
@@ -359,9 +381,48 @@ class BigBirdAttention(SelfAttention):
         p = self.dropout if self.training else 0.0
         rows = F.scaled_dot_product_attention(gq, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
         rows = rows.view(bsz, h, g, b, d).to(ctx.dtype)  # autocast: SDPA half, kernel fp32
-        # Block nb is a dummy that takes the slots of global blocks a sequence does not have.
         ctx = torch.cat([ctx, ctx.new_zeros(bsz, h, 1, b, d)], dim=2)
         return ctx.scatter(2, pick, rows)[:, :, :nb]
+
+    def attend_sharded(
+        self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard
+    ) -> Tensor:
+        """Random and global blocks reach anywhere: every rank's keys and values are
+        all-gathered, and this rank's query blocks are scored against the blocks their layout
+        rows list (the layout of the whole sequence), global query blocks densely."""
+        b, gx = self.block_size, self.extra_blocks
+        n = hidden_states.shape[1]
+        if n % b or self.random_source != "seeded":
+            raise ValueError(
+                f"sequence-parallel BigBird needs shards of whole blocks ({n} tokens per shard, "
+                f"block_size {b}) and random_source='seeded'"
+            )
+        positions = (shard.start + torch.arange(n, device=hidden_states.device)).expand(
+            hidden_states.shape[0], n
+        )
+        q, k, v = self.project(hidden_states, positions)
+        k, v = shard.gather(k, 2), shard.gather(v, 2)
+        real_k = shard.gather(real.to(q.dtype), 1) > 0
+        ends = shard.total - real_k.flip(1).to(torch.int8).argmax(1)
+        ends = torch.where(real_k.any(1), ends, torch.ones_like(ends))
+        nbk = shard.total // b
+        index, valid, glob_blocks = self._batch_layout(
+            (-(-ends // b)).tolist(), nbk, hidden_states.device
+        )
+        first = shard.start // b
+        if gx:  # ETC: the extra global tokens' keys and values come first
+            _, ek, ev = self.project(self.global_states[None].to(q.dtype))
+            bsz = q.shape[0]
+            k = torch.cat([ek.expand(bsz, -1, -1, -1), k], dim=2)
+            v = torch.cat([ev.expand(bsz, -1, -1, -1), v], dim=2)
+            real_k = torch.cat([real_k.new_ones(bsz, gx * b), real_k], dim=1)
+        rows = slice(gx + first, gx + first + n // b)
+        ctx = self._sparse_rows(
+            q, k, v, real_k, index[:, :, rows], valid[:, :, rows], first_block=gx + first
+        )
+        if self.num_global_blocks and not gx:
+            ctx = self._global_rows(ctx, q, k, v, real_k, glob_blocks, first)
+        return ctx.reshape(q.shape)
 
 
 @functools.lru_cache(maxsize=64)
