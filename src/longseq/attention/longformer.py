@@ -126,10 +126,12 @@ class LongformerAttention(SelfAttention):
     ) -> Tensor:
         """The band needs max(d) * w/2 neighbours on each side (the left only when causal): a
         halo from the neighbouring ranks, then this layer's own kernel on the stretch."""
-        if glob is not None:
+        held = torch.zeros(1) if glob is None else glob.sum().double().reshape(1)
+        if float(shard.total_sum(held.to(hidden_states.device))) > 0:  # every rank decides alike
             raise ValueError(
                 "sequence-parallel Longformer with global tokens is not supported yet "
-                "(global rows need every rank's keys); leave global_attention_mask unset"
+                "(global rows need every rank's keys); leave global_attention_mask unset (and "
+                "set the model's global_cls to false)"
             )
         reach = max(self.dilations) * (self.window // 2)
         return self._window_sharded(hidden_states, real, shard, reach, 0 if self.causal else reach)

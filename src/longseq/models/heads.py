@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.attention.shard import Shard
 from longseq.labels import IGNORE
 from longseq.layers.feedforward import ACTIVATIONS
 from longseq.models.base import LongseqModel
@@ -65,10 +66,15 @@ class _Head(LongseqModel):
         token_type_ids: Tensor | None,
         output_hidden_states: bool,
         cache: DecodingCache | None = None,
+        shard: Shard | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, Tensor | None]:
+        given = global_attention_mask is not None
         attention_mask, global_attention_mask = self.check_inputs(
             input_ids, attention_mask, global_attention_mask
         )
+        made = not given and global_attention_mask is not None
+        if shard is not None and made and shard.rank != 0:  # the first token is on rank 0
+            global_attention_mask = torch.zeros_like(global_attention_mask)
         h, states = self.body(
             input_ids,
             attention_mask,
@@ -76,6 +82,7 @@ class _Head(LongseqModel):
             token_type_ids,
             output_hidden_states,
             cache,
+            shard,
         )
         return h, states, attention_mask
 
@@ -125,21 +132,36 @@ class ForSequenceClassification(_Head):
         labels: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        shard: Shard | None = None,
     ) -> ModelOutput:
+        """With `shard`, the pooled vector, logits and loss are those of the whole sequence,
+        the same on every rank (the first token lives on rank 0; means sum over all ranks)."""
         h, states, mask = self.encode(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            token_type_ids,
+            output_hidden_states,
+            shard=shard,
         )
+        count = h.new_full((h.shape[0], 1), h.shape[1]) if mask is None else None
+        if mask is not None:
+            count = mask.sum(1, keepdim=True).to(h.dtype)
         if self.config.pooling == "cls":
             pooled = h[:, 0]
-        elif mask is None:
-            pooled = h.mean(1)
+            if shard is not None:
+                # rank 0's first token; the others add zero, through the same graph (so every
+                # rank takes part in the backward's all-reduce)
+                pooled = shard.total_sum(pooled if shard.rank == 0 else pooled * 0)
+        elif shard is not None:
+            pooled = shard.total_sum(h.sum(1)) / shard.total_sum(count).clamp_min(1)
         else:  # padding rows of h are zero, so the sum runs over real tokens only
-            pooled = h.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)
+            pooled = h.sum(1) / count.clamp_min(1)
         logits = self.head(pooled)
         loss = None
         if labels is not None:
             _check_labels(labels, (input_ids.shape[0],), self.config.num_labels)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(_wide(logits), labels)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
 
 
@@ -159,17 +181,21 @@ class ForTokenClassification(_Head):
         labels: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        shard: Shard | None = None,
     ) -> ModelOutput:
         h, states, _ = self.encode(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            token_type_ids,
+            output_hidden_states,
+            shard=shard,
         )
         logits = self.classifier(self.dropout(h))
         loss = None
         if labels is not None:
             _check_labels(labels, tuple(input_ids.shape), self.config.num_labels)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
-            )
+            loss = _token_loss(logits, labels, shard)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
 
 
@@ -212,8 +238,8 @@ class ForQuestionAnswering(_Head):
             for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
                 _check_labels(p, (input_ids.shape[0],), n, what=name)
             loss = (
-                F.cross_entropy(start.float(), start_positions)
-                + F.cross_entropy(end.float(), end_positions)
+                F.cross_entropy(_wide(start), start_positions)
+                + F.cross_entropy(_wide(end), end_positions)
             ) / 2
         return ModelOutput(
             loss=loss,
@@ -273,17 +299,21 @@ class ForMaskedLM(_Head):
         labels: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        shard: Shard | None = None,
     ) -> ModelOutput:
         h, states, _ = self.encode(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            token_type_ids,
+            output_hidden_states,
+            shard=shard,
         )
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
             _check_labels(labels, tuple(input_ids.shape), self.config.vocab_size)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE
-            )
+            loss = _token_loss(logits, labels, shard)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
 
 
@@ -312,23 +342,28 @@ class ForCausalLM(_Head):
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         cache: DecodingCache | None = None,
+        shard: Shard | None = None,
     ) -> ModelOutput:
         """Logits (B, N, V). With `cache` (from `new_cache`), input_ids are the tokens that
         follow what the cache holds, and the logits are exactly those of the full forward
         over the whole sequence at those positions (see `longseq.attention.cache`)."""
         h, states, mask = self.encode(
-            input_ids, attention_mask, None, None, output_hidden_states, cache
+            input_ids, attention_mask, None, None, output_hidden_states, cache, shard
         )
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
             _check_labels(labels, tuple(input_ids.shape), self.config.vocab_size)
-            target = labels[:, 1:]
-            if mask is not None:
-                target = target.masked_fill(~mask[:, 1:].bool(), IGNORE)
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE
-            )
+            real = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
+            target = labels.masked_fill(~real, IGNORE)
+            if shard is None:
+                loss = _token_loss(logits[:, :-1], target[:, 1:], None)
+            else:  # the last token of a shard predicts the first of the next one
+                firsts = shard.gather(target[:, :1].double(), 1).long()  # (B, W)
+                nxt = firsts[:, shard.rank + 1 :][:, :1]
+                if shard.rank == shard.world - 1:
+                    nxt = torch.full_like(target[:, :1], IGNORE)
+                loss = _token_loss(logits, torch.cat([target[:, 1:], nxt], 1), shard)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=h, hidden_states=states)
 
     def new_cache(self, batch: int = 1) -> DecodingCache:
@@ -340,6 +375,22 @@ class ForCausalLM(_Head):
         from longseq.models.generation import generate
 
         return generate(self, input_ids, max_new_tokens, **kwargs)
+
+
+def _wide(logits: Tensor) -> Tensor:
+    """Logits for a loss: half precision widened to fp32 (fp32 and fp64 kept as they are)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _token_loss(logits: Tensor, labels: Tensor, shard: Shard | None) -> Tensor:
+    """Mean cross-entropy over the labelled tokens (IGNORE: none); with `shard`, over every
+    rank's tokens (the same value on every rank)."""
+    flat = _wide(logits.flatten(0, 1))
+    if shard is None:
+        return F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE)
+    total = F.cross_entropy(flat, labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    count = (labels != IGNORE).sum().to(total.dtype)
+    return shard.total_sum(total) / shard.total_sum(count).clamp_min(1)
 
 
 def _check_labels(

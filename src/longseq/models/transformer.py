@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longseq import attention
 from longseq.attention.cache import AttentionCache
+from longseq.attention.shard import Shard
 from longseq.layers import (
     AxialPositions,
     FeedForward,
@@ -122,15 +123,18 @@ class AttentionSublayer(nn.Module):
         global_attention_mask: Tensor | None = None,
         cache: AttentionCache | None = None,
         positions: Tensor | None = None,
+        shard: Shard | None = None,
     ) -> Tensor:
         if not self.attention.supports_global:
             # In a model that mixes mechanisms, only layers with global tokens use the mask.
             global_attention_mask = None
+        extra: dict[str, Any] = {}
+        if cache is not None:
+            extra = {"cache": cache, "positions": positions}
+        elif shard is not None:
+            extra = {"shard": shard}
         y = self.attention(
-            self.norm(x) if self.pre else x,
-            attention_mask,
-            global_attention_mask,
-            **({} if cache is None else {"cache": cache, "positions": positions}),
+            self.norm(x) if self.pre else x, attention_mask, global_attention_mask, **extra
         )
         return self.dropout(y)
 
@@ -168,8 +172,9 @@ class Block(nn.Module):
         global_attention_mask: Tensor | None = None,
         cache: AttentionCache | None = None,
         positions: Tensor | None = None,
+        shard: Shard | None = None,
     ) -> Tensor:
-        a = self.attn(x, attention_mask, global_attention_mask, cache, positions)
+        a = self.attn(x, attention_mask, global_attention_mask, cache, positions, shard)
         if self.pre:
             x = x + a
             return x + self.ff(x)
@@ -208,12 +213,18 @@ class Transformer(nn.Module):
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
         cache: DecodingCache | None = None,
+        shard: Shard | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None]:
         """Final hidden states (and, on request, every layer's input and the last output).
 
         With `cache` (causal models, see `new_cache`), input_ids are each row's NEXT tokens
-        after what the cache holds, right-padded: `attention_mask` marks those that exist."""
+        after what the cache holds, right-padded: `attention_mask` marks those that exist.
+        With `shard` (sequence parallelism, `attention/shard.py`), input_ids are this rank's
+        positions shard.start .. of every sequence; the hidden states are theirs."""
         positions = None if cache is None else cache.positions(input_ids, attention_mask)
+        if shard is not None:
+            b, n = input_ids.shape
+            positions = (shard.start + torch.arange(n, device=input_ids.device)).expand(b, n)
         x = self.embeddings(input_ids, token_type_ids, positions)
         states: list[Tensor] = [x]
         if cache is not None:
@@ -223,6 +234,8 @@ class Transformer(nn.Module):
             kwargs: dict[str, Any] = {"attention_mask": attention_mask}
             if global_attention_mask is not None:
                 kwargs["global_attention_mask"] = global_attention_mask
+            if shard is not None:
+                kwargs["shard"] = shard
             y1, y2 = self._reversible[0](x, x, **kwargs)
             x = (
                 torch.cat((y1, y2), -1)
@@ -234,10 +247,17 @@ class Transformer(nn.Module):
             for block in self.layers:
                 if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
                     x = checkpoint(
-                        block, x, attention_mask, global_attention_mask, use_reentrant=False
+                        block,
+                        x,
+                        attention_mask,
+                        global_attention_mask,
+                        None,
+                        None,
+                        shard,
+                        use_reentrant=False,
                     )
                 else:
-                    x = block(x, attention_mask, global_attention_mask)
+                    x = block(x, attention_mask, global_attention_mask, None, None, shard)
                 states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
