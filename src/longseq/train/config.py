@@ -149,11 +149,14 @@ class RunConfig:
     # DDP: parameters that get no gradient (found by one probe step) are frozen, so DDP needs
     # no graph search per step; set true for models whose unused set changes between batches.
     find_unused_parameters: bool = False
+    # split each sequence over this many processes (torchrun): sequence parallelism; the
+    # world size must be a multiple (world = data parallel x sequence parallel)
+    sequence_parallel: int = 1
 
     def validate(self) -> None:
         _choose("run.precision", self.precision, PRECISIONS)
         _choose("run.device", self.device, DEVICES)
-        for name in ("eval_every", "log_every"):
+        for name in ("eval_every", "log_every", "sequence_parallel"):
             _positive(f"run.{name}", getattr(self, name))
         for name in ("eval_batches", "save_every", "patience", "threads"):
             _positive(f"run.{name}", getattr(self, name), allow_none=True)
@@ -182,6 +185,7 @@ MAY_CHANGE_ON_RESUME: tuple[str, ...] = (
     "run.num_workers",
     "run.out",
     "run.overwrite",
+    "run.sequence_parallel",  # the same computation, split otherwise
 )
 
 

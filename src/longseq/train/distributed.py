@@ -38,6 +38,23 @@ class Distributed:
             dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
         return tensor
 
+    def sequence_groups(self, size: int) -> tuple[int, int, Any]:
+        """Split the world into groups of `size` consecutive ranks that share each sequence
+        (sequence parallelism); returns (data-parallel rank, data-parallel size, this rank's
+        group). Every rank creates every group, as torch.distributed requires."""
+        if self.world_size % size:
+            raise ValueError(
+                f"run.sequence_parallel={size} does not divide the {self.world_size} processes "
+                "(world = data parallel x sequence parallel)"
+            )
+        mine = None
+        for g in range(self.world_size // size):
+            ranks = list(range(g * size, (g + 1) * size))
+            group = dist.new_group(ranks)
+            if self.rank in ranks:
+                mine = group
+        return self.rank // size, self.world_size // size, mine
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -197,18 +197,50 @@ class _Trainer:
         multiple = self.model.pad_multiple()
         if -(-cfg.data.max_length // multiple) * multiple > self.model.config.max_length:
             multiple = 1  # rounding up would pass the model's max_length: the layers pad
-        self.collate = make_collate(self.tokenizer, multiple)
+        # sequence parallelism: the ranks of a group share each batch, each its shard
+        self.sp, dp_rank, dp_size, self.sp_group = run.sequence_parallel, dist.rank, 1, None
+        dp_size = dist.world_size
+        if self.sp > 1:
+            dp_rank, dp_size, self.sp_group = self._sequence_parallel_setup()
+        self.collate = make_collate(self.tokenizer, multiple * self.sp)
         self.stream = BatchStream(
             self.data.train,
             self.collate,
             batch_size=cfg.data.batch_size,
             seed=run.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
+            rank=dp_rank,
+            world_size=dp_size,
             mega_batch=cfg.data.mega_batch,
             num_workers=run.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+
+    def _sequence_parallel_setup(self) -> tuple[int, int, Any]:
+        if self.arch == "question-answering":
+            raise ValueError("run.sequence_parallel: question answering is not supported yet")
+        sp = self.sp
+        if -(-self.cfg.data.max_length // sp) * sp > self.model.config.max_length:
+            raise ValueError(
+                f"run.sequence_parallel={sp}: padding data.max_length={self.cfg.data.max_length}"
+                f" to a multiple of {sp} passes the model's max_length "
+                f"{self.model.config.max_length}"
+            )
+        return self.dist.sequence_groups(sp)
+
+    def _shard(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """This rank's positions of every sequence of a (device) batch, and its Shard."""
+        from longseq.attention.shard import Shard
+
+        n = batch["input_ids"].shape[1]
+        if n % self.sp:
+            raise ValueError(f"batch length {n} is not a multiple of run.sequence_parallel")
+        m = n // self.sp
+        shard = Shard(m, self.sp_group)
+        cut = {}
+        for k, v in batch.items():
+            per_token = v.dim() == 2 and v.shape[1] == n
+            cut[k] = v[:, shard.start : shard.start + m] if per_token else v
+        return cut, shard
 
     # ------------------------------------------------------------------------- set-up
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -252,7 +284,8 @@ class _Trainer:
             device=self.device,
         )
         self.dist.all_reduce(totals)
-        n_total, self.step_tokens = float(totals[0]), float(totals[1])
+        # the ranks of a sequence-parallel group share their batch: counted once each
+        n_total, self.step_tokens = float(totals[0]), float(totals[1]) / self.sp
         if n_total == 0:
             raise ValueError("a training step has no loss targets (empty labels); check the data")
         loss_share = torch.zeros((), device=self.device)
@@ -261,7 +294,15 @@ class _Trainer:
             sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
                 with self._autocast():
-                    out = self.net(**self._to_device(batch))
+                    inputs = self._to_device(batch)
+                    if self.sp > 1:
+                        inputs, shard = self._shard(inputs)
+                        out = self.net(**inputs, shard=shard)
+                    else:
+                        out = self.net(**inputs)
+                # the mean over the step's items; under sequence parallelism each group's ranks
+                # all count the same items (n_total holds them sp times) and DDP's average over
+                # the group gives the group's gradient (see attention/shard.py)
                 loss = out.loss * (n * self.dist.world_size / n_total)
                 self.scaler.scale(loss).backward()
             loss_share += out.loss.detach().float() * (n / n_total)
@@ -585,7 +626,8 @@ class _Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log.message(
             f"{start}: {self.arch} {self.model.config.attention}, {n_params:,} parameters, "
-            f"{self.dist.world_size} process(es) on {self.device.type}, "
+            f"{self.dist.world_size} process(es) on {self.device.type}"
+            f"{f' (each sequence split over {self.sp})' if self.sp > 1 else ''}, "
             f"{self.stream.batches_per_epoch} batches per epoch per process",
             self.step,
         )
