@@ -26,6 +26,8 @@ CASES = [
     ("longformer", {"window": 4}),
     ("longformer", {"window": 6, "dilation": [1, 2]}),
     ("longformer", {"window": 4, "causal": True, "rotary": True}),
+    ("longformer", {"window": 4, "globals": True}),
+    ("longformer", {"window": 6, "dilation": [1, 2], "globals": True}),
     ("local", {"chunk_length": 4}),
     ("local", {"chunk_length": 4, "num_chunks_before": 1, "num_chunks_after": 1}),
     ("local", {"chunk_length": 4, "causal": True}),
@@ -44,6 +46,7 @@ CASES = [
 def _layer(name: str, opts: dict) -> torch.nn.Module:
     opts = dict(opts)
     rotary = opts.pop("rotary", False)
+    opts.pop("globals", None)
     torch.manual_seed(0)
     layer = attention.build(name, HIDDEN, HEADS, **opts).double()
     if rotary:
@@ -68,15 +71,22 @@ def _worker(rank: int, world: int, port: int, m: int) -> None:
         mask[1, n - m - 2 :] = 0  # the last shard of row 1 is padding only
         mask[2, :3] = 0  # padding before the real tokens
         sl = slice(rank * m, (rank + 1) * m)
+        glob = torch.zeros(3, n, dtype=torch.long)
+        glob[:2, 1] = glob[2, 4] = 1  # on rank 0 (row 2 starts with padding)
+        glob[0, n - 6] = glob[2, m + 1] = 1  # on other ranks
         for name, opts in CASES:
             layer = _layer(name, opts)
+            g = glob if opts.get("globals") else None
             xf = x.clone().requires_grad_(True)
-            full = layer(xf, attention_mask=mask)
+            full = layer(xf, attention_mask=mask, global_attention_mask=g)
             (full * w).sum().backward()
             want_params = [_grad(p) for p in layer.parameters()]
             layer.zero_grad()
             xs = x[:, sl].clone().requires_grad_(True)
-            out = layer(xs, attention_mask=mask[:, sl], shard=Shard(m))
+            g_local = None if g is None else g[:, sl]
+            out = layer(
+                xs, attention_mask=mask[:, sl], global_attention_mask=g_local, shard=Shard(m)
+            )
             (out * w[:, sl]).sum().backward()
             torch.testing.assert_close(out, full[:, sl], rtol=1e-10, atol=1e-10, msg=name)
             torch.testing.assert_close(xs.grad, xf.grad[:, sl], rtol=1e-10, atol=1e-10)

@@ -42,6 +42,11 @@ CASES = [
         {"num_labels": 4, "attention": "local", "attention_options": {"chunk_length": 4}},
     ),
     ("masked-lm", {"attention": "linformer", "attention_options": {"k": 8}}),
+    # the first token global (Longformer's classification set-up), on rank 0 only
+    (
+        "sequence-classification",
+        {"num_labels": 3, "attention": "longformer", "attention_options": {"window": 4}},
+    ),
     (
         "causal-lm",
         {"attention": "longformer", "attention_options": {"window": 4}, "position": "rotary"},

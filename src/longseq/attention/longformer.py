@@ -126,15 +126,68 @@ class LongformerAttention(SelfAttention):
     ) -> Tensor:
         """The band needs max(d) * w/2 neighbours on each side (the left only when causal): a
         halo from the neighbouring ranks, then this layer's own kernel on the stretch."""
-        held = torch.zeros(1) if glob is None else glob.sum().double().reshape(1)
-        if float(shard.total_sum(held.to(hidden_states.device))) > 0:  # every rank decides alike
-            raise ValueError(
-                "sequence-parallel Longformer with global tokens is not supported yet "
-                "(global rows need every rank's keys); leave global_attention_mask unset (and "
-                "set the model's global_cls to false)"
-            )
         reach = max(self.dilations) * (self.window // 2)
-        return self._window_sharded(hidden_states, real, shard, reach, 0 if self.causal else reach)
+        left, right = reach, 0 if self.causal else reach
+        held = torch.zeros(1) if glob is None else glob.sum().double().reshape(1)
+        if float(shard.total_sum(held.to(hidden_states.device))) == 0:  # every rank alike
+            return self._window_sharded(hidden_states, real, shard, left, right)
+        if self.causal or self.rotary is not None:
+            raise ValueError(
+                "sequence-parallel Longformer with global tokens needs a bidirectional layer "
+                "without rotary positions (global tokens are appended to each rank's stretch)"
+            )
+        return self._sharded_with_globals(hidden_states, real, glob, shard, reach)
+
+    def _sharded_with_globals(
+        self, x: Tensor, real: Tensor, glob: Tensor | None, shard: Shard, reach: int
+    ) -> Tensor:
+        """Global tokens under sequence parallelism. Every rank gets every global token's
+        hidden state (an all-gather of a few rows); the band runs on [halo, shard, halo, the
+        global tokens outside that stretch] (global keys count as global, never as band keys,
+        so where they sit does not matter); a global token's own row, a softmax over every
+        real token with the global projections, is summed over the ranks: shift by the
+        maximum over all ranks, then all-reduce the exponentials' sums and their weighted
+        values (exact, as FlashAttention combines blocks)."""
+        b, n, e = x.shape
+        glob = torch.zeros_like(real) if glob is None else glob
+        gmax = int(shard.maximum(glob.sum(1).max().double().reshape(1)))
+        gidx, g_ok = _global_indices(glob) if bool(glob.any()) else (None, None)
+        slots = torch.zeros(b, gmax, dtype=torch.long, device=x.device)
+        ok = torch.zeros(b, gmax, dtype=torch.bool, device=x.device)
+        if gidx is not None:
+            slots[:, : gidx.shape[1]], ok[:, : gidx.shape[1]] = gidx, g_ok
+        xg = x.gather(1, slots[..., None].expand(-1, -1, e)) * ok[..., None]
+        pos = (shard.start + slots).masked_fill(~ok, -1)
+        xg_all = shard.gather(xg, 1)  # (B, W * gmax, E): every global token
+        pos_all = shard.gather(pos.to(x.dtype), 1).round().long()
+        ok_all = pos_all >= 0
+        # the band and the global keys, through this layer's kernel
+        x_ext, exists = shard.halo(x, reach, reach)
+        r_ext = (shard.halo(real.to(x.dtype), reach, reach)[0] > 0) & exists
+        g_ext = (shard.halo(glob.to(x.dtype), reach, reach)[0] > 0) & exists
+        lo, hi = shard.start - reach, shard.start + n + reach
+        outside = ok_all & ((pos_all < lo) | (pos_all >= hi))
+        x_all = torch.cat([x_ext, xg_all], 1)
+        r_all = torch.cat([r_ext, outside], 1)
+        x_all = x_all.masked_fill(~r_all.unsqueeze(-1), 0.0)
+        ctx = self.attend(x_all, r_all, torch.cat([g_ext, outside], 1))[:, :, reach : reach + n]
+        # the global tokens' own rows, over every rank's real tokens
+        h, d = self.num_heads, self.head_dim
+        qg = ops.split_heads(self.query_global(xg_all), h) * d**-0.5  # (B, H, G, D)
+        kg = ops.split_heads(self.key_global(x), h)
+        vg = ops.split_heads(self.value_global(x), h)
+        s = (qg @ kg.transpose(-1, -2)).masked_fill(~real[:, None, None, :], float("-inf"))
+        top = s.amax(-1, keepdim=True)
+        shift = shard.maximum(torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+        p = torch.exp(s - shift)  # 0 at padding
+        total = shard.total_sum(p.sum(-1, keepdim=True))
+        p = F.dropout(p, self.dropout, self.training)
+        rows = shard.total_sum(p @ vg) / total  # (B, H, G, D)
+        mine = ok_all & (pos_all >= shard.start) & (pos_all < shard.start + n)
+        bi, gi = mine.nonzero(as_tuple=True)
+        ctx = ctx.clone()
+        ctx[bi, :, pos_all[bi, gi] - shard.start] = rows[bi, :, gi].to(ctx.dtype)
+        return ctx
 
     def new_cache(self) -> SlotCache:
         """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again

@@ -87,6 +87,12 @@ class Shard:
         """The sum of x over the ranks, with gradients."""
         return _Total.apply(x, self.group)
 
+    def maximum(self, x: Tensor) -> Tensor:
+        """The elementwise maximum of x over the ranks (no gradient: a softmax's shift)."""
+        out = x.detach().contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=self.group)
+        return out
+
     def halo(self, x: Tensor, left: int, right: int, dim: int = 1) -> tuple[Tensor, Tensor]:
         """[the `left` positions before this shard, x, the `right` positions after it] along
         `dim`, and a (extended length,) bool: which of those positions exist (none before the
