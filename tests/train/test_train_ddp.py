@@ -140,69 +140,87 @@ def test_two_processes_match_one(tmp_path, docs):
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("task", "model"),
-    [
-        (
-            "lm",
-            {"attention": "longformer", "attention_options": {"window": 8}, "position": "rotary"},
-        ),
-        ("classification", {"attention": "bigbird", "attention_options": {"block_size": 4}}),
-    ],
-    ids=["lm-longformer", "classification-bigbird"],
-)
-def test_sequence_parallel_matches_one_process(tmp_path, docs, task, model):
-    """`torchrun --nproc_per_node 2 ... --set run.sequence_parallel=2`: each sequence split
-    over the two processes; the loss curve and the final weights are one process's."""
+SP_CASES = {
+    "lm-longformer": (
+        "lm",
+        {"attention": "longformer", "attention_options": {"window": 8}, "position": "rotary"},
+    ),
+    "classification-bigbird": (
+        "classification",
+        {"attention": "bigbird", "attention_options": {"block_size": 4}},
+    ),
+    "classification-longformer-global": (
+        "classification",
+        {"attention": "longformer", "attention_options": {"window": 8}},
+    ),
+}
+
+
+def _sp_config(tmp_path, docs, task, model, sp):
     text = tmp_path / "text.txt"
     text.write_text("to be or not to be, that is the question. " * 40)
     data = {"task": task, "train": str(text if task == "lm" else docs / "train.jsonl")}
-    config = {
-        "model": {
-            "hidden_size": 32,
-            "num_layers": 2,
-            "num_heads": 2,
-            "intermediate_size": 64,
-            "dropout": 0.0,
-            "global_cls": False,
-            **model,
-        },
+    return {
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                  "dropout": 0.0, **model},
         "data": {**data, "max_length": 32, "batch_size": 4, "mega_batch": 2},
-        "optim": {"lr": 3e-3, "max_steps": 3, "warmup_steps": 1, "grad_accum": 2},
-        "run": {
-            "out": str(tmp_path / "two"),
-            "log_every": 1,
-            "tensorboard": False,
-            "progress": False,
-            "threads": 1,
-            "sequence_parallel": 2,
-        },
-    }
-    path = tmp_path / "sp.yaml"
-    path.write_text(yaml.safe_dump(config))
+        "optim": {"lr": 1e-3, "max_steps": 3, "warmup_steps": 1, "grad_accum": 2},
+        "run": {"out": str(tmp_path / "two"), "log_every": 1, "tensorboard": False,
+                "progress": False, "threads": 1, "sequence_parallel": sp},
+    }  # fmt: skip
+
+
+def _torchrun(path, nproc, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "longseq.cli",
-        "train",
-        "--config",
-        str(path),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(nproc), "-m", "longseq.cli", "train", "--config", str(path), *extra]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "2 process(es) on cpu (each sequence split over 2)" in proc.stderr
+    return proc
+
+
+def _same_weights(a, b):
+    w2, w1 = (
+        load_file(a / "last" / "model.safetensors"),
+        load_file(b / "last" / "model.safetensors"),
+    )
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("case", "nproc"),
+    [("lm-longformer", 2), ("classification-bigbird", 2), ("classification-longformer-global", 4)],
+)
+def test_sequence_parallel_matches_one_process(tmp_path, docs, case, nproc):
+    """`torchrun --nproc_per_node N ... --set run.sequence_parallel=2`: each sequence split
+    over two processes (with 4: two data-parallel groups of two); the loss curve and the final
+    weights are one process's. The Longformer classifier's first token is global."""
+    task, model = SP_CASES[case]
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump(_sp_config(tmp_path, docs, task, model, 2)))
+    proc = _torchrun(path, nproc)
+    assert f"{nproc} process(es) on cpu (each sequence split over 2)" in proc.stderr
     one = train(load_config(path, [f"run.out={tmp_path / 'one'}", "run.sequence_parallel=1"]))
     lines = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     two = [r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
     single = [r["loss"] for r in one.history if r["kind"] == "train"]
     assert two == pytest.approx(single, abs=1e-5) and len(two) == 3
-    w2 = load_file(tmp_path / "two" / "last" / "model.safetensors")
-    w1 = load_file(tmp_path / "one" / "last" / "model.safetensors")
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+    _same_weights(tmp_path / "two", tmp_path / "one")
+
+
+def test_resume_across_a_change_of_sequence_parallelism(tmp_path, docs):
+    """Checkpoints are the same files: 2 steps in one process, then resumed by two processes
+    sharing each sequence, end where 3 steps in one process end."""
+    task, model = SP_CASES["lm-longformer"]
+    path = tmp_path / "sp.yaml"
+    path.write_text(yaml.safe_dump(_sp_config(tmp_path, docs, task, model, 2)))
+
+    def stop_at_2(record):
+        return record.get("kind") == "step" and record["step"] == 2
+
+    train(load_config(path, ["run.sequence_parallel=1"]), callbacks=[stop_at_2])
+    proc = _torchrun(path, 2, "--resume")
+    assert "resumed at step 2" in proc.stderr
+    train(load_config(path, [f"run.out={tmp_path / 'one'}", "run.sequence_parallel=1"]))
+    _same_weights(tmp_path / "two", tmp_path / "one")
