@@ -53,6 +53,7 @@ CASES = [
     ),
     ("causal-lm", {"attention": "bigbird", "attention_options": {"block_size": 4}}),
     ("causal-lm", {"reversible": True}),
+    ("question-answering", {"attention": "longformer", "attention_options": {"window": 4}}),
 ]
 
 
@@ -80,12 +81,24 @@ def _worker(rank: int, world: int, port: int, m: int) -> None:
                 labels = ids % 4
             if per_token and arch != "causal-lm":
                 labels = labels.masked_fill(mask == 0, -100)
-            full = model(ids, attention_mask=mask, labels=labels)
+            if arch == "question-answering":  # spans on other ranks than the question
+                spans = {
+                    "start_positions": torch.tensor([n - 5, m + 1]),
+                    "end_positions": torch.tensor([n - 2, m + 3]),
+                }
+                full = model(ids, attention_mask=mask, **spans)
+            else:
+                full = model(ids, attention_mask=mask, labels=labels)
             full.loss.backward()
             want = _grads(model)
             model.zero_grad()
-            local_labels = labels[:, sl] if per_token else labels
-            out = model(ids[:, sl], attention_mask=mask[:, sl], labels=local_labels, shard=Shard(m))
+            if arch == "question-answering":
+                out = model(ids[:, sl], attention_mask=mask[:, sl], **spans, shard=Shard(m))
+            else:
+                local_labels = labels[:, sl] if per_token else labels
+                out = model(
+                    ids[:, sl], attention_mask=mask[:, sl], labels=local_labels, shard=Shard(m)
+                )
             want_logits = full.logits[:, sl] if per_token else full.logits
             torch.testing.assert_close(out.logits, want_logits, rtol=1e-10, atol=1e-10, msg=arch)
             torch.testing.assert_close(out.loss, full.loss, rtol=1e-10, atol=1e-10, msg=arch)

@@ -221,9 +221,17 @@ class ForQuestionAnswering(_Head):
         end_positions: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
+        shard: Shard | None = None,
     ) -> ModelOutput:
+        """Span logits (B, N) each; with `shard`, this rank's positions of them, and the loss
+        of the whole sequence (positions are absolute; a softmax over every rank's)."""
         h, states, mask = self.encode(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, output_hidden_states
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            token_type_ids,
+            output_hidden_states,
+            shard=shard,
         )
         logits = self.qa(h)
         start, end = logits.unbind(-1)
@@ -234,12 +242,12 @@ class ForQuestionAnswering(_Head):
         if (start_positions is None) != (end_positions is None):
             raise ValueError("give both start_positions and end_positions, or neither")
         if start_positions is not None and end_positions is not None:
-            n = input_ids.shape[1]
+            n = input_ids.shape[1] if shard is None else shard.total
             for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
                 _check_labels(p, (input_ids.shape[0],), n, what=name)
             loss = (
-                F.cross_entropy(_wide(start), start_positions)
-                + F.cross_entropy(_wide(end), end_positions)
+                _position_loss(start, start_positions, shard)
+                + _position_loss(end, end_positions, shard)
             ) / 2
         return ModelOutput(
             loss=loss,
@@ -380,6 +388,22 @@ class ForCausalLM(_Head):
 def _wide(logits: Tensor) -> Tensor:
     """Logits for a loss: half precision widened to fp32 (fp32 and fp64 kept as they are)."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _position_loss(logits: Tensor, target: Tensor, shard: Shard | None) -> Tensor:
+    """Mean cross-entropy of picking position `target` (B,) among (B, N) logits; with `shard`,
+    among every rank's positions: logsumexp over the ranks (shift by the all-rank maximum),
+    the gold logit from the rank that holds it."""
+    logits = _wide(logits)
+    if shard is None:
+        return F.cross_entropy(logits, target)
+    shift = shard.maximum(logits.amax(-1, keepdim=True))
+    lse = shard.total_sum(torch.exp(logits - shift).sum(-1, keepdim=True)).log() + shift
+    local = target - shard.start
+    held = (local >= 0) & (local < logits.shape[1])
+    gold = logits.gather(1, local.clamp(0, logits.shape[1] - 1)[:, None])
+    gold = shard.total_sum(gold * held[:, None])
+    return (lse - gold).mean()
 
 
 def _token_loss(logits: Tensor, labels: Tensor, shard: Shard | None) -> Tensor:

@@ -216,8 +216,6 @@ class _Trainer:
         )
 
     def _sequence_parallel_setup(self) -> tuple[int, int, Any]:
-        if self.arch == "question-answering":
-            raise ValueError("run.sequence_parallel: question answering is not supported yet")
         sp = self.sp
         if -(-self.cfg.data.max_length // sp) * sp > self.model.config.max_length:
             raise ValueError(
