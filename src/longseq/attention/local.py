@@ -150,7 +150,7 @@ class LocalAttention(SelfAttention):
                 "causal local attention with wrap=True (Hugging Face parity) and "
                 "num_chunks_before > 1 or num_chunks_after > 0 is not prefix-stable: windows "
                 "wrap onto earlier chunks depending on the padded length. Decode it without a "
-                "cache (use_cache=False), or use wrap=False"
+                "cache (use_cache=False; --no-cache), or use wrap=False"
             )
         mod = patterns.chunked_local(self.chunk_length, self.num_chunks_before, 0, True)
         return SlotCache(mod, size=(self.num_chunks_before + 1) * self.chunk_length)

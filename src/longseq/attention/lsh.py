@@ -343,7 +343,7 @@ class LSHAttention(SelfAttention):
             raise ValueError(
                 "causal LSH with wrap_rounds=True (Hugging Face parity) is not prefix-stable: "
                 "a first chunk looks back at the last chunk of another round, which later "
-                "tokens change. Decode it without a cache (use_cache=False), or set "
+                "tokens change. Decode it without a cache (use_cache=False; --no-cache), or set "
                 "wrap_rounds=False (the same weights, the prefix-stable rule)"
             )
         return LSHCache(self.chunk_length)
