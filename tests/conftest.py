@@ -7,3 +7,38 @@ def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     yield
+
+
+def _in_group(rank, world, port, fn, args):
+    """A forked child: join a gloo group of `world`, run fn(rank, world, *args), leave."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def run_on_processes():
+    """run(fn, world, *args): fn(rank, world, *args) in `world` forked processes joined in a
+    gloo group (forked, so fn needs no importable module; no CUDA in the parent). A child's
+    exception fails the test."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    def run(fn, world, *args):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.start_processes(
+            _in_group, args=(world, port, fn, args), nprocs=world, join=True, start_method="fork"
+        )
+
+    return run

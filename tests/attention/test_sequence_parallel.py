@@ -6,13 +6,9 @@ causal layers and rotary positions included; LSH is refused with the reason."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from longseq import attention
 from longseq.attention.shard import Shard
@@ -58,58 +54,41 @@ def _grad(p: torch.nn.Parameter) -> torch.Tensor:
     return torch.zeros_like(p) if p.grad is None else p.grad.clone()
 
 
-def _worker(rank: int, world: int, port: int, m: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        n = world * m
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(3, n, HIDDEN, generator=g, dtype=torch.float64)
-        w = torch.randn(3, n, HIDDEN, generator=g, dtype=torch.float64)
-        mask = torch.ones(3, n, dtype=torch.long)
-        mask[1, n - m - 2 :] = 0  # the last shard of row 1 is padding only
-        mask[2, :3] = 0  # padding before the real tokens
-        sl = slice(rank * m, (rank + 1) * m)
-        glob = torch.zeros(3, n, dtype=torch.long)
-        glob[:2, 1] = glob[2, 4] = 1  # on rank 0 (row 2 starts with padding)
-        glob[0, n - 6] = glob[2, m + 1] = 1  # on other ranks
-        for name, opts in CASES:
-            layer = _layer(name, opts)
-            g = glob if opts.get("globals") else None
-            xf = x.clone().requires_grad_(True)
-            full = layer(xf, attention_mask=mask, global_attention_mask=g)
-            (full * w).sum().backward()
-            want_params = [_grad(p) for p in layer.parameters()]
-            layer.zero_grad()
-            xs = x[:, sl].clone().requires_grad_(True)
-            g_local = None if g is None else g[:, sl]
-            out = layer(
-                xs, attention_mask=mask[:, sl], global_attention_mask=g_local, shard=Shard(m)
-            )
-            (out * w[:, sl]).sum().backward()
-            torch.testing.assert_close(out, full[:, sl], rtol=1e-10, atol=1e-10, msg=name)
-            torch.testing.assert_close(xs.grad, xf.grad[:, sl], rtol=1e-10, atol=1e-10)
-            for p, want in zip(layer.parameters(), want_params, strict=True):
-                got = _grad(p)
-                dist.all_reduce(got)
-                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-        lsh = attention.build("lsh", HIDDEN, HEADS, chunk_length=4, num_buckets=4).double()
-        with pytest.raises(ValueError, match="no exact sequence-parallel form"):
-            lsh(x[:, sl], shard=Shard(m))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, m: int) -> None:
+    n = world * m
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, n, HIDDEN, generator=g, dtype=torch.float64)
+    w = torch.randn(3, n, HIDDEN, generator=g, dtype=torch.float64)
+    mask = torch.ones(3, n, dtype=torch.long)
+    mask[1, n - m - 2 :] = 0  # the last shard of row 1 is padding only
+    mask[2, :3] = 0  # padding before the real tokens
+    sl = slice(rank * m, (rank + 1) * m)
+    glob = torch.zeros(3, n, dtype=torch.long)
+    glob[:2, 1] = glob[2, 4] = 1  # on rank 0 (row 2 starts with padding)
+    glob[0, n - 6] = glob[2, m + 1] = 1  # on other ranks
+    for name, opts in CASES:
+        layer = _layer(name, opts)
+        g = glob if opts.get("globals") else None
+        xf = x.clone().requires_grad_(True)
+        full = layer(xf, attention_mask=mask, global_attention_mask=g)
+        (full * w).sum().backward()
+        want_params = [_grad(p) for p in layer.parameters()]
+        layer.zero_grad()
+        xs = x[:, sl].clone().requires_grad_(True)
+        g_local = None if g is None else g[:, sl]
+        out = layer(xs, attention_mask=mask[:, sl], global_attention_mask=g_local, shard=Shard(m))
+        (out * w[:, sl]).sum().backward()
+        torch.testing.assert_close(out, full[:, sl], rtol=1e-10, atol=1e-10, msg=name)
+        torch.testing.assert_close(xs.grad, xf.grad[:, sl], rtol=1e-10, atol=1e-10)
+        for p, want in zip(layer.parameters(), want_params, strict=True):
+            got = _grad(p)
+            dist.all_reduce(got)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    lsh = attention.build("lsh", HIDDEN, HEADS, chunk_length=4, num_buckets=4).double()
+    with pytest.raises(ValueError, match="no exact sequence-parallel form"):
+        lsh(x[:, sl], shard=Shard(m))
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_sharded_layers_equal_the_single_process_layer(world):
-    # forked (no CUDA here): the children need not import this test module by name
-    mp.start_processes(
-        _worker, args=(world, _free_port(), 8), nprocs=world, join=True, start_method="fork"
-    )
+def test_sharded_layers_equal_the_single_process_layer(world, run_on_processes):
+    run_on_processes(_worker, world, 8)

@@ -5,13 +5,9 @@ DDP averages them) are the single process's (fp64, 1e-10)."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from longseq.attention.shard import Shard
 from longseq.models import ModelConfig, build_model
@@ -61,63 +57,47 @@ def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
     return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
 
 
-def _worker(rank: int, world: int, port: int, m: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        n = world * m
-        g = torch.Generator().manual_seed(2)
-        ids = torch.randint(4, 200, (2, n), generator=g)
-        mask = torch.ones(2, n, dtype=torch.long)
-        mask[1, n - m - 3 :] = 0  # row 1: its last shard is padding only
-        sl = slice(rank * m, (rank + 1) * m)
-        for arch, opts in CASES:
-            model = build_model(ModelConfig(architecture=arch, **{**BASE, **opts}), seed=0)
-            model = model.double()
-            per_token = arch != "sequence-classification"
-            labels = ids.clone() if per_token else torch.tensor([0, 2])
-            if arch == "token-classification":
-                labels = ids % 4
-            if per_token and arch != "causal-lm":
-                labels = labels.masked_fill(mask == 0, -100)
-            if arch == "question-answering":  # spans on other ranks than the question
-                spans = {
-                    "start_positions": torch.tensor([n - 5, m + 1]),
-                    "end_positions": torch.tensor([n - 2, m + 3]),
-                }
-                full = model(ids, attention_mask=mask, **spans)
-            else:
-                full = model(ids, attention_mask=mask, labels=labels)
-            full.loss.backward()
-            want = _grads(model)
-            model.zero_grad()
-            if arch == "question-answering":
-                out = model(ids[:, sl], attention_mask=mask[:, sl], **spans, shard=Shard(m))
-            else:
-                local_labels = labels[:, sl] if per_token else labels
-                out = model(
-                    ids[:, sl], attention_mask=mask[:, sl], labels=local_labels, shard=Shard(m)
-                )
-            want_logits = full.logits[:, sl] if per_token else full.logits
-            torch.testing.assert_close(out.logits, want_logits, rtol=1e-10, atol=1e-10, msg=arch)
-            torch.testing.assert_close(out.loss, full.loss, rtol=1e-10, atol=1e-10, msg=arch)
-            out.loss.backward()
-            for got, ref in zip(_grads(model), want, strict=True):
-                dist.all_reduce(got)
-                torch.testing.assert_close(got / world, ref, rtol=1e-9, atol=1e-10, msg=arch)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, m: int) -> None:
+    n = world * m
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(4, 200, (2, n), generator=g)
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, n - m - 3 :] = 0  # row 1: its last shard is padding only
+    sl = slice(rank * m, (rank + 1) * m)
+    for arch, opts in CASES:
+        model = build_model(ModelConfig(architecture=arch, **{**BASE, **opts}), seed=0)
+        model = model.double()
+        per_token = arch != "sequence-classification"
+        labels = ids.clone() if per_token else torch.tensor([0, 2])
+        if arch == "token-classification":
+            labels = ids % 4
+        if per_token and arch != "causal-lm":
+            labels = labels.masked_fill(mask == 0, -100)
+        if arch == "question-answering":  # spans on other ranks than the question
+            spans = {
+                "start_positions": torch.tensor([n - 5, m + 1]),
+                "end_positions": torch.tensor([n - 2, m + 3]),
+            }
+            full = model(ids, attention_mask=mask, **spans)
+        else:
+            full = model(ids, attention_mask=mask, labels=labels)
+        full.loss.backward()
+        want = _grads(model)
+        model.zero_grad()
+        if arch == "question-answering":
+            out = model(ids[:, sl], attention_mask=mask[:, sl], **spans, shard=Shard(m))
+        else:
+            local_labels = labels[:, sl] if per_token else labels
+            out = model(ids[:, sl], attention_mask=mask[:, sl], labels=local_labels, shard=Shard(m))
+        want_logits = full.logits[:, sl] if per_token else full.logits
+        torch.testing.assert_close(out.logits, want_logits, rtol=1e-10, atol=1e-10, msg=arch)
+        torch.testing.assert_close(out.loss, full.loss, rtol=1e-10, atol=1e-10, msg=arch)
+        out.loss.backward()
+        for got, ref in zip(_grads(model), want, strict=True):
+            dist.all_reduce(got)
+            torch.testing.assert_close(got / world, ref, rtol=1e-9, atol=1e-10, msg=arch)
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_sharded_models_equal_one_process(world):
-    mp.start_processes(
-        _worker, args=(world, _free_port(), 8), nprocs=world, join=True, start_method="fork"
-    )
+def test_sharded_models_equal_one_process(world, run_on_processes):
+    run_on_processes(_worker, world, 8)
