@@ -27,6 +27,7 @@ repeats the uninterrupted one bit for bit (same device, threads and world size).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -88,7 +89,7 @@ class TrainResult:
 
     @property
     def best_dir(self) -> Path | None:
-        return self.out_dir / "best" if self.best is not None else None
+        return self.out_dir / "best" if self.state.best is not None else None
 
     @property
     def last_dir(self) -> Path:
@@ -316,7 +317,7 @@ class _Trainer:
             if any(bad):
                 what = "gradient norm" if bad[0] else "loss"
                 raise FloatingPointError(
-                    f"step {self.step + 1}: the {what} is {float(checks[int(not bad[0])])} "
+                    f"step {self.state.step + 1}: the {what} is {float(checks[int(not bad[0])])} "
                     "(before the optimiser step; the weights are untouched and nothing was "
                     f"saved after step {self.saved_step}): lower optim.lr, raise "
                     "optim.warmup_steps or set optim.grad_clip"
@@ -357,14 +358,9 @@ class _Trainer:
     # ------------------------------------------------------------------------- saving
     def _state(self) -> dict[str, Any]:
         return {
-            "step": self.step,
+            **self.state.to_dict(),
             "epoch": self.stream.epoch,
             "batch": self.stream.index,
-            "tokens_seen": self.tokens_seen,
-            "train_time": self.train_time,
-            "best": self.best,
-            "bad_evals": self.bad_evals,
-            "evals": self.evals,
             "world_size": self.dist.world_size,
             "frozen": self.frozen,
             "config": self.cfg.to_dict(),  # what resume compares its settings with
@@ -377,7 +373,7 @@ class _Trainer:
         if not bool(finite.all()):  # one device sync, then the first offender's name
             name = named[int((~finite).nonzero()[0])][0]
             raise FloatingPointError(
-                f"step {self.step}: parameter {name} is not finite; not saved (the last "
+                f"step {self.state.step}: parameter {name} is not finite; not saved (the last "
                 f"checkpoint is step {self.saved_step}): lower optim.lr"
             )
 
@@ -399,7 +395,7 @@ class _Trainer:
                 state=self._state(),
                 rng=gathered,
             )
-        self.saved_step = self.step
+        self.saved_step = self.state.step
 
     def save_best(self, record: dict[str, Any]) -> None:
         self._check_weights()
@@ -464,7 +460,7 @@ class _Trainer:
             tensorboard=cfg.run.tensorboard,
             progress=cfg.run.progress,
             total_steps=cfg.optim.max_steps,
-            start_step=self.step if resuming else 0,
+            start_step=self.state.step if resuming else 0,
         )
         self._wrap_ddp()
         self.model.train()
@@ -476,51 +472,54 @@ class _Trainer:
                 history.append(record)
             return any(bool(cb(record)) for cb in callbacks)
 
-        self._announce(log, f"resumed at step {self.step}{rng_note}" if resuming else "started")
+        st = self.state
+        self._announce(log, f"resumed at step {st.step}{rng_note}" if resuming else "started")
         window = _Window(self.device)
         stopped_early = stop = False
         batches = iter(self.stream)
         opt = cfg.optim
-        while self.step < opt.max_steps and not stop:
+        while self.state.step < opt.max_steps and not stop:
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]  # this step's rate
             loss_share, norm = self._step([next(batches) for _ in range(opt.grad_accum)])
-            self.step += 1
-            self.tokens_seen += self.step_tokens
-            is_log = self.step % cfg.run.log_every == 0 or self.step == opt.max_steps
+            self.state.step += 1
+            self.state.tokens_seen += self.step_tokens
+            is_log = self.state.step % cfg.run.log_every == 0 or self.state.step == opt.max_steps
             if is_log and self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
-            self.train_time += dt
+            self.state.train_time += dt
             window.add(loss_share, norm, self.step_tokens, dt)
             if is_log:
                 stop |= emit(self._train_record(window, lr))
                 log.step(window.steps, loss=f"{self.last_loss:.4f}", tok_s=f"{window.rate:.0f}")
                 window.reset()
             if self.data.val is not None and (
-                self.step % cfg.run.eval_every == 0 or self.step == opt.max_steps or stop
+                self.state.step % cfg.run.eval_every == 0
+                or self.state.step == opt.max_steps
+                or stop
             ):
                 record = self._validate()
                 stop |= emit(record)
-                if cfg.run.patience is not None and self.bad_evals >= cfg.run.patience:
+                if cfg.run.patience is not None and self.state.bad_evals >= cfg.run.patience:
                     log.message(
-                        f"early stop at step {self.step}: val {cfg.metric} has not improved for "
-                        f"{self.bad_evals} evaluations (best {self.best[cfg.metric]:.4f} at "
-                        f"step {self.best['step']})",
-                        self.step,
+                        f"early stop at step {st.step}: val {cfg.metric} has not improved for "
+                        f"{st.bad_evals} evaluations (best {st.best[cfg.metric]:.4f} at "
+                        f"step {st.best['step']})",
+                        st.step,
                     )
                     stopped_early = stop = True
             save_every = cfg.run.save_every or cfg.run.eval_every
-            if self.step % save_every == 0 or self.step == opt.max_steps or stop:
+            if self.state.step % save_every == 0 or self.state.step == opt.max_steps or stop:
                 self.save_last()
             event = {
                 "kind": "step",
-                "step": self.step,
+                "step": self.state.step,
                 "epoch": self.stream.epoch,
                 "batch": self.stream.index,
             }
             stop |= any(bool(cb(event)) for cb in callbacks)
-        if self.saved_step != self.step:
+        if self.saved_step != self.state.step:
             self.save_last()
         test = self._test(emit)
         log.close()
@@ -544,13 +543,11 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.precision == "fp16")
-        self.step, self.tokens_seen, self.train_time = 0, 0.0, 0.0
-        self.best: dict[str, Any] | None = None
+        self.state = TrainState()
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.bad_evals, self.evals = 0, []
         self.last_loss: float | None = None
         rng_note = self._restore(seed) if resuming else ""
-        self.saved_step = self.step
+        self.saved_step = self.state.step
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.yaml")
@@ -586,13 +583,11 @@ class _Trainer:
                 f"the checkpoint froze {state['frozen']} but this run freezes "
                 f"{self.frozen}: the model or data changed since it was saved"
             )
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.train_time = state["train_time"]
-        self.best, self.bad_evals, self.evals = state["best"], state["bad_evals"], state["evals"]
+        self.state = TrainState.from_dict(state)
         self.stream.epoch, self.stream.index = state["epoch"], state["batch"]
         if state["rng_restored"]:
             return ""
-        torch.manual_seed(seed + 7919 * self.step)
+        torch.manual_seed(seed + 7919 * self.state.step)
         return (
             f" (saved by {len(state['rng'])} process(es), run by {dist.world_size}: "
             "RNG reseeded, the run will not repeat bit for bit)"
@@ -627,15 +622,15 @@ class _Trainer:
             f"{self.dist.world_size} process(es) on {self.device.type}"
             f"{f' (each sequence split over {self.sp})' if self.sp > 1 else ''}, "
             f"{self.stream.batches_per_epoch} batches per epoch per process",
-            self.step,
+            self.state.step,
         )
         for note in self.notes:
-            log.message(note, self.step)
+            log.message(note, self.state.step)
         if self.frozen:
             log.message(
                 f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
                 f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
-                self.step,
+                self.state.step,
             )
 
     def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
@@ -645,39 +640,39 @@ class _Trainer:
         loss, gnorm = (stats / window.steps).tolist()
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"training loss is {loss} at step {self.step}: lower optim.lr, "
+                f"training loss is {loss} at step {self.state.step}: lower optim.lr, "
                 "raise optim.warmup_steps or set optim.grad_clip"
             )
         self.last_loss = loss
         return {
             "kind": "train",
-            "step": self.step,
+            "step": self.state.step,
             "epoch": self.stream.epoch + self.stream.index / self.stream.batches_per_epoch,
             "loss": loss,
             "lr": lr,
             "grad_norm": gnorm,
             "tokens_per_s": window.rate,
-            "elapsed": self.train_time,
+            "elapsed": self.state.train_time,
         }
 
     def _validate(self) -> dict[str, Any]:
         """Evaluate on val; keep and save the best."""
         metric = self.cfg.metric
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-        record = {"kind": "eval", "split": "val", "step": self.step}
+        record = {"kind": "eval", "split": "val", "step": self.state.step}
         record.update(self.evaluate(self.data.val))
-        record["elapsed"] = self.train_time
-        self.evals.append(record)
-        if self.best is None or sign * record[metric] > sign * self.best[metric]:
-            self.best, self.bad_evals = record, 0
+        record["elapsed"] = self.state.train_time
+        self.state.evals.append(record)
+        if self.state.best is None or sign * record[metric] > sign * self.state.best[metric]:
+            self.state.best, self.state.bad_evals = record, 0
             self.save_best(record)
         else:
-            self.bad_evals += 1
+            self.state.bad_evals += 1
         return record
 
     def _test(self, emit: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """The test split with the best weights (the last ones without validation)."""
-        if self.best is not None:
+        if self.state.best is not None:
             if self.best_state is None and (self.out / "best").is_dir():
                 from longseq.models import WEIGHTS_NAME
 
@@ -686,9 +681,9 @@ class _Trainer:
                 self.model.load_state_dict(self.best_state)
         if self.data.test is None:
             return None
-        test: dict[str, Any] = {"kind": "eval", "split": "test", "step": self.step}
-        if self.best is not None:
-            test["best_step"] = self.best["step"]
+        test: dict[str, Any] = {"kind": "eval", "split": "test", "step": self.state.step}
+        if self.state.best is not None:
+            test["best_step"] = self.state.best["step"]
         test.update(self.evaluate(self.data.test))
         emit(test)
         return test
@@ -697,16 +692,17 @@ class _Trainer:
         self, test: dict[str, Any] | None, stopped_early: bool, history: list[dict[str, Any]]
     ) -> TrainResult:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        st = self.state
         return TrainResult(
             out_dir=self.out,
-            step=self.step,
+            step=self.state.step,
             metric=self.cfg.metric,
-            evals=list(self.evals),
-            best=self.best,
+            evals=list(self.state.evals),
+            best=self.state.best,
             test=test,
             train_loss=self.last_loss,
-            tokens_per_second=self.tokens_seen / self.train_time if self.train_time else 0.0,
-            train_seconds=self.train_time,
+            tokens_per_second=(st.tokens_seen / st.train_time) if st.train_time else 0.0,
+            train_seconds=self.state.train_time,
             peak_memory_bytes=peak,
             peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             stopped_early=stopped_early,
@@ -714,6 +710,26 @@ class _Trainer:
             model=self.model,
             history=history,
         )
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far, saved in every checkpoint as one unit (with the weights,
+    the optimiser, the RNG states and the data position, see `checkpoint.py`)."""
+
+    step: int = 0
+    tokens_seen: float = 0.0
+    train_time: float = 0.0
+    best: dict[str, Any] | None = None  # the best validation record so far
+    bad_evals: int = 0  # validations since the best (early stopping)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
 
 class _Window:
