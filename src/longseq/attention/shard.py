@@ -27,6 +27,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+# Bytes this process received through the collectives (forward and backward), for measuring
+# the communication volume: an all_gather brings (W - 1) parts; an all-reduce moves
+# 2 (W - 1) / W times its size per process (a ring's volume).
+_TRAFFIC = [0]
+
+
+def traffic() -> int:
+    """Bytes received by this process since `reset_traffic()`."""
+    return _TRAFFIC[0]
+
+
+def reset_traffic() -> None:
+    _TRAFFIC[0] = 0
+
+
+def _count(x: Tensor, parts: float) -> None:
+    _TRAFFIC[0] += int(x.numel() * x.element_size() * parts)
+
 
 class _Gather(torch.autograd.Function):
     """x (this rank's part) -> (W, *x.shape): every rank's part, in rank order."""
@@ -34,14 +52,18 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
         ctx.group = group
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        world = dist.get_world_size(group)
+        parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x.contiguous(), group=group)
+        _count(x, world - 1)
         return torch.stack(parts)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)  # every rank's use of every part
+        world = dist.get_world_size(ctx.group)
+        _count(grad, 2 * (world - 1) / world)
         return grad[dist.get_rank(ctx.group)], None
 
 
@@ -53,12 +75,16 @@ class _Total(torch.autograd.Function):
         ctx.group = group
         out = x.contiguous().clone()
         dist.all_reduce(out, group=group)
+        world = dist.get_world_size(group)
+        _count(out, 2 * (world - 1) / world)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
+        world = dist.get_world_size(ctx.group)
+        _count(grad, 2 * (world - 1) / world)
         return grad, None
 
 
@@ -116,4 +142,4 @@ class Shard:
         return out, exists
 
 
-__all__ = ["Shard"]
+__all__ = ["Shard", "reset_traffic", "traffic"]
