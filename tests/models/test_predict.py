@@ -125,3 +125,30 @@ def test_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--model", str(cls), str(bad)])
     assert "bad.jsonl:2: expected a JSON object" in capsys.readouterr().err
+
+
+def test_token_classification_reads_a_recall_line(tmp_path):
+    """A `longseq data recall` line carries its values as pairs: predict turns them into the
+    token types the dataset gives the model; a model that reads token types refuses a line
+    without them."""
+    from longseq.data.recall import RecallSpec, features, generate
+
+    spec = RecallSpec(length=32, pairs=2, keys=4, values=3, distances=((1, 4), (5, 8), (9, 31)))
+    line = generate(spec, 1, seed=0)[0]
+    model, _ = saved(
+        tmp_path,
+        "token-classification",
+        num_labels=3,
+        vocab_size=spec.vocab_size,
+        type_vocab_size=1 + spec.values,
+        pad_token_id=0,
+    )
+    r = next(Predictor(model, TOK).predict([line]))
+    f = features(line)
+    with torch.no_grad():
+        logits = model(
+            torch.tensor([f["input_ids"]]), token_type_ids=torch.tensor([f["token_type_ids"]])
+        ).logits[0]
+    assert r["labels"] == [str(i) for i in logits.argmax(-1).tolist()]
+    with pytest.raises(ValueError, match="reads token_type_ids"):
+        next(Predictor(model, TOK).predict([{"input_ids": line["input_ids"]}]))

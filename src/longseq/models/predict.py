@@ -86,6 +86,15 @@ class Predictor:
                 "truncated": len(ids) > room,
             }
         if self.arch == "token-classification" and "input_ids" in doc:
+            if "pairs" in doc and "token_type_ids" not in doc:  # a `longseq data recall` line
+                from longseq.data.recall import features
+
+                doc = {**doc, "token_type_ids": features(doc)["token_type_ids"]}
+            if "token_type_ids" not in doc and self.model.config.type_vocab_size > 2:
+                raise ValueError(
+                    f"this model reads token_type_ids (type_vocab_size "
+                    f"{self.model.config.type_vocab_size}): give them in each JSON line"
+                )
             ids = [int(i) for i in doc["input_ids"]]
             item: dict[str, Any] = {"input_ids": ids[:n], "truncated": len(ids) > n, "ids": 1}
             if "token_type_ids" in doc:
