@@ -346,7 +346,7 @@ class LSHAttention(SelfAttention):
                 "tokens change. Decode it without a cache (use_cache=False; --no-cache), or set "
                 "wrap_rounds=False (the same weights, the prefix-stable rule)"
             )
-        return LSHCache(self.chunk_length)
+        return LSHCache(self.chunk_length, math.prod(self.bucket_factors(self.chunk_length)) + 1)
 
     def attend_cached(
         self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
@@ -420,45 +420,107 @@ class LSHCache(AttentionCache):
         count(t, s) = #{r : bucket_r(s) = b_r, 0 <= rank_r(t) - rank_r(s) < chunk_length},
 
     its own key with SELF_MASK, in one softmax: out = sum_s count exp(score) v / sum_s count
-    exp(score), the kernel's combination of the rounds (module docstring). O(t) per token,
-    like a key/value cache; memory grows with the sequence, by doubling.
+    exp(score), the kernel's combination of the rounds (module docstring). Memory grows with
+    the sequence, by doubling, like a key/value cache.
+
+    One new token per row (decoding) reads only `latest`: per (round, bucket) the positions of
+    the chunk_length latest tokens, exactly the keys it may see, so a token costs
+    O(n_hashes * chunk_length). Several new tokens (a prompt, in chunks) are compared with every
+    stored token, O(t) each, and then recorded in `latest` too.
     """
 
     kind = "lsh"
 
-    def __init__(self, chunk_length: int) -> None:
+    def __init__(self, chunk_length: int, num_buckets: int) -> None:
         self.chunk = chunk_length
+        self.num_buckets = num_buckets  # padding's bucket included
         self.kv = SlotCache()  # keys and values, slot = position
         self.buckets: Tensor | None = None  # (B, H, R, S), -1 empty
         self.rank: Tensor | None = None  # (B, H, R, S)
+        self.latest: Tensor | None = None  # (B, H, R, buckets, chunk) positions, -1 empty
+        self.count: Tensor | None = None  # (B, H, R, buckets): tokens so far per bucket
 
     def tensors(self) -> tuple[Tensor, ...]:
-        extra = () if self.buckets is None or self.rank is None else (self.buckets, self.rank)
-        return (*self.kv.tensors(), *extra)
+        parts = (self.buckets, self.rank, self.latest, self.count)
+        return (*self.kv.tensors(), *(t for t in parts if t is not None))
 
     def attend(  # type: ignore[override]
         self, qk: Tensor, key: Tensor, v: Tensor, buckets: Tensor, qpos: Tensor, valid: Tensor
     ) -> Tensor:
-        kv = self.kv
-        kv.store(key, v, qpos, valid)
-        assert kv.k is not None and kv.v is not None and kv.pos is not None
-        if self.buckets is None or self.buckets.shape[-1] < kv.k.shape[2]:  # grow with kv
-            grown = buckets.new_full((*buckets.shape[:3], kv.k.shape[2]), -1)
+        if self.latest is None:
+            b, h, r = buckets.shape[:3]
+            self.latest = buckets.new_full((b, h, r, self.num_buckets, self.chunk), -1)
+            self.count = buckets.new_zeros((b, h, r, self.num_buckets))
+        self.kv.store(key, v, qpos, valid)
+        self._grow()
+        if qpos.shape[1] == 1:
+            return self._step(qk, buckets, qpos, valid)
+        return self._chunk(qk, buckets, qpos, valid)
+
+    def _grow(self) -> None:
+        """Bucket and rank stores as long as the key/value store."""
+        assert self.kv.k is not None and self.count is not None
+        size = self.kv.k.shape[2]
+        if self.buckets is None or self.buckets.shape[-1] < size:
+            grown = self.count.new_full((*self.count.shape[:3], size), -1)
             rank = torch.zeros_like(grown)
             if self.buckets is not None and self.rank is not None:
                 n = self.buckets.shape[-1]
                 grown[..., :n], rank[..., :n] = self.buckets, self.rank
             self.buckets, self.rank = grown, rank
-        assert self.rank is not None
+
+    def _record(self, buckets: Tensor, rank: Tensor, qpos: Tensor, valid: Tensor) -> None:
+        """Store the new tokens' buckets and ranks (B, H, R, C) and update `latest`/`count`:
+        a bucket keeps the positions of its chunk_length latest tokens, slot = rank mod it."""
+        assert self.buckets is not None and self.rank is not None
+        assert self.latest is not None and self.count is not None
+        bi, ci = valid.nonzero(as_tuple=True)
+        pos = qpos[bi, ci]
+        self.buckets[bi, :, :, pos] = buckets[bi, :, :, ci]
+        self.rank[bi, :, :, pos] = rank[bi, :, :, ci]
+        new = self.count.scatter_reduce(
+            -1, buckets, (rank + 1).masked_fill(~valid[:, None, None, :], 0), "amax"
+        )
+        keep = valid[:, None, None, :] & (rank >= new.gather(-1, buckets) - self.chunk)
+        bb, hh, rr, cc = keep.nonzero(as_tuple=True)
+        self.latest[bb, hh, rr, buckets[bb, hh, rr, cc], rank[bb, hh, rr, cc] % self.chunk] = qpos[
+            bb, cc
+        ]
+        self.count = new
+
+    def _step(self, qk: Tensor, buckets: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
+        """One token per row: its rank is its bucket's count; it sees its buckets' latest."""
+        assert self.latest is not None and self.count is not None
+        kv = self.kv
+        assert kv.k is not None and kv.v is not None
+        rank = self.count.gather(-1, buckets)  # (B, H, R, 1)
+        self._record(buckets, rank, qpos, valid)
+        b, h, r, _ = buckets.shape
+        seen = self.latest.gather(3, buckets[..., None].expand(b, h, r, 1, self.chunk)).reshape(
+            b, h, r * self.chunk
+        )  # every round's keys of this token (with repeats)
+        idx = seen.clamp(min=0)[..., None].expand(-1, -1, -1, kv.k.shape[-1])
+        keys, values = kv.k.gather(2, idx), kv.v.gather(2, idx)
+        scores = torch.matmul(qk, keys.transpose(-1, -2))  # (B, H, 1, R * chunk)
+        own = max(SELF_MASK, ops.neg_inf(scores.dtype) / 2)
+        scores = scores.masked_fill((seen == qpos[:, :1, None])[:, :, None], own)
+        scores = scores.masked_fill((seen < 0)[:, :, None], float("-inf"))
+        scores = scores.masked_fill(~valid[:, None, :, None], 0.0)  # padding: any finite row
+        return torch.matmul(torch.softmax(scores, -1), values)
+
+    def _chunk(self, qk: Tensor, buckets: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
+        """Several tokens per row: compared with every stored token (ranks counted there)."""
+        kv = self.kv
+        assert kv.k is not None and kv.v is not None and kv.pos is not None
+        assert self.buckets is not None and self.rank is not None
         n = kv.hi
         bi, ci = valid.nonzero(as_tuple=True)  # the new tokens' slots are their positions
-        slot = qpos[bi, ci]
-        self.buckets[bi, :, :, slot] = buckets[bi, :, :, ci]
+        self.buckets[bi, :, :, qpos[bi, ci]] = buckets[bi, :, :, ci]
         kb, kpos = self.buckets[..., :n], kv.pos[:, None, None, None, :n]  # (B, H, R, n)
         q5 = qpos[:, None, None, :, None]
         same = (kb[..., None, :] == buckets[..., None]) & (kpos >= 0)  # (B, H, R, C, n)
         rank = (same & (kpos < q5)).sum(-1)  # earlier tokens of the query's bucket
-        self.rank[bi, :, :, slot] = rank[bi, :, :, ci]
+        self._record(buckets, rank, qpos, valid)
         d = rank[..., None] - self.rank[..., None, :n]
         count = (same & (kpos <= q5) & (d < self.chunk)).sum(2)  # (B, H, C, n): rounds seen
         scores = torch.matmul(qk, kv.k[:, :, :n].transpose(-1, -2))
