@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from longseq.attention import ops
@@ -111,36 +110,27 @@ class SelfAttention(nn.Module):
         input is the next tokens of each row at `positions` (batch, seq), and
         `attention_mask` marks the ones that exist. See `longseq.attention.cache`."""
         ops.check_hidden(hidden_states, self.hidden_size)
-        if cache is not None:  # a row may have no new token (it has finished)
+        if cache is not None:
             if positions is None or tuple(positions.shape) != tuple(hidden_states.shape[:2]):
                 raise ValueError("a cached call needs positions of shape (batch, seq)")
             if global_attention_mask is not None:
                 raise ValueError("cached (causal) decoding has no global tokens")
-            b, n = hidden_states.shape[:2]
-            real = ops.check_mask(attention_mask, "attention_mask", b, n)
-            real = positions >= 0 if real is None else real.to(hidden_states.device)
+        # a shard, or a cache's next tokens, is part of a sequence: a row may have no real token
+        real, glob = ops.check_masks(
+            hidden_states,
+            attention_mask,
+            global_attention_mask,
+            self.supports_global,
+            self.name,
+            allow_empty=cache is not None or shard is not None,
+        )
+        if attention_mask is not None:  # whatever padding holds (even NaN) stays out
             hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
+        if cache is not None:
             context = self.attend_cached(hidden_states, cache, positions, real)
         elif shard is not None:  # this rank's part of a sequence split over processes
-            b, n = hidden_states.shape[:2]  # (a shard may hold padding only)
-            real = ops.check_mask(attention_mask, "attention_mask", b, n)
-            real = torch.ones(b, n, dtype=torch.bool) if real is None else real
-            real = real.to(hidden_states.device)
-            glob = ops.check_mask(global_attention_mask, "global_attention_mask", b, n)
-            if glob is not None and not self.supports_global:
-                raise ValueError(f"'{self.name}' attention has no global tokens")
-            hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
             context = self.attend_sharded(hidden_states, real, glob, shard)
         else:
-            real, glob = ops.check_masks(
-                hidden_states,
-                attention_mask,
-                global_attention_mask,
-                self.supports_global,
-                self.name,
-            )
-            if attention_mask is not None:  # whatever padding holds (even NaN) stays out
-                hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
             context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
         return out.masked_fill(~real.unsqueeze(-1), 0.0)
@@ -161,9 +151,7 @@ class SelfAttention(nn.Module):
         """A mechanism whose pattern depends on position differences within `left` before
         and `right` after: its own `attend` on [halo, shard, halo] at those positions."""
         n = hidden_states.shape[1]
-        x, exists = shard.halo(hidden_states, left, right)
-        ok, _ = shard.halo(real.to(hidden_states.dtype), left, right)
-        ok = (ok > 0) & exists
+        x, (ok,) = shard.halo_with_masks(hidden_states, [real], left, right)
         x = x.masked_fill(~ok.unsqueeze(-1), 0.0)
         self._offset = shard.start - left
         try:

@@ -128,7 +128,7 @@ class LongformerAttention(SelfAttention):
         halo from the neighbouring ranks, then this layer's own kernel on the stretch."""
         reach = max(self.dilations) * (self.window // 2)
         left, right = reach, 0 if self.causal else reach
-        held = torch.zeros(1) if glob is None else glob.sum().double().reshape(1)
+        held = (torch.zeros(1) if glob is None else glob.sum().reshape(1)).double()
         if float(shard.total_sum(held.to(hidden_states.device))) == 0:  # every rank alike
             return self._window_sharded(hidden_states, real, shard, left, right)
         if self.causal or self.rotary is not None:
@@ -162,9 +162,7 @@ class LongformerAttention(SelfAttention):
         pos_all = shard.gather(pos.to(x.dtype), 1).round().long()
         ok_all = pos_all >= 0
         # the band and the global keys, through this layer's kernel
-        x_ext, exists = shard.halo(x, reach, reach)
-        r_ext = (shard.halo(real.to(x.dtype), reach, reach)[0] > 0) & exists
-        g_ext = (shard.halo(glob.to(x.dtype), reach, reach)[0] > 0) & exists
+        x_ext, (r_ext, g_ext) = shard.halo_with_masks(x, [real, glob], reach, reach)
         lo, hi = shard.start - reach, shard.start + n + reach
         outside = ok_all & ((pos_all < lo) | (pos_all >= hi))
         x_all = torch.cat([x_ext, xg_all], 1)

@@ -69,8 +69,12 @@ def check_masks(
     global_attention_mask: Tensor | None,
     supports_global: bool,
     name: str,
+    allow_empty: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Return (real, glob): real (B, N) bool, glob (B, N) bool or None when no token is global."""
+    """Return (real, glob): real (B, N) bool, glob (B, N) bool or None when no token is global.
+
+    `allow_empty`: a row may have no real token (a part of a sequence: a shard of it, or the
+    next tokens of a decoding cache, where a finished row adds none)."""
     batch, seq = hidden_states.shape[:2]
     real = check_mask(attention_mask, "attention_mask", batch, seq)
     glob = check_mask(global_attention_mask, "global_attention_mask", batch, seq)
@@ -78,7 +82,7 @@ def check_masks(
         real = torch.ones(batch, seq, dtype=torch.bool, device=hidden_states.device)
     else:
         real = real.to(hidden_states.device)
-        empty = (~real.any(dim=1)).nonzero().flatten().tolist()
+        empty = [] if allow_empty else (~real.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
                 f"attention_mask leaves no real token in sequence(s) {empty}: every query would "

@@ -141,5 +141,15 @@ class Shard:
             exists[left + m :] = False
         return out, exists
 
+    def halo_with_masks(
+        self, x: Tensor, masks: list[Tensor], left: int, right: int
+    ) -> tuple[Tensor, list[Tensor]]:
+        """`halo` of hidden states x (B, m, E) and of (B, m) bool masks in one exchange (the
+        masks travel as extra channels); the masks come back False where no position exists."""
+        e = x.shape[-1]
+        both = torch.cat([x, *(m.to(x.dtype).unsqueeze(-1) for m in masks)], -1)
+        out, exists = self.halo(both, left, right)
+        return out[..., :e], [(out[..., e + i] > 0) & exists for i in range(len(masks))]
+
 
 __all__ = ["Shard", "reset_traffic", "traffic"]

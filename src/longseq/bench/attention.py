@@ -408,10 +408,9 @@ def describe(specs: list[Spec], cfg: Config) -> str:
     ]
     for s in specs:
         opts = s.options(n)
-        if s.family == "lsh":
-            opts["num_buckets"] = "2^floor(log2(2n/chunk))"
-        if s.family == "linformer" and "max_seq_len" in opts:
-            opts["max_seq_len"] = "n"
+        for k, v in opts.items():  # what the mechanism derives from the length (`at_length`)
+            if s.settings.get(k) != v:
+                opts[k] = f"{v} at n={n}"
         extra = f", global tokens: first {s.global_tokens}" if s.global_tokens else ""
         vs = f"  (peer of {s.compare_to})" if s.compare_to else ""
         text = ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"

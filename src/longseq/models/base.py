@@ -124,13 +124,18 @@ class LongseqModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def pad_multiple(self) -> int:
-        """The length multiple that avoids padding inside the attention layers (1: any)."""
+    def pad_multiple(self, length: int | None = None) -> int:
+        """The length multiple that avoids padding inside the attention layers (1: any).
+
+        With `length` (the longest batch), 1 where rounding it up to that multiple would pass
+        max_length: the layers then pad themselves."""
         import math
 
         multiple = 1
         for b in self.body.layers:  # each mechanism says what it pads to
             multiple = math.lcm(multiple, b.attn.attention.length_multiple)
+        if length is not None and -(-length // multiple) * multiple > self.config.max_length:
+            return 1
         return multiple
 
     # --------------------------------------------------------------------- save / load

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from longseq.data.collate import Collator
+
 ARCHITECTURES = (
     "sequence-classification",
     "token-classification",
@@ -150,27 +152,15 @@ class Predictor:
         return records
 
     def _collate(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
-        """Right-padded tensors (padding to the model's block multiple, within max_length)."""
+        """The model inputs, right-padded by the data's Collator (to the model's block
+        multiple, within max_length)."""
+        keys = ["input_ids", "token_type_ids"]
+        if getattr(self.model, "supports_global", False):
+            keys.append("global_attention_mask")
+        feats = [{k: it[k] for k in keys if k in it} for it in items]
         longest = max(len(it["input_ids"]) for it in items)
-        m = self.model.pad_multiple()
-        width = min(-(-longest // m) * m, self.model.config.max_length)
-        width = max(width, longest)
-        out: dict[str, Tensor] = {}
-        pad = {"input_ids": self.tokenizer.pad_id}
-        for key in ("input_ids", "global_attention_mask", "token_type_ids"):
-            if key not in items[0]:
-                continue
-            t = torch.full((len(items), width), pad.get(key, 0), dtype=torch.long)
-            for r, it in enumerate(items):
-                t[r, : len(it[key])] = torch.tensor(it[key])
-            out[key] = t.to(self.device)
-        mask = torch.zeros(len(items), width, dtype=torch.long)
-        for r, it in enumerate(items):
-            mask[r, : len(it["input_ids"])] = 1
-        out["attention_mask"] = mask.to(self.device)
-        if not getattr(self.model, "supports_global", False):
-            out.pop("global_attention_mask", None)
-        return out
+        collate = Collator(self.tokenizer.pad_id, self.model.pad_multiple(longest))
+        return {k: v.to(self.device) for k, v in collate(feats).items()}
 
     def _decode(self, i: int, item: dict[str, Any], out: Any, inputs: dict) -> dict[str, Any]:
         tok, k = self.tokenizer, self.top_k

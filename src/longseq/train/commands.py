@@ -175,9 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset = split_dataset(cfg, tokenizer, path, split="test", label_names=names)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    multiple = model.pad_multiple()
-    if -(-cfg.max_length // multiple) * multiple > model.config.max_length:
-        multiple = 1
+    multiple = model.pad_multiple(cfg.max_length)
     loader = eval_loader(
         dataset,
         make_collate(tokenizer, multiple),

@@ -195,12 +195,10 @@ class _Trainer:
         self.notes = notes
         self.model.to(self.device)
         self.arch = self.model.config.architecture
-        multiple = self.model.pad_multiple()
-        if -(-cfg.data.max_length // multiple) * multiple > self.model.config.max_length:
-            multiple = 1  # rounding up would pass the model's max_length: the layers pad
+        multiple = self.model.pad_multiple(cfg.data.max_length)
         # sequence parallelism: the ranks of a group share each batch, each its shard
-        self.sp, dp_rank, dp_size, self.sp_group = run.sequence_parallel, dist.rank, 1, None
-        dp_size = dist.world_size
+        self.sp, self.sp_group = run.sequence_parallel, None
+        dp_rank, dp_size = dist.rank, dist.world_size
         if self.sp > 1:
             dp_rank, dp_size, self.sp_group = self._sequence_parallel_setup()
         self.collate = make_collate(self.tokenizer, multiple * self.sp)
