@@ -73,8 +73,12 @@ class LongseqModel(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor | None,
         global_attention_mask: Tensor | None,
+        first_token: bool = True,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Validate the HF-style inputs; returns (attention_mask, global_attention_mask)."""
+        """Validate the HF-style inputs; returns (attention_mask, global_attention_mask).
+
+        `first_token`: input_ids start with the sequence's first token (not so on the later
+        shards of a sequence split over processes), which a sequence-level head makes global."""
         cfg = self.config
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids)
@@ -104,7 +108,7 @@ class LongseqModel(nn.Module):
                     f"{name} shape {tuple(m.shape)} != input_ids shape {tuple(input_ids.shape)}"
                 )
         if global_attention_mask is None and cfg.global_cls and self.uses_cls_global:
-            if self.supports_global:
+            if self.supports_global and first_token:
                 global_attention_mask = torch.zeros_like(input_ids)
                 global_attention_mask[:, 0] = 1
         elif global_attention_mask is not None and not self.supports_global:

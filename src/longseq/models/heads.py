@@ -68,13 +68,12 @@ class _Head(LongseqModel):
         cache: DecodingCache | None = None,
         shard: Shard | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...] | None, Tensor | None]:
-        given = global_attention_mask is not None
         attention_mask, global_attention_mask = self.check_inputs(
-            input_ids, attention_mask, global_attention_mask
+            input_ids,
+            attention_mask,
+            global_attention_mask,
+            first_token=shard is None or shard.rank == 0,
         )
-        made = not given and global_attention_mask is not None
-        if shard is not None and made and shard.rank != 0:  # the first token is on rank 0
-            global_attention_mask = torch.zeros_like(global_attention_mask)
         h, states = self.body(
             input_ids,
             attention_mask,
