@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -274,8 +272,6 @@ def test_shares_query_and_key_projection():
         "n_hashes": 1,
         "chunk_length": 64,
         "seed": 0,
-        "wrap_rounds": False,
-        "pad_multiple": None,
         "causal": False,
         "dropout": 0.0,
         "bias": True,
@@ -309,8 +305,9 @@ def test_dropout_in_training_only_and_gradients_exact(keep_probs, monkeypatch):
 @pytest.mark.parametrize("causal", [False])
 def test_matches_hugging_face_outside_first_chunks(causal):
     """Same rotations (seeded alike), same buckets; outputs agree for every token that is in
-    no round's first chunk (the only place where Hugging Face wraps around). (Causal layers
-    follow Hugging Face only with wrap_rounds: the default causal rule is prefix-stable.)"""
+    no round's first chunk (the only place where Hugging Face wraps around; its port `lsh-hf`
+    matches everywhere: tests/convert/test_hf_attention.py). (Causal layers follow Hugging Face
+    only through the port: the core causal rule is prefix-stable.)"""
     reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
     from transformers import ReformerConfig
 
@@ -362,93 +359,7 @@ def test_backward_twice_with_retained_graph(keep_probs, monkeypatch):
     assert torch.equal(g1, g2)
 
 
-# ------------------------------------------------------------------ wrap_rounds, factorised buckets
-
-
-def naive_wrapped_counts(layer, buckets, real, padded_len):
-    """scored_pairs with the rounds laid end to end (Hugging Face), written out with loops."""
-    b, h, r, n0 = buckets.shape
-    c, n = layer.chunk_length, padded_len
-    nb = math.prod(layer.bucket_factors(n))
-    counts = torch.zeros(b, h, n0, n0, dtype=torch.int64)
-    for bi in range(b):
-        ok = real[bi].tolist() + [False] * (n - n0)
-        for hi in range(h):
-            seq = []
-            for ri in range(r):
-                bucket = buckets[bi, hi, ri].tolist() + [nb] * (n - n0)
-                seq += sorted(range(n), key=lambda i, bk=bucket: (bk[i], i))
-            chunks = [seq[j : j + c] for j in range(0, r * n, c)]
-            for j, chunk in enumerate(chunks):
-                prev = chunks[j - 1] if n > c else []  # j = 0: the very last chunk
-                for qi in chunk:
-                    for ki in prev + chunk:
-                        if ok[qi] and ok[ki] and (not layer.causal or ki <= qi):
-                            counts[bi, hi, qi, ki] += 1
-    return counts
-
-
-WRAP_CONFIGS = [
-    {"num_buckets": 4, "n_hashes": 1, "chunk_length": 4},
-    {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4, "causal": True},
-    {"num_buckets": [2, 4], "n_hashes": 3, "chunk_length": 3},
-    {"num_buckets": 2, "n_hashes": 2, "chunk_length": 6, "pad_multiple": 12},
-    {"num_buckets": 6, "n_hashes": 2, "chunk_length": 20},  # one chunk: no wrap
-]
-
-
-@pytest.mark.parametrize(
-    "opts", WRAP_CONFIGS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
-)
-def test_wrap_rounds_equals_dense_over_scored_pairs(opts):
-    layer = make(wrap_rounds=True, **opts)
-    x, real = padded_batch([18, 11, 14], 18)
-    real[2, :3] = False
-    counts = layer.scored_pairs(x, attention_mask=real)
-    n = -(-18 // layer.pad_multiple) * layer.pad_multiple
-    naive = naive_wrapped_counts(layer, layer.buckets(x, real), real, n)
-    torch.testing.assert_close(counts, naive, **TOL)
-    assert_same_with_grads(layer, x, real, lambda t: dense_lsh(layer, t, counts, real))
-
-
-def test_wrap_rounds_looks_back_across_rounds():
-    """The oracle can fail: wrapping scores pairs the default layer never scores."""
-    opts = {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4}
-    plain, wrapped = make(**opts), make(wrap_rounds=True, **opts)
-    wrapped.load_state_dict(plain.state_dict())
-    x = torch.randn(1, 16, HIDDEN, dtype=torch.float64)
-    c_plain, c_wrap = plain.scored_pairs(x), wrapped.scored_pairs(x)
-    assert (c_wrap >= c_plain).all() and c_wrap.sum() - c_plain.sum() == HEADS * 2 * 4 * 4
-    assert not torch.allclose(plain(x), wrapped(x), atol=1e-6)
-    torch.testing.assert_close(wrapped(x), dense_lsh(wrapped, x, c_wrap, torch.ones(1, 16).bool()))
-
-
-def test_pad_multiple_matters_only_when_wrapping():
-    x, real = padded_batch([10], 10)
-    base = {"num_buckets": 4, "n_hashes": 2, "chunk_length": 4}
-    a, b = make(**base), make(pad_multiple=16, **base)
-    b.load_state_dict(a.state_dict())
-    torch.testing.assert_close(a(x, attention_mask=real), b(x, attention_mask=real), **TOL)
-    a, b = make(wrap_rounds=True, **base), make(wrap_rounds=True, pad_multiple=16, **base)
-    b.load_state_dict(a.state_dict())
-    assert not torch.allclose(a(x, attention_mask=real), b(x, attention_mask=real), atol=1e-6)
-
-
-@pytest.mark.parametrize("keep_probs", [True, False])
-def test_wrap_rounds_dropout_gradcheck(keep_probs, monkeypatch):
-    if not keep_probs:
-        monkeypatch.setattr(lsh, "_KEEP_PROBS_BYTES", 0)
-    layer = make(num_buckets=4, n_hashes=2, chunk_length=4, dropout=0.3, wrap_rounds=True)
-    layer.train()
-    x = torch.randn(2, 12, HIDDEN, dtype=torch.float64, requires_grad=True)
-    mask = torch.ones(2, 12, dtype=torch.long)
-    mask[1, -5:] = 0
-
-    def run(t):
-        torch.manual_seed(5)
-        return layer(t, attention_mask=mask)
-
-    assert torch.autograd.gradcheck(run, (x,), fast_mode=True)
+# ------------------------------------------------------------------ factorised buckets
 
 
 def test_factorised_buckets():
@@ -473,120 +384,8 @@ def test_factorised_buckets():
     [
         ({"num_buckets": [2, 3]}, "num_buckets must be an even integer >= 2, a list"),
         ({"num_buckets": []}, "num_buckets must be"),
-        ({"pad_multiple": 6, "chunk_length": 4}, "pad_multiple must be a positive multiple"),
-        ({"wrap_rounds": 1}, "wrap_rounds must be True or False"),
     ],
 )
-def test_bad_wrap_and_factor_options(opts, match):
+def test_bad_factor_options(opts, match):
     with pytest.raises(ValueError, match=match):
         attention.build("lsh", HIDDEN, HEADS, **opts)
-
-
-HF_CASES = [
-    {"n": 24, "c": 4, "hashes": 2, "nb": 4, "causal": False},
-    {"n": 24, "c": 4, "hashes": 2, "nb": 4, "causal": True},
-    {"n": 24, "c": 6, "hashes": 1, "nb": [2, 4], "causal": False},
-    {"n": 30, "c": 5, "hashes": 3, "nb": [4, 2], "causal": True},
-    {"n": 8, "c": 8, "hashes": 2, "nb": 4, "causal": False},  # one chunk: plain attention
-]
-
-
-@pytest.mark.parametrize("case", HF_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_wrap_rounds_matches_hugging_face_everywhere(case):
-    """With wrap_rounds, every real token's context equals Hugging Face's LSHSelfAttention,
-    with padding (a row with 5 padding tokens, one with left padding) and factorised buckets."""
-    reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
-    from transformers import ReformerConfig
-
-    n, c, hashes, nb, causal, seed = (*case.values(), 11)
-    config = ReformerConfig(
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        attention_head_size=HIDDEN // HEADS,
-        lsh_attn_chunk_length=c,
-        num_hashes=hashes,
-        num_buckets=nb,
-        lsh_num_chunks_before=1,
-        lsh_num_chunks_after=0,
-        is_decoder=causal,
-        hash_seed=seed,
-        lsh_attention_probs_dropout_prob=0.0,
-    )
-    hf = reformer.LSHSelfAttention(config).double().eval()
-    ours = make(
-        num_buckets=nb,
-        n_hashes=hashes,
-        chunk_length=c,
-        seed=seed,
-        causal=causal,
-        bias=False,
-        wrap_rounds=True,
-    )
-    with torch.no_grad():
-        ours.query.weight.copy_(hf.query_key.weight)
-        ours.value.weight.copy_(hf.value.weight)
-    x, real = padded_batch([n, n - 5, n - 2], n)
-    real[2, :2] = False
-    with torch.random.fork_rng():  # Hugging Face reseeds the global generator
-        result = hf(x, attention_mask=real.long())
-    ctx = ops.merge_heads(ours.attend(x, real, None))
-    torch.testing.assert_close(ctx[real], result.hidden_states[real], **TOL)
-    if n > c:  # the default (no wrap) differs from Hugging Face at some real token
-        plain = make(num_buckets=nb, n_hashes=hashes, chunk_length=c, seed=seed, causal=causal)
-        plain.load_state_dict(ours.state_dict(), strict=False)
-        ctx_plain = ops.merge_heads(plain.attend(x, real, None))
-        assert not torch.allclose(ctx_plain[real], result.hidden_states[real], atol=1e-6)
-
-
-def test_wrap_rounds_never_builds_n_by_n():
-    from test_no_quadratic import LargestTensor, N
-
-    layer = attention.build(
-        "lsh", 32, 2, chunk_length=32, n_hashes=2, num_buckets=32, wrap_rounds=True
-    )
-    x = torch.randn(1, N, 32, requires_grad=True)
-    mask = torch.ones(1, N, dtype=torch.long)
-    mask[:, -100:] = 0
-    with LargestTensor() as watch:
-        layer(x, attention_mask=mask).sum().backward()
-    assert watch.largest < N * N // 4
-
-
-def test_wrap_rounds_copies_hugging_face_float32_rounding():
-    """A causal first token sees only itself (score SELF_MASK = -1e5) in every round. In
-    float32 HF's round weights exp(lse_r - logsumexp(lse)) then sum to 1 only within ~0.4%
-    (float32 steps near 1e5 are 0.0078); wrap_rounds copies that, the default sums exactly."""
-    reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
-    from transformers import ReformerConfig
-
-    config = ReformerConfig(
-        hidden_size=32,
-        num_attention_heads=2,
-        attention_head_size=16,
-        lsh_attn_chunk_length=16,
-        num_hashes=2,
-        num_buckets=4,
-        is_decoder=True,
-        hash_seed=3,
-        lsh_attention_probs_dropout_prob=0.0,
-    )
-    hf = reformer.LSHSelfAttention(config).eval()
-    opts = {"num_buckets": 4, "n_hashes": 2, "chunk_length": 16, "seed": 3, "causal": True}
-    ours = attention.build("lsh", 32, 2, bias=False, wrap_rounds=True, **opts).eval()
-    exact = attention.build("lsh", 32, 2, bias=False, **opts).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.copy_(0.3 * torch.randn_like(p))
-        for layer in (ours, exact):
-            layer.query.weight.copy_(hf.query_key.weight)
-            layer.value.weight.copy_(hf.value.weight)
-    x = torch.randn(2, 64, 32)
-    real = torch.ones(2, 64, dtype=torch.bool)
-    real[1, 48:] = False
-    with torch.random.fork_rng():
-        expected = ops.split_heads(hf(x, attention_mask=real.long()).hidden_states, 2)
-    ctx = ours.attend(x, real, None)
-    torch.testing.assert_close(ctx[:, :, :48], expected[:, :, :48], rtol=0, atol=1e-6)
-    v0 = ours.qk_and_value(x)[1][:, :, 0]
-    assert (expected[:, :, 0] - v0).abs().max() > 1e-4  # HF's rounding, copied
-    torch.testing.assert_close(exact.attend(x, real, None)[:, :, 0], v0, rtol=0, atol=1e-6)

@@ -114,7 +114,7 @@ def test_longformer_one_window_for_all_layers() -> None:
 
 
 def test_bigbird_short_input_uses_full_attention_as_hf() -> None:
-    """n <= (5 + 2r) * block_size: HF switches to original_full, and so does hf-eval."""
+    """n <= (5 + 2r) * block_size: HF switches to original_full, and so does bigbird-hf."""
     hf = hf_model("bigbird-sparse", "Model")
     ours = from_huggingface(hf)
     batch = inputs(hf, n=30, lengths=(30, 17))
@@ -127,9 +127,8 @@ def test_bigbird_parity_needs_hf_draws() -> None:
     parity cases can tell the two apart (the sequence is long enough for block-sparse)."""
     hf = hf_model("bigbird-sparse", "Model")
     ours = from_huggingface(hf)
-    assert ours.config.attention_options["random_source"] == "hf-eval"
-    opts = {**ours.config.attention_options, "random_source": "seeded"}
-    seeded = build_model(ours.config.replace(attention_options=opts))
+    assert ours.config.attention == "bigbird-hf"
+    seeded = build_model(ours.config.replace(attention="bigbird"))
     seeded.load_state_dict(ours.state_dict())
     batch = inputs(hf)
     assert max_diff(hf, ours, "Model", batch) < TOL

@@ -131,21 +131,19 @@ def test_config_is_reformers_structure():
     assert (cfg.reversible, cfg.reversible_output, cfg.norm) == (True, "concat", "pre")
     assert (cfg.position, cfg.axial_shape, cfg.axial_dims) == ("axial", [8, 8], [16, 16])
     assert cfg.causal and cfg.architecture == "encoder" and not cfg.bias
-    assert [spec["attention"] for spec in cfg.layer_attention] == ["lsh", "local"] * 2
+    assert [spec["attention"] for spec in cfg.layer_attention] == ["lsh-hf", "local-hf"] * 2
     assert cfg.layer_attention[0] == {
-        "attention": "lsh",
+        "attention": "lsh-hf",
         "num_buckets": [2, 4],
         "n_hashes": 2,
         "chunk_length": 16,
         "seed": 3,
-        "wrap_rounds": True,
     }
     assert cfg.layer_attention[1] == {
-        "attention": "local",
+        "attention": "local-hf",
         "chunk_length": 8,
         "num_chunks_before": 1,
         "num_chunks_after": 0,
-        "wrap": True,
         "pad_multiple": 16,  # HF pads to lcm(16, 8)
     }
     lm = model_config(hf_model("lm-local-lsh-2hashes-chunked"))
@@ -154,11 +152,14 @@ def test_config_is_reformers_structure():
 
 
 def test_the_parity_test_can_fail():
-    """longseq's defaults (no wrap-around) are another model: the tests would see it."""
+    """longseq's core layers (no wrap-around) are another model: the tests would see it."""
     hf = hf_model("model-local-lsh-1hash")
     ours = convert(hf)
     layers = [
-        {k: v for k, v in spec.items() if k not in ("wrap", "wrap_rounds")}
+        {
+            **{k: v for k, v in spec.items() if k != "pad_multiple"},
+            "attention": spec["attention"].removesuffix("-hf"),
+        }
         for spec in ours.config.layer_attention
     ]
     plain = build_model(ours.config.replace(layer_attention=layers)).eval()

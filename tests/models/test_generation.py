@@ -253,8 +253,8 @@ def test_batch_with_left_or_right_padding_equals_each_prompt_alone(name):
 def test_layers_that_are_not_prefix_stable_refuse_a_cache():
     """Hugging Face's wrapped LSH rounds: the past changes as tokens come, so no cache can be
     exact; generate says so, and use_cache=False decodes it with the full forward."""
-    opts = {"chunk_length": 4, "num_buckets": 4, "wrap_rounds": True}
-    model = lm(**{**LSH, "attention_options": opts})
+    opts = {"chunk_length": 4, "num_buckets": 4}
+    model = lm(**{**LSH, "attention": "lsh-hf", "attention_options": opts})
     with pytest.raises(ValueError, match=r"not prefix-stable.*use_cache=False"):
         generate(model, torch.randint(4, 260, (1, 5)), 8)
     seq = torch.randint(4, 260, (1, 5))

@@ -2,6 +2,12 @@
 
 layer = longseq.attention.build("longformer", hidden_size=768, num_heads=12, window=512)
 out = layer(hidden_states, attention_mask=mask, global_attention_mask=glob)
+
+The registry holds the mechanisms (`mechanisms()`: what models, compare, the benchmark and the
+pictures offer) and, apart, the ports (`ports()`): subclasses that reproduce another
+implementation's quirks for converted checkpoints (`longseq.convert.hf_attention`). `build` and
+`get` take both; `upgrade` turns an older config's options that selected a quirk (e.g. LSH's
+`wrap_rounds=True`) into the port's name.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ _REGISTRY: dict[str, str | type[SelfAttention]] = {
 }
 
 MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)
+
+# Ports: name -> "module:Class"; and what an older config wrote instead of each port's name:
+# (core mechanism, option) -> {value: port name, or None for the core mechanism itself}.
+_PORTS: dict[str, str] = {}
+_LEGACY: dict[tuple[str, str], dict[Any, str | None]] = {}
 
 
 def register(cls: type[SelfAttention], target: str | None = None) -> None:
@@ -65,11 +76,58 @@ def mechanisms() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def register_port(
+    name: str, target: str, *, base: str, legacy: tuple[str, Any, Any] | None = None
+) -> None:
+    """Add a port (a subclass of mechanism `base` with another implementation's rules) by its
+    "module:Class" path. `legacy` = (option, port value, core value): older configs selected
+    the port with `option=port value` on `base` and the core rule with `option=core value`."""
+    _PORTS[name] = target
+    if legacy is not None:
+        option, port_value, core_value = legacy
+        _LEGACY[base, option] = {port_value: name, core_value: None}
+
+
+def ports() -> tuple[str, ...]:
+    """The registered ports (layers of converted checkpoints; not offered as mechanisms)."""
+    return tuple(_PORTS)
+
+
+def upgrade(name: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, options) of a layer in an older config, in today's terms: an option that
+    selected a port's rule becomes the port's name, one that selected the core rule goes.
+    Anything else is returned as it is (and validated where the layer is built)."""
+    opts = dict(opts)
+    new = name
+    for (base, option), choices in _LEGACY.items():
+        if name != base or option not in opts:
+            continue
+        given = opts[option]
+        for value, port in choices.items():
+            if type(given) is type(value) and given == value:  # 1 is not True here
+                del opts[option]
+                new = port or new
+    if new == name and name in _REGISTRY:
+        for port in {p for (b, _), c in _LEGACY.items() if b == name for p in c.values() if p}:
+            moved = sorted((set(opts) - set(options(name))) & set(options(port)))
+            if moved:
+                raise ValueError(
+                    f"option(s) {moved} of {name!r} attention now belong to the Hugging Face "
+                    f"port {port!r} only (the core layer does not wrap around, so padding "
+                    f"cannot change its outputs); remove them, or use {port!r}"
+                )
+    return new, opts
+
+
 def get(name: str) -> type[SelfAttention]:
-    """The layer class registered under `name`."""
+    """The layer class registered under `name` (a mechanism or a port)."""
+    if name in _PORTS:
+        module, cls = _PORTS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
     if name not in _REGISTRY:
         raise ValueError(
-            f"unknown attention mechanism {name!r}; valid names: {', '.join(_REGISTRY)}"
+            f"unknown attention mechanism {name!r}; valid names: {', '.join(_REGISTRY)} "
+            f"(Hugging Face ports, for converted checkpoints: {', '.join(_PORTS)})"
         )
     entry = _REGISTRY[name]
     if not isinstance(entry, str):
@@ -111,8 +169,11 @@ __all__ = [
     "get",
     "mechanisms",
     "options",
+    "ports",
     "register",
     "register_path",
+    "register_port",
     "runtime_registered",
     "unregister",
+    "upgrade",
 ]

@@ -49,14 +49,10 @@ are dense rows over all keys (g*b x n, PyTorch's fused SDPA) written over their 
 The layout is always used, even when it covers everything (short sequences): there is no dense
 fallback. Time and memory are O(n * (num_sliding_blocks + g + r) * b).
 
-`random_source="hf-eval"` reproduces Hugging Face's `BigBirdBlockSparseAttention` in eval mode,
-for converted checkpoints (`longseq.convert`). There, every random block is block 0 (HF returns
-an all-zero random index outside training), so a middle query block sees block 0 once as a
-global block and r more times as "random" blocks: the r + 1 copies of its keys all enter the
-softmax, i.e. block 0's scores get + log(r + 1). The layout is that of the whole (block-padded)
-input, as HF's: the global blocks are its first and last blocks even where they are padding,
-and sequences of n <= (5 + 2r) * b tokens get full attention, as HF switches to
-`original_full` for them. Needs the HF shape: ITC, 2 global blocks, 3 sliding blocks.
+Hugging Face's BigBird in eval mode (every "random" block is block 0, the layout of the whole
+padded input, full attention for short inputs) is the port `bigbird-hf` in
+`longseq.convert.hf_attention`, for converted checkpoints: it changes `layout`,
+`sequence_ends` and `pattern`, and reuses this kernel.
 """
 
 from __future__ import annotations
@@ -74,7 +70,6 @@ from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
 
 VARIANTS = ("itc", "etc")
-RANDOM_SOURCES = ("seeded", "hf-eval")
 
 
 def _check_int(name: str, value: object, minimum: int | None) -> None:
@@ -109,7 +104,6 @@ class BigBirdAttention(SelfAttention):
         num_sliding_blocks: int = 3,
         variant: str = "itc",
         seed: int = 0,
-        random_source: str = "seeded",
         layer_idx: int = 0,
         causal: bool = False,
         dropout: float = 0.0,
@@ -129,19 +123,6 @@ class BigBirdAttention(SelfAttention):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         _check_int("seed", seed, None)
         _check_int("layer_idx", layer_idx, 0)
-        if random_source not in RANDOM_SOURCES:
-            raise ValueError(
-                f"random_source must be one of {RANDOM_SOURCES}, got {random_source!r}"
-            )
-        hf_shape = (variant, num_global_blocks, num_sliding_blocks, causal) == ("itc", 2, 3, False)
-        if random_source == "hf-eval" and not hf_shape:
-            raise ValueError(
-                "random_source='hf-eval' reproduces Hugging Face's BigBird, which has only "
-                "variant='itc', num_global_blocks=2, num_sliding_blocks=3 and causal=False; got "
-                f"variant={variant!r}, num_global_blocks={num_global_blocks}, "
-                f"num_sliding_blocks={num_sliding_blocks}, causal={causal}"
-            )
-        self.random_source = random_source
         self.block_size = block_size
         self.num_random_blocks = num_random_blocks
         self.num_global_blocks = num_global_blocks
@@ -180,28 +161,22 @@ class BigBirdAttention(SelfAttention):
 
     def layout(self, nb_real: int) -> patterns.BigBirdLayout:
         """This layer's (cached) block layout for a sequence of `nb_real` real blocks."""
-        if self.random_source == "hf-eval":
-            return hf_eval_layout(nb_real, self.num_heads, self.num_random_blocks)
         return _layout(nb_real, **self._pattern_options())
 
-    def hf_full(self, n: int) -> bool:
-        """True when Hugging Face's BigBird would use full attention for n tokens (hf-eval)."""
-        limit = (5 + 2 * self.num_random_blocks) * self.block_size
-        return self.random_source == "hf-eval" and n <= limit
+    def refuse_global_tokens(self, is_global: Tensor | None) -> None:
+        if is_global is not None and bool(is_global.any()):
+            raise ValueError(
+                f"'{self.name}' attention has no global tokens; its globals are blocks"
+            )
+
+    def sequence_ends(self, real: Tensor) -> Tensor:
+        """(B,) one past each sequence's last real token: the length its layout is drawn for
+        (trailing padding is dropped, so it never changes the blocks)."""
+        return real.shape[1] - real.flip(1).to(torch.int8).argmax(1)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
-        """(heads, N, N) bool; ETC: N = g*block_size + n, the extra tokens first.
-
-        hf-eval: the keys seen (block 0's repeated copies count once here).
-        """
-        if is_global is not None and bool(is_global.any()):
-            raise ValueError("'bigbird' attention has no global tokens; its globals are blocks")
-        if self.random_source == "hf-eval":
-            if self.hf_full(n):
-                return torch.ones(self.num_heads, n, n, dtype=torch.bool)
-            blk = patterns.bigbird_blocks(self.layout(-(-n // self.block_size)))
-            b = self.block_size
-            return blk.repeat_interleave(b, 1).repeat_interleave(b, 2)[:, :n, :n]
+        """(heads, N, N) bool; ETC: N = g*block_size + n, the extra tokens first."""
+        self.refuse_global_tokens(is_global)
         return patterns.bigbird(n, block_size=self.block_size, **self._pattern_options())
 
     def new_cache(self) -> SlotCache:
@@ -265,18 +240,7 @@ class BigBirdAttention(SelfAttention):
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         b, gx = self.block_size, self.extra_blocks
         n = hidden_states.shape[1]
-        if self.hf_full(n):
-            q, k, v = self.project(hidden_states)
-            allowed = None if bool(real.all()) else real[:, None, None, :]
-            p = self.dropout if self.training else 0.0
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0
-            )
-        if self.random_source == "hf-eval":  # HF lays out the whole padded input
-            ends = torch.full_like(real[:, 0], n, dtype=torch.long)
-        else:
-            # One past each sequence's last real token; trailing all-padding positions dropped.
-            ends = n - real.flip(1).to(torch.int8).argmax(1)
+        ends = self.sequence_ends(real)
         n_eff = int(ends.max())
         q, k, v = self.project(hidden_states[:, :n_eff])
         q, k, v = (ops.pad_to_multiple(t, b, dim=2) for t in (q, k, v))
@@ -392,10 +356,10 @@ class BigBirdAttention(SelfAttention):
         rows list (the layout of the whole sequence), global query blocks densely."""
         b, gx = self.block_size, self.extra_blocks
         n = hidden_states.shape[1]
-        if n % b or self.random_source != "seeded":
+        if n % b:
             raise ValueError(
                 f"sequence-parallel BigBird needs shards of whole blocks ({n} tokens per shard, "
-                f"block_size {b}) and random_source='seeded'"
+                f"block_size {b})"
             )
         positions = (shard.start + torch.arange(n, device=hidden_states.device)).expand(
             hidden_states.shape[0], n
@@ -423,31 +387,6 @@ class BigBirdAttention(SelfAttention):
         if self.num_global_blocks and not gx:
             ctx = self._global_rows(ctx, q, k, v, real_k, glob_blocks, first)
         return ctx.reshape(q.shape)
-
-
-@functools.lru_cache(maxsize=64)
-def hf_eval_layout(nb: int, num_heads: int, num_random_blocks: int) -> patterns.BigBirdLayout:
-    """Hugging Face BigBird's eval-mode layout for nb blocks (see the module docstring).
-
-    Global blocks 0 and nb - 1; block i sees i-1..i+1 (without the global ones), both global
-    blocks, and block 0 again in each of its r random slots: unlike `bigbird_layout`, a row
-    repeats a block (HF scores those copies of block 0 in the same softmax).
-    """
-    if nb < 2:
-        raise ValueError(f"hf-eval layouts need >= 2 blocks (HF uses full attention), got {nb}")
-    r = num_random_blocks
-    glob = torch.tensor([0, nb - 1])
-    sl = torch.arange(nb)[:, None] + torch.arange(-1, 2)
-    sl_ok = (sl > 0) & (sl < nb - 1)  # in range and not a global block
-    gl = glob.expand(nb, 2)
-    index = torch.cat([sl.clamp(0, nb - 1), gl, torch.zeros(nb, r, dtype=torch.long)], -1)
-    valid = torch.cat([sl_ok, torch.ones(nb, 2 + r, dtype=torch.bool)], -1)
-    valid[glob] = False
-    index = index.masked_fill(~valid, 0)
-    k = index.shape[-1]
-    return patterns.BigBirdLayout(
-        index.expand(num_heads, nb, k), valid.expand(num_heads, nb, k), glob
-    )
 
 
 # Scores per chunk (at most): the chunk buffers (<= 32 MB in fp32) are reused from chunk to

@@ -8,17 +8,13 @@ a = `num_chunks_after`), with ordinary separate projections q, k, v:
                                                           real j only, and j <= i when causal.
 
 No self-mask (queries and keys are different vectors, unlike LSH). Chunks before the first or
-after the last do not exist, unless `wrap=True`: then chunk indices are taken modulo C, as in
-Hugging Face, whose first chunk looks back at the last one (a chunk that lands twice in one
-window, when C < b + 1 + a, is counted twice). The causal rule compares real positions, so a
-wrapped-around earlier chunk stays visible to a causal query. Wrapped outputs depend on the
-padded length: `pad_multiple` sets it (Hugging Face's Reformer pads to the least common
-multiple of all its layers' chunk lengths). A sequence within one chunk is plain attention
-over it (no wrap), as in Hugging Face.
+after the last do not exist, so padding never changes a real token's output. (Hugging Face
+wraps chunk indices around, its first chunk looking back at the last one: that rule is the
+port `local-hf` in `longseq.convert.hf_attention`, for converted checkpoints.)
 
 Kernel (never n x n, memory O(n * W)). Keys and values are gathered once into an extended
-sequence of b * c rows in front of the n rows and a * c behind (with wrap the rows those
-positions stand for; without, any rows, masked). Each chunk's window of W = (b + 1 + a) * c
+sequence of b * c rows in front of the n rows and a * c behind (`window_rows`: the rows of
+positions that do not exist are any rows, masked). Each chunk's window of W = (b + 1 + a) * c
 keys is then a strided view (`unfold`), and one batched matmul gives the (C, c, W) scores.
 """
 
@@ -42,10 +38,6 @@ class LocalAttention(SelfAttention):
     Options:
         chunk_length: tokens per chunk (c).
         num_chunks_before, num_chunks_after: neighbour chunks each query also sees.
-        wrap: chunk indices modulo the number of chunks, as Hugging Face's Reformer; a batch
-            then matches each sequence alone only when they pad to the same length.
-        pad_multiple: pad the sequence to a multiple of this (a multiple of chunk_length;
-            None: chunk_length). Changes outputs only with wrap.
     """
 
     name = "local"
@@ -58,8 +50,6 @@ class LocalAttention(SelfAttention):
         chunk_length: int = 64,
         num_chunks_before: int = 1,
         num_chunks_after: int = 0,
-        wrap: bool = False,
-        pad_multiple: int | None = None,
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
@@ -72,15 +62,10 @@ class LocalAttention(SelfAttention):
         ):
             if not ops.is_int(value) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(wrap, bool):
-            raise ValueError(f"wrap must be True or False, got {wrap!r}")
-        ops.check_pad_multiple(pad_multiple, chunk_length)
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
         self.chunk_length = chunk_length
         self.num_chunks_before = num_chunks_before
         self.num_chunks_after = num_chunks_after
-        self.wrap = wrap
-        self.pad_multiple = pad_multiple or chunk_length
 
     compared = False  # a Reformer building block, not one of the four classic mechanisms
 
@@ -90,27 +75,25 @@ class LocalAttention(SelfAttention):
 
     @property
     def length_multiple(self) -> int:
-        return self.pad_multiple
+        return self.chunk_length
 
-    def wraps(self, padded_len: int) -> bool:
-        """Whether chunk indices wrap around (never for a single chunk)."""
-        return self.wrap and padded_len > self.chunk_length
-
-    def padded_length(self, n: int) -> int:
-        return -(-n // self.pad_multiple) * self.pad_multiple
+    def window_rows(self, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(src, exists) of the extended sequence of a padded length n: row t holds position
+        src[t]; `exists` is False for the rows of chunks before the first and after the last."""
+        c = self.chunk_length
+        pos = torch.arange(
+            -self.num_chunks_before * c, n + self.num_chunks_after * c, device=device
+        )
+        return pos % n, (pos >= 0) & (pos < n)
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]
-        c, m = self.chunk_length, self.pad_multiple
+        c, m = self.chunk_length, self.length_multiple
         q, k, v = (ops.pad_to_multiple(t, m, dim=2) for t in self.project(hidden_states))
         real = ops.pad_to_multiple(real, m, dim=1, value=False)
         n, dev = q.shape[2], q.device
         w = (self.num_chunks_before + 1 + self.num_chunks_after) * c
-        # the extended sequence: row t holds position src[t]; `exists` is False for rows of
-        # chunks that do not exist (before the first, after the last) unless wrapping
-        pos = torch.arange(-self.num_chunks_before * c, n + self.num_chunks_after * c, device=dev)
-        src = pos % n
-        exists = torch.ones_like(pos, dtype=torch.bool) if self.wraps(n) else (pos >= 0) & (pos < n)
+        src, exists = self.window_rows(n, dev)
         k_win = k.index_select(2, src).unfold(2, w, c)  # (B, H, C, D, W): k^T of each window
         v_win = v.index_select(2, src).unfold(2, w, c).transpose(-1, -2)  # (B, H, C, W, D)
         allowed = (real[:, src] & exists).unfold(1, w, c)[:, None, :, None, :]  # (B,1,C,1,W)
@@ -127,10 +110,10 @@ class LocalAttention(SelfAttention):
         """The chunks before (and after) as a halo from the neighbouring ranks; shards must
         hold whole chunks, so chunk boundaries fall where they do in the whole sequence."""
         c = self.chunk_length
-        if shard.length % c or self.wrap:
+        if shard.length % c:
             raise ValueError(
                 f"sequence-parallel local attention needs shards of whole chunks ({shard.length} "
-                f"tokens per shard, chunk_length {c}) and wrap=False"
+                f"tokens per shard, chunk_length {c})"
             )
         left = self.num_chunks_before * c
         right = 0 if self.causal else self.num_chunks_after * c
@@ -138,33 +121,15 @@ class LocalAttention(SelfAttention):
 
     def new_cache(self) -> SlotCache:
         """A ring of (num_chunks_before + 1) * chunk_length slots (constant memory): a causal
-        query in chunk i sees chunks i - num_chunks_before .. i, rule `patterns.chunked_local`.
-
-        With wrap, causal attention equals the unwrapped rule while the look-back is at most
-        one chunk and there is no look-ahead (a wrapped-around chunk is then always a later
-        one, hidden); otherwise a window can wrap onto earlier chunks, depending on the padded
-        length, which no cache can reproduce."""
+        query in chunk i sees chunks i - num_chunks_before .. i, rule `patterns.chunked_local`."""
         self._check_cacheable()
-        if self.wrap and (self.num_chunks_before > 1 or self.num_chunks_after > 0):
-            raise ValueError(
-                "causal local attention with wrap=True (Hugging Face parity) and "
-                "num_chunks_before > 1 or num_chunks_after > 0 is not prefix-stable: windows "
-                "wrap onto earlier chunks depending on the padded length. Decode it without a "
-                "cache (use_cache=False; --no-cache), or use wrap=False"
-            )
         mod = patterns.chunked_local(self.chunk_length, self.num_chunks_before, 0, True)
         return SlotCache(mod, size=(self.num_chunks_before + 1) * self.chunk_length)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
-        """(heads, n, n) bool: the chunks each query sees (a chunk counted twice, possible
-        with wrap when there are fewer chunks than a window holds, still shows once)."""
-        padded = self.padded_length(n)
+        """(heads, n, n) bool: the chunks each query sees."""
         mod = patterns.chunked_local(
-            self.chunk_length,
-            self.num_chunks_before,
-            self.num_chunks_after,
-            self.causal,
-            padded // self.chunk_length if self.wraps(padded) else None,
+            self.chunk_length, self.num_chunks_before, self.num_chunks_after, self.causal
         )
         return patterns.materialize(mod, n).expand(self.num_heads, n, n)
 
@@ -172,8 +137,7 @@ class LocalAttention(SelfAttention):
         return (
             f"{super().extra_repr()}, chunk_length={self.chunk_length}, "
             f"num_chunks_before={self.num_chunks_before}, "
-            f"num_chunks_after={self.num_chunks_after}, wrap={self.wrap}, "
-            f"pad_multiple={self.pad_multiple}"
+            f"num_chunks_after={self.num_chunks_after}"
         )
 
 

@@ -17,24 +17,15 @@ b_1 + f_1 b_2 + f_1 f_2 b_3 + ..., one of f_1 f_2 ... buckets.
 Scoring windows. Each round sorts the tokens by (bucket, position), so padding comes after
 every real token; the sorted sequence is cut into chunks of `chunk_length`, and each chunk
 attends to itself and to the previous chunk of the SAME round. The first chunk of a round has
-no previous chunk: by default, unlike Hugging Face, nothing wraps around (from the first chunk to
-the last one, or across rounds). This is what makes a batch of padded sequences give the same
-outputs as each sequence alone (padding only ever fills the tail of a round).
-
-`wrap_rounds=True` reproduces Hugging Face exactly: the rounds are laid end to end, so the first
-chunk of round r looks back at the last chunk of round r - 1, and the first chunk of round 0 at
-the last chunk of the last round (a key may then be scored twice for one query, once per
-occurrence). Outputs then depend on how much padding ends each round, i.e. on the padded
-length: `pad_multiple` sets the multiple the layer pads to (Hugging Face's Reformer pads to the
-least common multiple of all its layers' chunk lengths). A sequence that fits in one chunk is
-plain attention over it (no wrap), as in Hugging Face. wrap_rounds also copies Hugging Face's
-arithmetic (probabilities exp(s - logsumexp(s)), round weights exp(lse_r - logsumexp_r(lse))),
-whose float32 rounding differs visibly from a softmax in one case (see `_round_weights`).
+no previous chunk: nothing wraps around (from the first chunk to the last one, or across
+rounds). This is what makes a batch of padded sequences give the same outputs as each sequence
+alone (padding only ever fills the tail of a round). Hugging Face's rule, where the rounds are
+laid end to end and a first chunk looks back at the previous round's last chunk, is the port
+`lsh-hf` (`longseq.convert.hf_attention`), for converted checkpoints.
 
 Masks within a window: padding keys get NEG_INF (-1e9); the query's own key gets -1e5
 (Hugging Face's self_mask_value), so a token attends to itself only when no other key is
-available, and a row is never empty (no NaN). (With wrap_rounds a query can meet itself in the
-previous round's chunk too: also -1e5.)
+available, and a row is never empty (no NaN).
 
 Causal attention is prefix-stable: the output at t depends on tokens <= t only, so a causal LM
 computes in training what it computes token by token when generating (`LSHCache`). Chunk
@@ -49,9 +40,7 @@ bucket, a function of tokens <= t. Within a bucket the sorted order is the posit
 rank differences are differences of sorted index, and those keys always lie in the query's
 window (its chunk and the previous one): the same kernel, with a mask (same bucket, sorted
 index in (i - chunk_length, i]) in place of "position <= t". The number of buckets must then be
-fixed (`num_buckets=None` derives it from the padded length). With wrap_rounds (Hugging Face
-parity) causal keeps Hugging Face's rule instead, keys at a later position masked, which is
-not prefix-stable.
+fixed (`num_buckets=None` derives it from the padded length).
 
 Rounds. Round r gives out_r(i) and lse_r(i) (the logsumexp of row i); they are combined as
 
@@ -69,15 +58,15 @@ where each chunk's window (previous chunk, own chunk) is an overlapping view, an
 matmuls over (n_hashes * n_chunks, chunk, 2 * chunk) per head: time and memory are linear in
 the sequence length, nothing is n x n. The backward is written by hand and recomputes the
 probabilities from the saved logsumexps (as FlashAttention does), so only O(n) is kept for it.
-The sequence is padded internally to a multiple of `chunk_length` (of `pad_multiple` if set).
-With wrap_rounds the kernel works on one (sequence, head) pair at a time and its placeholder
-chunk holds a copy of the last chunk, so the first window is an overlapping view as well.
+The sequence is padded internally to a multiple of `chunk_length`. The plan and group classes
+(`_Plan`, `_Group`) have small hooks (the windows' keys, the first chunk's look-back, the row
+softmax, the round weights) through which a port of another rule reuses this kernel.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -111,21 +100,20 @@ class LSHAttention(SelfAttention):
         n_hashes: hashing rounds; more rounds, fewer missed neighbours, proportional cost.
         chunk_length: tokens per chunk; a query sees its chunk and the previous one.
         seed: seed of the random rotations (deterministic, the same in train and eval).
-        wrap_rounds: look back across rounds like Hugging Face (see the module docstring);
-            a batch then matches each sequence alone only when they pad to the same length.
-        pad_multiple: pad the sequence to a multiple of this (a multiple of chunk_length;
-            None: chunk_length). Changes outputs only with wrap_rounds.
     """
 
     name = "lsh"
     shared_qk = True
+    # causal queries see the chunk_length latest keys of their bucket (prefix-stable), which
+    # needs a fixed bucket count; a port of another causal rule sets this False
+    bucket_window_causal: ClassVar[bool] = True
 
     @classmethod
     def model_options(
         cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
     ) -> dict[str, Any]:
         """Causal models fix the bucket count from max_length (prefix stability)."""
-        if causal and not opts.get("wrap_rounds") and opts.get("num_buckets") is None:
+        if causal and cls.bucket_window_causal and opts.get("num_buckets") is None:
             c = opts.get("chunk_length", 64)
             if ops.is_int(c) and c >= 1:
                 padded = -(-max_length // c) * c
@@ -141,8 +129,6 @@ class LSHAttention(SelfAttention):
         n_hashes: int = 1,
         chunk_length: int = 64,
         seed: int = 0,
-        wrap_rounds: bool = False,
-        pad_multiple: int | None = None,
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
@@ -163,10 +149,7 @@ class LSHAttention(SelfAttention):
             raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
         if not ops.is_int(seed):
             raise ValueError(f"seed must be an integer, got {seed!r}")
-        if not isinstance(wrap_rounds, bool):
-            raise ValueError(f"wrap_rounds must be True or False, got {wrap_rounds!r}")
-        ops.check_pad_multiple(pad_multiple, chunk_length)
-        if causal and not wrap_rounds and num_buckets is None:
+        if causal and self.bucket_window_causal and num_buckets is None:
             raise ValueError(
                 "causal LSH attention needs a fixed num_buckets: None derives it from the padded "
                 "length, so earlier outputs would change as the sequence grows (models set it "
@@ -177,8 +160,6 @@ class LSHAttention(SelfAttention):
         self.n_hashes = n_hashes
         self.chunk_length = chunk_length
         self.seed = seed
-        self.wrap_rounds = wrap_rounds
-        self.pad_multiple = pad_multiple or chunk_length
         self._rotations: tuple[Any, Tensor | None] = (None, None)
 
     # ----------------------------------------------------------------------------- hashing
@@ -259,7 +240,7 @@ class LSHAttention(SelfAttention):
 
     @property
     def length_multiple(self) -> int:
-        return self.pad_multiple
+        return self.chunk_length
 
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
@@ -299,18 +280,9 @@ class LSHAttention(SelfAttention):
             "sequence (data parallel) for LSH layers"
         )
 
-    @property
-    def prefix_stable(self) -> bool:
-        """Causal with per-bucket windows (see the module docstring), not Hugging Face's rule."""
-        return self.causal and not self.wrap_rounds
-
-    def wraps(self, padded_len: int) -> bool:
-        """Whether first chunks look back across rounds (never for a single chunk)."""
-        return self.wrap_rounds and padded_len > self.chunk_length
-
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]
-        m = self.pad_multiple
+        m = self.length_multiple
         qk, v = self.qk_and_value(hidden_states)
         qk = ops.pad_to_multiple(qk, m, dim=2)
         v = ops.pad_to_multiple(v, m, dim=2)
@@ -320,32 +292,22 @@ class LSHAttention(SelfAttention):
             buckets = self.hash(qk, real)
             perm = self.sort_order(buckets)  # (B, H, R, N)
             n_real = None if bool(real.all()) else real.sum(-1)
-            wrap = self.wraps(qk.shape[2])
-            sorted_buckets = buckets.gather(-1, perm) if self.prefix_stable else None
-            plan = _Plan(
-                perm,
-                self.chunk_length,
-                n_real,
-                self.causal,
-                qk.element_size(),
-                wrap,
-                sorted_buckets,
-            )
+            plan = self.plan(buckets, perm, n_real, qk.element_size())
         p = self.dropout if self.training else 0.0
         return _run_kernel(qk, key, v, plan, p)[:, :, :n0]
+
+    def plan(
+        self, buckets: Tensor, perm: Tensor, n_real: Tensor | None, element_size: int
+    ) -> _Plan:
+        """The kernel's plan for buckets and sort order perm (B, H, R, N)."""
+        sorted_buckets = buckets.gather(-1, perm) if self.causal else None
+        return _Plan(perm, self.chunk_length, n_real, self.causal, element_size, sorted_buckets)
 
     # ----------------------------------------------------------------------------- decoding
 
     def new_cache(self) -> LSHCache:
         """Every earlier token's key, value, buckets and rank in its bucket (see `LSHCache`)."""
         self._check_cacheable()
-        if not self.prefix_stable:
-            raise ValueError(
-                "causal LSH with wrap_rounds=True (Hugging Face parity) is not prefix-stable: "
-                "a first chunk looks back at the last chunk of another round, which later "
-                "tokens change. Decode it without a cache (use_cache=False; --no-cache), or set "
-                "wrap_rounds=False (the same weights, the prefix-stable rule)"
-            )
         return LSHCache(self.chunk_length, math.prod(self.bucket_factors(self.chunk_length)) + 1)
 
     def attend_cached(
@@ -364,34 +326,24 @@ class LSHAttention(SelfAttention):
         """(B, H, N, N) int64: in how many rounds key j was scored for query i.
 
         count(i, j) = number of rounds in which j lies in i's window (i's chunk or the previous
-        chunk of the same round, after sorting; with wrap_rounds the previous chunk in the
-        rounds laid end to end, counted once per occurrence) AND the pair is allowed: i and j
-        are real tokens and, when causal, j <= i (prefix-stable causal: j is one of the
-        chunk_length latest tokens of i's bucket up to i). The self pair (i, i) is counted (n_hashes
-        times for a real i, more with wrap_rounds): it is in the window, with score SELF_MASK
-        instead of qk_i . key_i. Rows of padding queries are zero. Dense in N: for tests and
-        pictures on short sequences.
+        chunk of the same round, after sorting) AND the pair is allowed: i and j are real
+        tokens and, when causal, j is one of the chunk_length latest tokens of i's bucket up to
+        i. The self pair (i, i) is counted (n_hashes times for a real i): it is in the window,
+        with score SELF_MASK instead of qk_i . key_i. Rows of padding queries are zero. Dense
+        in N: for tests and pictures on short sequences.
         """
         n0 = hidden_states.shape[1]
         qk, real = self._prepare(hidden_states, attention_mask)
-        b, h, n, _ = qk.shape
-        c = self.chunk_length
+        c, n = self.chunk_length, qk.shape[2]
         with torch.no_grad():
             buckets = self.hash(qk, real)
             perm = self.sort_order(buckets)
-            q_pos = perm.view(b, h, -1, n // c, c, 1)
-            wrap = self.wraps(n)
-            k_pos = _window_pos(perm, c, wrap).unsqueeze(-2)  # (B, H, R, C, 1, 2c)
-            rank = torch.arange(-c, n, device=qk.device).unfold(0, 2 * c, c)[:, None, :]
-            ok = (wrap | (rank >= 0)) & _take(real, q_pos) & _take(real, k_pos)
-            if self.prefix_stable:
+            q_pos, k_pos = _query_pos(perm, c), _window_pos(perm, c).unsqueeze(-2)
+            ok = _window_rank(n, c, qk.device) >= 0  # a first chunk has no previous one
+            ok = ok & _take(real, q_pos) & _take(real, k_pos)
+            if self.causal:
                 ok = ok & ~_bucket_window_hidden(buckets.gather(-1, perm), c)
-            elif self.causal:
-                ok = ok & (k_pos <= q_pos)
-            flat = (q_pos * n + k_pos).expand(ok.shape).reshape(b, h, -1)
-            counts = torch.zeros(b, h, n * n, dtype=torch.int64, device=qk.device)
-            counts.scatter_add_(-1, flat, ok.reshape(b, h, -1).long())
-        return counts.view(b, h, n, n)[:, :, :n0, :n0]
+        return _count_pairs(q_pos, k_pos, ok, n)[:, :, :n0, :n0]
 
     def _prepare(
         self, hidden_states: Tensor, attention_mask: Tensor | None
@@ -400,14 +352,13 @@ class LSHAttention(SelfAttention):
         real, _ = ops.check_masks(hidden_states, attention_mask, None, False, self.name)
         with torch.no_grad():
             qk = ops.split_heads(self.query(hidden_states), self.num_heads)
-        m = self.pad_multiple
+        m = self.length_multiple
         return ops.pad_to_multiple(qk, m, dim=2), ops.pad_to_multiple(real, m, dim=1, value=False)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, num_buckets={self.num_buckets}, n_hashes={self.n_hashes}, "
-            f"chunk_length={self.chunk_length}, seed={self.seed}, wrap_rounds={self.wrap_rounds}, "
-            f"pad_multiple={self.pad_multiple}"
+            f"chunk_length={self.chunk_length}, seed={self.seed}"
         )
 
 
@@ -537,19 +488,33 @@ def _take(real: Tensor, pos: Tensor) -> Tensor:
     return real.gather(1, pos.reshape(pos.shape[0], -1)).view(pos.shape)
 
 
-def _window_pos(perm: Tensor, c: int, wrap: bool = False) -> Tensor:
+def _window_pos(perm: Tensor, c: int) -> Tensor:
     """Original positions of each window's keys (previous chunk, own chunk): (..., R, C, 2c).
 
-    Without wrap a round's first chunk has no previous chunk: its first half is a placeholder
-    (masked). With wrap it is the last chunk of the previous round (of the last round for
-    round 0)."""
-    r, n = perm.shape[-2:]
-    win = perm.unflatten(-1, (n // c, c))
-    if wrap:  # the rounds end to end: roll over (round, chunk)
-        prev = win.flatten(-3, -2).roll(1, dims=-2).unflatten(-2, (r, n // c))
-    else:
-        prev = win.roll(1, dims=-2)
-    return torch.cat([prev, win], dim=-1)
+    A round's first chunk has no previous chunk: its first half is a placeholder (masked; here
+    the round's last chunk)."""
+    win = perm.unflatten(-1, (-1, c))
+    return torch.cat([win.roll(1, dims=-2), win], dim=-1)
+
+
+def _query_pos(perm: Tensor, c: int) -> Tensor:
+    """Original positions of each window's queries: (..., R, C, c, 1)."""
+    return perm.unflatten(-1, (-1, c)).unsqueeze(-1)
+
+
+def _window_rank(n: int, c: int, device: torch.device) -> Tensor:
+    """Rank in its round (sorted index) of each window's keys, (C, 1, 2c): -c..-1 for a first
+    chunk's look-back."""
+    return torch.arange(-c, n, device=device).unfold(0, 2 * c, c)[:, None, :]
+
+
+def _count_pairs(q_pos: Tensor, k_pos: Tensor, ok: Tensor, n: int) -> Tensor:
+    """(B, H, n, n) int64: how many windows (over the rounds) score each allowed (query, key)."""
+    b, h = ok.shape[:2]
+    flat = (q_pos * n + k_pos).expand(ok.shape).reshape(b, h, -1)
+    counts = torch.zeros(b, h, n * n, dtype=torch.int64, device=ok.device)
+    counts.scatter_add_(-1, flat, ok.reshape(b, h, -1).long())
+    return counts.view(b, h, n, n)
 
 
 def _bucket_window_hidden(sorted_buckets: Tensor, c: int) -> Tensor:
@@ -576,9 +541,14 @@ class _Plan:
     round of a head at once, so the rounds can be combined within a group) sized so that a
     group's scores take about _GROUP_BYTES: the per-group buffers are allocated once per call
     and reused (large fresh allocations cost page faults that can exceed the arithmetic), and
-    a group's scores stay in cache between the ops that use them. With `wrap` every group is
-    one unit: its placeholder chunk then holds the unit's last chunk (see _Group.gather).
+    a group's scores stay in cache between the ops that use them.
+
+    Causal, `sorted_buckets` (each round's buckets in sorted order) decide what a query sees.
+    A subclass (a port of another rule) may change the group class and size, the windows' key
+    positions, the row softmax and the round weights.
     """
+
+    group_class: type[_Group]  # set below, once _Group is defined
 
     def __init__(
         self,
@@ -587,22 +557,41 @@ class _Plan:
         n_real: Tensor | None,
         causal: bool,
         element_size: int,
-        wrap: bool = False,
         sorted_buckets: Tensor | None = None,
     ) -> None:
         b, h, r, n = perm.shape
         self.units, self.heads, self.rounds, self.n = b * h, h, r, n
-        self.chunk, self.causal, self.wrap = chunk, causal, wrap
-        # prefix-stable causal: each round's buckets in sorted order, per unit (B*H, R, N)
+        self.chunk, self.causal = chunk, causal
+        # causal: each round's buckets in sorted order, per unit (B*H, R, N)
         self.sorted_buckets = None if sorted_buckets is None else sorted_buckets.flatten(0, 1)
         self.perm = perm.reshape(b * h, r, n)
         self.inv = torch.empty_like(self.perm).scatter_(
             -1, self.perm, torch.arange(n, device=perm.device).expand_as(self.perm)
         )
         self.n_real = None if n_real is None else n_real.repeat_interleave(h)  # per unit
-        per_unit = r * n * 2 * chunk * element_size
-        size = 1 if wrap else max(1, min(b * h, _GROUP_BYTES // per_unit))
-        self.groups = [_Group(self, u0, min(u0 + size, b * h)) for u0 in range(0, b * h, size)]
+        size = self.group_size(r * n * 2 * chunk * element_size)
+        self.groups = [
+            self.group_class(self, u0, min(u0 + size, b * h)) for u0 in range(0, b * h, size)
+        ]
+
+    def group_size(self, unit_bytes: int) -> int:
+        """Units per group: about _GROUP_BYTES of scores."""
+        return max(1, min(self.units, _GROUP_BYTES // unit_bytes))
+
+    def window_pos(self, perm: Tensor) -> Tensor:
+        """Original positions of each window's keys, (units, R, C, 2c)."""
+        return _window_pos(perm, self.chunk)
+
+    def row_softmax(self, s: Tensor, p: Tensor, lse: Tensor, need_lse: bool) -> None:
+        """p = softmax of the score rows s (T, c, 2c), and their logsumexps into lse (T, c)."""
+        torch.softmax(s, dim=-1, out=p)
+        if need_lse:  # at the row max, p = exp(s - lse)
+            torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse)
+
+    def round_weights(self, lse: Tensor) -> Tensor:
+        """Each round's weight per token, a softmax over the rounds (last dim) of the rows'
+        logsumexps: the rounds' outputs combine into one softmax over every scored pair."""
+        return torch.softmax(lse, dim=-1)
 
 
 class _Workspace:
@@ -637,31 +626,44 @@ class _Group:
         # sorted slot -> position in (u, n, r) order, for per-token round weights
         self.resort = ((rows - u0 * n) * r + torch.arange(r, device=dev).view(1, r, 1)).reshape(-1)
         self.mask = self._mask(perm)
-        # wrap: where a first chunk's query meets itself in the previous round's last chunk
-        self.wrap_self = None
-        if plan.wrap:
-            prev = _window_pos(perm, c, wrap=True)[..., 0, :c]  # (units, R, c)
-            self.wrap_self = perm[..., :c].unsqueeze(-1) == prev.unsqueeze(-2)  # (u, R, c, c)
 
     def _mask(self, perm: Tensor) -> Tensor | None:
         """True where a window key gets NEG_INF (padding; causal: see the module docstring),
         broadcastable to (units, R, C, c, 2c); None when nothing is masked beyond first chunks."""
-        plan, c = self.plan, self.plan.chunk
+        plan = self.plan
         mask = None
         if plan.n_real is not None:
             # padding sorts last: a key is padding iff its rank in its round >= #real tokens
-            rank = torch.arange(-c, plan.n, device=perm.device) % plan.n  # wrap: previous round
-            rank = rank.unfold(0, 2 * c, c)  # (C, 2c)
-            n_real = plan.n_real[self.u0 : self.u1].view(-1, 1, 1, 1, 1)
-            mask = rank[:, None, :] >= n_real
-        if plan.sorted_buckets is not None:
-            hidden = _bucket_window_hidden(plan.sorted_buckets[self.u0 : self.u1], c)
+            # (a first chunk's look-back: the rank it has at the end of its round)
+            rank = _window_rank(plan.n, plan.chunk, perm.device) % plan.n
+            mask = rank >= plan.n_real[self.u0 : self.u1].view(-1, 1, 1, 1, 1)
+        if plan.causal:
+            hidden = self.causal_hidden(perm)
             mask = hidden if mask is None else mask | hidden
-        elif plan.causal:
-            q_pos = perm.unflatten(-1, (-1, c)).unsqueeze(-1)
-            later = _window_pos(perm, c, plan.wrap).unsqueeze(-2) > q_pos
-            mask = later if mask is None else mask | later
         return mask
+
+    def causal_hidden(self, perm: Tensor) -> Tensor:
+        """Causal: True where a window key is hidden from its query (module docstring)."""
+        assert self.plan.sorted_buckets is not None
+        return _bucket_window_hidden(self.plan.sorted_buckets[self.u0 : self.u1], self.plan.chunk)
+
+    def fill_lookback(self, buf: Tensor) -> None:
+        """The placeholder chunk before a group's first chunk: zeros (masked, must be finite),
+        written once by the workspace."""
+
+    def score_lookback(self, s5: Tensor, neg: float, own: float) -> None:
+        """A round's first chunk has no previous chunk: its window's first half is masked.
+        s5: the scores (units, R, C, c, 2c)."""
+        s5[:, :, 0, :, : self.plan.chunk] = neg
+
+    def constant_scores(self, ds: Tensor) -> None:
+        """Zero the score gradients ds (T, c, 2c) where a score is a constant: the self score."""
+        ds[:, :, self.plan.chunk :].diagonal(dim1=1, dim2=2).zero_()
+
+    def lookback_grads(
+        self, ds: Tensor, p: Tensor, q: Tensor, do: Tensor, dk: Tensor, dv: Tensor
+    ) -> None:
+        """Key/value gradients of the first window's look-back: none (masked placeholder)."""
 
     def gather(self, ws: _Workspace, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Sorted queries (T, c, D) and key/value windows (T, 2c, D) of this group, as views of
@@ -672,10 +674,9 @@ class _Group:
         boundary only does so in a first chunk's masked half."""
         c, t, d3 = self.plan.chunk, self.chunks, qkv.shape[-1]
         d = d3 // 3
-        buf = ws("qkv", (t + 1) * c, d3, zero_rows=c)  # placeholder: masked, must be finite
+        buf = ws("qkv", (t + 1) * c, d3, zero_rows=c)
         torch.index_select(qkv, 0, self.sort, out=buf[c:])
-        if self.plan.wrap:  # one unit: the first window looks back at the unit's last chunk
-            buf[:c].copy_(buf[t * c :])
+        self.fill_lookback(buf)
         q = buf[c:, :d].unflatten(0, (t, c))
         k, v = (
             buf[:, j * d : (j + 1) * d].as_strided((t, 2 * c, d), (c * d3, d3, 1)) for j in (1, 2)
@@ -690,13 +691,10 @@ class _Group:
         # fp16 holds neither -1e9 nor -1e5: its lowest value, and half of it for self
         neg = ops.neg_inf(s.dtype)
         own = max(SELF_MASK, neg / 2)
-        if not plan.wrap:
-            s5[:, :, 0, :, :c] = neg  # a round's first chunk has no previous chunk
+        self.score_lookback(s5, neg, own)
         if self.mask is not None:
             s5.masked_fill_(self.mask, neg)
         s[:, :, c:].diagonal(dim1=1, dim2=2).fill_(own)
-        if self.wrap_self is not None:
-            s5[:, :, 0, :, :c].masked_fill_(self.wrap_self, own)
         return s
 
     def to_tokens(self, ws: _Workspace, x: Tensor, out: Tensor) -> None:
@@ -747,13 +745,7 @@ class _LSHKernel(torch.autograd.Function):
             s = grp.scores(ws, q, k)
             p = ws("p", t, c, 2 * c) if probs is None else torch.empty_like(s)
             lse_g = lse[grp.slots].view(t, c)
-            if plan.wrap:  # Hugging Face's arithmetic (see _round_weights)
-                torch.logsumexp(s, dim=-1, out=lse_g)
-                torch.sub(s, lse_g.unsqueeze(-1), out=p).exp_()
-            else:
-                torch.softmax(s, dim=-1, out=p)
-                if r > 1 or probs is None:  # at the row max, p = exp(s - lse)
-                    torch.sub(s.amax(-1), p.amax(-1).log_(), out=lse_g)
+            plan.row_softmax(s, p, lse_g, need_lse=r > 1 or probs is None)
             if probs is not None:
                 probs.append(p)
             if dropout > 0.0:
@@ -761,7 +753,7 @@ class _LSHKernel(torch.autograd.Function):
                 p = _dropped(ws, p, keeps[-1], dropout)
             o = torch.bmm(p, v, out=ws("o", t, c, d)).view(-1, d)  # (T * c, D) sorted
             if w is not None:
-                w_u = _round_weights(lse_g.view(-1)[grp.unsort].view(-1, n, r), plan.wrap)
+                w_u = plan.round_weights(lse_g.view(-1)[grp.unsort].view(-1, n, r))
                 w_g = w[grp.slots]
                 torch.index_select(w_u.view(-1), 0, grp.resort, out=w_g)
                 o.mul_(w_g.unsqueeze(-1))
@@ -799,9 +791,7 @@ class _LSHKernel(torch.autograd.Function):
             if dropout > 0.0:
                 ds.mul_(ctx.keeps[i]).div_(1.0 - dropout)
             ds.sub_(shift).mul_(p)
-            ds[:, :, c:].diagonal(dim1=1, dim2=2).zero_()  # the self score is a constant
-            if grp.wrap_self is not None:
-                ds.view(plan.rounds, -1, c, 2 * c)[:, 0, :, :c].masked_fill_(grp.wrap_self[0], 0.0)
+            grp.constant_scores(ds)
             if dropout > 0.0:
                 p = _dropped(ws, p, ctx.keeps[i], dropout)
             # dq, dk, dv: contiguous outputs (bmm into strided views falls back to a slow loop)
@@ -813,9 +803,7 @@ class _LSHKernel(torch.autograd.Function):
             dk[:-1].baddbmm_(ds[1:, :, :c].transpose(1, 2), q[1:])
             torch.bmm(p[:, :, c:].transpose(1, 2), do, out=dv)
             dv[:-1].baddbmm_(p[1:, :, :c].transpose(1, 2), do[1:])
-            if plan.wrap:  # the first window's look-back is the unit's last chunk
-                dk[-1].addmm_(ds[0, :, :c].T, q[0])
-                dv[-1].addmm_(p[0, :, :c].T, do[0])
+            grp.lookback_grads(ds, p, q, do, dk, dv)
             grp.to_tokens(ws, dbuf, grads)
         shape = (plan.units // plan.heads, plan.heads, plan.n, d)
         return grads[0].view(shape), grads[1].view(shape), grads[2].view(shape), None, None
@@ -828,18 +816,7 @@ def _run_kernel(qk: Tensor, key: Tensor, v: Tensor, plan: _Plan, dropout: float)
     return _LSHKernel.apply(qk, key, v, plan, dropout)
 
 
-def _round_weights(lse: Tensor, like_hf: bool) -> Tensor:
-    """softmax over the rounds (last dim) of the rows' logsumexps.
-
-    like_hf: as Hugging Face writes it, exp(lse_r - logsumexp_r(lse)), whose float32 rounding
-    we must copy: for a row whose only score is SELF_MASK in every round (a causal first
-    token), lse is about -1e5, where float32 steps are 0.0078, so HF's weights sum to 1 only
-    to within ~0.4%, and that error reaches every later token through the next layers. (Its
-    probabilities within a round, exp(s - logsumexp(s)), likewise: a query that meets only
-    itself, twice, in a wrapped window.) softmax sums to 1 exactly."""
-    if like_hf:
-        return (lse - torch.logsumexp(lse, dim=-1, keepdim=True)).exp()
-    return torch.softmax(lse, dim=-1)
+_Plan.group_class = _Group
 
 
 def _dropped(ws: _Workspace, p: Tensor, keep: Tensor, dropout: float) -> Tensor:

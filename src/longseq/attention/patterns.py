@@ -70,20 +70,13 @@ def chunked_local(
     before: int = 1,
     after: int = 0,
     is_causal: bool = False,
-    wrap_chunks: int | None = None,
 ) -> MaskMod:
     """Reformer's local attention: query q sees the keys of chunks q//chunk - before ..
-    q//chunk + after (only k <= q when causal). With `wrap_chunks` = C, chunk indices are taken
-    modulo C (Hugging Face's look-around wraps from the first chunk to the last)."""
+    q//chunk + after (only k <= q when causal)."""
 
     def mod(q: Tensor, k: Tensor) -> Tensor:
         cq, ck = q // chunk, k // chunk
-        if wrap_chunks is None:
-            ok = (ck - cq >= -before) & (ck - cq <= after)
-        else:
-            ok = torch.zeros_like(q - k, dtype=torch.bool)
-            for o in range(-before, after + 1):
-                ok = ok | ((cq + o) % wrap_chunks == ck)
+        ok = (ck - cq >= -before) & (ck - cq <= after)
         return ok & (k <= q) if is_causal else ok
 
     return mod

@@ -1,12 +1,12 @@
 """BigBird -> longseq: BERT's body with block-sparse (or full) attention.
 
 `attention_type="original_full"` converts to full attention. `"block_sparse"` converts to
-longseq's `bigbird` attention with HF's shape (ITC, 2 global blocks, 3 sliding blocks,
-`block_size`, `num_random_blocks`) and `random_source="hf-eval"`: the blocks HF's layer uses
-in eval mode, where every "random" block is block 0, the layout of the whole block-padded
-input, and full attention for inputs of n <= (5 + 2 r) * block_size tokens, as HF switches
-to there (see `longseq.attention.bigbird`). Set `random_source="seeded"` in the saved
-config.json to use longseq's own random blocks instead (a different model: no parity).
+the port `bigbird-hf` (`longseq.convert.hf_attention`) with HF's shape (ITC, 2 global blocks,
+3 sliding blocks, `block_size`, `num_random_blocks`): the blocks HF's layer uses in eval mode,
+where every "random" block is block 0, the layout of the whole block-padded input, and full
+attention for inputs of n <= (5 + 2 r) * block_size tokens, as HF switches to there. Set
+`"attention": "bigbird"` in the saved config.json to use longseq's own random blocks instead
+(a different model: no parity).
 
 Heads: base model, masked LM (BERT-style), sequence classification (classifier.dense, then
 `hidden_act` (not tanh), then out_proj), token classification. HF's BigBird QA head (an extra
@@ -39,14 +39,8 @@ def convert(hf_model: nn.Module) -> LongseqModel:
     if c.attention_type == "original_full":
         attention, options = "full", {}
     elif c.attention_type == "block_sparse":
-        attention = "bigbird"
-        options = {
-            "block_size": c.block_size,
-            "num_random_blocks": c.num_random_blocks,
-            "num_global_blocks": 2,
-            "num_sliding_blocks": 3,
-            "random_source": "hf-eval",
-        }
+        attention = "bigbird-hf"
+        options = {"block_size": c.block_size, "num_random_blocks": c.num_random_blocks}
     else:
         raise ValueError(
             f"attention_type {c.attention_type!r}; supported: 'block_sparse', 'original_full'"

@@ -264,10 +264,6 @@ def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, l
     if name == "bigbird" and o["variant"] == "itc":
         layer = attention.build(name, num_heads, num_heads, causal=causal, **opts)
         b, nb = layer.block_size, 0
-        if getattr(layer, "random_source", None) == "hf-eval":  # full attention up to HF's limit
-            while nb * b < limit and layer.hf_full((nb + 1) * b):
-                nb += 1
-            return min(limit, nb * b)
         # coverage is decided per block and is only lost as blocks are added (r is fixed)
         while nb * b < limit:
             mask = layer.pattern((nb + 1) * b)
@@ -277,6 +273,10 @@ def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, l
             nb += 1
         return min(limit, nb * b)
     return 0
+
+
+def _shared_qk(name: str) -> bool:
+    return attention.get(name).shared_qk
 
 
 def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
@@ -290,11 +290,11 @@ def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
         (s, so), (t, to) = source.layer_spec(i), target.layer_spec(i)
         if s == t and _pattern_options(s, so) == _pattern_options(t, to):
             ok = lengths  # the same pattern on the same weights
-        elif s == t == "lsh":  # shared-QK attention over everything while one chunk holds it
+        elif _shared_qk(s) and _shared_qk(t):  # shared-QK attention while one chunk holds it
             chunks = (_pattern_options(x, o)["chunk_length"] for x, o in ((s, so), (t, to)))
             ok = set(range(1, min(n0, *chunks) + 1))
-        elif "lsh" in (s, t):  # shared vs separate QK: equal only for a lone token (its value)
-            other, opts = (t, to) if s == "lsh" else (s, so)
+        elif _shared_qk(s) or _shared_qk(t):  # vs separate QK: equal only for a lone token
+            other, opts = (t, to) if _shared_qk(s) else (s, so)
             ok = {1} if dense_up_to(other, opts, heads, causal, n0) else set()
         elif s == "longformer" and t != "longformer":
             ok = set()  # its trained global projections would be lost

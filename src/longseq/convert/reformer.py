@@ -7,15 +7,16 @@ Hugging Face's Reformer, layer by layer (X1 = X2 = embeddings, x = [X1; X2] at t
     out = LN([Y1; Y2])          encoder.layer_norm over 2 * hidden; the LM head reads 2 * hidden
 
 is longseq's `ModelConfig(reversible=True, reversible_output="concat", norm="pre")`, with
-one `layer_attention` entry per layer: "lsh" (shared query/key) or "local" (separate q, k, v),
-no projection biases. Embeddings: word + axial (`weights.0`, `weights.1` = longseq's
+one `layer_attention` entry per layer: "lsh-hf" (shared query/key) or "local-hf" (separate
+q, k, v), no projection biases. Embeddings: word + axial (`weights.0`, `weights.1` = longseq's
 `weight1` (a, 1, d1), `weight2` (1, b, d2)) or learned positions, no LayerNorm.
 
-Attention is reproduced exactly, including what Hugging Face does that longseq's defaults do
-not (docs/convert.md, "Reformer"):
+Attention is reproduced exactly, including what Hugging Face does that longseq's own layers do
+not, through the ports `lsh-hf` and `local-hf` (`longseq.convert.hf_attention`; docs/convert.md,
+"Reformer"):
 - LSH: the same rotations (longseq's `seed` = HF's `hash_seed`; the same draw), int or
-  factorised `num_buckets`, the look-back across hash rounds (`wrap_rounds=True`).
-- local: the look-around wraps from the first chunk to the last (`wrap=True`).
+  factorised `num_buckets`, the look-back across hash rounds.
+- local: the look-around wraps from the first chunk to the last.
 - Both depend on the padded length: HF pads the input to a multiple of the least common
   multiple of the layers' chunk lengths, so every layer gets `pad_multiple` = that lcm.
 - `is_decoder=True` makes every layer causal (`causal_attention`, or the causal-lm head).
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from longseq import attention
 from longseq.convert.common import activation, body_prefix, load_mapped
 from longseq.models import LongseqModel, ModelConfig, build_model
 
@@ -76,11 +78,10 @@ def layer_options(hf_model: nn.Module) -> list[dict[str, Any]]:
         elif kind == "LocalSelfAttention":
             out.append(
                 {
-                    "attention": "local",
+                    "attention": "local-hf",
                     "chunk_length": a.chunk_length,
                     "num_chunks_before": a.num_chunks_before,
                     "num_chunks_after": a.num_chunks_after,
-                    "wrap": True,
                 }
             )
         else:
@@ -113,12 +114,11 @@ def _lsh_options(a: nn.Module, i: int) -> dict[str, Any]:
         seed = 0
     nb = a.num_buckets
     return {
-        "attention": "lsh",
+        "attention": "lsh-hf",
         "num_buckets": nb if isinstance(nb, int) else list(nb),
         "n_hashes": a.num_hashes,
         "chunk_length": a.chunk_length,
         "seed": seed,
-        "wrap_rounds": True,
     }
 
 
@@ -187,7 +187,7 @@ def weight_names(hf_model: nn.Module, config: ModelConfig) -> tuple[dict[str, st
     for i in range(config.num_layers):
         ours, theirs = f"body.layers.{i}", f"{p}encoder.layers.{i}"
         att, hf_att = f"{ours}.attn.attention", f"{theirs}.attention.self_attention"
-        if config.layer_spec(i)[0] == "lsh":
+        if attention.get(config.layer_spec(i)[0]).shared_qk:
             names[f"{att}.query.weight"] = f"{hf_att}.query_key.weight"
         else:
             names[f"{att}.query.weight"] = f"{hf_att}.query.weight"
