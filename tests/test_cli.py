@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import longseq
+from longseq import attention
+from longseq.attention.dense import FullAttention
+from longseq.attention.pictures import Panel, Picture
 from longseq.cli import main
 from longseq.viz import patterns
 
@@ -99,39 +103,46 @@ def test_bad_options_are_usage_errors(bad, capsys, tmp_path):
 def test_patterns_writes_pngs(tmp_path, capsys):
     assert main(["patterns", "--out", str(tmp_path), "--n", "32"]) == 0
     out = capsys.readouterr().out
-    from longseq import attention
-
     for name in (*attention.mechanisms(), "sheet"):  # local attention: the generic mask figure
         path = tmp_path / f"{name}.png"
         assert f"wrote {path}" in out
         check_png(path)
 
 
-def test_patterns_skip_a_broken_mechanism(tmp_path, monkeypatch):
-    def broken(n: int) -> patterns.Figure:
+class _BrokenAttention(FullAttention):
+    """Test-only: a mechanism whose picture fails (a mechanism still being written)."""
+
+    name = "test-broken-picture"
+
+    @classmethod
+    def picture(cls, n: int) -> Picture:
         raise ImportError("not written yet")
 
-    monkeypatch.setitem(patterns.FIGURES, "broken", broken)
-    warnings: list[str] = []
-    written = patterns.draw_all(tmp_path, n=16, mechanisms=["broken", "full"], warn=warnings.append)
+
+def test_patterns_skip_a_broken_mechanism(tmp_path):
+    attention.register(_BrokenAttention)
+    try:
+        warnings: list[str] = []
+        names = [_BrokenAttention.name, "full"]
+        written = patterns.draw_all(tmp_path, n=16, mechanisms=names, warn=warnings.append)
+    finally:
+        attention.unregister(_BrokenAttention.name)
     assert [p.name for p in written] == ["full.png", "sheet.png"]
-    assert len(warnings) == 1 and "broken" in warnings[0] and "not written yet" in warnings[0]
+    assert len(warnings) == 1
+    assert _BrokenAttention.name in warnings[0] and "not written yet" in warnings[0]
 
 
-def test_pattern_parts_cover_the_layer_pattern():
-    """The coloured parts are the layer's own pattern: nothing added, nothing lost."""
+def test_patterns_leave_the_callers_random_state(tmp_path):
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    patterns.draw_all(tmp_path, n=16, mechanisms=["linformer"])
+    assert torch.equal(torch.rand(3), expected)
 
-    from longseq import attention
 
-    fig = patterns.longformer_figure(32)
-    layer = attention.build("longformer", 16, 2, window=4)
-    assert np.array_equal(fig.panels[0].image > 0, layer.pattern(32)[0].numpy())
-    glob = fig.panels[2].image
-    assert (glob[0] == 2).all() and (glob[:, 0] == 2).all()  # token 0 is global: red row, column
-    assert (glob[1, 1:4] == 1).all() and glob[1, 10] == 0
-    bird = patterns.bigbird_figure(32).panels[0].image
-    assert set(np.unique(bird).tolist()) == {0, 1, 2, 3}  # none, sliding, global, random
-    # the random panel's blocks are the layout's random slots of a layer built alike
-    lay = attention.build("bigbird", 16, 2, block_size=4).layout(8)
-    rnd = lay.index[0, :, -3:][lay.valid[0, :, -3:]]
-    assert rnd.numel() and all((bird[4 * i : 4 * i + 4] == 3).any() for i in set(rnd.tolist()))
+def test_category_colours():
+    """Category i has one colour in every picture; shaded categories: light to dark blue."""
+    parts = Panel("t", np.zeros((2, 2)), {1: "window", 2: "global token", 3: "random"})
+    assert patterns._colours(parts) == ["#ffffff", "#1f77b4", "#d62728", "#2ca02c"]
+    rounds = Panel("t", np.zeros((2, 2)), {1: "1 round", 2: "2 rounds"}, shaded=True)
+    assert patterns._colours(rounds) == ["#ffffff", "#9ecae1", "#08519c"]

@@ -109,6 +109,11 @@ def test_trainer_compare_bench_and_pictures(registered, tmp_path: Path):
     # benchmark: a row with its default options
     rows = ba.select([registered], peers=False)
     assert [s.name for s in rows] == ["projections", "full", registered]
-    # pictures: the generic mask figure
+    # pictures: the generic one, its mask at the budget scaled to n (window 4: stride 2)
+    pic = attention.get(registered).picture(32)
+    mask = StridedAttention(16, 2, stride=2).pattern(32)[0]
+    assert pic.name == registered and [p.categories for p in pic.panels] == [{1: "scored"}] * 2
+    assert (pic.panels[0].image == mask.long().numpy()).all()
+    assert (pic.panels[1].image == mask.tril().long().numpy()).all()
     written = viz.draw_all(tmp_path / "pat", n=32, mechanisms=[registered])
     assert written[0].name == f"{registered}.png"

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from longseq.attention import ops
+from longseq.attention import ops, pictures
 from longseq.attention.cache import AttentionCache
 from longseq.attention.shard import Shard
 
@@ -212,6 +212,20 @@ class SelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, causal={self.causal}"
+
+    @classmethod
+    def picture(cls, n: int) -> pictures.Picture:
+        """What `longseq patterns` draws for this mechanism at n tokens. By default its token
+        mask `pattern(n)` (a pair any head scores), bidirectional and causal, with the options
+        `compare_options` gives under a budget scaled to n. A mechanism whose pattern has parts
+        to tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
+        opts = cls.compare_options(pictures.budget(n), n)
+        pic = pictures.Picture(cls.name, f"{cls.name} attention (n={n}; {pictures.describe(opts)})")
+        for causal in (False, True) if cls.supports_causal else (False,):
+            layer = cls(pictures.HIDDEN, pictures.HEADS, causal=causal, **opts)
+            mask = layer.pattern(n).any(0)
+            pic.panels.append(pictures.mask_panel(f"{cls.name}, causal={causal}", mask))
+        return pic
 
 
 __all__ = ["SelfAttention"]

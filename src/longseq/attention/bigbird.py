@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.attention import ops, patterns
+from longseq.attention import ops, patterns, pictures
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
@@ -387,6 +387,57 @@ class BigBirdAttention(SelfAttention):
         if self.num_global_blocks and not gx:
             ctx = self._global_rows(ctx, q, k, v, real_k, glob_blocks, first)
         return ctx.reshape(q.shape)
+
+    def _pattern_parts(self, n: int, head: int = 0) -> Tensor:
+        """(N, N) long, `pattern(n)[head]` split by the layout slot that scores each pair:
+        0 none, 1 sliding, 2 global (rows of global blocks: every key), 3 random. Raises if
+        the parts do not add up to the pattern."""
+        b, r, g = self.block_size, self.num_random_blocks, self.num_global_blocks
+        lay = self.layout(-(-n // b))
+        index, valid = lay.index[head], lay.valid[head]
+        nb, k = index.shape
+        slot_part = torch.tensor([1] * (k - g - r) + [2] * g + [3] * r).expand(nb, k)
+        blocks = torch.zeros(nb, nb, dtype=torch.long)
+        rows = torch.arange(nb)[:, None].expand(nb, k)
+        blocks[rows[valid], index[valid]] = slot_part[valid]
+        blocks[lay.global_blocks] = 2
+        pattern = self.pattern(n)[head]
+        parts = blocks.repeat_interleave(b, 0).repeat_interleave(b, 1)
+        parts = parts[: pattern.shape[0], : pattern.shape[1]]
+        if self.causal:
+            parts = parts.tril()
+        if not torch.equal(parts > 0, pattern):
+            raise RuntimeError("bigbird layout parts do not add up to layer.pattern(n)")
+        return parts
+
+    @classmethod
+    def picture(cls, n: int) -> pictures.Picture:
+        """Blocks of n/16 tokens, sliding / global / random, for ITC, ETC and causal (head 0)."""
+        b = max(1, n // 16)
+        opts = {
+            "block_size": b,
+            "num_random_blocks": 2,
+            "num_global_blocks": 2,
+            "num_sliding_blocks": 3,
+            "seed": 0,
+        }
+        pic = pictures.Picture(cls.name, f"BigBird (n={n}): block-sparse, block_size={b}")
+        pic.note = (
+            "head 0 shown; the random blocks differ per head and are fixed by (seed, "
+            "layer_idx, number of blocks). Grid lines: blocks."
+        )
+        for extra in ({}, {"variant": "etc"}, {"causal": True}):
+            layer = cls(pictures.HIDDEN, pictures.HEADS, **opts, **extra)
+            parts = layer._pattern_parts(n)
+            extra_tokens = layer.extra_blocks * b
+            title = (
+                f"variant={layer.variant}, causal={layer.causal}\nblock_size={b}, "
+                f"sliding={layer.num_sliding_blocks}, global={layer.num_global_blocks}, "
+                f"random={layer.num_random_blocks}\n{pictures.density(parts)}"
+            ) + (f"; +{extra_tokens} extra global tokens first" if extra_tokens else "")
+            labels = {1: "sliding", 2: "global", 3: "random"}
+            pic.panels.append(pictures.Panel(title, parts, labels, grid=b))
+        return pic
 
 
 # Scores per chunk (at most): the chunk buffers (<= 32 MB in fp32) are reused from chunk to

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.attention import ops
+from longseq.attention import ops, pictures
 from longseq.attention.base import SelfAttention
 from longseq.attention.shard import Shard
 
@@ -258,6 +258,34 @@ class LinformerAttention(SelfAttention):
             f"{super().extra_repr()}, k={self.k}, max_seq_len={self.max_seq_len}, "
             f"sharing={self.sharing!r}"
         )
+
+    @classmethod
+    def picture(cls, n: int) -> pictures.Picture:
+        """No token mask: |E| and |F| (k = n/4 rows, at initialisation), the keys that feed
+        each projected row, and the n x k pairs every query scores."""
+        k = max(1, n // 4)
+        layer = cls(pictures.HIDDEN, pictures.HEADS, k=k, max_seq_len=n, sharing="headwise")
+        e, f = (m.detach().abs() for m in layer.projection.matrices(n))
+        if e.ndim == 3:  # one matrix per head: show head 0
+            e, f = e[0], f[0]
+        pic = pictures.Picture(
+            cls.name,
+            f"Linformer (n={n}, k={k}, sharing=headwise): keys and values "
+            "projected along the sequence to k rows",
+            note="No token mask: projected key i = sum_j E[i, j] k_j mixes ALL n keys, and "
+            "every query attends to all k projected keys (E, F shown at initialisation: "
+            "uniform ±1/sqrt(k); training learns them).",
+        )
+        for label, m in (("E (keys)", e), ("F (values)", f)):
+            title = f"|{label}|, k x n: which keys feed\neach projected row"
+            kw = {"xlabel": "key position j", "ylabel": "projected row i (of k)"}
+            pic.panels.append(pictures.Panel(title, m, colorbar="|weight|", **kw))
+        title = f"queries x projected keys, n x k\nall {n * k} pairs scored (vs {n * n} for full)"
+        every = torch.ones(n, k, dtype=torch.long)
+        pic.panels.append(
+            pictures.Panel(title, every, {1: "scored"}, xlabel="projected key (of k)")
+        )
+        return pic
 
 
 __all__ = ["SHARING", "LinformerAttention", "LinformerProjection"]

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.attention import ops, patterns
+from longseq.attention import ops, patterns, pictures
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
@@ -346,6 +346,34 @@ class LongformerAttention(SelfAttention):
             vg = ops.split_heads(self.value_global(x), h)
             out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, dropout_p=p, scale=1.0)
         return out.transpose(1, 2)
+
+    @classmethod
+    def picture(cls, n: int) -> pictures.Picture:
+        """Window w ~ n/8: plain, a dilated head, two global tokens (the pairs of their rows and
+        columns a part of their own), causal."""
+        w = max(2, (n // 8) // 2 * 2)
+        glob = torch.zeros(n, dtype=torch.bool)
+        glob[[0, n // 2]] = True
+        plain = cls(pictures.HIDDEN, pictures.HEADS, window=w)
+        dilated = cls(pictures.HIDDEN, pictures.HEADS, window=w, dilation=[1, 2])
+        causal = cls(pictures.HIDDEN, pictures.HEADS, window=w, causal=True)
+        pic = pictures.Picture(
+            cls.name,
+            f"Longformer (n={n}): sliding window w={w} (w/2 each side), dilation, global tokens",
+        )
+        for title, layer, head, g in (
+            ("dilation=1", plain, 0, None),
+            ("dilation=[1, 2]: head 1 (d=2)", dilated, 1, None),
+            (f"global tokens 0 and {n // 2}", plain, 0, glob),
+            ("causal=True", causal, 0, None),
+        ):
+            mask = layer.pattern(n, g)[head]
+            parts = mask.long()
+            if g is not None:
+                parts[(g[:, None] | g[None, :]) & mask] = 2
+            labels = ["window", "global token"]
+            pic.panels.append(pictures.category_panel(f"window={w}, {title}", parts, labels))
+        return pic
 
 
 def _global_indices(glob: Tensor) -> tuple[Tensor, Tensor]:

@@ -71,7 +71,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from longseq.attention import ops, patterns
+from longseq.attention import ops, patterns, pictures
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 
@@ -360,6 +360,60 @@ class LSHAttention(SelfAttention):
             f"{super().extra_repr()}, num_buckets={self.num_buckets}, n_hashes={self.n_hashes}, "
             f"chunk_length={self.chunk_length}, seed={self.seed}"
         )
+
+    @classmethod
+    def picture(cls, n: int) -> pictures.Picture:
+        """`scored_pairs` on four shuffled clusters of tokens (head 0), by how many rounds
+        scored each pair: in token order; in round 1's sorted (bucket, position) order, where
+        the chunks show; and the bucket of each token per round."""
+        c, rounds = max(2, n // 8), 2
+        nbk = derived_num_buckets(n, c)
+        layer = cls(
+            pictures.HIDDEN,
+            pictures.HEADS,
+            num_buckets=nbk,
+            n_hashes=rounds,
+            chunk_length=c,
+            seed=0,
+        )
+        x = pictures.clustered_input(n)
+        counts = layer.scored_pairs(x)[0, 0]
+        buckets = layer.buckets(x)[0, 0]
+        order = layer.sort_order(buckets)[0]
+        rounds_scored = [f"scored in {i} round{'s' * (i > 1)}" for i in range(1, rounds + 1)]
+        pic = pictures.Picture(
+            cls.name,
+            f"Reformer LSH (n={n}): chunk_length={c}, num_buckets={nbk}, "
+            f"n_hashes={rounds}; input: 4 clusters of tokens, shuffled",
+            note="Head 0. Tokens are sorted by (bucket, position) in each round and cut into "
+            "chunks; a pair is scored when the key is in the query's chunk or the previous "
+            "one. Grid lines: chunks.",
+        )
+        token_order = pictures.category_panel(
+            "scored pairs, token order (head 0)", counts, rounds_scored, shaded=True
+        )
+        sorted_order = pictures.Panel(
+            "same pairs in round-1 sorted order\n(bucket, position); "
+            "a chunk sees itself + the previous chunk",
+            counts[order][:, order],
+            token_order.categories,
+            shaded=True,
+            grid=c,
+            xlabel="key rank (sorted)",
+            ylabel="query rank (sorted)",
+        )
+        bucket_ids = pictures.Panel(
+            "bucket of each token per round",
+            buckets,
+            colorbar="bucket id",
+            identifiers=True,
+            xlabel="token position",
+            ylabel="hashing round",
+            vmax=nbk,
+            yticks={r: str(r + 1) for r in range(rounds)},
+        )
+        pic.panels = [token_order, sorted_order, bucket_ids]
+        return pic
 
 
 class LSHCache(AttentionCache):

@@ -410,7 +410,7 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     # 4. the attention patterns
     from longseq.viz import patterns
 
-    drawn = list(mechanisms)  # a mechanism without a picture of its own: mask_figure
+    drawn = list(mechanisms)  # each class's `picture` (by default its token mask)
     pictures = [out / "patterns" / f"{m}.png" for m in drawn] + [out / "patterns" / "sheet.png"]
     same = previous.get("mechanisms") == mechanisms and all(p.is_file() for p in pictures)
     if not same:  # the pictures depend only on the mechanisms: kept on resume
