@@ -101,19 +101,6 @@ def test_the_oracle_can_fail():
     assert not torch.allclose(ours, layer_with_mask(layer, x, wider, real), atol=1e-6)
 
 
-def test_never_builds_n_by_n():
-    from test_no_quadratic import LargestTensor, N
-
-    for name in ("local", "local-hf"):
-        layer = attention.build(name, 32, 2, chunk_length=64, num_chunks_after=1)
-        x = torch.randn(1, N, 32, requires_grad=True)
-        mask = torch.ones(1, N, dtype=torch.long)
-        mask[:, -100:] = 0
-        with LargestTensor() as watch:
-            layer(x, attention_mask=mask).sum().backward()
-        assert watch.largest < N * N // 4
-
-
 def test_options_and_registry():
     assert attention.get("local") is LocalAttention
     assert attention.options("local") == {

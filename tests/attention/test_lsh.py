@@ -302,16 +302,11 @@ def test_dropout_in_training_only_and_gradients_exact(keep_probs, monkeypatch):
 # ------------------------------------------------------------------ Hugging Face parity
 
 
-@pytest.mark.parametrize("causal", [False])
-def test_matches_hugging_face_outside_first_chunks(causal):
-    """Same rotations (seeded alike), same buckets; outputs agree for every token that is in
-    no round's first chunk (the only place where Hugging Face wraps around; its port `lsh-hf`
-    matches everywhere: tests/convert/test_hf_attention.py). (Causal layers follow Hugging Face
-    only through the port: the core causal rule is prefix-stable.)"""
+def hugging_face_pair(name: str, c: int, hashes: int, nb, causal: bool, seed: int):
+    """Hugging Face's LSHSelfAttention (fp64, eval) and layer `name` with its weights."""
     reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
     from transformers import ReformerConfig
 
-    n, c, hashes, nb, seed = 24, 4, 2, 4, 11
     config = ReformerConfig(
         hidden_size=HIDDEN,
         num_attention_heads=HEADS,
@@ -326,12 +321,22 @@ def test_matches_hugging_face_outside_first_chunks(causal):
         lsh_attention_probs_dropout_prob=0.0,
     )
     hf = reformer.LSHSelfAttention(config).double().eval()
-    ours = make(
-        num_buckets=nb, n_hashes=hashes, chunk_length=c, seed=seed, causal=causal, bias=False
-    )
+    opts = {"num_buckets": nb, "n_hashes": hashes, "chunk_length": c, "seed": seed}
+    ours = attention.build(name, HIDDEN, HEADS, causal=causal, bias=False, **opts)
     with torch.no_grad():
         ours.query.weight.copy_(hf.query_key.weight)
         ours.value.weight.copy_(hf.value.weight)
+    return hf, ours.double().eval()
+
+
+@pytest.mark.parametrize("causal", [False])
+def test_matches_hugging_face_outside_first_chunks(causal):
+    """Same rotations (seeded alike), same buckets; outputs agree for every token that is in
+    no round's first chunk (the only place where Hugging Face wraps around; its port `lsh-hf`
+    matches everywhere: tests/convert/test_hf_attention.py). (Causal layers follow Hugging Face
+    only through the port: the core causal rule is prefix-stable.)"""
+    n, c, hashes, nb, seed = 24, 4, 2, 4, 11
+    hf, ours = hugging_face_pair("lsh", c, hashes, nb, causal, seed)
     x = torch.randn(1, n, HIDDEN, dtype=torch.float64)
     with torch.random.fork_rng():  # Hugging Face reseeds the global generator
         result = hf(x)

@@ -33,6 +33,11 @@ SPARSE = {
     "bigbird": {"block_size": 16, "num_random_blocks": 2},
     "linformer": {"k": 32, "max_seq_len": N},
     "lsh": {"chunk_length": 32, "n_hashes": 2, "num_buckets": 32},
+    "local": {"chunk_length": 64, "num_chunks_after": 1},
+    # Hugging Face's rules (longseq.convert.hf_attention): block 0 repeated, wrap-arounds
+    "bigbird-hf": {"block_size": 16, "num_random_blocks": 2},
+    "lsh-hf": {"chunk_length": 32, "n_hashes": 2, "num_buckets": 32},
+    "local-hf": {"chunk_length": 64, "num_chunks_after": 1},
 }
 
 

@@ -16,7 +16,15 @@ import math
 import pytest
 import torch
 from test_local import dense_under_pattern, naive_pattern
-from test_lsh import HEADS, HIDDEN, TOL, assert_same_with_grads, dense_lsh, padded_batch
+from test_lsh import (
+    HEADS,
+    HIDDEN,
+    TOL,
+    assert_same_with_grads,
+    dense_lsh,
+    hugging_face_pair,
+    padded_batch,
+)
 
 from longseq import attention
 from longseq.attention import lsh, ops
@@ -139,35 +147,8 @@ LSH_HF_CASES = [
 def test_lsh_matches_hugging_face_everywhere(case):
     """Every real token's context equals Hugging Face's LSHSelfAttention,
     with padding (a row with 5 padding tokens, one with left padding) and factorised buckets."""
-    reformer = pytest.importorskip("transformers.models.reformer.modeling_reformer")
-    from transformers import ReformerConfig
-
     n, c, hashes, nb, causal, seed = (*case.values(), 11)
-    config = ReformerConfig(
-        hidden_size=HIDDEN,
-        num_attention_heads=HEADS,
-        attention_head_size=HIDDEN // HEADS,
-        lsh_attn_chunk_length=c,
-        num_hashes=hashes,
-        num_buckets=nb,
-        lsh_num_chunks_before=1,
-        lsh_num_chunks_after=0,
-        is_decoder=causal,
-        hash_seed=seed,
-        lsh_attention_probs_dropout_prob=0.0,
-    )
-    hf = reformer.LSHSelfAttention(config).double().eval()
-    ours = make_lsh(
-        num_buckets=nb,
-        n_hashes=hashes,
-        chunk_length=c,
-        seed=seed,
-        causal=causal,
-        bias=False,
-    )
-    with torch.no_grad():
-        ours.query.weight.copy_(hf.query_key.weight)
-        ours.value.weight.copy_(hf.value.weight)
+    hf, ours = hugging_face_pair("lsh-hf", c, hashes, nb, causal, seed)
     x, real = padded_batch([n, n - 5, n - 2], n)
     real[2, :2] = False
     with torch.random.fork_rng():  # Hugging Face reseeds the global generator
@@ -175,24 +156,10 @@ def test_lsh_matches_hugging_face_everywhere(case):
     ctx = ops.merge_heads(ours.attend(x, real, None))
     torch.testing.assert_close(ctx[real], result.hidden_states[real], **TOL)
     if n > c:  # the core layer (no wrap) differs from Hugging Face at some real token
-        plain = make_core(
-            "lsh", num_buckets=nb, n_hashes=hashes, chunk_length=c, seed=seed, causal=causal
-        )
-        plain.load_state_dict(ours.state_dict(), strict=False)
+        _, plain = hugging_face_pair("lsh", c, hashes, nb, causal, seed)
+        plain.load_state_dict(ours.state_dict())  # the same weights, the core rule
         ctx_plain = ops.merge_heads(plain.attend(x, real, None))
         assert not torch.allclose(ctx_plain[real], result.hidden_states[real], atol=1e-6)
-
-
-def test_lsh_never_builds_n_by_n():
-    from test_no_quadratic import LargestTensor, N
-
-    layer = attention.build("lsh-hf", 32, 2, chunk_length=32, n_hashes=2, num_buckets=32)
-    x = torch.randn(1, N, 32, requires_grad=True)
-    mask = torch.ones(1, N, dtype=torch.long)
-    mask[:, -100:] = 0
-    with LargestTensor() as watch:
-        layer(x, attention_mask=mask).sum().backward()
-    assert watch.largest < N * N // 4
 
 
 def test_lsh_copies_hugging_face_float32_rounding():
