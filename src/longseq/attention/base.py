@@ -58,7 +58,6 @@ class SelfAttention(nn.Module):
         # Optional (q, k) -> (q, k) position transform applied in `project`, e.g. the model's
         # rotary embedding. Kept duck-typed so `attention` never imports `layers`.
         self.rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
-        self._offset = 0  # position of row 0 when the layer runs a stretch of a sequence
 
     @classmethod
     def model_options(
@@ -149,16 +148,14 @@ class SelfAttention(nn.Module):
         self, hidden_states: Tensor, real: Tensor, shard: Shard, left: int, right: int
     ) -> Tensor:
         """A mechanism whose pattern depends on position differences within `left` before
-        and `right` after: its own `attend` on [halo, shard, halo] at those positions."""
+        and `right` after: its own `attend` on [halo, shard, halo]. The stretch's rows are
+        positions 0.. to `attend`, not shard.start - left..: the pattern and rotary scores
+        (q_i . k_j rotated by i - j) depend on differences only, so the shift changes nothing
+        but rounding (less of it: smaller angles)."""
         n = hidden_states.shape[1]
         x, (ok,) = shard.halo_with_masks(hidden_states, [real], left, right)
         x = x.masked_fill(~ok.unsqueeze(-1), 0.0)
-        self._offset = shard.start - left
-        try:
-            ctx = self.attend(x, ok, None)
-        finally:
-            self._offset = 0
-        return ctx[:, :, left : left + n]
+        return self.attend(x, ok, None)[:, :, left : left + n]
 
     def project(
         self, hidden_states: Tensor, positions: Tensor | None = None
@@ -170,12 +167,7 @@ class SelfAttention(nn.Module):
         k = ops.split_heads(self.key(hidden_states), h)
         v = ops.split_heads(self.value(hidden_states), h)
         if self.rotary is not None:
-            if positions is not None:
-                q, k = self.rotary(q, k, positions=positions)
-            elif self._offset:  # a shard's stretch of a longer sequence
-                q, k = self.rotary(q, k, offset=self._offset)
-            else:
-                q, k = self.rotary(q, k)
+            q, k = self.rotary(q, k, positions=positions)
         return q, k, v
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
