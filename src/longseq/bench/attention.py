@@ -434,8 +434,58 @@ def _preload(specs: list[Spec]) -> list[str]:
     return out
 
 
+class _Results:
+    """The rows measured so far: appended to results.jsonl as they come, with the settings
+    shared by every row, and the progress bar advanced for the steps a skipped row saves."""
+
+    def __init__(self, path: Path, common: dict[str, Any], bar: Any) -> None:
+        self.file = path.open("w")
+        self.common, self.bar = common, bar
+        self.rows: list[dict[str, Any]] = []
+
+    def record(
+        self,
+        spec: Spec,
+        n: int,
+        mode: str,
+        *,
+        reason: str | None = None,
+        times: list[float] | None = None,
+        peak: float | None = None,
+    ) -> None:
+        row = {
+            "mechanism": spec.name,
+            "kind": spec.kind,
+            "family": spec.family,
+            "compare_to": spec.compare_to,
+            "n": n,
+            "mode": mode,
+            "status": "skipped" if reason else "ok",
+            "reason": reason,
+            "median_ms": statistics.median(times) if times else None,
+            "times_ms": times or [],
+            "peak_mb": None if peak is None else peak / MIB,
+            "settings": {**spec.options(n), "global_tokens": spec.global_tokens},
+            **self.common,
+        }
+        self.rows.append(row)
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def skip(self, spec: Spec, n: int, reason: str, steps: int) -> None:
+        for mode in MODES:
+            self.record(spec, n, mode, reason=reason)
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Measure every selected row at every length; write the outputs to cfg.out; return rows."""
+    """Measure every selected row at every length; write the outputs to cfg.out; return rows.
+
+    Per length: each row's peak memory in a fresh process (`_probe_length`), then every row
+    that fits timed in this process, round-robin (`_time_length`)."""
     from tqdm import tqdm
 
     from longseq.bench import report
@@ -458,99 +508,71 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
         "machine": machine_info(cfg.device),
         "torch": torch.__version__,
     }
+    steps = len(lengths) * len(specs) * (1 + cfg.warmup + cfg.repeats)
+    bar = tqdm(total=steps, disable=not cfg.progress, desc="bench", unit="step", file=sys.stderr)
     prober = Prober(_preload(specs))
-    rounds = cfg.warmup + cfg.repeats
-    records: list[dict[str, Any]] = []
+    results = _Results(out_dir / "results.jsonl", common, bar)
     history: dict[str, dict[str, list[tuple[int, float]]]] = {
         s.name: {"mem": [], "sec": []} for s in specs
     }
     gave_up: dict[str, str] = {}  # rows dropped for memory/time at a shorter length
-    bar = tqdm(
-        total=len(lengths) * len(specs) * (1 + rounds),
-        disable=not cfg.progress,
-        desc="bench",
-        unit="step",
-        file=sys.stderr,
-    )
-
-    with (out_dir / "results.jsonl").open("w") as results:
-
-        def record(
-            spec: Spec,
-            n: int,
-            mode: str,
-            *,
-            reason: str | None = None,
-            times: list[float] | None = None,
-            peak: float | None = None,
-        ) -> None:
-            row = {
-                "mechanism": spec.name,
-                "kind": spec.kind,
-                "family": spec.family,
-                "compare_to": spec.compare_to,
-                "n": n,
-                "mode": mode,
-                "status": "skipped" if reason else "ok",
-                "reason": reason,
-                "median_ms": statistics.median(times) if times else None,
-                "times_ms": times or [],
-                "peak_mb": None if peak is None else peak / MIB,
-                "settings": {**spec.options(n), "global_tokens": spec.global_tokens},
-                **common,
-            }
-            records.append(row)
-            results.write(json.dumps(row) + "\n")
-            results.flush()
-
-        def skip(spec: Spec, n: int, reason: str, steps: int) -> None:
-            for mode in MODES:
-                record(spec, n, mode, reason=reason)
-            bar.update(steps)
-
+    try:
         for n in lengths:
-            # 1. peak memory (and a cold time for the limits), one fresh process per row
-            probes: dict[str, dict[str, Any]] = {}
-            for spec in specs:
-                bar.set_description(f"n={n} memory {spec.name}")
-                res = _probe(prober, spec, n, cfg, history[spec.name], gave_up)
-                if not res["ok"]:
-                    if res.get("fatal"):
-                        gave_up[spec.name] = f"{res['error']} at n={n}"
-                    skip(spec, n, res["error"], 1 + rounds)
-                    continue
-                probes[spec.name] = res
-                bar.update(1)
-
-            # 2. time, all rows in this process, round-robin
-            layers = []
-            for spec in specs:
-                if spec.name in probes:
-                    try:
-                        layers.append((spec, *make_layer(spec, n, cfg)))
-                    except Exception as err:  # the probe built it: unexpected, but recorded
-                        skip(spec, n, _short_error(err), rounds)
-            times, failed = time_round_robin(layers, make_input(n, cfg), cfg, bar)
-            for spec, _, _ in layers:
-                for mode in MODES:
-                    if spec.name in failed:
-                        record(spec, n, mode, reason=failed[spec.name])
-                    else:
-                        record(
-                            spec,
-                            n,
-                            mode,
-                            times=times[spec.name][mode],
-                            peak=probes[spec.name][mode]["peak_bytes"],
-                        )
-            del layers
+            probes = _probe_length(prober, specs, n, cfg, history, gave_up, results)
+            _time_length([s for s in specs if s.name in probes], probes, n, cfg, results)
             gc.collect()
-    bar.close()
-    prober.close()
+    finally:
+        results.close()
+        bar.close()
+        prober.close()
+    (out_dir / "table.md").write_text(report.table(results.rows, describe(specs, cfg)))
+    report.plot(results.rows, out_dir / "plot.png")
+    return results.rows
 
-    (out_dir / "table.md").write_text(report.table(records, describe(specs, cfg)))
-    report.plot(records, out_dir / "plot.png")
-    return records
+
+def _probe_length(
+    prober: Prober,
+    specs: list[Spec],
+    n: int,
+    cfg: Config,
+    history: dict[str, dict[str, list[tuple[int, float]]]],
+    gave_up: dict[str, str],
+    results: _Results,
+) -> dict[str, dict[str, Any]]:
+    """Peak memory (and a cold time for the limits) of every row at n, one fresh process per
+    row; the rows that fail are recorded as skipped. Returns the probes of the others."""
+    probes: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        results.bar.set_description(f"n={n} memory {spec.name}")
+        res = _probe(prober, spec, n, cfg, history[spec.name], gave_up)
+        if not res["ok"]:
+            if res.get("fatal"):
+                gave_up[spec.name] = f"{res['error']} at n={n}"
+            results.skip(spec, n, res["error"], 1 + cfg.warmup + cfg.repeats)
+            continue
+        probes[spec.name] = res
+        results.bar.update(1)
+    return probes
+
+
+def _time_length(
+    specs: list[Spec], probes: dict[str, dict[str, Any]], n: int, cfg: Config, results: _Results
+) -> None:
+    """Time the probed rows at n, all in this process, round-robin; record them."""
+    layers = []
+    for spec in specs:
+        try:
+            layers.append((spec, *make_layer(spec, n, cfg)))
+        except Exception as err:  # the probe built it: unexpected, but recorded
+            results.skip(spec, n, _short_error(err), cfg.warmup + cfg.repeats)
+    times, failed = time_round_robin(layers, make_input(n, cfg), cfg, results.bar)
+    for spec, _, _ in layers:
+        for mode in MODES:
+            if spec.name in failed:
+                results.record(spec, n, mode, reason=failed[spec.name])
+            else:
+                peak = probes[spec.name][mode]["peak_bytes"]
+                results.record(spec, n, mode, times=times[spec.name][mode], peak=peak)
 
 
 def _probe(

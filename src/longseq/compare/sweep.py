@@ -31,7 +31,7 @@ import os
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("forward", "fwd+bwd")
@@ -140,6 +140,97 @@ def _expected_limit(
     return None
 
 
+@dataclass
+class _Sweep:
+    """What every step of a sweep shares: the models, settings, progress bar and records."""
+
+    configs: dict[str, Callable[[int], dict[str, Any]]]
+    batch: int
+    device: str
+    threads: int | None
+    max_seconds: float
+    bench_cfg: Any
+    bar: Any
+    records: list[dict[str, Any]] = field(default_factory=list)
+    history: dict[str, dict[str, list[tuple[int, float]]]] = field(default_factory=dict)
+    gave_up: dict[str, str] = field(default_factory=dict)  # models dropped at a shorter n
+
+    @property
+    def rounds(self) -> int:
+        return self.bench_cfg.warmup + self.bench_cfg.repeats
+
+    def record(self, m: str, n: int, mode: str, **fields: Any) -> None:
+        from longseq.bench.attention import spread
+
+        times, peak = fields.get("times"), fields.get("peak")
+        self.records.append(
+            {
+                "mechanism": m,
+                "n": n,
+                "mode": mode,
+                "status": "skipped" if fields.get("reason") else "ok",
+                "reason": fields.get("reason"),
+                "median_ms": statistics.median(times) if times else None,
+                "min_ms": min(times) if times else None,
+                "spread": spread(times) if times else None,
+                "under_load": bool(times) and spread(times) > TOLERANCE,
+                "load_average": os.getloadavg()[0],
+                "times_ms": times or [],
+                "peak_mb": None if peak is None else peak / MIB,
+                "batch": self.batch,
+                "device": self.device,
+                "threads": self.threads,
+                "attention_options": self.configs[m](n)["attention_options"],
+            }
+        )
+
+    def probe_length(self, n: int) -> dict[str, dict[str, Any]]:
+        """Peak memory and a cold time of every model at n, each in a fresh process, unless
+        its shorter lengths predict it passes the limits; returns the probes that passed."""
+        from longseq.bench.attention import extrapolate
+
+        probes: dict[str, dict[str, Any]] = {}
+        for m, config in self.configs.items():
+            self.bar.set_description(f"sweep n={n} memory {m}")
+            history = self.history.setdefault(m, {"mem": [], "sec": []})
+            reason = self.gave_up.get(m) or _expected_limit(
+                history, n, self.max_seconds, extrapolate
+            )
+            if reason is None:
+                res, reason = _probe(
+                    config(n), n, self.batch, self.device, self.threads, self.max_seconds
+                )
+                if reason is not None:
+                    self.gave_up[m] = reason
+                else:
+                    history["mem"].append((n, res["fwd+bwd"]["peak_bytes"]))
+                    history["sec"].append((n, res["fwd+bwd"]["seconds"]))
+                    probes[m] = res
+            if reason is not None:
+                for mode in MODES:
+                    self.record(m, n, mode, reason=reason)
+                self.bar.update(1 + self.rounds)
+            else:
+                self.bar.update(1)
+        return probes
+
+    def time_length(self, n: int, probes: dict[str, dict[str, Any]]) -> None:
+        """Time the probed models at n in this process, round-robin; record them."""
+        from longseq.bench.attention import time_round_robin
+
+        layers = [(Row(m), *build(self.configs[m](n), n, self.batch, self.device)) for m in probes]
+        # the models ignore x (their inputs are fixed); its shape names n in the progress bar
+        x = _dummy(n, self.device)
+        times, failed = time_round_robin(layers, x, self.bench_cfg, self.bar)
+        for row, _, _ in layers:
+            for mode in MODES:
+                if row.name in failed:
+                    self.record(row.name, n, mode, reason=failed[row.name])
+                else:
+                    peak = probes[row.name][mode]["peak_bytes"]
+                    self.record(row.name, n, mode, times=times[row.name][mode], peak=peak)
+
+
 def run(
     configs: dict[str, Callable[[int], dict[str, Any]]],
     lengths: list[int],
@@ -155,96 +246,28 @@ def run(
     import torch
     from tqdm.auto import tqdm
 
-    from longseq.bench.attention import Config, extrapolate, spread, time_round_robin
+    from longseq.bench.attention import Config
 
     if threads:
         torch.set_num_threads(threads)
     lengths = sorted(set(lengths))
     bench_cfg = Config(
-        repeats=repeats,
-        warmup=1,
-        device=device,
-        max_repeats=3 * repeats,
-        tolerance=TOLERANCE,
+        repeats=repeats, warmup=1, device=device, max_repeats=3 * repeats, tolerance=TOLERANCE
     )
-    rounds = bench_cfg.warmup + repeats
-    names = list(configs)
-    history: dict[str, dict[str, list[tuple[int, float]]]] = {
-        m: {"mem": [], "sec": []} for m in names
-    }
-    gave_up: dict[str, str] = {}
-    records: list[dict[str, Any]] = []
     bar = tqdm(
-        total=len(lengths) * len(names) * (1 + rounds),
+        total=len(lengths) * len(configs) * (1 + bench_cfg.warmup + repeats),
         desc="sweep",
         unit="call",
         file=sys.stderr,
         disable=not progress or None,
     )
-
-    def record(m: str, n: int, mode: str, **fields: Any) -> None:
-        times = fields.get("times")
-        peak = fields.get("peak")
-        records.append(
-            {
-                "mechanism": m,
-                "n": n,
-                "mode": mode,
-                "status": "skipped" if fields.get("reason") else "ok",
-                "reason": fields.get("reason"),
-                "median_ms": statistics.median(times) if times else None,
-                "min_ms": min(times) if times else None,
-                "spread": spread(times) if times else None,
-                "under_load": bool(times) and spread(times) > TOLERANCE,
-                "load_average": os.getloadavg()[0],
-                "times_ms": times or [],
-                "peak_mb": None if peak is None else peak / MIB,
-                "batch": batch,
-                "device": device,
-                "threads": threads,
-                "attention_options": configs[m](n)["attention_options"],
-            }
-        )
-
+    sweep = _Sweep(configs, batch, device, threads, max_seconds, bench_cfg, bar)
     for n in lengths:
-        probes: dict[str, dict[str, Any]] = {}
-        for m in names:
-            bar.set_description(f"sweep n={n} memory {m}")
-            reason = gave_up.get(m) or _expected_limit(history[m], n, max_seconds, extrapolate)
-            if reason is None:
-                res, reason = _probe(configs[m](n), n, batch, device, threads, max_seconds)
-                if reason is not None:
-                    gave_up[m] = reason
-                else:
-                    fb = res["fwd+bwd"]
-                    history[m]["mem"].append((n, fb["peak_bytes"]))
-                    history[m]["sec"].append((n, fb["seconds"]))
-                    probes[m] = res
-            if reason is not None:
-                for mode in MODES:
-                    record(m, n, mode, reason=reason)
-                bar.update(1 + rounds)
-            else:
-                bar.update(1)
-        layers = []
-        for m in names:
-            if m in probes:
-                model, fn = build(configs[m](n), n, batch, device)
-                layers.append((Row(m), model, fn))
-        # the models ignore x (their inputs are fixed); its shape names n in the progress bar
-        times, failed = time_round_robin(layers, _dummy(n, device), bench_cfg, bar)
-        for row, _, _ in layers:
-            for mode in MODES:
-                if row.name in failed:
-                    record(row.name, n, mode, reason=failed[row.name])
-                else:
-                    peak = probes[row.name][mode]["peak_bytes"]
-                    record(row.name, n, mode, times=times[row.name][mode], peak=peak)
-        del layers
+        sweep.time_length(n, sweep.probe_length(n))
         gc.collect()
     bar.close()
-    _never_falling(records, configs, batch, device, bench_cfg)
-    return records
+    _never_falling(sweep.records, configs, batch, device, bench_cfg)
+    return sweep.records
 
 
 def _never_falling(
