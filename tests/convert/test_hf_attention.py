@@ -475,3 +475,11 @@ def test_older_configs_load_as_the_ports(tmp_path):
 def test_older_options_that_mean_nothing_now_are_refused(data, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig.from_dict(data)
+
+
+def test_an_old_option_in_code_points_to_its_port():
+    """Built in Python (not loaded from an old file): refused, with where it went."""
+    with pytest.raises(ValueError, match=r"wrap_rounds=True is now attention 'lsh-hf'"):
+        attention.build("lsh", HIDDEN, HEADS, wrap_rounds=True)
+    with pytest.raises(ValueError, match=r"random_source='hf-eval' is now attention 'bigbird-hf'"):
+        ModelConfig(attention="bigbird", attention_options={"random_source": "hf-eval"})

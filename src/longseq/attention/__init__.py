@@ -119,6 +119,18 @@ def upgrade(name: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return new, opts
 
 
+def moved_to_port(name: str, unknown: list[str]) -> str:
+    """A hint for options of `name` that older versions had and a port has taken over."""
+    moved = [
+        f"{option}={value!r} is now attention {port!r}"
+        for (base, option), choices in _LEGACY.items()
+        if base == name and option in unknown
+        for value, port in choices.items()
+        if port
+    ]
+    return f" ({'; '.join(moved)})" if moved else ""
+
+
 def get(name: str) -> type[SelfAttention]:
     """The layer class registered under `name` (a mechanism or a port)."""
     if name in _PORTS:
@@ -157,7 +169,7 @@ def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAtten
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for {name!r} attention; valid options: "
-            f"{', '.join(sorted(valid))}"
+            f"{', '.join(sorted(valid))}{moved_to_port(name, unknown)}"
         )
     return cls(hidden_size, num_heads, **opts)
 
@@ -168,6 +180,7 @@ __all__ = [
     "build",
     "get",
     "mechanisms",
+    "moved_to_port",
     "options",
     "ports",
     "register",

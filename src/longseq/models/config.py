@@ -224,6 +224,7 @@ class ModelConfig:
             raise ValueError(
                 f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
                 f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
+                f"{attention.moved_to_port(name, unknown)}"
             )
         if self.causal and not cls.supports_causal:
             causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
