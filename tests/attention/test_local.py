@@ -1,4 +1,5 @@
-"""Chunked local attention against dense attention under its pattern and Hugging Face's layer.
+"""Chunked local attention against dense attention under its pattern (Hugging Face's rule,
+the port `local-hf`, is tested in tests/convert/test_hf_attention.py).
 
 The invariants every mechanism owes (padding, batch = alone, causality, determinism,
 gradcheck) run on the "local" configurations in cases.py.

@@ -483,3 +483,13 @@ def test_an_old_option_in_code_points_to_its_port():
         attention.build("lsh", HIDDEN, HEADS, wrap_rounds=True)
     with pytest.raises(ValueError, match=r"random_source='hf-eval' is now attention 'bigbird-hf'"):
         ModelConfig(attention="bigbird", attention_options={"random_source": "hf-eval"})
+
+
+def test_longify_knows_the_bigbird_port_is_full_attention_on_short_inputs():
+    """`bigbird-hf` is dense up to (5 + 2r) * block_size tokens, so a converted BigBird
+    longified to another mechanism stays exact there (longify.dense_up_to reads its pattern)."""
+    from longseq.convert.longify import dense_up_to
+
+    opts = {"block_size": 4, "num_random_blocks": 2}
+    assert dense_up_to("bigbird-hf", opts, 2, False, 100) == (5 + 2 * 2) * 4
+    assert dense_up_to("bigbird", opts, 2, False, 100) < 36  # the core layout is sparser

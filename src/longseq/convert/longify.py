@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from longseq import attention
+from longseq.attention.bigbird import BigBirdAttention
 from longseq.models import ModelConfig, build_model, from_pretrained, read_config
 from longseq.models.base import LongseqModel
 
@@ -261,7 +262,8 @@ def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, l
         dilation = o["dilation"]
         dilations = [dilation] if isinstance(dilation, int) else list(dilation)
         return min(limit, o["window"] // 2 + 1) if max(dilations) == 1 else 1
-    if name == "bigbird" and o["variant"] == "itc":
+    # BigBird and its Hugging Face port (full attention for short inputs), read from pattern(n)
+    if issubclass(attention.get(name), BigBirdAttention) and o["variant"] == "itc":
         layer = attention.build(name, num_heads, num_heads, causal=causal, **opts)
         b, nb = layer.block_size, 0
         # coverage is decided per block and is only lost as blocks are added (r is fixed)
