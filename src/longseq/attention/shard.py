@@ -7,16 +7,18 @@ its own positions, equal to the single-process layer's output there; gradients f
 every rank that contributed an input. What a mechanism exchanges is what its pattern needs:
 
 - a bounded window (Longformer, local attention): the h rows before and after the shard from
-  the neighbours (a halo), h = the window's reach. The layer then runs its own kernel on
+  the neighbours (a halo, sent point to point: its volume does not grow with W), h = the
+  window's reach. The layer then runs its own kernel on
   [halo, shard, halo] with the positions of that stretch, and keeps the shard's rows: the
   pattern is a function of position differences only, so this is the same computation;
 - keys anywhere (full attention, BigBird's random and global blocks): every rank's keys and
   values, all-gathered; each rank scores only its own queries;
 - Linformer: E K and F V are sums over positions: each rank's partial sum, all-reduced.
 
-Collectives with gradients: `gather` (backward: the all-reduced gradient, this rank's part)
-and `total` (an all-reduce, whose backward is an all-reduce), written here so they need only
-all_gather and all_reduce (gloo has no reduce_scatter).
+Collectives with gradients: `gather` (backward: the all-reduced gradient, this rank's part),
+`total` (an all-reduce, whose backward is an all-reduce), written here so they need only
+all_gather and all_reduce (gloo has no reduce_scatter), and the halo's exchange with the two
+neighbours (send/recv; backward: the gradients sent back the other way).
 """
 
 from __future__ import annotations
@@ -88,6 +90,49 @@ class _Total(torch.autograd.Function):
         return grad, None
 
 
+def _swap(
+    to_prev: Tensor, to_next: Tensor, from_prev: Tensor, from_next: Tensor, group: Any
+) -> None:
+    """Send to the neighbouring ranks and receive from them, in one batch (no rank waits on
+    another's send order). What goes to the previous rank has the shape of what comes from
+    the next one on every rank, so empty parts (a causal halo's right side) are skipped on
+    both ends; so is a missing neighbour."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    ops = []
+    for peer, send, recv in ((rank - 1, to_prev, from_prev), (rank + 1, to_next, from_next)):
+        if not 0 <= peer < world:
+            continue
+        peer = dist.get_global_rank(group, peer) if group is not None else peer
+        if send.numel():
+            ops.append(dist.P2POp(dist.isend, send.contiguous(), peer, group))
+        if recv.numel():
+            ops.append(dist.P2POp(dist.irecv, recv, peer, group))
+            _count(recv, 1)
+    for req in dist.batch_isend_irecv(ops) if ops else []:
+        req.wait()
+
+
+class _Neighbours(torch.autograd.Function):
+    """(head, tail) of this rank's shard -> (the previous rank's tail, the next rank's head);
+    zeros where there is no neighbour. Backward: each received part's gradient goes back to
+    the rank that sent it, where it adds to that rank's own tail or head."""
+
+    @staticmethod
+    def forward(ctx: Any, head: Tensor, tail: Tensor, group: Any) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.group = group
+        prev_tail = tail.new_zeros(tail.shape)  # contiguous, as a receive buffer must be
+        next_head = head.new_zeros(head.shape)
+        _swap(head, tail, prev_tail, next_head, group)
+        return prev_tail, next_head
+
+    @staticmethod
+    def backward(ctx: Any, g_prev: Tensor, g_next: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        g_head, g_tail = g_next.new_zeros(g_next.shape), g_prev.new_zeros(g_prev.shape)
+        # the previous rank used my head as its next_head: its gradient comes from there
+        _swap(g_prev, g_next, g_head, g_tail, ctx.group)
+        return g_head, g_tail, None
+
+
 class Shard:
     """This process's part of a sequence split over `group` (default: the whole world).
 
@@ -129,11 +174,9 @@ class Shard:
                 f"a shard of {m} tokens is shorter than the window's reach ({max(left, right)}): "
                 "use fewer processes or longer sequences"
             )
-        edges = torch.cat([x.narrow(dim, m - left, left), x.narrow(dim, 0, right)], dim)
-        every = _Gather.apply(edges, self.group)  # (W, ..., left + right, ...)
-        prev = every[self.rank - 1] if self.rank > 0 else torch.zeros_like(edges)
-        nxt = every[self.rank + 1] if self.rank < self.world - 1 else torch.zeros_like(edges)
-        out = torch.cat([prev.narrow(dim, 0, left), x, nxt.narrow(dim, left, right)], dim)
+        head, tail = x.narrow(dim, 0, right), x.narrow(dim, m - left, left)
+        prev, nxt = _Neighbours.apply(head, tail, self.group)
+        out = torch.cat([prev, x, nxt], dim)
         exists = torch.ones(left + m + right, dtype=torch.bool, device=x.device)
         if self.rank == 0:
             exists[:left] = False
