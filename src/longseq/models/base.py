@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import longseq
+from longseq import attention
 from longseq.models.config import ModelConfig
 from longseq.models.transformer import Transformer
 
@@ -112,9 +113,10 @@ class LongseqModel(nn.Module):
                 global_attention_mask = torch.zeros_like(input_ids)
                 global_attention_mask[:, 0] = 1
         elif global_attention_mask is not None and not self.supports_global:
+            takers = [m for m in attention.mechanisms() if attention.get(m).supports_global]
             raise ValueError(
                 "global_attention_mask given, but no layer of this model has global tokens "
-                f"(attention {cfg.attention!r}); only 'longformer' layers take one"
+                f"(attention {cfg.attention!r}); layers that take one: {', '.join(takers)}"
             )
         return attention_mask, global_attention_mask
 
