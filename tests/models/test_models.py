@@ -279,7 +279,9 @@ def test_bad_inputs():
         model(ids[0])
     with pytest.raises(ValueError, match="attention_mask shape"):
         model(ids, mask[:, :-1])
-    with pytest.raises(ValueError, match="no layer of this model has global.*layers that take one: longformer$"):
+    with pytest.raises(
+        ValueError, match=r"no layer of this model has global.*layers that take one: longformer$"
+    ):
         model(ids, mask, global_attention_mask=torch.zeros_like(ids))
     with pytest.raises(ValueError, match="labels must lie"):
         model(ids, mask, labels=torch.tensor([0, 5]))
