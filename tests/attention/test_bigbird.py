@@ -256,15 +256,15 @@ def test_mask_bias():
 @pytest.mark.parametrize(
     ("opts", "match"),
     [
-        ({"block_size": 0}, "block_size must be >= 1, got 0"),
+        ({"block_size": 0}, "block_size must be an integer >= 1, got 0"),
         ({"block_size": 2.5}, "block_size must be an integer"),
         ({"num_sliding_blocks": 4}, "num_sliding_blocks must be odd"),
-        ({"num_sliding_blocks": 0}, "num_sliding_blocks must be >= 1"),
-        ({"num_random_blocks": -1}, "num_random_blocks must be >= 0, got -1"),
-        ({"num_global_blocks": -2}, "num_global_blocks must be >= 0"),
+        ({"num_sliding_blocks": 0}, "num_sliding_blocks must be an integer >= 1"),
+        ({"num_random_blocks": -1}, "num_random_blocks must be an integer >= 0, got -1"),
+        ({"num_global_blocks": -2}, "num_global_blocks must be an integer >= 0"),
         ({"variant": "full"}, r"variant must be one of \('itc', 'etc'\), got 'full'"),
         ({"seed": "x"}, "seed must be an integer"),
-        ({"layer_idx": -1}, "layer_idx must be >= 0"),
+        ({"layer_idx": -1}, "layer_idx must be an integer >= 0"),
         ({"num_random_blocks": True}, "num_random_blocks must be an integer"),
     ],
 )

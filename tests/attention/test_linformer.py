@@ -255,9 +255,9 @@ def test_causal_is_rejected_with_the_reason_and_a_fix():
 @pytest.mark.parametrize(
     ("opts", "match"),
     [
-        ({"k": 0}, r"k \(projected length\) must be a positive int, got 0"),
-        ({"k": 2.5}, "must be a positive int"),
-        ({"max_seq_len": 0}, "max_seq_len must be a positive int, got 0"),
+        ({"k": 0}, r"k \(projected length\) must be an integer >= 1, got 0"),
+        ({"k": 2.5}, "must be an integer >= 1, got 2.5"),
+        ({"max_seq_len": 0}, "max_seq_len must be an integer >= 1, got 0"),
         ({"k": 20, "max_seq_len": 16}, "k=20 is larger than max_seq_len=16.*k <= max_seq_len"),
         ({"sharing": "heads"}, r"unknown sharing='heads'.*'none', 'headwise', 'kv', 'layerwise'"),
     ],

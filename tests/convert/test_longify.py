@@ -251,7 +251,11 @@ def test_linformer_below_k_is_dense_attention_with_k_minus_n_empty_keys():
         ({"attention": "longformer", "block_size": 4}, ValueError, "unknown option.*block_size"),
         ({"attention": "longformer", "window": 7}, ValueError, "window must be an even int"),
         ({"attention": "longformer", "causal": True}, ValueError, "set by the model config"),
-        ({"attention": "bigbird", "block_size": 0}, ValueError, "block_size must be >= 1"),
+        (
+            {"attention": "bigbird", "block_size": 0},
+            ValueError,
+            "block_size must be an integer >= 1",
+        ),
         ({"attention": "lsh", "num_buckets": 3}, ValueError, "num_buckets must be an even"),
         ({"attention": "linformer", "max_seq_len": 64}, ValueError, "max_seq_len=64 < max_len"),
         ({"attention": "linformer", "k": 200}, ValueError, "k=200 is larger than max_seq_len"),

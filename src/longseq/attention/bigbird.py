@@ -72,13 +72,6 @@ from longseq.attention.shard import Shard
 VARIANTS = ("itc", "etc")
 
 
-def _check_int(name: str, value: object, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 # Layouts are tiny (blocks, not tokens) and reused by every forward of the same length.
 _layout = functools.lru_cache(maxsize=128)(patterns.bigbird_layout)
 
@@ -110,10 +103,10 @@ class BigBirdAttention(SelfAttention):
         bias: bool = True,
     ) -> None:
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
-        _check_int("block_size", block_size, 1)
-        _check_int("num_random_blocks", num_random_blocks, 0)
-        _check_int("num_global_blocks", num_global_blocks, 0)
-        _check_int("num_sliding_blocks", num_sliding_blocks, 1)
+        ops.check_int("block_size", block_size, 1)
+        ops.check_int("num_random_blocks", num_random_blocks, 0)
+        ops.check_int("num_global_blocks", num_global_blocks, 0)
+        ops.check_int("num_sliding_blocks", num_sliding_blocks, 1)
         if num_sliding_blocks % 2 == 0:
             raise ValueError(
                 f"num_sliding_blocks must be odd (a window centred on the query block), got "
@@ -121,8 +114,8 @@ class BigBirdAttention(SelfAttention):
             )
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        _check_int("seed", seed, None)
-        _check_int("layer_idx", layer_idx, 0)
+        ops.check_int("seed", seed, None)
+        ops.check_int("layer_idx", layer_idx, 0)
         self.block_size = block_size
         self.num_random_blocks = num_random_blocks
         self.num_global_blocks = num_global_blocks

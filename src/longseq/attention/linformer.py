@@ -55,19 +55,15 @@ class LinformerProjection(nn.Module):
         self, k: int, max_seq_len: int, *, heads: int | None = None, share_kv: bool = True
     ) -> None:
         super().__init__()
-        if not ops.is_int(k) or k < 1:
-            raise ValueError(f"k (projected length) must be a positive int, got {k!r}")
-        if not ops.is_int(max_seq_len) or max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+        ops.check_int("k (projected length)", k, 1)
+        ops.check_int("max_seq_len", max_seq_len, 1)
         if k > max_seq_len:
             raise ValueError(
                 f"k={k} is larger than max_seq_len={max_seq_len}: projecting to more rows than "
                 "the longest sequence has only adds cost; use k <= max_seq_len"
             )
-        if heads is not None and (not ops.is_int(heads) or heads < 1):
-            raise ValueError(
-                f"heads must be None (shared by all heads) or a positive int, got {heads!r}"
-            )
+        if heads is not None:  # None: shared by all heads
+            ops.check_int("heads", heads, 1)
         self.k, self.max_seq_len, self.heads, self.share_kv = k, max_seq_len, heads, share_kv
         shape = (k, max_seq_len) if heads is None else (heads, k, max_seq_len)
         self.e = nn.Parameter(torch.empty(shape))

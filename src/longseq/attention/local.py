@@ -54,14 +54,9 @@ class LocalAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
-        if not ops.is_int(chunk_length) or chunk_length < 1:
-            raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
-        for name, value in (
-            ("num_chunks_before", num_chunks_before),
-            ("num_chunks_after", num_chunks_after),
-        ):
-            if not ops.is_int(value) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        ops.check_int("chunk_length", chunk_length, 1)
+        ops.check_int("num_chunks_before", num_chunks_before, 0)
+        ops.check_int("num_chunks_after", num_chunks_after, 0)
         super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
         self.chunk_length = chunk_length
         self.num_chunks_before = num_chunks_before

@@ -143,12 +143,9 @@ class LSHAttention(SelfAttention):
                 f"num_buckets must be an even integer >= 2, a list of them (factorised "
                 f"buckets), or None to derive it from the sequence length; got {num_buckets!r}"
             )
-        if not ops.is_int(n_hashes) or n_hashes < 1:
-            raise ValueError(f"n_hashes must be an integer >= 1, got {n_hashes!r}")
-        if not ops.is_int(chunk_length) or chunk_length < 1:
-            raise ValueError(f"chunk_length must be an integer >= 1, got {chunk_length!r}")
-        if not ops.is_int(seed):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        ops.check_int("n_hashes", n_hashes, 1)
+        ops.check_int("chunk_length", chunk_length, 1)
+        ops.check_int("seed", seed)
         if causal and self.bucket_window_causal and num_buckets is None:
             raise ValueError(
                 "causal LSH attention needs a fixed num_buckets: None derives it from the padded "

@@ -148,6 +148,13 @@ def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    """The one check of an integer option: `name must be an integer >= minimum, got value`."""
+    if not is_int(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+
+
 def check_pad_multiple(pad_multiple: Any, chunk_length: int) -> None:
     """`pad_multiple` (None, or a positive multiple of `chunk_length`) for chunked kernels."""
     if pad_multiple is not None and (
