@@ -9,8 +9,8 @@ import torch
 
 from longseq.data.tokenizers import ByteTokenizer, HFTokenizer
 from longseq.models import ModelConfig, build_model
+from longseq.models import metrics as M
 from longseq.train import OptimConfig
-from longseq.train import metrics as M
 from longseq.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 

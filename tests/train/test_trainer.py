@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from longseq import cli
 from longseq.data.datasets import LMDataset, TextClassificationDataset
 from longseq.models import from_pretrained
+from longseq.models import metrics as M
 from longseq.train import TrainConfig, build_training_model, train
-from longseq.train import metrics as M
 from longseq.train.checkpoint import STATE_JSON, STATE_TENSORS, read_checkpoint
 from longseq.train.data import build_task_data, resolve_tokenizer
 
@@ -468,3 +468,25 @@ def test_evaluate_errors(tmp_path, cls_data, capsys):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--model", str(tmp_path / "none"), "--data", cls_data["test"]])
     assert "error" in capsys.readouterr().err
+
+
+def test_each_head_names_its_evaluation_and_an_encoder_has_none():
+    """The evaluation pass asks the head (no table keyed by architecture): every
+    architecture with a head has sums of its own kind, and a bare encoder is refused."""
+    from longseq.models import ModelConfig, build_model
+    from longseq.models import evaluation as E
+    from longseq.train.evaluation import sums_for
+
+    expected = {
+        "sequence-classification": E.ClassificationSums,
+        "token-classification": E.TokenLabelSums,
+        "masked-lm": E.MaskedLMSums,
+        "causal-lm": E.CausalLMSums,
+        "question-answering": E.SpanSums,
+    }
+    for arch, kind in expected.items():
+        model = build_model(ModelConfig(architecture=arch, hidden_size=16, num_heads=2))
+        assert type(sums_for(model, None, torch.device("cpu"))) is kind
+    encoder = build_model(ModelConfig(hidden_size=16, num_heads=2))
+    with pytest.raises(ValueError, match="'encoder' model has no evaluation"):
+        sums_for(encoder, None, torch.device("cpu"))

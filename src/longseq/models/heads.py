@@ -14,7 +14,7 @@ sequence-level heads unless a `global_attention_mask` is given, as HF's Longform
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,14 @@ from longseq.labels import IGNORE
 from longseq.layers.feedforward import ACTIVATIONS
 from longseq.models.base import LongseqModel
 from longseq.models.config import ModelConfig
+from longseq.models.evaluation import (
+    CausalLMSums,
+    ClassificationSums,
+    EvalSums,
+    MaskedLMSums,
+    SpanSums,
+    TokenLabelSums,
+)
 from longseq.models.transformer import DecodingCache, ModelOutput
 
 
@@ -49,7 +57,10 @@ class Encoder(LongseqModel):
 
 
 class _Head(LongseqModel):
-    """Runs the body and hands the hidden states to `head`."""
+    """Runs the body and hands the hidden states to `head`. Each head names the sums its
+    evaluation keeps (`evaluation`, from `longseq.models.evaluation`)."""
+
+    evaluation: ClassVar[type[EvalSums]]
 
     @staticmethod
     def loss_items(batch: dict[str, Tensor]) -> int:
@@ -107,6 +118,7 @@ class ClassificationHead(nn.Module):
 
 class ForSequenceClassification(_Head):
     architecture = "sequence-classification"
+    evaluation = ClassificationSums
     uses_cls_global = True
 
     @staticmethod
@@ -166,6 +178,7 @@ class ForSequenceClassification(_Head):
 
 class ForTokenClassification(_Head):
     architecture = "token-classification"
+    evaluation = TokenLabelSums
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -200,6 +213,7 @@ class ForTokenClassification(_Head):
 
 class ForQuestionAnswering(_Head):
     architecture = "question-answering"
+    evaluation = SpanSums
 
     @staticmethod
     def loss_items(batch: dict[str, Tensor]) -> int:
@@ -293,6 +307,7 @@ class _Activation(nn.Module):
 
 class ForMaskedLM(_Head):
     architecture = "masked-lm"
+    evaluation = MaskedLMSums
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -328,6 +343,7 @@ class ForCausalLM(_Head):
     """Decoder-only LM: every layer causal; `labels` (usually = input_ids) shifted inside."""
 
     architecture = "causal-lm"
+    evaluation = CausalLMSums
 
     @staticmethod
     def loss_items(batch: dict[str, Tensor]) -> int:

@@ -1,17 +1,7 @@
-"""One evaluation pass, shared by the trainer and `longseq evaluate`: sums, then metrics.
-
-Per architecture, the sums over every evaluated example are (loss, items, a third and a
-fourth quantity), reduced over processes before the metrics are computed, so a result never
-depends on how the examples were split into batches or processes:
-
-    sequence-classification  summed CE and a confusion matrix -> accuracy, macro-F1, per class
-    causal-lm                summed CE over real next tokens, their bytes -> loss, perplexity,
-                             bits per byte (the shift and ignore rule of `ForCausalLM`)
-    masked-lm, token-class.  summed CE over labelled tokens, correct argmax -> loss, accuracy
-    question-answering       summed loss, exact match and F1 of the best span of at most
-                             QA_MAX_ANSWER tokens after the question (`data.gcide_qa`)
-
-One small class per architecture (`SUMS`), so nothing here branches on the architecture.
+"""One evaluation pass, shared by the trainer and `longseq evaluate`: the model's head
+names its sums (`LongseqModel.evaluation`, `longseq.models.evaluation`), which this pass
+feeds batch by batch, reduces over processes, and turns into metrics. Nothing here branches
+on the architecture.
 """
 
 from __future__ import annotations
@@ -21,13 +11,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.labels import IGNORE
-from longseq.train import metrics
+from longseq.models.evaluation import EvalSums
 
-QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 MODEL_INPUTS = (
     "input_ids",
     "attention_mask",
@@ -52,118 +39,15 @@ def model_inputs(
     }
 
 
-class _Sums:
-    """Running sums of one evaluation pass: (loss, items, x, y) and, for classification, a
-    confusion matrix; `add` takes a batch, `result` the metrics (after `reduce`)."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, n, x, y
-        classes = model.config.num_labels
-        self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
-
-    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        raise NotImplementedError
-
-    def result(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def reduce(self, all_reduce: Callable[[Tensor], Any]) -> None:
-        """Sum over processes (`Distributed.all_reduce`)."""
-        all_reduce(self.sums)
-        all_reduce(self.confusion)
-
-    def _tokens(self, logits: Tensor, labels: Tensor) -> None:
-        """Summed CE over labelled tokens, their count, correct argmax."""
-        self.sums[0] += F.cross_entropy(
-            logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
-        ).double()
-        real = labels != IGNORE
-        self.sums[1] += real.sum()
-        self.sums[3] += ((logits.argmax(-1) == labels) & real).sum()
-
-
-class _Classification(_Sums):
-    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits.float()
-        self.sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        classes = self.confusion.shape[0]
-        self.confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
-
-    def result(self) -> dict[str, Any]:
-        return metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
-
-
-class _Tokens(_Sums):
-    """Masked LM and token classification: every labelled token."""
-
-    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        self._tokens(self.model(**batch).logits.float(), labels)
-
-    def result(self) -> dict[str, Any]:
-        loss_sum, n, _, correct = self.sums.tolist()
-        if self.model.config.architecture == "token-classification":
-            return metrics.token_metrics(loss_sum, n, correct)
-        return metrics.mlm_metrics(loss_sum, n, correct)
-
-
-class _CausalLM(_Sums):
-    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes."""
-
-    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits.float()
-        keep = batch["attention_mask"][:, 1:].bool()
-        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
-            ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
+def sums_for(model: nn.Module, tokenizer: Any, device: torch.device) -> EvalSums:
+    """The running sums of one evaluation pass of `model`: its head's `evaluation` class."""
+    kind = getattr(type(model), "evaluation", None)
+    if kind is None:
+        raise ValueError(
+            f"a {model.config.architecture!r} model has no evaluation (no task head); "
+            "evaluate a model with a head (classification, LM, token labels, QA)"
         )
-        self.sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
-        self._tokens(logits[:, :-1], labels[:, 1:].masked_fill(~keep, IGNORE))
-
-    def result(self) -> dict[str, Any]:
-        loss_sum, n, num_bytes, _ = self.sums.tolist()
-        return metrics.lm_metrics(loss_sum, n, num_bytes)
-
-
-class _QuestionAnswering(_Sums):
-    """The best span of at most QA_MAX_ANSWER tokens after the question, against the gold."""
-
-    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        from longseq.data.gcide_qa import best_spans, span_scores
-
-        out = self.model(**batch)
-        gold = torch.stack([batch["start_positions"], batch["end_positions"]], -1)
-        first = cpu_batch["global_attention_mask"].sum(-1).to(self.sums.device)
-        pred = best_spans(out.start_logits, out.end_logits, first, QA_MAX_ANSWER)
-        exact, f1 = span_scores(pred, gold)
-        self.sums[0] += out.loss.double() * gold.shape[0]
-        self.sums[1] += gold.shape[0]
-        self.sums[2] += f1.sum().double()
-        self.sums[3] += exact.sum().double()
-
-    def result(self) -> dict[str, Any]:
-        loss_sum, n, f1, exact = self.sums.tolist()
-        return metrics.qa_metrics(loss_sum, n, exact, f1)
-
-
-# A model's architecture -> its evaluation sums.
-SUMS: dict[str, type[_Sums]] = {
-    "sequence-classification": _Classification,
-    "token-classification": _Tokens,
-    "masked-lm": _Tokens,
-    "causal-lm": _CausalLM,
-    "question-answering": _QuestionAnswering,
-}
-
-
-def sums_for(model: nn.Module, tokenizer: Any, device: torch.device) -> _Sums:
-    """The running sums of one evaluation pass of `model` (see the module docstring)."""
-    return SUMS[model.config.architecture](model, tokenizer, device)
+    return kind(model, tokenizer, device)
 
 
 @torch.no_grad()
@@ -192,4 +76,4 @@ def evaluate(
         model.train(was_training)
 
 
-__all__ = ["MODEL_INPUTS", "QA_MAX_ANSWER", "SUMS", "evaluate", "model_inputs", "sums_for"]
+__all__ = ["MODEL_INPUTS", "evaluate", "model_inputs", "sums_for"]

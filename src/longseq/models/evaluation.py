@@ -1,0 +1,150 @@
+"""What a head's evaluation sums and reports: one class per kind of head (each head class names
+its own as `evaluation`), shared by the trainer, `longseq evaluate` and anyone scoring a model.
+
+The sums over every evaluated example are (loss, items, a third and a fourth quantity), plus
+a confusion matrix for classification, reduced over processes before the metrics are
+computed, so a result never depends on how the examples were split into batches or processes:
+
+    ClassificationSums  summed CE and a confusion matrix -> accuracy, macro-F1, per class
+    CausalLMSums        summed CE over real next tokens, their bytes -> loss, perplexity,
+                        bits per byte (the shift and ignore rule of `ForCausalLM`)
+    MaskedLMSums        summed CE over labelled tokens, correct argmax -> loss, accuracy
+    TokenLabelSums      the same -> loss, accuracy (token classification)
+    SpanSums            summed loss, exact match and F1 of the best span of at most
+                        QA_MAX_ANSWER tokens after the question (`data.gcide_qa`)
+
+The formulas are in `longseq.models.metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longseq.labels import IGNORE
+from longseq.models import metrics
+
+QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
+
+
+class EvalSums:
+    """Running sums of one evaluation pass: (loss, items, x, y) and, for classification, a
+    confusion matrix; `add` takes a batch, `result` the metrics (after `reduce`)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, n, x, y
+        classes = model.config.num_labels
+        self.confusion = torch.zeros(classes, classes, dtype=torch.int64, device=device)
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reduce(self, all_reduce: Callable[[Tensor], Any]) -> None:
+        """Sum over processes (`Distributed.all_reduce`)."""
+        all_reduce(self.sums)
+        all_reduce(self.confusion)
+
+    def _tokens(self, logits: Tensor, labels: Tensor) -> None:
+        """Summed CE over labelled tokens, their count, correct argmax."""
+        self.sums[0] += F.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).double()
+        real = labels != IGNORE
+        self.sums[1] += real.sum()
+        self.sums[3] += ((logits.argmax(-1) == labels) & real).sum()
+
+
+class ClassificationSums(EvalSums):
+    """Summed CE and a confusion matrix -> accuracy, macro-F1, per-class F1."""
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits.float()
+        self.sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        classes = self.confusion.shape[0]
+        self.confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
+
+    def result(self) -> dict[str, Any]:
+        return metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
+
+
+class MaskedLMSums(EvalSums):
+    """Every labelled (masked) token: summed CE, count, correct argmax -> loss, perplexity,
+    accuracy."""
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        self._tokens(self.model(**batch).logits.float(), labels)
+
+    def result(self) -> dict[str, Any]:
+        loss_sum, n, _, correct = self.sums.tolist()
+        return metrics.mlm_metrics(loss_sum, n, correct)
+
+
+class TokenLabelSums(MaskedLMSums):
+    """Every labelled token -> loss and accuracy."""
+
+    def result(self) -> dict[str, Any]:
+        loss_sum, n, _, correct = self.sums.tolist()
+        return metrics.token_metrics(loss_sum, n, correct)
+
+
+class CausalLMSums(EvalSums):
+    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes."""
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits.float()
+        keep = batch["attention_mask"][:, 1:].bool()
+        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
+            ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
+        )
+        self.sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
+        self._tokens(logits[:, :-1], labels[:, 1:].masked_fill(~keep, IGNORE))
+
+    def result(self) -> dict[str, Any]:
+        loss_sum, n, num_bytes, _ = self.sums.tolist()
+        return metrics.lm_metrics(loss_sum, n, num_bytes)
+
+
+class SpanSums(EvalSums):
+    """The best span of at most QA_MAX_ANSWER tokens after the question, against the gold."""
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        from longseq.data.gcide_qa import best_spans, span_scores
+
+        out = self.model(**batch)
+        gold = torch.stack([batch["start_positions"], batch["end_positions"]], -1)
+        first = cpu_batch["global_attention_mask"].sum(-1).to(self.sums.device)
+        pred = best_spans(out.start_logits, out.end_logits, first, QA_MAX_ANSWER)
+        exact, f1 = span_scores(pred, gold)
+        self.sums[0] += out.loss.double() * gold.shape[0]
+        self.sums[1] += gold.shape[0]
+        self.sums[2] += f1.sum().double()
+        self.sums[3] += exact.sum().double()
+
+    def result(self) -> dict[str, Any]:
+        loss_sum, n, f1, exact = self.sums.tolist()
+        return metrics.qa_metrics(loss_sum, n, exact, f1)
+
+
+__all__ = [
+    "QA_MAX_ANSWER",
+    "CausalLMSums",
+    "ClassificationSums",
+    "EvalSums",
+    "MaskedLMSums",
+    "SpanSums",
+    "TokenLabelSums",
+]
