@@ -226,9 +226,9 @@ def test_local_pattern_matches_naive_loops(opts):
     assert torch.equal(layer.pattern(n), expected.expand(HEADS, n, n))
 
 
-@pytest.mark.parametrize("opts", LOCAL_CONFIGS[:3] + LOCAL_CONFIGS[4:], ids=case_id)
+@pytest.mark.parametrize("opts", LOCAL_CONFIGS, ids=case_id)
 def test_local_equals_dense_under_pattern(opts):
-    """(Where no chunk lands twice in a window, the pattern is the whole story.)"""
+    """(At n = 18 no chunk lands twice in a window: the pattern is the whole story.)"""
     layer = make_local(**opts)
     x, real = padded_batch([18, 11, 15], 18)
     real[2, :2] = False  # left padding too
@@ -467,7 +467,10 @@ def test_older_configs_load_as_the_ports(tmp_path):
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"attention": "lsh", "attention_options": {"pad_multiple": 8}}, "belong to the Hugging"),
+        (
+            {"attention": "lsh", "attention_options": {"pad_multiple": 8}},
+            r"layer 0: unknown option.*\(pad_multiple is an option of 'lsh-hf' only\)",
+        ),
         ({"attention": "lsh", "attention_options": {"wrap_rounds": 1}}, "unknown option"),
         ({"attention": "bigbird", "attention_options": {"random_source": "np"}}, "unknown opt"),
     ],
@@ -483,6 +486,24 @@ def test_an_old_option_in_code_points_to_its_port():
         attention.build("lsh", HIDDEN, HEADS, wrap_rounds=True)
     with pytest.raises(ValueError, match=r"random_source='hf-eval' is now attention 'bigbird-hf'"):
         ModelConfig(attention="bigbird", attention_options={"random_source": "hf-eval"})
+    # the value that chose the core rule: the hint says so (not the port's value)
+    with pytest.raises(ValueError, match=r"\(wrap_rounds=False is now the only rule: remove it\)"):
+        ModelConfig(attention="lsh", attention_options={"wrap_rounds": False})
+    with pytest.raises(ValueError, match=r"\(random_source='seeded' is now the only rule"):
+        attention.build("bigbird", HIDDEN, HEADS, random_source="seeded")
+    with pytest.raises(ValueError, match=r"\(pad_multiple is an option of 'local-hf' only\)"):
+        attention.build("local", HIDDEN, HEADS, pad_multiple=128)
+
+
+@pytest.mark.parametrize("name", ["lsh-hf", "local-hf"])
+@pytest.mark.parametrize(
+    ("pad", "match"),
+    [(6, "pad_multiple must be a positive multiple of chunk_length=4"), (0, "pad_multiple"),
+     (True, "pad_multiple")],
+)  # fmt: skip
+def test_ports_refuse_a_bad_pad_multiple(name, pad, match):
+    with pytest.raises(ValueError, match=match):
+        attention.build(name, HIDDEN, HEADS, chunk_length=4, pad_multiple=pad)
 
 
 def test_longify_knows_the_bigbird_port_is_full_attention_on_short_inputs():

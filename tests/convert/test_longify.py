@@ -377,3 +377,22 @@ def test_minilm_sentence_embeddings_unchanged():
     assert float((cos - 1).abs().max()) < 1e-5, cos
     sim = got @ got.T  # and the embeddings still mean something: paraphrase > unrelated
     assert sim[0, 1] > sim[0, 2] + 0.2
+
+
+@pytest.mark.parametrize(
+    ("attention_name", "options"),
+    [
+        ("lsh", {"chunk_length": 16}),  # num_buckets derived from max_length: 32 vs 128 tokens
+        ("lsh-hf", {"chunk_length": 16, "num_buckets": 4}),  # HF's causal rule vs per-bucket
+    ],
+)
+def test_causal_lsh_is_exact_for_a_lone_token_only(attention_name, options):
+    """Causal LSH sees the latest tokens of its own bucket, so two causal shared-QK layers
+    agree within a chunk only when the buckets and the rule are the same; exact_lengths
+    compares the options the models really build (model_options), not the configured ones."""
+    src = source(architecture="causal-lm", attention=attention_name, attention_options=options)
+    long = longify(src, 4 * N0, "lsh", chunk_length=16)
+    assert exact_lengths(src.config, long.config) == [1]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 260, (2, 12), generator=gen)
+    assert max_diff(outputs(src, ids), outputs(long, ids), torch.ones_like(ids)) > 1e-3

@@ -33,6 +33,7 @@ MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)
 # Ports: name -> "module:Class"; and what an older config wrote instead of each port's name:
 # (core mechanism, option) -> {value: port name, or None for the core mechanism itself}.
 _PORTS: dict[str, str] = {}
+_PORT_BASE: dict[str, str] = {}  # port -> the mechanism it subclasses
 _LEGACY: dict[tuple[str, str], dict[Any, str | None]] = {}
 
 
@@ -82,7 +83,7 @@ def register_port(
     """Add a port (a subclass of mechanism `base` with another implementation's rules) by its
     "module:Class" path. `legacy` = (option, port value, core value): older configs selected
     the port with `option=port value` on `base` and the core rule with `option=core value`."""
-    _PORTS[name] = target
+    _PORTS[name], _PORT_BASE[name] = target, base
     if legacy is not None:
         option, port_value, core_value = legacy
         _LEGACY[base, option] = {port_value: name, core_value: None}
@@ -102,33 +103,37 @@ def upgrade(name: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     for (base, option), choices in _LEGACY.items():
         if name != base or option not in opts:
             continue
-        given = opts[option]
-        for value, port in choices.items():
-            if type(given) is type(value) and given == value:  # 1 is not True here
-                del opts[option]
-                new = port or new
-    if new == name and name in _REGISTRY:
-        for port in {p for (b, _), c in _LEGACY.items() if b == name for p in c.values() if p}:
-            moved = sorted((set(opts) - set(options(name))) & set(options(port)))
-            if moved:
-                raise ValueError(
-                    f"option(s) {moved} of {name!r} attention now belong to the Hugging Face "
-                    f"port {port!r} only (the core layer does not wrap around, so padding "
-                    f"cannot change its outputs); remove them, or use {port!r}"
-                )
+        matched, port = _chosen(choices, opts[option])
+        if matched:
+            del opts[option]
+            new = port or new
     return new, opts
 
 
-def moved_to_port(name: str, unknown: list[str]) -> str:
-    """A hint for options of `name` that older versions had and a port has taken over."""
-    moved = [
-        f"{option}={value!r} is now attention {port!r}"
-        for (base, option), choices in _LEGACY.items()
-        if base == name and option in unknown
-        for value, port in choices.items()
-        if port
-    ]
-    return f" ({'; '.join(moved)})" if moved else ""
+def _chosen(choices: dict[Any, str | None], given: Any) -> tuple[bool, str | None]:
+    """(whether a legacy option's value is one it had, the port it chose or None for the core
+    rule). 1 is not True here."""
+    for value, port in choices.items():
+        if type(given) is type(value) and given == value:
+            return True, port
+    return False, None
+
+
+def moved_to_port(name: str, given: dict[str, Any]) -> str:
+    """A hint for options of `name` that are not its own: older versions' options a port took
+    over (with what the given value means now), and options of a port of `name` only."""
+    hints = []
+    for (base, option), choices in _LEGACY.items():
+        if base == name and option in given:
+            matched, port = _chosen(choices, given[option])
+            if matched:
+                now = f"attention {port!r}" if port else "the only rule: remove it"
+                hints.append(f"{option}={given[option]!r} is now {now}")
+    for port, base in _PORT_BASE.items():
+        if base == name:
+            only = sorted(set(given) & (set(options(port)) - set(options(name))))
+            hints += [f"{option} is an option of {port!r} only" for option in only]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def get(name: str) -> type[SelfAttention]:
@@ -169,7 +174,7 @@ def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAtten
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for {name!r} attention; valid options: "
-            f"{', '.join(sorted(valid))}{moved_to_port(name, unknown)}"
+            f"{', '.join(sorted(valid))}{moved_to_port(name, {k: opts[k] for k in unknown})}"
         )
     return cls(hidden_size, num_heads, **opts)
 

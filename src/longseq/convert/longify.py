@@ -281,6 +281,19 @@ def _shared_qk(name: str) -> bool:
     return attention.get(name).shared_qk
 
 
+def _bucket_causal(name: str) -> bool:
+    """Causal LSH's prefix-stable rule: a query sees the latest tokens of its own bucket."""
+    return getattr(attention.get(name), "bucket_window_causal", False)
+
+
+def _built_spec(config: ModelConfig, i: int) -> tuple[str, dict[str, Any]]:
+    name, opts = config.layer_spec(i)
+    cls = attention.get(name)
+    return name, cls.model_options(
+        opts, max_length=config.max_length, layer=i, causal=config.causal
+    )
+
+
 def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
     """Input lengths n <= source.max_length at which `longify`'s result equals the source (eval
     mode, up to rounding), layer by layer as the module docstring lists; conservative: a
@@ -289,12 +302,17 @@ def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
     lengths = set(range(1, n0 + 1))
     heads, causal = source.num_heads, source.causal
     for i in range(source.num_layers):
-        (s, so), (t, to) = source.layer_spec(i), target.layer_spec(i)
+        # the options the layers are built with (what each model derives: LSH's buckets)
+        s, so = _built_spec(source, i)
+        t, to = _built_spec(target, i)
         if s == t and _pattern_options(s, so) == _pattern_options(t, to):
             ok = lengths  # the same pattern on the same weights
-        elif _shared_qk(s) and _shared_qk(t):  # shared-QK attention while one chunk holds it
+        elif _shared_qk(s) and _shared_qk(t):
+            # within one chunk: plain shared-QK attention, unless causal under the per-bucket
+            # window (it depends on the buckets); then only a lone token (its own value)
             chunks = (_pattern_options(x, o)["chunk_length"] for x, o in ((s, so), (t, to)))
-            ok = set(range(1, min(n0, *chunks) + 1))
+            bucketed = causal and (_bucket_causal(s) or _bucket_causal(t))
+            ok = {1} if bucketed else set(range(1, min(n0, *chunks) + 1))
         elif _shared_qk(s) or _shared_qk(t):  # vs separate QK: equal only for a lone token
             other, opts = (t, to) if _shared_qk(s) else (s, so)
             ok = {1} if dense_up_to(other, opts, heads, causal, n0) else set()

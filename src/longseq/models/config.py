@@ -224,7 +224,7 @@ class ModelConfig:
             raise ValueError(
                 f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
                 f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
-                f"{attention.moved_to_port(name, unknown)}"
+                f"{attention.moved_to_port(name, {k: opts[k] for k in unknown})}"
             )
         if self.causal and not cls.supports_causal:
             causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
