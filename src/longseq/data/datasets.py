@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,20 +86,25 @@ def read_examples(
     return examples
 
 
+def json_objects(lines: Iterable[str], source: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON-lines text; a line that is not
+    a JSON object raises an error naming `source` and the line."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}:{lineno}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{source}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
 def _read_jsonl(path: Path, text_field: str, label_field: str) -> list[tuple[str, Any]]:
     examples = []
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
+        for lineno, obj in json_objects(f, path):
             missing = [k for k in (text_field, label_field) if k not in obj]
             if missing:
                 raise ValueError(

@@ -240,21 +240,13 @@ def _register_predict(commands: Any) -> None:
 
 def _documents(args: argparse.Namespace) -> Any:
     """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
-    import json
+    from longseq.data.datasets import json_objects
 
     def from_text(text: str, source: str, jsonl: bool) -> Any:
         if not jsonl:
             yield {"text": text, "source": source}
             return
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{source}:{number}: not JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{source}:{number}: expected a JSON object")
+        for number, record in json_objects(text.splitlines(), source):
             if args.text_field != "text" and args.text_field in record:
                 record["text"] = record[args.text_field]
             yield {"source": f"{source}:{number}", **record}
