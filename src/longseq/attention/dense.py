@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longseq.attention import patterns
+from longseq.attention import ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
@@ -24,17 +24,7 @@ class FullAttention(SelfAttention):
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         q, k, v = self.project(hidden_states)
         p = self.dropout if self.training else 0.0
-        if bool(real.all()):
-            return F.scaled_dot_product_attention(
-                q, k, v, dropout_p=p, is_causal=self.causal, scale=1.0
-            )
-        n = q.shape[-2]
-        allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
-        if self.causal:
-            tril = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-            # the diagonal keeps padding queries from having an empty row (their output is zeroed)
-            allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+        return ops.dense_attention(q, k, v, real, self.causal, p)
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

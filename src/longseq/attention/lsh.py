@@ -595,8 +595,8 @@ class _Plan:
     a group's scores stay in cache between the ops that use them.
 
     Causal, `sorted_buckets` (each round's buckets in sorted order) decide what a query sees.
-    A subclass (a port of another rule) may change the group class and size, the windows' key
-    positions, the row softmax and the round weights.
+    A subclass (a port of another rule) may change the group class and size, the row softmax
+    and the round weights.
     """
 
     group_class: type[_Group]  # set below, once _Group is defined
@@ -628,10 +628,6 @@ class _Plan:
     def group_size(self, unit_bytes: int) -> int:
         """Units per group: about _GROUP_BYTES of scores."""
         return max(1, min(self.units, _GROUP_BYTES // unit_bytes))
-
-    def window_pos(self, perm: Tensor) -> Tensor:
-        """Original positions of each window's keys, (units, R, C, 2c)."""
-        return _window_pos(perm, self.chunk)
 
     def row_softmax(self, s: Tensor, p: Tensor, lse: Tensor, need_lse: bool) -> None:
         """p = softmax of the score rows s (T, c, 2c), and their logsumexps into lse (T, c)."""

@@ -143,6 +143,25 @@ def mask_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return (~allowed).to(dtype) * neg_inf(dtype)
 
 
+def dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, real: Tensor, causal: bool, dropout_p: float
+) -> Tensor:
+    """softmax(q k^T) v over every real key (causal: and k <= q), PyTorch's fused kernel; q is
+    pre-scaled. Padding queries keep their own key (no empty row; their output is dropped)."""
+    if bool(real.all()):
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0
+        )
+    n = q.shape[-2]
+    allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
+    if causal:
+        tril = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0
+    )
+
+
 def is_int(x: Any) -> bool:
     """A true integer option (bool is an int in Python, but never a valid size)."""
     return isinstance(x, int) and not isinstance(x, bool)

@@ -41,7 +41,6 @@ import functools
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from longseq.attention import ops, patterns
@@ -101,9 +100,7 @@ class HFBigBirdAttention(BigBirdAttention):
         if hidden_states.shape[1] > self.full_up_to():
             return super().attend(hidden_states, real, glob)
         q, k, v = self.project(hidden_states)
-        allowed = None if bool(real.all()) else real[:, None, None, :]
-        p = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p, scale=1.0)
+        return ops.dense_attention(q, k, v, real, False, self.dropout if self.training else 0.0)
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Any
@@ -174,10 +171,12 @@ class _PadMultiple:
 # ---------------------------------------------------------------------------------------- LSH
 
 
-def _rounds_end_to_end(perm: Tensor, c: int) -> Tensor:
-    """Original positions of each window's keys, (..., R, C, 2c), with the rounds laid end to
-    end: the first chunk of round r looks back at the last chunk of round r - 1 (of the last
-    round for round 0)."""
+def _hf_window_pos(perm: Tensor, c: int, wrap: bool) -> Tensor:
+    """Original positions of each window's keys, (..., R, C, 2c). Wrapping, the rounds are
+    laid end to end: the first chunk of round r looks back at the last chunk of round r - 1
+    (of the last round for round 0); otherwise the core layer's windows."""
+    if not wrap:
+        return _window_pos(perm, c)
     r, n = perm.shape[-2:]
     win = perm.unflatten(-1, (n // c, c))
     prev = win.flatten(-3, -2).roll(1, dims=-2).unflatten(-2, (r, n // c))
@@ -237,16 +236,22 @@ class _HFPlan(_Plan):
     group_class = _HFGroup
 
     def __init__(
-        self, perm: Tensor, chunk: int, n_real: Tensor | None, causal: bool, element_size: int
+        self,
+        perm: Tensor,
+        chunk: int,
+        n_real: Tensor | None,
+        causal: bool,
+        element_size: int,
+        wrap: bool,
     ) -> None:
-        self.wrap = perm.shape[-1] > chunk
+        self.wrap = wrap
         super().__init__(perm, chunk, n_real, causal, element_size)
 
     def group_size(self, unit_bytes: int) -> int:
         return 1 if self.wrap else super().group_size(unit_bytes)
 
     def window_pos(self, perm: Tensor) -> Tensor:
-        return _rounds_end_to_end(perm, self.chunk) if self.wrap else super().window_pos(perm)
+        return _hf_window_pos(perm, self.chunk, self.wrap)
 
     def row_softmax(self, s: Tensor, p: Tensor, lse: Tensor, need_lse: bool) -> None:
         if not self.wrap:
@@ -280,7 +285,8 @@ class HFLSHAttention(_PadMultiple, LSHAttention):
     def plan(
         self, buckets: Tensor, perm: Tensor, n_real: Tensor | None, element_size: int
     ) -> _Plan:
-        return _HFPlan(perm, self.chunk_length, n_real, self.causal, element_size)
+        wrap = self.wraps(perm.shape[-1])
+        return _HFPlan(perm, self.chunk_length, n_real, self.causal, element_size, wrap)
 
     def new_cache(self) -> LSHCache:
         self._check_cacheable()
@@ -301,12 +307,10 @@ class HFLSHAttention(_PadMultiple, LSHAttention):
         with torch.no_grad():
             perm = self.sort_order(self.hash(qk, real))
             q_pos = _query_pos(perm, c)
-            if self.wraps(n):
-                k_pos, ok = _rounds_end_to_end(perm, c).unsqueeze(-2), _take(real, q_pos)
-            else:
-                k_pos = _window_pos(perm, c).unsqueeze(-2)
-                ok = (_window_rank(n, c, qk.device) >= 0) & _take(real, q_pos)
-            ok = ok & _take(real, k_pos)
+            k_pos = _hf_window_pos(perm, c, self.wraps(n)).unsqueeze(-2)
+            ok = _take(real, q_pos) & _take(real, k_pos)
+            if not self.wraps(n):  # a first chunk's look-back is a placeholder
+                ok = ok & (_window_rank(n, c, qk.device) >= 0)
             if self.causal:
                 ok = ok & (k_pos <= q_pos)
         return _count_pairs(q_pos, k_pos, ok, n)[:, :, :n0, :n0]
