@@ -155,9 +155,11 @@ class ForSequenceClassification(_Head):
             output_hidden_states,
             shard=shard,
         )
-        count = h.new_full((h.shape[0], 1), h.shape[1]) if mask is None else None
-        if mask is not None:
-            count = mask.sum(1, keepdim=True).to(h.dtype)
+        count = (
+            h.new_full((h.shape[0], 1), h.shape[1])
+            if mask is None
+            else mask.sum(1, keepdim=True).to(h.dtype)
+        )
         if self.config.pooling == "cls":
             pooled = h[:, 0]
             if shard is not None:
