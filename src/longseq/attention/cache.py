@@ -94,9 +94,9 @@ class SlotCache(AttentionCache):
             keys = torch.cat((self.k, k), 2)
             values = torch.cat((self.v, v), 2)
             kpos = torch.cat((self.pos, kpos_new), 1)
-            self._store(k, v, qpos, valid)
+            self.store(k, v, qpos, valid)
         else:
-            self._store(k, v, qpos, valid)
+            self.store(k, v, qpos, valid)
             n = self.size or self.hi
             keys, values, kpos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
         q4, k4 = qpos[:, None, :, None], kpos[:, None, None, :]
@@ -108,9 +108,6 @@ class SlotCache(AttentionCache):
 
     def store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
         """Keep keys and values (B, H, C, D) at positions qpos (B, C) where `valid`."""
-        self._store(k, v, qpos, valid)
-
-    def _store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
         if self.k is None:
             self._allocate(k, self.size or _FIRST_CAPACITY)
         assert self.k is not None and self.v is not None and self.pos is not None
