@@ -33,14 +33,15 @@ import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from longseq.models.heads import ForCausalLM
-    from longseq.models.transformer import DecodingCache
+# The model's type from its base class: heads imports this module (ForCausalLM.generate), so
+# this module does not import heads.
+from longseq.models.base import LongseqModel
+from longseq.models.transformer import DecodingCache
 
 FINISH_REASONS = ("max_new_tokens", "eos", "stop_string", "max_length")
 # Prompt tokens per prefill chunk: bounds the (chunk x keys) score tensor of full attention.
@@ -202,9 +203,9 @@ class TextStreamer:
 class _Cached:
     """Decoding through the model's forward with a `DecodingCache` (see the module docstring)."""
 
-    def __init__(self, model: ForCausalLM, batch: int) -> None:
+    def __init__(self, model: LongseqModel, batch: int) -> None:
         self.model = model
-        self.cache: DecodingCache = model.new_cache(batch)
+        self.cache: DecodingCache = model.body.new_cache(batch)
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, lengths: Tensor) -> Tensor:
@@ -237,7 +238,7 @@ class _FullForward:
     at each step; also the way to decode layers that are not prefix-stable (Hugging Face
     parity modes), whose outputs change as tokens are added."""
 
-    def __init__(self, model: ForCausalLM, tokens: _Tokens) -> None:
+    def __init__(self, model: LongseqModel, tokens: _Tokens) -> None:
         self.model = model
         self.tokens = tokens
 
@@ -365,7 +366,7 @@ def _prompts(input_ids: Tensor, attention_mask: Tensor | None, vocab: int) -> tu
 
 
 def generate(
-    model: ForCausalLM,
+    model: LongseqModel,
     input_ids: Tensor,
     max_new_tokens: int,
     *,

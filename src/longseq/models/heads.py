@@ -33,6 +33,7 @@ from longseq.models.evaluation import (
     SpanSums,
     TokenLabelSums,
 )
+from longseq.models.generation import generate
 from longseq.models.transformer import DecodingCache, ModelOutput
 
 
@@ -397,8 +398,6 @@ class ForCausalLM(_Head):
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs: Any) -> Any:
         """Continue the prompts; see `longseq.models.generation.generate` for the options."""
-        from longseq.models.generation import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
 
