@@ -2,8 +2,9 @@
 
 Every command group lives beside its code, in its package's `commands.py`: each module in
 `COMMAND_MODULES` has `register(commands)`, which adds its sub-parser with
-`set_defaults(func=run)` where `run(args) -> int`. Modules are imported only to build the
-parser, and should import their heavy dependencies inside `run`.
+`set_defaults(func=run)` where `run(args) -> int`. Every module is imported to build the
+parser (and `import longseq` brings in torch), so they import at the top; only optional or slow
+dependencies (transformers, matplotlib) wait until a command needs them, with the reason.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ Used by the attention benchmark's memory probes and by `longseq compare`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -30,6 +31,8 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from longseq import attention
 
 
 class ChildError(RuntimeError):
@@ -45,8 +48,6 @@ def _die_with_parent() -> None:
     a folder that a resumed run is about to use (a no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
@@ -102,8 +103,6 @@ def _run_child(job: dict[str, Any], write_fd: int) -> None:
     try:
         sys.path[:0] = [p for p in job.get("sys_path", ()) if p not in sys.path]
         if job.get("mechanisms"):
-            from longseq import attention
-
             for name, target in job["mechanisms"].items():
                 attention.register_path(name, target)
         result = _resolve(job["fn"])(*job["args"])

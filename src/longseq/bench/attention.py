@@ -29,19 +29,23 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 import longseq
 from longseq import attention
+from longseq.bench import peers, report
 from longseq.forkserver import ChildError, Server
 
 DTYPES = {
@@ -217,8 +221,6 @@ def make_layer(spec: Spec, n: int, cfg: Config) -> tuple[nn.Module, Callable[[Te
         else:
             fn = layer
     else:
-        from longseq.bench import peers
-
         if spec.global_tokens:
             opts["global_tokens"] = spec.global_tokens
         peer = peers.build_peer(spec.builder, cfg.hidden, cfg.heads, n, **opts)
@@ -282,8 +284,6 @@ def reset_peak_rss() -> Callable[[], int]:
         before = _status_kb("VmRSS")
         return lambda: (_status_kb("VmHWM") - before) * 1024
     except OSError:  # not resettable: ru_maxrss (KiB on Linux) minus the RSS now
-        import resource
-
         page = os.sysconf("SC_PAGE_SIZE")
         with open("/proc/self/statm") as f:
             before_b = int(f.read().split()[1]) * page
@@ -390,8 +390,6 @@ def machine_info(device: str) -> dict[str, Any]:
                 break
     for pkg in ("transformers", "linformer"):
         with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
             info[pkg] = version(pkg)
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -486,10 +484,6 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
 
     Per length: each row's peak memory in a fresh process (`_probe_length`), then every row
     that fits timed in this process, round-robin (`_time_length`)."""
-    from tqdm import tqdm
-
-    from longseq.bench import report
-
     specs = select(cfg.mechanisms, cfg.peers)
     lengths = sorted(set(cfg.lengths))
     out_dir = Path(cfg.out)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from longseq.argtypes import int_list, positive
+from longseq.bench import attention as ba
 
 
 def register(commands: Any) -> None:
@@ -13,8 +17,6 @@ def register(commands: Any) -> None:
         "bench", help="benchmarks", description="Benchmarks of the longseq layers."
     )
     which = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    from longseq.bench import attention as ba
-
     att = which.add_parser(
         "attention",
         help="time and peak memory of the attention layers vs peers",
@@ -68,8 +70,6 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    from longseq.bench import attention as ba
-
     mechanisms = [m.strip() for m in args.mechanisms.split(",") if m.strip()]
     unknown = [m for m in mechanisms if m not in ba.choices()]
     if unknown or not mechanisms:
@@ -81,11 +81,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--warmup must be >= 0")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device is available")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     cfg = ba.Config(
         mechanisms=mechanisms,
         lengths=args.lengths,
@@ -104,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     records = ba.run(cfg)
-    from pathlib import Path
-
     out = Path(args.out)
     print((out / "table.md").read_text())
     for name in ("results.jsonl", "table.md", "plot.png"):

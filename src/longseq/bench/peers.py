@@ -17,6 +17,7 @@ skipped.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,6 @@ class Peer:
 
 def _hf(module: str) -> Any:
     try:
-        import importlib
-
         return importlib.import_module(f"transformers.models.{module}")
     except ImportError as err:  # transformers absent or too old
         raise PeerUnavailable(
@@ -178,7 +177,7 @@ def hf_reformer(
 
 def lucidrains_linformer(hidden: int, heads: int, n: int, *, k: int = 256, **_: Any) -> Peer:
     """lucidrains' LinformerSelfAttention: E, F (n x k) shared by the heads, separate for K, V."""
-    try:
+    try:  # an optional peer (the `peers` extra): imported only when it is benchmarked
         from linformer import LinformerSelfAttention
     except ImportError as err:
         raise PeerUnavailable(

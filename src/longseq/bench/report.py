@@ -161,7 +161,7 @@ def table(records: list[Record], settings: str = "") -> str:
 
 def plot(records: list[Record], path: str | Path) -> None:
     """Two log-log panels: forward+backward time and peak memory against n."""
-    import matplotlib
+    import matplotlib  # here, not at the top: over a second to import, needed only to plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -19,58 +19,10 @@ outputs equal the original's in eval mode (tests/convert; docs/convert.md has th
 `transformers` is needed only here, to read the HF model (the `convert` extra).
 """
 
-from __future__ import annotations
+from longseq.convert.converters import CONVERTERS, SUPPORTED, convert, from_huggingface
 
-import importlib
-from pathlib import Path
-
-from torch import nn
-
-from longseq.models import LongseqModel
-
-# HF model_type -> converter module (each has `convert(hf_model) -> LongseqModel`).
-CONVERTERS: dict[str, str] = {
-    "bert": "longseq.convert.bert",  # BERT and MiniLM checkpoints
-    "roberta": "longseq.convert.roberta",
-    "xlm-roberta": "longseq.convert.roberta",
-    "longformer": "longseq.convert.longformer",
-    "big_bird": "longseq.convert.bigbird",
-    "reformer": "longseq.convert.reformer",
-}
-SUPPORTED: tuple[str, ...] = tuple(CONVERTERS)
-
-
-def convert(hf_model: nn.Module) -> LongseqModel:
-    """The longseq model equivalent to an in-memory transformers model (eval mode)."""
-    model_type = getattr(getattr(hf_model, "config", None), "model_type", None)
-    if model_type not in CONVERTERS:
-        what = f"model_type {model_type!r}" if model_type else type(hf_model).__name__
-        raise ValueError(
-            f"cannot convert {what}: supported Hugging Face model types: {', '.join(SUPPORTED)}"
-        )
-    model = importlib.import_module(CONVERTERS[model_type]).convert(hf_model)
-    param = next(hf_model.parameters(), None)
-    if param is not None:
-        model = model.to(device=param.device, dtype=param.dtype)
-    return model.eval()
-
-
-def from_huggingface(model_or_dir: nn.Module | str | Path) -> LongseqModel:
-    """Convert a transformers model, or a local HF folder (config.json + weights; no hub)."""
-    if isinstance(model_or_dir, nn.Module):
-        return convert(model_or_dir)
-    if isinstance(model_or_dir, (str, Path)):
-        from longseq.convert.local import load_folder
-
-        return convert(load_folder(model_or_dir, SUPPORTED))
-    raise ValueError(
-        "from_huggingface takes a transformers model or the path of a local model folder, "
-        f"got {type(model_or_dir).__name__}"
-    )
-
-
-# Imported last: longify builds on from_huggingface. The function takes the name of its module
-# in this namespace, so `from longseq.convert import longify` gives the function.
-from longseq.convert.longify import longify  # noqa: E402
+# `longify` the function shadows `longseq.convert.longify` the module in this namespace: import
+# the module's other names from the module itself (`from longseq.convert.longify import ...`).
+from longseq.convert.longify import longify
 
 __all__ = ["CONVERTERS", "SUPPORTED", "convert", "from_huggingface", "longify"]

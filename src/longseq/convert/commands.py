@@ -19,6 +19,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from longseq.convert import destination, from_huggingface
+
+# the module, not the function `longseq.convert.longify` that shadows it in the package
+from longseq.convert.longify import (
+    describe_lengths,
+    exact_lengths,
+    load_source,
+    longify_with_report,
+)
+from longseq.data.tokenizers import HFTokenizer, load_tokenizer
+
 
 def register(commands: Any) -> None:
     _register_convert(commands)
@@ -44,26 +57,20 @@ def _register_convert(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longseq.convert import destination
-
     src, dst = Path(args.src), Path(args.dst)
     refused = destination.check(src, dst, args.force)
     if refused:
         return _fail(refused)
-    try:
+    try:  # optional (the `convert` extra): imported only to convert
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # one model, no progress to show
     except ImportError:
         pass  # from_huggingface says how to install it
     try:
-        from longseq.convert import from_huggingface
-
         model = from_huggingface(src)
         tokenizer = None
         if (src / "tokenizer.json").is_file():
-            from longseq.data.tokenizers import HFTokenizer
-
             tokenizer = HFTokenizer(src)
             if tokenizer.vocab_size > model.config.vocab_size:
                 print(
@@ -155,18 +162,6 @@ def _register_longify(commands: Any) -> None:
 
 
 def run_longify(args: argparse.Namespace) -> int:
-    import torch
-
-    from longseq.convert import destination
-
-    # the module, not the function `longseq.convert.longify` that shadows it in the package
-    from longseq.convert.longify import (
-        describe_lengths,
-        exact_lengths,
-        load_source,
-        longify_with_report,
-    )
-
     refused = destination.check(args.src, args.dst, args.force)
     if refused:
         return _error(refused)
@@ -217,8 +212,6 @@ def _outputs(model: Any, ids: Any) -> Any:
 
 
 def _tokenizer(src: str) -> Any:
-    from longseq.data.tokenizers import load_tokenizer
-
     try:
         return load_tokenizer(src)
     except (FileNotFoundError, ValueError):

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 CONFIG_FILE = "config.json"
@@ -29,7 +30,7 @@ CLASS_FALLBACK = {"ForPreTraining": "ForMaskedLM"}
 
 
 def require_transformers() -> ModuleType:
-    try:
+    try:  # an optional dependency (the `convert` extra), so imported only when converting
         import transformers
     except ImportError:
         raise ImportError(
@@ -97,7 +98,6 @@ def check_shapes(cls: type, config: Any, files: list[Path]) -> None:
     """Compare the safetensors shapes with those `config` implies (no tensor data is read)."""
     if not all(f.suffix == ".safetensors" for f in files):
         return  # .bin files: transformers' own check (a RuntimeError, re-raised below)
-    from safetensors import SafetensorError, safe_open
 
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from longseq import attention
 from longseq.attention.bigbird import BigBirdAttention
+from longseq.convert.converters import from_huggingface
 from longseq.models import ModelConfig, build_model, from_pretrained, read_config
 from longseq.models.base import LongseqModel
 
@@ -62,7 +63,7 @@ def load_source(model_or_dir: Any) -> LongseqModel:
     if isinstance(model_or_dir, nn.Module) and hasattr(
         getattr(model_or_dir, "config", None), "model_type"
     ):
-        return _from_huggingface(model_or_dir)
+        return from_huggingface(model_or_dir)
     if not isinstance(model_or_dir, (str, Path)):
         raise ValueError(
             f"longify takes a longseq model, a Hugging Face model, or a folder holding either; "
@@ -75,19 +76,8 @@ def load_source(model_or_dir: Any) -> LongseqModel:
             "Hugging Face model folder"
         )
     if "model_type" in read_config(d):  # Hugging Face configs name their family
-        return _from_huggingface(d)
+        return from_huggingface(d)
     return from_pretrained(d)
-
-
-def _from_huggingface(source: Any) -> LongseqModel:
-    try:
-        from longseq.convert import from_huggingface
-    except ImportError as e:
-        raise ValueError(
-            f"{source!s:.80} is a Hugging Face model; converting it needs "
-            f"longseq.convert.from_huggingface and `transformers` ({e})"
-        ) from None
-    return from_huggingface(source)
 
 
 # ------------------------------------------------------------------------------- config

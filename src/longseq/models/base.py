@@ -9,6 +9,7 @@ against the model the config builds before anything is loaded.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -135,8 +136,6 @@ class LongseqModel(nn.Module):
 
         With `length` (the longest batch), 1 where rounding it up to that multiple would pass
         max_length: the layers then pad themselves."""
-        import math
-
         multiple = 1
         for b in self.body.layers:  # each mechanism says what it pads to
             multiple = math.lcm(multiple, b.attn.attention.length_multiple)

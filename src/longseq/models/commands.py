@@ -16,12 +16,21 @@ token, then milliseconds per token, cache kind, why it stopped) goes to stderr. 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from longseq.argtypes import nonnegative, positive
+from longseq.data.datasets import json_objects
+from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
+from longseq.models import from_pretrained, read_config
+from longseq.models.generation import TextStreamer, generate
+from longseq.models.predict import Predictor
 
 
 def register(commands: Any) -> None:
@@ -70,8 +79,6 @@ def _register_generate(commands: Any) -> None:
 
 
 def _tokenizer(directory: Path, vocab_size: int) -> Any:
-    from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
-
     byte_vocab = ByteTokenizer.vocab_size
     try:
         return load_tokenizer(directory)
@@ -93,10 +100,6 @@ def run(args: argparse.Namespace) -> int:
     sampling = args.temperature > 0
     if not sampling and (args.top_k is not None or args.top_p is not None):
         parser.error("--top-k/--top-p need sampling: give --temperature > 0 as well")
-    import torch
-
-    from longseq.models.generation import TextStreamer, generate
-
     try:
         model, tokenizer = _load(args, "causal-lm")
         prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file)
@@ -150,10 +153,6 @@ def run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, architecture: str | None = None) -> tuple[Any, Any]:
     """The model of --model on --device (--threads), and its tokenizer; ValueError with the
     reason when it is not there, not `architecture`, or the two do not belong together."""
-    import torch
-
-    from longseq.models import from_pretrained, read_config
-
     directory = Path(args.model)
     if architecture is not None:
         try:
@@ -240,7 +239,6 @@ def _register_predict(commands: Any) -> None:
 
 def _documents(args: argparse.Namespace) -> Any:
     """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
-    from longseq.data.datasets import json_objects
 
     def from_text(text: str, source: str, jsonl: bool) -> Any:
         if not jsonl:
@@ -261,10 +259,6 @@ def _documents(args: argparse.Namespace) -> Any:
 
 def run_predict(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.predict_parser
-    import json
-
-    from longseq.models.predict import Predictor
-
     try:
         model, tokenizer = _load(args)
         predictor = Predictor(
@@ -281,8 +275,6 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.question is not None:
         docs = ({"question": args.question, **d} for d in docs)
     if not args.no_progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
         docs = tqdm(docs, desc="predict", unit="doc", leave=False)
     try:
         for record in predictor.predict(docs):

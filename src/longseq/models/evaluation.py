@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.data.gcide_qa import best_spans, span_scores
 from longseq.labels import IGNORE
 from longseq.models import metrics
 
@@ -122,8 +123,6 @@ class SpanSums(EvalSums):
     """The best span of at most QA_MAX_ANSWER tokens after the question, against the gold."""
 
     def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        from longseq.data.gcide_qa import best_spans, span_scores
-
         out = self.model(**batch)
         gold = torch.stack([batch["start_positions"], batch["end_positions"]], -1)
         first = cpu_batch["global_attention_mask"].sum(-1).to(self.sums.device)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from longseq.data.tokenizers import ByteTokenizer
 from longseq.labels import IGNORE
 
 
@@ -104,8 +105,6 @@ def mlm_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, flo
 def target_bytes(targets: Tensor, tokenizer: object) -> int:
     """UTF-8 bytes of the target ids (-100 ignored): one per byte id for the byte tokenizer,
     the decoded text's length per row for any other tokenizer."""
-    from longseq.data.tokenizers import ByteTokenizer
-
     if isinstance(tokenizer, ByteTokenizer):
         lo, hi = ByteTokenizer.offset, ByteTokenizer.vocab_size
         return int(((targets >= lo) & (targets < hi)).sum())

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from longseq.data.collate import Collator
+from longseq.data.gcide_qa import best_spans
+from longseq.data.recall import features
 
 ARCHITECTURES = (
     "sequence-classification",
@@ -89,8 +91,6 @@ class Predictor:
             }
         if self.arch == "token-classification" and "input_ids" in doc:
             if "pairs" in doc and "token_type_ids" not in doc:  # a `longseq data recall` line
-                from longseq.data.recall import features
-
                 doc = {**doc, "token_type_ids": features(doc)["token_type_ids"]}
             if "token_type_ids" not in doc and self.model.config.type_vocab_size > 2:
                 raise ValueError(
@@ -195,8 +195,6 @@ class Predictor:
                 m[0]["token"] + piece for m, piece in zip(masks, pieces[1:], strict=True)
             )
             return {"masks": masks, "filled": filled}
-        from longseq.data.gcide_qa import best_spans
-
         head, n = item["head"], len(item["input_ids"])
         if n == head:  # no context left after the question
             return {"answer": "", "start": 0, "end": 0, "score": float("-inf")}

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from longseq.argtypes import positive
+from longseq.viz import patterns
 
 
 def register(commands: Any) -> None:
@@ -24,8 +25,6 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longseq.viz import patterns
-
     written = patterns.draw_all(
         args.out, n=args.n, warn=lambda msg: print(f"warning: {msg}", file=sys.stderr)
     )

@@ -34,6 +34,7 @@ SHADES = ("#9ecae1", "#08519c")  # a shaded panel's categories span these, light
 
 def _colours(p: Panel) -> list[str]:
     """The colour of each value 0 .. max category of a panel with categories (0: white)."""
+    # matplotlib here, not at the top: over a second to import, and only drawing needs it
     from matplotlib.colors import to_hex, to_rgb
 
     cats = sorted(p.categories or {})
@@ -47,6 +48,7 @@ def _colours(p: Panel) -> list[str]:
 
 
 def _draw_categories(ax: Any, p: Panel, aspect: str) -> None:
+    # matplotlib here, not at the top: over a second to import, and only drawing needs it
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
@@ -104,6 +106,7 @@ def _heading(pic: Picture) -> str:
 
 
 def _render(rows: list[Picture], path: Path, title: str | None = None) -> None:
+    # matplotlib here, not at the top: over a second to import, and only drawing needs it
     import matplotlib
 
     matplotlib.use("Agg")
