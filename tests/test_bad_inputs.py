@@ -46,6 +46,22 @@ def _yaml_duplicate(tmp: Path) -> None:
     load_config(path)
 
 
+def _yaml_tab(tmp: Path) -> None:
+    from longseq.train import load_config
+
+    path = tmp / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n\tmax_steps: 2\n")
+    load_config(path)
+
+
+def _set_breaks_the_file(tmp: Path) -> None:
+    from longseq.train import load_config
+
+    path = tmp / "c.yaml"
+    path.write_text("optim:\n  warmup_steps: 20\n  lr: 1e-3\n")
+    load_config(path, ["optim.lr=1e-2", "optim.max_steps=2"])
+
+
 def _lr_inf(tmp: Path) -> None:
     from longseq.train import TrainConfig
 
@@ -144,6 +160,9 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),
+    ("--set optim.max_steps=2 below warmup_steps", _set_breaks_the_file,
+     "--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2"),  # fmt: skip
+    ("a tab in a YAML config: its file and line", _yaml_tab, 'c.yaml", line 3, column 1'),
 ]
 
 
