@@ -160,8 +160,11 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),
-    ("--set optim.max_steps=2 below warmup_steps", _set_breaks_the_file,
-     "--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2"),  # fmt: skip
+    (
+        "--set optim.max_steps=2 below warmup_steps",
+        _set_breaks_the_file,
+        "--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2",
+    ),
     ("a tab in a YAML config: its file and line", _yaml_tab, 'c.yaml", line 3, column 1'),
 ]
 
