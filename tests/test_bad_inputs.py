@@ -111,6 +111,16 @@ def _init_from_cut(tmp: Path) -> None:
     )
 
 
+def _predict_too_long(tmp: Path) -> None:
+    from longseq.data.tokenizers import ByteTokenizer
+    from longseq.models import build_model
+    from longseq.models.predict import Predictor
+
+    cfg = ModelConfig(architecture="sequence-classification", hidden_size=16, num_layers=1,
+                      num_heads=2, intermediate_size=32, max_length=32)  # fmt: skip
+    Predictor(build_model(cfg, seed=0), ByteTokenizer(), max_length=5000)
+
+
 def _hf_folder(tmp: Path) -> Path:
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
@@ -153,6 +163,11 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
     ("init_from a cut model", _init_from_cut, "init_from: "),
+    (
+        "predict --max-length 5000 on a 32-token model",
+        _predict_too_long,
+        "max_length=5000 exceeds this model's max_length=32",
+    ),
     ("a layer call with batch size 0", _layer_batch0, "empty batch"),
     ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),

@@ -230,7 +230,9 @@ def _register_predict(commands: Any) -> None:
     p.add_argument("--text-field", default="text", help="JSON lines: the text field")
     p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
     p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
-    p.add_argument("--max-length", type=positive(int), help="cut documents (default: model's)")
+    p.add_argument(
+        "--max-length", type=positive(int), help="cut documents (default and at most: the model's)"
+    )
     p.add_argument("--batch-size", type=positive(int), default=8, help="(default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
