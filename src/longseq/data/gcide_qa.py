@@ -85,7 +85,7 @@ def read_entries(source: str | Path | None = None) -> list[tuple[str, str]]:
 
     from longseq.data.real import find_gcide
 
-    path = find_gcide(source)
+    path = find_gcide(source, command="gcide-qa")
     raw = path.read_bytes()
     data = gzip.decompress(raw) if path.suffix == ".dz" else raw
     index = path.parent / "gcide.index"
