@@ -624,12 +624,15 @@ class _Trainer:
         )
         for note in self.notes:
             log.message(note, self.state.step)
-        if self.frozen:
+        if self.frozen:  # expected (see the module docstring): a count here, names in the log
             log.message(
-                f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
-                f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
+                f"{len(self.frozen)} parameter(s) get no gradient with this model and data (e.g. "
+                "global-token projections when no token is global) and are not trained; "
+                f"names in {log.path}",
                 self.state.step,
             )
+            names = f"not trained (no gradient in the probe step): {self.frozen}"
+            log.write({"kind": "info", "step": self.state.step, "message": names})
 
     def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
         """The mean loss and gradient norm since the last record (loss over all ranks)."""
