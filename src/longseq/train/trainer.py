@@ -47,13 +47,14 @@ import torch
 from torch import nn
 
 from longseq.train import checkpoint as ckpt
-from longseq.train import distributed
+from longseq.train import distributed, memory
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
 from longseq.train.data import (
     ARCHITECTURE,
     BatchStream,
     TaskData,
     build_task_data,
+    dataset_lengths,
     eval_loader,
     make_collate,
     resolve_tokenizer,
@@ -213,6 +214,20 @@ class _Trainer:
             num_workers=run.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+        self._check_memory(multiple * self.sp, dp_size)
+
+    def _check_memory(self, multiple: int, dp_size: int) -> None:
+        """Refuse a run whose training step cannot fit in memory (`memory.estimate`), before
+        the first batch is allocated: the longest training sequence, padded as the collate
+        pads it, in a micro-batch of this process (its shard under sequence parallelism)."""
+        longest = max(dataset_lengths(self.data.train), default=1)
+        length = -(-min(longest, self.cfg.data.max_length) // multiple) * multiple // self.sp
+        batch = max(1, self.cfg.data.batch_size // dp_size)
+        est = memory.estimate(self.model, length, batch, self.device, self._autocast())
+        if not est.fits:
+            raise ValueError(
+                memory.refusal(est, self.cfg.data.max_length, self.cfg.data.batch_size)
+            )
 
     def _sequence_parallel_setup(self) -> tuple[int, int, Any]:
         sp = self.sp
