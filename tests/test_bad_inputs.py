@@ -111,6 +111,26 @@ def _init_from_cut(tmp: Path) -> None:
     )
 
 
+def _train_too_big(tmp: Path) -> None:
+    """A training step that cannot fit (memory pinned at 1 MiB, whatever the machine; small
+    enough to run should the check be gone)."""
+    from unittest import mock
+
+    from longseq.train import train
+
+    data = tmp / "train.jsonl"
+    data.write_text('{"text": "%s", "label": "a"}\n{"text": "b", "label": "b"}\n' % ("a" * 8000))
+    config = {
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "data": {"task": "classification", "train": str(data), "batch_size": 2,
+                 "max_length": 100_000},
+        "optim": {"max_steps": 1},
+        "run": {"out": str(tmp / "run"), "progress": False, "tensorboard": False},
+    }  # fmt: skip
+    with mock.patch("longseq.train.memory.available_bytes", return_value=2.0**20):
+        train(config)
+
+
 def _predict_too_long(tmp: Path) -> None:
     from longseq.data.tokenizers import ByteTokenizer
     from longseq.models import build_model
@@ -163,6 +183,11 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
     ("init_from a cut model", _init_from_cut, "init_from: "),
+    (
+        "a training step too big for memory, before allocating",
+        _train_too_big,
+        "more than the 1 MiB of memory available to it (an estimate, made before allocating",
+    ),
     (
         "predict --max-length 5000 on a 32-token model",
         _predict_too_long,

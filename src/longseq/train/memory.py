@@ -58,10 +58,10 @@ def saved_bytes(model: nn.Module, n: int, device: torch.device, autocast: Contex
             seen[storage.data_ptr()] = storage.nbytes()
         return t
 
-    ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
     devices = [device] if device.type == "cuda" else []
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     with torch.random.fork_rng(devices=devices), autocast, hooks:
+        ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
         out = model(input_ids=ids)
     del out
     return sum(seen.values())
@@ -99,14 +99,17 @@ def estimate(
     return Estimate(need, available_bytes(device), per_sequence, length, batch)
 
 
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def refusal(est: Estimate, max_length: int, batch_size: int) -> str:
     """The error for a run that does not fit: the estimate, the limit, what to lower."""
-    gb = 2**30
     return (
-        f"this run needs about {est.need / gb:.1f} GiB for a training step, more than the "
-        f"{est.available / gb:.1f} GiB of memory available to it (an estimate, made before "
+        f"this run needs about {_size(est.need)} for a training step, more than the "
+        f"{_size(est.available)} of memory available to it (an estimate, made before "
         f"allocating: {est.batch} sequence(s) of up to {est.length:,} tokens per micro-batch, "
-        f"~{BACKWARD * est.per_sequence / gb:.2f} GiB each, measured on short ones and scaled, "
+        f"~{_size(BACKWARD * est.per_sequence)} each, measured on short ones and scaled, "
         f"plus gradients and optimiser state); lower data.max_length (now {max_length:,}) or "
         f"data.batch_size (now {batch_size}; raise optim.grad_accum to keep the batch)"
     )
