@@ -96,17 +96,6 @@ def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int 
     return out
 
 
-def _available_bytes() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def _probe(
     config: dict[str, Any], n: int, batch: int, device: str, threads: int | None, max_s: float
 ) -> tuple[dict[str, Any], str | None]:
@@ -135,7 +124,13 @@ def _expected_limit(
     mem = extrapolate(history["mem"], n)
     if sec is not None and sec > max_seconds:
         return f"expected fwd+bwd {sec:.0f} s > {max_seconds:g} s"
-    if mem is not None and mem > _available_bytes() / 2:
+    if mem is None:
+        return None
+    import torch
+
+    from longseq.train.memory import available_bytes
+
+    if mem > available_bytes(torch.device("cpu")) / 2:
         return f"expected peak memory {mem / 2**30:.1f} GiB > half the memory available"
     return None
 
