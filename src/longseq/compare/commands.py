@@ -13,8 +13,8 @@ from longseq.argtypes import int_list
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    from longseq import tasks
     from longseq.compare.presets import MECHANISMS, PRESETS
-    from longseq.compare.tasks import TASKS
 
     p = commands.add_parser(
         "compare",
@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=list(tasks.compare_tasks()),
         default="recall",
         help="the task (default recall: associative recall by distance, with the patterns' "
         "predictions beside the measurements)",

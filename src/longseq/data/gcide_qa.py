@@ -347,33 +347,6 @@ def span_scores(pred: Any, gold: Any) -> tuple[Any, Any]:
     return exact, f1
 
 
-def scores_by_distance(
-    model: Any, dataset: QADataset, batch_size: int = 16, max_answer: int = 128
-) -> list[list[float]]:
-    """[distance, exact, f1] per example of `dataset`, scored by `model` (eval mode)."""
-    import torch
-
-    from longseq.train.data import make_collate
-
-    collate = make_collate(dataset.tokenizer, model.pad_multiple())
-    use_global = getattr(model, "supports_global", False)
-    rows: list[list[float]] = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            idx = range(start, min(start + batch_size, len(dataset)))
-            batch = collate([dataset[i] for i in idx])
-            glob = batch.pop("global_attention_mask")
-            gold = torch.stack([batch.pop("start_positions"), batch.pop("end_positions")], -1)
-            out = model(**batch, global_attention_mask=glob if use_global else None)
-            context_from = glob.sum(-1)
-            pred = best_spans(out.start_logits, out.end_logits, context_from, max_answer)
-            exact, f1 = span_scores(pred, gold)
-            for i, e, f in zip(idx, exact.tolist(), f1.tolist(), strict=True):
-                rows.append([dataset.items[i]["distance"], e, f])
-    return rows
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
@@ -423,6 +396,5 @@ __all__ = [
     "definition",
     "make_examples",
     "read_entries",
-    "scores_by_distance",
     "span_scores",
 ]

@@ -84,15 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- evaluate
 
-# A model's architecture -> the task its data is read as, when no run config says.
-_DEFAULT_TASK = {
-    "sequence-classification": "classification",
-    "causal-lm": "lm",
-    "masked-lm": "mlm",
-    "token-classification": "recall",
-    "question-answering": "qa",
-}
-
 
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
@@ -118,6 +109,7 @@ def _data_config(args: argparse.Namespace, model: object) -> object:
     command line's task and length on top, else defaults for the model's architecture."""
     from pathlib import Path
 
+    from longseq import tasks
     from longseq.train.config import DataConfig, load_config
 
     arch = model.config.architecture  # type: ignore[attr-defined]
@@ -130,7 +122,8 @@ def _data_config(args: argparse.Namespace, model: object) -> object:
             break
     if args.task:
         base["task"] = args.task
-    base.setdefault("task", _DEFAULT_TASK.get(arch, "classification"))
+    if "task" not in base:
+        base["task"] = tasks.for_architecture(arch).name
     if args.max_length:
         base["max_length"] = args.max_length
     base.setdefault("max_length", model.config.max_length)  # type: ignore[attr-defined]
@@ -143,15 +136,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.evaluate_parser
     import torch
 
+    from longseq import tasks
+    from longseq.data.collate import make_collate
     from longseq.data.tokenizers import load_tokenizer
     from longseq.models import from_pretrained
-    from longseq.train.data import (
-        ARCHITECTURE,
-        eval_loader,
-        make_collate,
-        split_dataset,
-        task_label_names,
-    )
+    from longseq.train.data import eval_loader
     from longseq.train.evaluation import evaluate, model_inputs
 
     if args.batch_size < 1:
@@ -164,15 +153,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model = from_pretrained(args.model, device=args.device)
         tokenizer = load_tokenizer(args.model)
         cfg = _data_config(args, model)
-        arch = model.config.architecture
-        if ARCHITECTURE[cfg.task] != arch:
+        arch, task = model.config.architecture, tasks.get(cfg.task)
+        if task.architecture != arch:
             raise ValueError(
-                f"task {cfg.task!r} needs a {ARCHITECTURE[cfg.task]} model, but {args.model} "
+                f"task {cfg.task!r} needs a {task.architecture} model, but {args.model} "
                 f"is a {arch}; pass the right --task"
             )
-        names = model.config.label_names or task_label_names(cfg, tokenizer)
-        path = args.data if cfg.task in ("lm", "mlm") else args.data[0]
-        dataset = split_dataset(cfg, tokenizer, path, split="test", label_names=names)
+        names = model.config.label_names or task.label_names(cfg, tokenizer)
+        path = args.data if task.several_files else args.data[0]
+        dataset = task.dataset(cfg, tokenizer, path, split="test", label_names=names)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     multiple = model.pad_multiple(cfg.max_length)

@@ -4,8 +4,8 @@
             data: vocab_size, num_labels, label_names, special ids, max_length, and the
             architecture the task needs), or `init_from: DIR` (a saved model) plus any fields
             to change, e.g. `architecture: sequence-classification` to fine-tune an MLM.
-    data:   the task (classification | lm | mlm | listops | recall | qa), the files,
-            tokenizer, lengths.
+    data:   the task (a registered `longseq.tasks` name: classification, lm, mlm, listops,
+            recall, qa, ...), the files, tokenizer, lengths.
     optim:  AdamW and its learning-rate schedule, clipping, accumulation.
     run:    seed, output folder, evaluation / logging / saving cadence, precision, device.
 
@@ -27,20 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = ("classification", "lm", "mlm", "listops", "recall", "qa")
+from longseq import tasks
+
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # Metrics where lower is better; every other metric (accuracy, macro_f1) is maximised.
 LOWER_IS_BETTER: tuple[str, ...] = ("loss", "perplexity", "bpb")
-METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy", "macro_f1"),
-    "listops": ("loss", "accuracy", "macro_f1"),
-    "lm": ("loss", "perplexity", "bpb"),
-    "mlm": ("loss", "perplexity", "accuracy"),
-    "recall": ("loss", "accuracy"),
-    "qa": ("loss", "exact_match", "f1"),
-}
 
 
 def _choose(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -81,7 +74,7 @@ class DataConfig:
     mega_batch: int = 50  # length bucketing: sort groups of this many batches by length
 
     def validate(self) -> None:
-        _choose("data.task", self.task, TASKS)
+        _choose("data.task", self.task, tasks.names())
         _positive("data.max_length", self.max_length)
         _positive("data.batch_size", self.batch_size)
         _positive("data.eval_batch_size", self.eval_batch_size, allow_none=True)
@@ -235,10 +228,11 @@ class TrainConfig:
         self.optim.validate()
         self.run.validate()
         metric = self.run.metric
-        if metric != "auto" and metric not in METRICS[self.data.task]:
+        reported = tasks.get(self.data.task).metrics
+        if metric != "auto" and metric not in reported:
             raise ValueError(
                 f"run.metric={metric!r} is not reported for task {self.data.task!r}; choose "
-                f"auto or one of: {', '.join(METRICS[self.data.task])}"
+                f"auto or one of: {', '.join(reported)}"
             )
 
     @property
@@ -246,7 +240,7 @@ class TrainConfig:
         """The evaluation metric that picks the best checkpoint and drives early stopping."""
         if self.run.metric != "auto":
             return self.run.metric
-        return "accuracy" if self.data.task in ("classification", "listops") else "loss"
+        return tasks.get(self.data.task).best_metric
 
     # ------------------------------------------------------------------------- I/O
     @classmethod
@@ -490,8 +484,6 @@ def as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
 
 
 __all__ = [
-    "METRICS",
-    "TASKS",
     "DataConfig",
     "OptimConfig",
     "RunConfig",

@@ -46,16 +46,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from longseq.data.collate import make_collate
 from longseq.train import checkpoint as ckpt
 from longseq.train import distributed
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
 from longseq.train.data import (
-    ARCHITECTURE,
     BatchStream,
     TaskData,
     build_task_data,
     eval_loader,
-    make_collate,
     resolve_tokenizer,
 )
 from longseq.train.evaluation import evaluate, model_inputs
@@ -89,7 +88,7 @@ class TrainResult:
 
     @property
     def best_dir(self) -> Path | None:
-        return self.out_dir / "best" if self.state.best is not None else None
+        return self.out_dir / "best" if self.best is not None else None
 
     @property
     def last_dir(self) -> Path:
@@ -763,7 +762,7 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
 
     spec = dict(cfg.model)
     init_from = spec.pop("init_from", None)
-    arch = ARCHITECTURE[cfg.data.task]
+    arch = data.task.architecture
     tok = data.tokenizer
     fields: dict[str, Any]
     if init_from is not None:
@@ -786,7 +785,7 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
         )
     if getattr(tok, "type_vocab_size", 0):  # recall: the values travel as token types
         fields["type_vocab_size"] = tok.type_vocab_size
-    if arch in ("sequence-classification", "token-classification") and data.label_names:
+    if data.label_names:  # the task's classes (tasks without classes have none)
         fields["num_labels"] = len(data.label_names)
         fields["label_names"] = list(data.label_names)
     names = data.label_names
