@@ -77,17 +77,11 @@ def get(name: str) -> Task:
     return _INSTANCES[name]
 
 
-def for_architecture(architecture: str) -> Task:
+def for_architecture(architecture: str) -> Task | None:
     """The first registered task that trains a model of `architecture` (what `longseq
-    evaluate` reads data as when no run config names the task)."""
-    for name in _REGISTRY:
-        task = get(name)
-        if task.architecture == architecture:
-            return task
-    raise ValueError(
-        f"no task trains a {architecture!r} model; valid architectures: "
-        + ", ".join(sorted({get(n).architecture for n in _REGISTRY}))
-    )
+    evaluate` and `predict` take a saved model's data as when no run config names the task),
+    or None."""
+    return next((get(n) for n in _REGISTRY if get(n).architecture == architecture), None)
 
 
 def compare_tasks() -> dict[str, CompareTask]:
