@@ -120,3 +120,24 @@ def test_no_class_name_defined_twice() -> None:
     )
     twice = sorted(n for n, c in names.items() if c > 1)
     assert not twice, f"class names defined more than once in src/longseq: {twice}"
+
+
+# Packages that must not import the ones above them (DESIGN.md: the arrows point down).
+BELOW: dict[str, tuple[str, ...]] = {
+    "longseq.data": ("longseq.tasks", "longseq.train", "longseq.compare"),
+    "longseq.models": ("longseq.tasks", "longseq.train", "longseq.compare"),
+    "longseq.tasks": ("longseq.train", "longseq.compare"),
+}
+
+
+def test_arrows_point_down() -> None:
+    graph = import_graph(_trees())
+    up = sorted(
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        for low, high in BELOW.items()
+        if module.startswith(low + ".") or module == low
+        if any(target == h or target.startswith(h + ".") for h in high)
+    )
+    assert not up, f"imports from a lower package up to a higher one: {up}"

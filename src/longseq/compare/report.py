@@ -148,6 +148,7 @@ def sweep_tables(records: list[Record]) -> str:
 
 
 def colours(names: list[str]) -> dict[str, Any]:
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
@@ -159,6 +160,7 @@ def plot_curves(
     results: list[Record], task: Task, path: Path, lines: dict[str, float | None]
 ) -> None:
     """Validation metric against training step, every mechanism on one chart."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,6 +197,7 @@ def plot_curves(
 
 def plot_sweep(records: list[Record], path: Path, title: str) -> None:
     """Two log-log panels: forward+backward time and peak memory against sequence length."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")

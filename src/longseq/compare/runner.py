@@ -32,9 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longseq import tasks
+import torch
+
+from longseq import attention, tasks
+from longseq.bench.attention import machine_info
+from longseq.compare import isolate, report, sweep
 from longseq.compare import presets as P
 from longseq.compare import tasks as T
+from longseq.compare.isolate import peak_memory
+from longseq.compare.report import PERCENT, fmt_metric
+from longseq.models import ModelConfig, from_pretrained
+from longseq.train import TrainConfig, train
+from longseq.train.checkpoint import STATE_JSON
+from longseq.train.config import DataConfig
+from longseq.viz import patterns
 
 RESULTS = "results.jsonl"
 SWEEP = "sweep.jsonl"
@@ -59,8 +70,6 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from longseq import attention
-
         self.out = Path(self.out)
         self.task_spec: tasks.CompareTask = T.get(self.task)
         self.task_entry: tasks.Task = tasks.get(self.task_spec.task)
@@ -184,12 +193,6 @@ def train_config(
 
 def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[str, Any]:
     """(In a fresh process) train one mechanism, resuming its checkpoint; return its record."""
-    import torch
-
-    from longseq.compare.isolate import peak_memory
-    from longseq.train import TrainConfig, train
-    from longseq.train.checkpoint import STATE_JSON
-
     cfg = TrainConfig.from_dict(config)
     metric = cfg.run.metric
     cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
@@ -210,8 +213,6 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
     keep = ("step", "loss", metric)
     by_distance = None
     if result.best is not None:  # the task's scores by distance, with the best weights
-        from longseq.models import from_pretrained
-
         task = tasks.get(cfg.data.task)
         best = from_pretrained(Path(cfg.run.out) / "best")
         by_distance = task.by_distance(best, cfg.data, task.tokenizer(cfg.data))
@@ -293,10 +294,6 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
-    from longseq.bench.attention import machine_info
-
     info = machine_info("cuda" if torch.cuda.is_available() else "cpu")
     info["memory_gb"] = None
     try:
@@ -323,7 +320,6 @@ class Summary:
 
 def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     """Run (or resume) the comparison; write everything to plan.out; return the summary."""
-    from longseq.compare import isolate, report
 
     def say(text: str) -> None:
         (log or (lambda t: print(t, file=sys.stderr, flush=True)))(text)
@@ -402,7 +398,6 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
         sweep_records = _sweep(plan, data, results, say)
 
     # 4. the attention patterns
-    from longseq.viz import patterns
 
     drawn = list(mechanisms)  # each class's `picture` (by default its token mask)
     pictures = [out / "patterns" / f"{m}.png" for m in drawn] + [out / "patterns" / "sheet.png"]
@@ -420,7 +415,6 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
 def _brief(record: dict[str, Any], task: tasks.CompareTask) -> str:
     if record.get("status") != "ok":
         return f"failed: {record.get('error')}"
-    from longseq.compare.report import PERCENT, fmt_metric
 
     return (
         f"val {fmt_metric(record['val'], task)}, test {fmt_metric(record['test'], task)} "
@@ -433,8 +427,6 @@ def _sweep(
     plan: Plan, data: tasks.Splits, results: list[dict[str, Any]], say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """The sweep's records: reused from OUT/sweep.jsonl when they cover this plan."""
-    from longseq.compare import sweep
-
     out, preset = Path(plan.out), plan.preset_spec
     lengths = plan.sweep_lengths
     trained = {r["mechanism"]: r for r in results if r["status"] == "ok"}
@@ -473,8 +465,6 @@ def _sweep(
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -485,8 +475,6 @@ def _base_model_config(
     for r in trained.values():
         return dict(r["model_config"])
     # no run finished: the fields the trainer would fill in, from the task's own tokenizer
-    from longseq.models import ModelConfig
-    from longseq.train.config import DataConfig
 
     task = plan.task_entry
     tok = task.tokenizer(DataConfig(task=task.name, train=data.train))

@@ -268,6 +268,7 @@ class RecallDataset:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        # torch on first use: `longseq data` writes and reads files without it
         import torch
 
         f = features(self.examples[i])

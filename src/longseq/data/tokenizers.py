@@ -138,6 +138,7 @@ class HFTokenizer(_SpecialAliases):
     """
 
     def __init__(self, path: str | Path, special_tokens: dict[str, str] | None = None) -> None:
+        # Hugging Face `tokenizers` (heavy) only for a tokenizer.json
         from tokenizers import Tokenizer as _HFTok
 
         path = Path(path)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from longseq import tasks
 from longseq.argtypes import positive
 
 
@@ -57,6 +59,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.train import load_config, train
 
     overrides = list(args.overrides)
@@ -70,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import os
 
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -112,6 +114,7 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
 def _run_data(model_dir: str) -> Any:
     """The data section of the run that saved `model_dir` (its config.yaml beside or above the
     model folder), or None for a model saved outside a run."""
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.train.config import load_config
 
     for candidate in (Path(model_dir) / "config.yaml", Path(model_dir).parent / "config.yaml"):
@@ -123,7 +126,7 @@ def _run_data(model_dir: str) -> Any:
 def _data_config(args: argparse.Namespace, model: object) -> object:
     """The data settings: the run's config.yaml (beside or above the model folder) with the
     command line's task and length on top, else defaults for the model's architecture."""
-    from longseq import tasks
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.train.config import DataConfig
 
     arch = model.config.architecture  # type: ignore[attr-defined]
@@ -149,9 +152,9 @@ def _data_config(args: argparse.Namespace, model: object) -> object:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.evaluate_parser
+    # imported when the command runs: the CLI imports this module to build its parser
     import torch
 
-    from longseq import tasks
     from longseq.data.collate import make_collate
     from longseq.data.tokenizers import load_tokenizer
     from longseq.models import from_pretrained
@@ -192,6 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     batches = loader
     if not args.no_progress and sys.stderr.isatty():
+        # tqdm only on a terminal
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
@@ -241,6 +245,7 @@ def _register_predict(commands: Any) -> None:
 
 def _documents(args: argparse.Namespace) -> Any:
     """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.data.datasets import json_objects
     from longseq.models.commands import read_text
 
@@ -263,9 +268,8 @@ def _documents(args: argparse.Namespace) -> Any:
 
 def run_predict(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.predict_parser
-    import json
 
-    from longseq import tasks
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.models.commands import load_model
     from longseq.models.predict import Predictor
 
@@ -290,6 +294,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.question is not None:
         docs = ({"question": args.question, **d} for d in docs)
     if not args.no_progress and sys.stderr.isatty():
+        # tqdm only on a terminal
         from tqdm.auto import tqdm
 
         docs = tqdm(docs, desc="predict", unit="doc", leave=False)

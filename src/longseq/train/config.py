@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from longseq import tasks
+from longseq.models import ModelConfig
 
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -259,8 +262,6 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> Path:
-        import yaml
-
         path = Path(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
@@ -276,7 +277,6 @@ class TrainConfig:
 def model_section(value: Any) -> dict[str, Any]:
     """The model section as a plain dict; a ModelConfig keeps only its non-default fields,
     so the data can still fill vocab_size, num_labels, label_names and max_length."""
-    from longseq.models import ModelConfig
 
     if isinstance(value, ModelConfig):
         default = ModelConfig()
@@ -391,8 +391,6 @@ def _is_instance(value: Any, tp: Any) -> bool:
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply `section.key[.subkey]=value` to the raw mapping; the value is read as YAML."""
-    import yaml
-
     key, sep, text = item.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path) or len(path) < 2:
@@ -416,7 +414,6 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def _strict_yaml(text: str) -> Any:
     """yaml.safe_load, but a key repeated in one mapping is an error (YAML keeps the last one
     silently, so `lr: 1e-3` ... `lr: 1` would train at 1)."""
-    import yaml
 
     class Strict(yaml.SafeLoader):
         pass
@@ -450,8 +447,6 @@ def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML (.yaml/.yml) or JSON (.json) training config and apply `overrides`."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training config at {path}")

@@ -45,11 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from longseq.attention.shard import Shard
 from longseq.data.collate import make_collate
+from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
+from longseq.models.base import read_weights
 from longseq.train import checkpoint as ckpt
 from longseq.train import distributed
-from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
+from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config, resume_differences
 from longseq.train.data import (
     BatchStream,
     TaskData,
@@ -133,6 +137,7 @@ def run_lock(out: Path, is_main: bool = True) -> Any:
     if not is_main:
         yield
         return
+    # POSIX only: imported where the lock is taken
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -225,8 +230,6 @@ class _Trainer:
 
     def _shard(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
         """This rank's positions of every sequence of a (device) batch, and its Shard."""
-        from longseq.attention.shard import Shard
-
         n = batch["input_ids"].shape[1]
         if n % self.sp:
             raise ValueError(f"batch length {n} is not a multiple of run.sequence_parallel")
@@ -565,8 +568,6 @@ class _Trainer:
         )
         saved = state.get("config")
         if saved is not None:
-            from longseq.train.config import resume_differences
-
             refused, allowed = resume_differences(saved, cfg.to_dict())
             if refused:
                 raise ValueError(
@@ -594,8 +595,6 @@ class _Trainer:
         self.ddp = None
         self.net: nn.Module = self.model
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             # No running statistics among the buffers: nothing to broadcast every forward.
             no_sync = (
                 {"forward_sync_buffers": False}
@@ -671,8 +670,6 @@ class _Trainer:
         """The test split with the best weights (the last ones without validation)."""
         if self.state.best is not None:
             if self.best_state is None and (self.out / "best").is_dir():
-                from longseq.models import WEIGHTS_NAME
-
                 self.model.load_weights(self.out / "best" / WEIGHTS_NAME)
             elif self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
@@ -758,7 +755,6 @@ class _Window:
 def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, list[str]]:
     """The model the task needs: fields the model section leaves out come from the data;
     `init_from` loads a saved model's weights (the body must fit; a new head starts fresh)."""
-    from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
 
     spec = dict(cfg.model)
     init_from = spec.pop("init_from", None)
@@ -814,8 +810,6 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
 
 def _load_matching(model: nn.Module, path: Path) -> list[str]:
     """Copy the weights whose names and shapes match; a body mismatch is an error."""
-    from longseq.models.base import read_weights
-
     try:
         state = read_weights(path)
     except ValueError as e:
