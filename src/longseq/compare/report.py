@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from longseq.compare import presets as P
-from longseq.tasks import CompareTask as Task
+from longseq.tasks import CompareTask, Task
 
 Record = dict[str, Any]
 PERCENT = ("accuracy", "f1", "exact_match")  # metrics shown in %
 
 
-def fmt_metric(value: float | None, task: Task) -> str:
+def fmt_metric(value: float | None, task: CompareTask) -> str:
     if value is None or value != value:  # None or NaN
         return "–"
     return f"{100 * value:.1f}" if task.metric in PERCENT else f"{value:.3f}"
@@ -54,7 +54,7 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fmt_seeds(values: list[float | None], task: Task) -> str:
+def fmt_seeds(values: list[float | None], task: CompareTask) -> str:
     """The mean over seeds, and each seed's value in brackets when there are several."""
     ok = [v for v in values if v is not None]
     if not ok:
@@ -63,7 +63,7 @@ def fmt_seeds(values: list[float | None], task: Task) -> str:
     return m if len(ok) == 1 else f"{m} ({', '.join(fmt_metric(v, task) for v in ok)})"
 
 
-def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) -> str:
+def table(results: list[Record], task: CompareTask, preset: P.Preset, max_length: int) -> str:
     """The one table: a row per mechanism (means over seeds; each seed's value in brackets)."""
     unit = {"accuracy": "acc. %", "f1": "F1 %"}.get(task.metric, "bits/byte")
     reference = dict(task.reference)  # published results (ListOps: the LRA paper's)
@@ -157,7 +157,7 @@ def colours(names: list[str]) -> dict[str, Any]:
 
 
 def plot_curves(
-    results: list[Record], task: Task, path: Path, lines: dict[str, float | None]
+    results: list[Record], task: CompareTask, path: Path, lines: dict[str, float | None]
 ) -> None:
     """Validation metric against training step, every mechanism on one chart."""
     # matplotlib (heavy, for the pictures only) on first use
@@ -347,7 +347,7 @@ def qa_by_distance(
     return [*lines, ""]
 
 
-def _settings(task: Task, entry: Any, p: P.Preset, info: dict[str, Any]) -> str:
+def _settings(task: CompareTask, entry: Task, p: P.Preset, info: dict[str, Any]) -> str:
     data = task.description + entry.describe_data(info)
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
     seeds = (

@@ -37,14 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from longseq.bench.attention import (
-    Config,
-    call_once,
-    extrapolate,
-    spread,
-    time_round_robin,
-    warm_up,
-)
+from longseq.bench import attention as bench
 from longseq.compare import isolate
 from longseq.compare.isolate import peak_memory
 from longseq.models import ModelConfig, build_model
@@ -88,14 +81,14 @@ def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int 
     """(In a fresh process) peak memory and cold time of one forward, then one fwd+bwd."""
     if threads:
         torch.set_num_threads(threads)
-    warm_up(device)
+    bench.warm_up(device)
     model, fn = build(config, n, batch, device)
     dummy = torch.zeros(1, device=device)
     gc.collect()
     out = {}
     for mode in MODES:
         measure = peak_memory(device)
-        seconds = call_once(model, fn, dummy, mode, device)
+        seconds = bench.call_once(model, fn, dummy, mode, device)
         out[mode] = {"peak_bytes": measure(), "seconds": seconds}
     return out
 
@@ -173,8 +166,8 @@ class _Sweep:
                 "reason": fields.get("reason"),
                 "median_ms": statistics.median(times) if times else None,
                 "min_ms": min(times) if times else None,
-                "spread": spread(times) if times else None,
-                "under_load": bool(times) and spread(times) > TOLERANCE,
+                "spread": bench.spread(times) if times else None,
+                "under_load": bool(times) and bench.spread(times) > TOLERANCE,
                 "load_average": os.getloadavg()[0],
                 "times_ms": times or [],
                 "peak_mb": None if peak is None else peak / MIB,
@@ -194,7 +187,7 @@ class _Sweep:
             self.bar.set_description(f"sweep n={n} memory {m}")
             history = self.history.setdefault(m, {"mem": [], "sec": []})
             reason = self.gave_up.get(m) or _expected_limit(
-                history, n, self.max_seconds, extrapolate
+                history, n, self.max_seconds, bench.extrapolate
             )
             if reason is None:
                 res, reason = _probe(
@@ -219,7 +212,7 @@ class _Sweep:
         layers = [(Row(m), *build(self.configs[m](n), n, self.batch, self.device)) for m in probes]
         # the models ignore x (their inputs are fixed); its shape names n in the progress bar
         x = _dummy(n, self.device)
-        times, failed = time_round_robin(layers, x, self.bench_cfg, self.bar)
+        times, failed = bench.time_round_robin(layers, x, self.bench_cfg, self.bar)
         for row, _, _ in layers:
             for mode in MODES:
                 if row.name in failed:
@@ -244,7 +237,7 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     lengths = sorted(set(lengths))
-    bench_cfg = Config(
+    bench_cfg = bench.Config(
         repeats=repeats, warmup=1, device=device, max_repeats=3 * repeats, tolerance=TOLERANCE
     )
     bar = tqdm(
@@ -283,13 +276,13 @@ def _never_falling(
                 if b["min_ms"] >= a["min_ms"]:
                     continue
                 model, fn = build(configs[m](a["n"]), a["n"], batch, device)
-                more, failed = time_round_robin(
+                more, failed = bench.time_round_robin(
                     [(Row(m), model, fn)], _dummy(a["n"], device), bench_cfg
                 )
                 if m not in failed:
                     times = a["times_ms"] = a["times_ms"] + more[m][mode]
                     a["median_ms"], a["min_ms"] = statistics.median(times), min(times)
-                    a["spread"] = spread(times)
+                    a["spread"] = bench.spread(times)
                 del model, fn
                 gc.collect()
                 if b["min_ms"] < a["min_ms"]:
