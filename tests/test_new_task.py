@@ -52,15 +52,15 @@ class FirstDigit(Task):
     compare = (CompareTask(NAME, NAME, None, "accuracy", "first digit mod 3", preset="recall"),)
     report_section = f"{__name__}:section"
 
-    def dataset(self, cfg, tokenizer, path, *, split="test", seed=0, label_names=None):
-        return FirstDigitDataset(self.files(path, split), tokenizer)
+    def dataset(self, source):
+        return FirstDigitDataset(source.files(self), source.tokenizer)
 
     def label_names(self, cfg, tokenizer):
         return ["zero", "one", "two"]
 
     def by_distance(self, model, cfg, tokenizer):
         """[first digit, correct, total]: the per-bucket rows of its report section."""
-        ds = self.dataset(cfg, tokenizer, cfg.test)
+        ds = self.dataset(tasks.SplitSource(cfg, tokenizer, cfg.test))
         rows = {d: [0, 0] for d in range(10)}
         with torch.no_grad():
             for i in range(len(ds)):

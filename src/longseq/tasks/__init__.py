@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-from longseq.tasks.base import CompareTask, Splits, Task
+from longseq.tasks.base import CompareTask, Splits, SplitSource, Task
 
 # name -> "module:Class"; imported on first use, so `import longseq.tasks` stays cheap.
 _REGISTRY: dict[str, str | type[Task]] = {
@@ -97,6 +97,7 @@ def compare_tasks() -> dict[str, CompareTask]:
 
 __all__ = [
     "CompareTask",
+    "SplitSource",
     "Splits",
     "Task",
     "compare_tasks",

@@ -51,6 +51,21 @@ class CompareTask:
         return self.metric == "bpb"
 
 
+@dataclass(frozen=True)
+class SplitSource:
+    """What one split's dataset is built from (`Task.dataset`)."""
+
+    cfg: Any  # the data section (longseq.train.DataConfig): max_length, fields, ...
+    tokenizer: Any
+    path: str | list[str]  # the split's file (or files, where the task takes several)
+    split: str = "test"
+    seed: int = 0
+    label_names: list[str] | None = None  # the train set's, so every split agrees
+
+    def files(self, task: Task) -> str | list[str]:
+        return task.files(self.path, self.split)
+
+
 @dataclass
 class Splits:
     """The split files the trainer reads and what the report says about them."""
@@ -90,17 +105,8 @@ class Task:
         if cfg.tokenizer not in allowed:
             raise ValueError(f"task {self.name} has its own vocabulary: leave data.tokenizer unset")
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> Any:
-        """The dataset of one split from `path` (items: dicts of tensors the Collator pads)."""
+    def dataset(self, source: SplitSource) -> Any:
+        """The dataset of one split (items: dicts of tensors the Collator pads)."""
         raise NotImplementedError(f"task {self.name} builds no dataset")
 
     def label_names(self, cfg: Any, tokenizer: Any) -> list[str] | None:
@@ -208,4 +214,12 @@ def progress_bar(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit=" ex", file=sys.stderr, disable=None)
 
 
-__all__ = ["CompareTask", "Splits", "Task", "class_info", "examples_text", "progress_bar"]
+__all__ = [
+    "CompareTask",
+    "SplitSource",
+    "Splits",
+    "Task",
+    "class_info",
+    "examples_text",
+    "progress_bar",
+]

@@ -13,6 +13,7 @@ from longseq.tasks.base import (
     CompareTask,
     Log,
     Splits,
+    SplitSource,
     Task,
     class_info,
     classes_text,
@@ -52,17 +53,10 @@ class ListOps(Task):
         self.own_vocabulary(cfg, allowed=(None, "listops"))
         return listops.ListOpsTokenizer()
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> Any:
-        return listops.ListOpsDataset(self.files(path, split), tokenizer, max_length=cfg.max_length)
+    def dataset(self, source: SplitSource) -> Any:
+        return listops.ListOpsDataset(
+            source.files(self), source.tokenizer, max_length=source.cfg.max_length
+        )
 
     def label_names(self, cfg: Any, tokenizer: Any) -> list[str]:
         return [str(d) for d in range(listops.NUM_CLASSES)]

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from longseq.data.collate import dataset_lengths, mask_tokens
 from longseq.data.datasets import LMDataset
-from longseq.tasks.base import CompareTask, Task
+from longseq.tasks.base import CompareTask, SplitSource, Task
 
 
 class LanguageModelling(Task):
@@ -28,22 +28,14 @@ class LanguageModelling(Task):
         CompareTask("gcide-lm", "lm", "gcide", "bpb", "GCIDE dictionary, byte-level LM"),
     )
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> Dataset:
+    def dataset(self, source: SplitSource) -> Dataset:
+        cfg = source.cfg
         return LMDataset(
-            self.files(path, split),
-            tokenizer,
+            source.files(self),
+            source.tokenizer,
             cfg.max_length,
-            random_offset=cfg.random_offset and split == "train",
-            seed=seed,
+            random_offset=cfg.random_offset and source.split == "train",
+            seed=source.seed,
         )
 
     def describe_data(self, info: dict[str, Any]) -> str:
@@ -59,18 +51,9 @@ class MaskedLanguageModelling(LanguageModelling):
     causal = False
     compare = ()
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> Dataset:
-        base = super().dataset(cfg, tokenizer, path, split=split, seed=seed)
-        return MaskedExamples(base, tokenizer, cfg.mlm_probability, seed)
+    def dataset(self, source: SplitSource) -> Dataset:
+        base = super().dataset(source)
+        return MaskedExamples(base, source.tokenizer, source.cfg.mlm_probability, source.seed)
 
 
 class MaskedExamples(Dataset):

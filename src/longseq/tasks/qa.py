@@ -11,7 +11,7 @@ import torch
 from longseq.data import gcide_qa
 from longseq.data.collate import make_collate
 from longseq.data.tokenizers import HF_FILE, load_tokenizer
-from longseq.tasks.base import CompareTask, Task
+from longseq.tasks.base import CompareTask, SplitSource, Task
 
 
 class QuestionAnswering(Task):
@@ -38,20 +38,11 @@ class QuestionAnswering(Task):
                 return load_tokenizer(beside)
         return super().tokenizer(cfg, init_from)
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> gcide_qa.QADataset:
-        return gcide_qa.QADataset(self.files(path, split), tokenizer, cfg.max_length)
+    def dataset(self, source: SplitSource) -> gcide_qa.QADataset:
+        return gcide_qa.QADataset(source.files(self), source.tokenizer, source.cfg.max_length)
 
     def by_distance(self, model: Any, cfg: Any, tokenizer: Any) -> list[list[float]]:
-        return scores_by_distance(model, self.dataset(cfg, tokenizer, cfg.test))
+        return scores_by_distance(model, self.dataset(SplitSource(cfg, tokenizer, cfg.test)))
 
     def build(self, ct: CompareTask, preset: Any, folder: Path) -> None:
         # documents of about 3 characters per token of the preset's text_length

@@ -11,7 +11,15 @@ import torch
 from longseq.data import recall
 from longseq.data.collate import Collator
 from longseq.labels import IGNORE
-from longseq.tasks.base import CompareTask, Log, Splits, Task, params_match, progress_bar
+from longseq.tasks.base import (
+    CompareTask,
+    Log,
+    Splits,
+    SplitSource,
+    Task,
+    params_match,
+    progress_bar,
+)
 
 
 class Recall(Task):
@@ -32,17 +40,8 @@ class Recall(Task):
             raise ValueError("task recall reads its vocabulary from spec.json beside data.train")
         return recall.RecallTokenizer(recall.read_spec(Path(self.files(cfg.train, "train")).parent))
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> recall.RecallDataset:
-        return recall.RecallDataset(self.files(path, split), max_length=cfg.max_length)
+    def dataset(self, source: SplitSource) -> recall.RecallDataset:
+        return recall.RecallDataset(source.files(self), max_length=source.cfg.max_length)
 
     def label_names(self, cfg: Any, tokenizer: Any) -> list[str]:
         return [str(v) for v in range(tokenizer.spec.values)]

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from longseq.data.datasets import TextClassificationDataset, load_label_names
-from longseq.tasks.base import CompareTask, Task, class_info, classes_text, examples_text
+from longseq.tasks.base import (
+    CompareTask,
+    SplitSource,
+    Task,
+    class_info,
+    classes_text,
+    examples_text,
+)
 
 
 class Classification(Task):
@@ -33,22 +40,13 @@ class Classification(Task):
         ),
     )
 
-    def dataset(
-        self,
-        cfg: Any,
-        tokenizer: Any,
-        path: str | list[str],
-        *,
-        split: str = "test",
-        seed: int = 0,
-        label_names: list[str] | None = None,
-    ) -> TextClassificationDataset:
-        """Labels mapped by `label_names` (the train set's, so every split agrees)."""
+    def dataset(self, source: SplitSource) -> TextClassificationDataset:
+        cfg = source.cfg
         return TextClassificationDataset(
-            self.files(path, split),
-            tokenizer,
+            source.files(self),
+            source.tokenizer,
             cfg.max_length,
-            label_names=label_names,
+            label_names=source.label_names,
             text_field=cfg.text_field,
             label_field=cfg.label_field,
         )

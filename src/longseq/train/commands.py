@@ -179,7 +179,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
         names = model.config.label_names or task.label_names(cfg, tokenizer)
         path = args.data if task.several_files else args.data[0]
-        dataset = task.dataset(cfg, tokenizer, path, split="test", label_names=names)
+        dataset = task.dataset(tasks.SplitSource(cfg, tokenizer, path, label_names=names))
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     multiple = model.pad_multiple(cfg.max_length)

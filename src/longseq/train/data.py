@@ -65,9 +65,8 @@ def build_task_data(
         elif path is None:
             out[split] = None
         else:
-            out[split] = task.dataset(
-                cfg, tokenizer, path, split=split, seed=seed, label_names=label_names
-            )
+            source = tasks.SplitSource(cfg, tokenizer, path, split, seed, label_names)
+            out[split] = task.dataset(source)
             label_names = getattr(out[split], "label_names", label_names)
     if out["train"] is None:
         raise ValueError("no training data: set data.train (a file path) or pass a dataset")
