@@ -103,7 +103,8 @@ def test_classification_outputs_and_metrics(tmp_path, cls_data):
     )
     _, meta = read_checkpoint(out / "last")
     assert meta["step"] == 4 and meta["frozen"]  # Longformer's key_global.bias
-    best = from_pretrained(out / "best")
+    assert (result.best_dir, result.last_dir) == (out / "best", out / "last")
+    best = from_pretrained(result.best_dir)
     assert best.config.label_names == ["blue", "green", "red"]
     # Independent oracle: each test example alone (no padding, no bucketing) through the
     # best model, against the trainer's batched, bucketed test metrics.
@@ -143,6 +144,14 @@ def test_without_a_terminal_a_run_prints_its_progress(tmp_path, cls_data, capsys
     assert "key_global.bias" in (tmp_path / "run" / "log.jsonl").read_text()
     train(cfg.replace(["run.progress=false", f"run.out={tmp_path / 'quiet'}"]))
     assert capsys.readouterr().out == ""
+
+
+def test_best_dir_is_none_without_validation(tmp_path, cls_data):
+    """No val split, no best checkpoint: best_dir says so instead of naming a missing folder."""
+    result = train(_config(tmp_path / "run", {"task": "classification", "train": cls_data["train"]},
+                           optim={"max_steps": 1}))  # fmt: skip
+    assert result.best is None and result.best_dir is None
+    assert result.last_dir == tmp_path / "run" / "last" and result.last_dir.is_dir()
 
 
 def test_resume_reaches_the_same_weights(tmp_path, cls_data):

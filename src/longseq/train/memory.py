@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from longseq.bench.attention import extrapolate
+
 # Peak of a training step / bytes its forward saves: backward holds the gradients of the
 # activations beside them. Measured (growth of the resident set over one forward+backward,
 # the genre example's model, CPU fp32): Longformer n=2048 and 8192 1.53 and 1.55, full
@@ -88,8 +90,6 @@ def estimate(
     model: nn.Module, length: int, batch: int, device: torch.device, autocast: ContextManager
 ) -> Estimate:
     """The training step's memory for `batch` sequences of `length` tokens (module doc)."""
-    from longseq.bench.attention import extrapolate
-
     n2 = min(length, SHORT)
     n1 = max(1, n2 // 2)
     points = [(n, float(saved_bytes(model, n, device, autocast))) for n in (n1, n2)]
