@@ -137,8 +137,11 @@ def test_two_processes_match_one(tmp_path, docs):
     assert single[0] != pytest.approx(single[-1], abs=1e-3)  # it did train
     w2 = load_file(tmp_path / "two" / "last" / "model.safetensors")
     w1 = load_file(tmp_path / "one" / "last" / "model.safetensors")
+    # fp32 sums in another order (the all-reduce) differ in the last bits, and AdamW's update
+    # m / sqrt(v) turns a near-zero gradient's rounding into up to ~lr-sized steps: 1.5e-5 on
+    # one of 2,048 weights on some CPUs. A wrong reduction is off by ~lr = 3e-3 per step.
     for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-4)
 
 
 SP_CASES = {
