@@ -34,8 +34,8 @@ test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
 
-# The scheduled tests (before each release, and nightly): what `make test` leaves out for time;
-# see docs/testing.md.
+# The scheduled checks (before each release, and nightly; docs/testing.md): the README's
+# commands run in order, and what `make test` leaves out for time.
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
