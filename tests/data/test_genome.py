@@ -169,7 +169,7 @@ def test_dna_tokenizers_round_trip(built, tmp_path):
 
 def test_windows_align_ids_and_labels_and_skip_ns(built):
     out, _ = built
-    w = genome.GenomeWindows(out, "train", 1000)
+    w = genome.GenomeWindows(out / "train.fa", 1000)
     seq = (out / "train.fa").read_text().split("\n", 1)[1].replace("\n", "")
     labels = np.load(out / "train_labels.npy")
     assert 9000 not in w.starts  # 500 Ns of 1000: over max_n
@@ -179,7 +179,7 @@ def test_windows_align_ids_and_labels_and_skip_ns(built):
     assert DNATokenizer().decode(item["input_ids"]) == seq[s : s + 1000]
     assert item["labels"].tolist() == labels[s : s + 1000].tolist()
     with pytest.raises(FileNotFoundError, match="longseq data genome"):
-        genome.GenomeWindows(out, "nope", 10)
+        genome.GenomeWindows(out / "nope.fa", 10)
 
 
 REAL = Path(os.environ.get("LONGSEQ_GENOME_SOURCE", "/"))
@@ -196,3 +196,71 @@ def test_real_chr2r(tmp_path):
     assert 0.25 < bases["exon"] / stats["bp"] < 0.35
     pairs = sum(s["promoters"]["pairs"] for s in stats["splits"].values())
     assert pairs > 3000
+
+
+MODEL = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+
+
+def test_genome_tasks_train_and_score(built, tmp_path, capsys):
+    """Both tasks through the trainer and `longseq evaluate`: per-base macro-F1 over the
+    three classes (the evaluation's confusion matrix, checked against a direct count), and
+    promoter classification with one id per nucleotide."""
+    import torch
+
+    from longseq.models import metrics
+    from longseq.train import train
+
+    out, _ = built
+    fa = {s: str(out / f"{s}.fa") for s in ("train", "val", "test")}
+    result = train(
+        {
+            "model": {**MODEL, "attention": "longformer", "attention_options": {"window": 16}},
+            "data": {"task": "genome-bases", **fa, "max_length": 256, "batch_size": 8},
+            "optim": {"lr": 3e-3, "max_steps": 3},
+            "run": {"out": str(tmp_path / "bases"), "eval_every": 3, "progress": False},
+        }
+    )
+    model = result.model.eval()
+    assert model.config.label_names == list(genome.LABELS) and model.config.vocab_size == 9
+    assert result.metric == "macro_f1"
+    test = genome.GenomeWindows(fa["test"], 256)
+    with torch.no_grad():
+        batch = [test[i] for i in range(len(test))]
+        ids = torch.stack([b["input_ids"] for b in batch])
+        labels = torch.stack([b["labels"] for b in batch])
+        preds = model(ids).logits.argmax(-1)
+    confusion = metrics.confusion_matrix(preds, labels, 3)
+    assert result.test["macro_f1"] == pytest.approx(metrics.macro_f1(confusion))
+    assert main(["evaluate", "--model", str(result.best_dir), "--data", fa["test"],
+                 "--no-progress"]) == 0  # fmt: skip
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["task"] == "genome-bases"
+    assert scored["macro_f1"] == pytest.approx(result.test["macro_f1"])
+
+    pro = {s: str(out / f"promoters_{s}.jsonl") for s in ("train", "val", "test")}
+    result = train(
+        {
+            "model": MODEL,
+            "data": {"task": "genome-promoters", **pro, "max_length": 2002, "batch_size": 4},
+            "optim": {"lr": 3e-3, "max_steps": 2},
+            "run": {"out": str(tmp_path / "promoters"), "eval_every": 2, "progress": False},
+        }
+    )
+    assert result.model.config.label_names == list(genome.PROMOTER_LABELS)
+    assert "accuracy" in result.test and result.model.config.vocab_size == 9
+
+
+def test_genome_bases_refuses_another_tokenizer(built, tmp_path):
+    from longseq.train import train
+
+    out, _ = built
+    fa = {s: str(out / f"{s}.fa") for s in ("train", "val", "test")}
+    with pytest.raises(ValueError, match="its own vocabulary"):
+        train(
+            {
+                "model": MODEL,
+                "data": {"task": "genome-bases", **fa, "tokenizer": "byte", "max_length": 64},
+                "optim": {"max_steps": 1},
+                "run": {"out": str(tmp_path / "r"), "progress": False},
+            }
+        )

@@ -310,22 +310,18 @@ def _readme(stats: dict[str, Any], source: str | Path | None) -> str:
 
 
 class GenomeWindows:
-    """Windows of `length` bases of one split for per-base labelling: item i is
-    `{"input_ids", "labels"}` (long tensors, one id and one label per base) of the window
-    starting at i * stride. Windows with more than `max_n` Ns are skipped."""
+    """Windows of `length` bases of one split's region (`{split}.fa`, labels in
+    `{split}_labels.npy` beside it) for per-base labelling: item i is `{"input_ids",
+    "labels"}` (long tensors, one id and one label per base) of the window starting at
+    i * stride. Windows with more than a fraction `max_n` of Ns are skipped."""
 
     def __init__(
-        self,
-        folder: str | Path,
-        split: str,
-        length: int,
-        stride: int | None = None,
-        max_n: float = 0.1,
+        self, fasta: str | Path, length: int, stride: int | None = None, max_n: float = 0.1
     ) -> None:
         import torch  # the builder itself needs no torch
 
-        folder = Path(folder)
-        fa, npy = folder / f"{split}.fa", folder / f"{split}_labels.npy"
+        fa = Path(fasta)
+        npy = fa.with_name(f"{fa.stem}_labels.npy")
         for path in (fa, npy):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: build it with `longseq data genome`")
@@ -343,6 +339,7 @@ class GenomeWindows:
         starts = range(0, len(seq) - length + 1, stride)
         self.starts = [s for s in starts if float(is_n[s : s + length].mean()) <= max_n]
         self.length = length
+        self.lengths = [length] * len(self.starts)  # for length-bucketed batches
 
     def __len__(self) -> int:
         return len(self.starts)
