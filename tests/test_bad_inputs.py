@@ -29,6 +29,10 @@ def _config_huge(tmp: Path) -> None:
     ModelConfig(vocab_size=10**12)
 
 
+def _config_norm_type(tmp: Path) -> None:
+    ModelConfig(norm_type="batch")
+
+
 def _jsonl_not_utf8(tmp: Path) -> None:
     from longseq.data.datasets import TextClassificationDataset
     from longseq.data.tokenizers import ByteTokenizer
@@ -141,6 +145,7 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),
     ("vocab_size: 1e12, before allocating", _config_huge, "vocab_size x hidden_size"),
+    ("norm_type: batch", _config_norm_type, "unknown norm_type 'batch'; valid: layer, rms"),
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),

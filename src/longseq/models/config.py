@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longseq import attention
+from longseq.layers.norms import NORM_TYPES
 
 ARCHITECTURES: tuple[str, ...] = (
     "encoder",
@@ -35,6 +36,7 @@ NORMS: tuple[str, ...] = ("pre", "post")
 POOLINGS: tuple[str, ...] = ("mean", "cls")
 REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
+FEED_FORWARDS: tuple[str, ...] = ("plain", "gated")  # gated: act(Wg x) * W1 x (SwiGLU)
 # Options the model sets itself from other fields; a user must not set them per mechanism.
 _MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
 
@@ -82,10 +84,13 @@ class ModelConfig:
     type_vocab_size: int = 0  # BERT's segment embeddings (0: none)
     # block structure
     norm: str = "pre"  # pre-LN (stable from scratch) or post-LN (BERT/RoBERTa checkpoints)
+    norm_type: str = "layer"  # every norm a LayerNorm, or an RMSNorm (Llama)
     embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT: True)
     layer_norm_eps: float = 1e-5
     activation: str = "gelu"
+    feed_forward: str = "plain"  # plain: W2 act(W1 x); gated: W2 (act(Wg x) * W1 x) (Llama)
     bias: bool = True  # biases in the attention projections
+    feed_forward_bias: bool = True  # biases in the feed-forward's projections
     dropout: float = 0.1
     attention_dropout: float = 0.0
     # memory savers
@@ -97,6 +102,7 @@ class ModelConfig:
     pad_token_id: int = 0
     cls_token_id: int = 1
     tie_word_embeddings: bool = True
+    output_bias: bool = True  # a bias in the LM heads' output projection (Llama: none)
     lm_transform: bool = False  # BERT's MLM head: dense -> act -> LayerNorm before the decoder
     num_labels: int = 2
     label_names: list[str] | None = None
@@ -125,6 +131,8 @@ class ModelConfig:
             ("architecture", ARCHITECTURES),
             ("position", POSITIONS),
             ("norm", NORMS),
+            ("norm_type", NORM_TYPES),
+            ("feed_forward", FEED_FORWARDS),
             ("pooling", POOLINGS),
             ("reversible_output", REVERSIBLE_OUTPUTS),
             ("activation", ACTIVATIONS),
@@ -339,4 +347,4 @@ def _upgrade_attention(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ARCHITECTURES", "POSITIONS", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "FEED_FORWARDS", "POSITIONS", "ModelConfig"]
