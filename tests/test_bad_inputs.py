@@ -33,6 +33,10 @@ def _config_norm_type(tmp: Path) -> None:
     ModelConfig(norm_type="batch")
 
 
+def _config_kv_heads(tmp: Path) -> None:
+    ModelConfig(num_heads=4, num_key_value_heads=3)
+
+
 def _jsonl_not_utf8(tmp: Path) -> None:
     from longseq.data.datasets import TextClassificationDataset
     from longseq.data.tokenizers import ByteTokenizer
@@ -146,6 +150,7 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),
     ("vocab_size: 1e12, before allocating", _config_huge, "vocab_size x hidden_size"),
     ("norm_type: batch", _config_norm_type, "unknown norm_type 'batch'; valid: layer, rms"),
+    ("num_key_value_heads: 3 of 4 heads", _config_kv_heads, "positive divisor of num_heads=4"),
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),

@@ -50,7 +50,8 @@ def lm(dtype: torch.dtype = torch.float64, **kw) -> torch.nn.Module:
     return build_model(ModelConfig(**base), seed=0).to(dtype).eval()
 
 
-LLAMA = {  # Llama's block: RMSNorm, SwiGLU, no biases, rotary (theta 1e5), untied output
+LLAMA = {  # Llama's block: RMSNorm, SwiGLU, no biases, rotary (theta 1e5), untied output, GQA
+    "num_key_value_heads": 2,
     "norm_type": "rms",
     "feed_forward": "gated",
     "activation": "silu",
@@ -65,6 +66,9 @@ LLAMA = {  # Llama's block: RMSNorm, SwiGLU, no biases, rotary (theta 1e5), unti
 CASES = {
     "full-learned-pre": {},
     "full-llama": LLAMA,
+    "longformer-llama": {**LLAMA, **LF},
+    "local-llama": {**LLAMA, "attention": "local", "attention_options": {"chunk_length": 3}},
+    "bigbird-llama": {**LLAMA, **BIGBIRD, "num_key_value_heads": 1},
     "full-rotary-post": {"position": "rotary", "norm": "post"},
     "full-axial-reversible-mean": {
         **AXIAL,

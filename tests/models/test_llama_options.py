@@ -128,3 +128,34 @@ def test_tied_and_untied_output_embeddings(tmp_path):
 def test_unknown_choices_are_refused(name):
     with pytest.raises(ValueError, match=f"unknown {name} 'x'; valid"):
         ModelConfig(**{name: "x"})
+
+
+def test_grouped_query_model_stores_fewer_key_value_weights():
+    model = _lm(num_key_value_heads=2)
+    attn = model.body.layers[0].attn.attention
+    assert attn.key.weight.shape == (2 * 8, 32) and attn.value.weight.shape == (2 * 8, 32)
+    assert attn.query.weight.shape == (32, 32)
+    cache = model.new_cache(1)
+    model(torch.randint(4, 260, (1, 5)), cache=cache)
+    assert all(c.k.shape[1] == 2 for c in cache.layers)  # KV heads, never the 4 query heads
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_key_value_heads": 3}, "positive divisor of num_heads=4"),
+        ({"num_key_value_heads": 0}, "positive divisor of num_heads=4"),
+        ({"num_key_value_heads": "2"}, "positive divisor of num_heads=4"),
+        (
+            {"attention": "lsh", "num_key_value_heads": 2, "position": "none"},
+            "shares one projection for queries and keys",
+        ),
+        (
+            {"attention_options": {"num_key_value_heads": 2}},
+            "set by the model config",
+        ),
+    ],
+)
+def test_grouped_query_config_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(num_heads=4, hidden_size=32, **changes)

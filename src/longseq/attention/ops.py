@@ -109,6 +109,12 @@ def split_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(b, n, num_heads, -1).transpose(1, 2)
 
 
+def repeat_kv(x: Tensor, groups: int, dim: int = 1) -> Tensor:
+    """Grouped-query attention: each of the KV heads on `dim` repeated `groups` times, so
+    that query head i reads key/value head i // groups (Hugging Face's `repeat_kv`)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim)
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, N, D) -> (B, N, H*D)."""
     b, h, n, d = x.shape

@@ -109,6 +109,8 @@ class AttentionSublayer(nn.Module):
         opts = attention.get(name).model_options(
             opts, max_length=config.max_length, layer=layer, causal=config.causal
         )
+        if config.grouped:  # only then: a mechanism without GQA keeps its signature
+            opts = {**opts, "num_key_value_heads": config.kv_heads}
         self.attention = attention.build(
             name,
             config.hidden_size,
