@@ -140,7 +140,28 @@ def _convert_cut(tmp: Path) -> None:
     _convert(src)
 
 
+def _convert_llama_rope_scaling(tmp: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    config.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
+    from longseq.convert import from_huggingface
+
+    from_huggingface(transformers.LlamaForCausalLM(config))
+
+
 ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    (
+        "convert: a Llama with rope scaling",
+        _convert_llama_rope_scaling,
+        "rope_type='yarn' (rope scaling) is not supported",
+    ),
     ("convert: architectures ['pipeline']", _convert_pipeline, "not a transformers model class"),
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),

@@ -36,6 +36,7 @@ CONVERTERS: dict[str, str] = {
     "longformer": "longseq.convert.longformer",
     "big_bird": "longseq.convert.bigbird",
     "reformer": "longseq.convert.reformer",
+    "llama": "longseq.convert.llama",  # Llama-architecture decoders (SmolLM2, TinyLlama, ...)
 }
 SUPPORTED: tuple[str, ...] = tuple(CONVERTERS)
 

@@ -30,8 +30,8 @@ def _register_convert(commands: Any) -> None:
         "convert",
         help="convert a Hugging Face checkpoint folder to a longseq model",
         description="Convert a local Hugging Face model folder (config.json + weights; "
-        "BERT/MiniLM, RoBERTa, XLM-RoBERTa, Longformer, BigBird, Reformer) into a longseq "
-        "model folder that loads with longseq alone. Nothing is downloaded.",
+        "BERT/MiniLM, RoBERTa, XLM-RoBERTa, Longformer, BigBird, Reformer, Llama) into a "
+        "longseq model folder that loads with longseq alone. Nothing is downloaded.",
     )
     p.add_argument("src", metavar="SRC", help="Hugging Face model folder")
     p.add_argument("dst", metavar="DST", help="output folder (created)")
