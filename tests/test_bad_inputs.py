@@ -156,7 +156,15 @@ def _convert_llama_rope_scaling(tmp: Path) -> None:
     from_huggingface(transformers.LlamaForCausalLM(config))
 
 
+def _convert_not_gguf(tmp: Path) -> None:
+    for package in ("transformers", "gguf", "accelerate"):
+        pytest.importorskip(package)
+    (tmp / "model.gguf").write_bytes(b"GGUF, cut short")
+    _convert(tmp / "model.gguf")
+
+
 ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("convert: a cut .gguf file", _convert_not_gguf, "is not a readable GGUF model file"),
     (
         "convert: a Llama with rope scaling",
         _convert_llama_rope_scaling,
