@@ -10,13 +10,13 @@ report puts accuracy (or bits per byte), throughput, memory and parameters in on
     print(summary.table)
 
 Modules: `presets` (model, data and budget of default / cpu / lra, and each mechanism's
-settings), `tasks` (the data of each task), `runner` (the experiment, resumable),
+settings), `tasks` (each task's data sets, declared by the
+`longseq.tasks` entries), `runner` (the experiment, resumable),
 `isolate` (fresh processes, so each run's peak memory is its own), `sweep` (time and memory
 against length), `report` (report.md and the plots), `commands` (the CLI).
 """
 
-from longseq.compare.presets import LRA_LISTOPS, MECHANISMS, PRESETS, Preset
+from longseq.compare.presets import MECHANISMS, PRESETS, Preset
 from longseq.compare.runner import Plan, Summary, run
-from longseq.compare.tasks import TASKS
 
-__all__ = ["LRA_LISTOPS", "MECHANISMS", "PRESETS", "TASKS", "Plan", "Preset", "Summary", "run"]
+__all__ = ["MECHANISMS", "PRESETS", "Plan", "Preset", "Summary", "run"]

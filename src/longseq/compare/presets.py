@@ -33,15 +33,6 @@ from typing import Any
 
 from longseq import attention
 
-# The Long Range Arena paper's ListOps test accuracy (Tay et al., 2021, Table 1); LSH = Reformer.
-LRA_LISTOPS: dict[str, float] = {
-    "full": 36.37,
-    "longformer": 35.63,
-    "bigbird": 36.05,
-    "linformer": 35.70,
-    "lsh": 37.27,
-}
-# The five mechanisms compared by default, in report order.
 # The mechanisms compared by default: every registered one that says so (`compared`).
 MECHANISMS: tuple[str, ...] = tuple(m for m in attention.mechanisms() if attention.get(m).compared)
 
@@ -74,7 +65,7 @@ class Preset:
     listops_min_length: int = 500
     listops_max_length: int = 2_000
     # recall (`longseq.data.recall`): tokens, pairs, vocabularies and examples per split; the
-    # distance ranges follow from the Longformer window (see `recall_spec`)
+    # distance ranges follow from the Longformer window (`longseq.tasks.recall.recall_spec`)
     recall_length: int = 256
     recall_pairs: int = 8
     recall_keys: int = 32
@@ -289,28 +280,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def recall_spec(preset: Preset) -> Any:
-    """The recall data of `preset`: distances within the Longformer window's one-layer reach
-    (1 .. w/2), beyond it but within its num_layers-hop reach (.. L w/2), and far."""
-    from longseq.data.recall import RecallSpec
-
-    half, reach = preset.window // 2, preset.num_layers * preset.window // 2
-    if reach + 1 > preset.recall_length - 1:
-        raise ValueError(
-            f"preset {preset.name!r}: recall_length={preset.recall_length} leaves no distance "
-            f"beyond the window's {preset.num_layers}-layer reach ({preset.num_layers} x "
-            f"{half}); raise recall_length or lower window (--set recall_length=...)"
-        )
-    return RecallSpec(
-        length=preset.recall_length,
-        pairs=preset.recall_pairs,
-        keys=preset.recall_keys,
-        values=preset.recall_values,
-        filler=preset.recall_filler,
-        distances=((1, half), (half + 1, reach), (reach + 1, preset.recall_length - 1)),
-    )
-
-
 def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
@@ -329,12 +298,10 @@ def describe_options(preset: Preset, mechanism: str, length: int) -> str:
 
 
 __all__ = [
-    "LRA_LISTOPS",
     "MECHANISMS",
     "PRESETS",
     "Preset",
     "describe_options",
     "get",
     "mechanism_options",
-    "recall_spec",
 ]

@@ -4,8 +4,8 @@
             data: vocab_size, num_labels, label_names, special ids, max_length, and the
             architecture the task needs), or `init_from: DIR` (a saved model) plus any fields
             to change, e.g. `architecture: sequence-classification` to fine-tune an MLM.
-    data:   the task (classification | lm | mlm | listops | recall | qa), the files,
-            tokenizer, lengths.
+    data:   the task (a registered `longseq.tasks` name: classification, lm, mlm, listops,
+            recall, qa, ...), the files, tokenizer, lengths.
     optim:  AdamW and its learning-rate schedule, clipping, accumulation.
     run:    seed, output folder, evaluation / logging / saving cadence, precision, device.
 
@@ -19,28 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import json
 import math
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = ("classification", "lm", "mlm", "listops", "recall", "qa")
+import yaml
+
+from longseq import tasks
+from longseq.models import ModelConfig
+
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # Metrics where lower is better; every other metric (accuracy, macro_f1) is maximised.
 LOWER_IS_BETTER: tuple[str, ...] = ("loss", "perplexity", "bpb")
-METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy", "macro_f1"),
-    "listops": ("loss", "accuracy", "macro_f1"),
-    "lm": ("loss", "perplexity", "bpb"),
-    "mlm": ("loss", "perplexity", "accuracy"),
-    "recall": ("loss", "accuracy"),
-    "qa": ("loss", "exact_match", "f1"),
-}
 
 
 def _choose(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -81,7 +80,7 @@ class DataConfig:
     mega_batch: int = 50  # length bucketing: sort groups of this many batches by length
 
     def validate(self) -> None:
-        _choose("data.task", self.task, TASKS)
+        _choose("data.task", self.task, tasks.names())
         _positive("data.max_length", self.max_length)
         _positive("data.batch_size", self.batch_size)
         _positive("data.eval_batch_size", self.eval_batch_size, allow_none=True)
@@ -235,10 +234,11 @@ class TrainConfig:
         self.optim.validate()
         self.run.validate()
         metric = self.run.metric
-        if metric != "auto" and metric not in METRICS[self.data.task]:
+        reported = tasks.get(self.data.task).metrics
+        if metric != "auto" and metric not in reported:
             raise ValueError(
                 f"run.metric={metric!r} is not reported for task {self.data.task!r}; choose "
-                f"auto or one of: {', '.join(METRICS[self.data.task])}"
+                f"auto or one of: {', '.join(reported)}"
             )
 
     @property
@@ -246,7 +246,7 @@ class TrainConfig:
         """The evaluation metric that picks the best checkpoint and drives early stopping."""
         if self.run.metric != "auto":
             return self.run.metric
-        return "accuracy" if self.data.task in ("classification", "listops") else "loss"
+        return tasks.get(self.data.task).best_metric
 
     # ------------------------------------------------------------------------- I/O
     @classmethod
@@ -265,8 +265,6 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> Path:
-        import yaml
-
         path = Path(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
@@ -282,7 +280,6 @@ class TrainConfig:
 def model_section(value: Any) -> dict[str, Any]:
     """The model section as a plain dict; a ModelConfig keeps only its non-default fields,
     so the data can still fill vocab_size, num_labels, label_names and max_length."""
-    from longseq.models import ModelConfig
 
     if isinstance(value, ModelConfig):
         default = ModelConfig()
@@ -397,8 +394,6 @@ def _is_instance(value: Any, tp: Any) -> bool:
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply `section.key[.subkey]=value` to the raw mapping; the value is read as YAML."""
-    import yaml
-
     key, sep, text = item.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path) or len(path) < 2:
@@ -419,10 +414,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[path[-1]] = value
 
 
-def _strict_yaml(text: str) -> Any:
+def _strict_yaml(text: str, name: str) -> Any:
     """yaml.safe_load, but a key repeated in one mapping is an error (YAML keeps the last one
-    silently, so `lr: 1e-3` ... `lr: 1` would train at 1)."""
-    import yaml
+    silently, so `lr: 1e-3` ... `lr: 1` would train at 1). Errors name the file `name` and
+    its line (a string alone would be `"<unicode string>"`)."""
 
     class Strict(yaml.SafeLoader):
         pass
@@ -442,7 +437,14 @@ def _strict_yaml(text: str) -> Any:
         return loader.construct_mapping(node, deep=True)
 
     Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=Strict)
+    stream = io.StringIO(text)
+    stream.name = name  # type: ignore[misc]  # what yaml's marks call the file
+    try:
+        return yaml.load(stream, Loader=Strict)
+    except yaml.MarkedYAMLError as e:
+        if "'\\t'" in str(e):
+            e.note = "YAML indents with spaces, not tabs"
+        raise
 
 
 def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -456,8 +458,6 @@ def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML (.yaml/.yml) or JSON (.json) training config and apply `overrides`."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training config at {path}")
@@ -466,19 +466,36 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if path.suffix == ".json":
             raw = json.loads(text, object_pairs_hook=_unique_json)
         else:
-            raw = _strict_yaml(text)
+            raw = _strict_yaml(text, str(path))
     except (ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
+    file_only = json.loads(json.dumps(raw))  # before the overrides, for the blame below
     for item in overrides:
         apply_override(raw, item)
     try:
         return TrainConfig.from_dict(raw)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(_blame(path, file_only, overrides, str(e))) from None
+
+
+def _blame(path: Path, file_only: dict[str, Any], overrides: Sequence[str], err: str) -> str:
+    """The error prefixed with its cause: the file when the file alone gives it, else the
+    `--set` values (those whose key the message names, or all of them)."""
+    if overrides:
+        try:
+            TrainConfig.from_dict(file_only)
+        except ValueError as alone:
+            if str(alone) == err:
+                return f"{path}: {err}"
+        keys = [re.escape(o.partition("=")[0].strip().split(".")[-1]) for o in overrides]
+        named = [o for o, k in zip(overrides, keys, strict=True) if re.search(rf"\b{k}\b", err)]
+        given = " ".join(f"--set {o}" for o in named or overrides)
+        return f"{given}: {err} (the rest from {path})"
+    return f"{path}: {err}"
 
 
 def as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -490,8 +507,6 @@ def as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
 
 
 __all__ = [
-    "METRICS",
-    "TASKS",
     "DataConfig",
     "OptimConfig",
     "RunConfig",
