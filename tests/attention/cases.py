@@ -14,7 +14,12 @@ HIDDEN, HEADS = 16, 2
 
 # name -> list of option dicts (small sizes so fp64 gradcheck stays fast)
 CASES: dict[str, list[dict[str, Any]]] = {
-    "full": [{}, {"causal": True}, {"causal": True, "num_key_value_heads": 1}],
+    "full": [
+        {},
+        {"causal": True},
+        {"causal": True, "num_key_value_heads": 1},
+        {"num_key_value_heads": 1},
+    ],
     "longformer": [
         {"window": 4},
         {"window": 6, "dilation": [1, 2]},

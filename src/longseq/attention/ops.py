@@ -153,10 +153,12 @@ def dense_attention(
     q: Tensor, k: Tensor, v: Tensor, real: Tensor, causal: bool, dropout_p: float
 ) -> Tensor:
     """softmax(q k^T) v over every real key (causal: and k <= q), PyTorch's fused kernel; q is
-    pre-scaled. Padding queries keep their own key (no empty row; their output is dropped)."""
+    pre-scaled. Padding queries keep their own key (no empty row; their output is dropped).
+    k, v may have fewer heads than q (grouped-query: a divisor), read without copies."""
+    gqa = q.shape[1] != k.shape[1]
     if bool(real.all()):
         return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0, enable_gqa=gqa
         )
     n = q.shape[-2]
     allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
@@ -164,7 +166,7 @@ def dense_attention(
         tril = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0
+        q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0, enable_gqa=gqa
     )
 
 
