@@ -84,7 +84,9 @@ def test_causal_is_prefix_stable(case):
         torch.testing.assert_close(layer(x[:, : t + 1])[:, t], full[:, t], rtol=1e-10, atol=1e-10)
     y = x.clone()
     y[:, 15:] = torch.randn(1, n - 15, HIDDEN, dtype=torch.float64)
-    assert torch.equal(layer(y)[:, :15], full[:, :15])
+    # equal up to rounding: a changed tail can regroup earlier tokens' work (LSH's buckets)
+    # into other matmul shapes, whose fp64 sums differ in the last bits on some CPUs
+    torch.testing.assert_close(layer(y)[:, :15], full[:, :15], rtol=1e-12, atol=1e-12)
 
 
 def test_every_causal_mechanism_has_a_causal_case():
