@@ -16,7 +16,7 @@ import importlib
 import inspect
 from typing import Any
 
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import SelfAttention, check_kv_heads
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
 _REGISTRY: dict[str, str | type[SelfAttention]] = {
@@ -183,6 +183,7 @@ __all__ = [
     "MECHANISMS",
     "SelfAttention",
     "build",
+    "check_kv_heads",
     "get",
     "mechanisms",
     "moved_to_port",

@@ -3,6 +3,7 @@
     from longseq.convert import from_huggingface
     model = from_huggingface(hf_model)            # an in-memory transformers model
     model = from_huggingface("path/to/hf-folder") # config.json + weights, local files only
+    model = from_huggingface("model.Q4_1.gguf")   # a GGUF file (Llama architecture)
     model.save_pretrained("out")                  # loads with longseq alone
 
     longseq convert SRC DST                       # the same from the command line

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from longseq.convert.local import load_folder
+from longseq.convert.local import is_gguf, load_folder, load_gguf
 from longseq.models import LongseqModel
 
 # HF model_type -> converter module (each has `convert(hf_model) -> LongseqModel`).
@@ -19,6 +19,7 @@ CONVERTERS: dict[str, str] = {
     "longformer": "longseq.convert.longformer",
     "big_bird": "longseq.convert.bigbird",
     "reformer": "longseq.convert.reformer",
+    "llama": "longseq.convert.llama",  # Llama-architecture decoders (SmolLM2, TinyLlama, ...)
 }
 SUPPORTED: tuple[str, ...] = tuple(CONVERTERS)
 
@@ -39,10 +40,13 @@ def convert(hf_model: nn.Module) -> LongseqModel:
 
 
 def from_huggingface(model_or_dir: nn.Module | str | Path) -> LongseqModel:
-    """Convert a transformers model, or a local HF folder (config.json + weights; no hub)."""
+    """Convert a transformers model, a local HF folder (config.json + weights; no hub), or a
+    local GGUF file (`*.gguf`, through transformers' GGUF loader: needs gguf, accelerate)."""
     if isinstance(model_or_dir, nn.Module):
         return convert(model_or_dir)
     if isinstance(model_or_dir, (str, Path)):
+        if is_gguf(model_or_dir):
+            return convert(load_gguf(model_or_dir, SUPPORTED))
         return convert(load_folder(model_or_dir, SUPPORTED))
     raise ValueError(
         "from_huggingface takes a transformers model or the path of a local model folder, "
