@@ -29,7 +29,7 @@ TINY = dataclasses.replace(
     listops_test=16,
     listops_min_length=10,
     listops_max_length=40,
-    linformer_k=8,
+    options={"linformer": {"k": 8}},
     sweep_lengths=(32, 64),
     sweep_repeats=1,
     sweep_max_seconds=30.0,
@@ -194,7 +194,7 @@ def test_preset_mechanisms_build(name: str) -> None:
     from longseq.models import ModelConfig, build_model
 
     p = PRESETS[name]
-    for m in presets.MECHANISMS:
+    for m in presets.default_mechanisms():
         opts = mechanism_options(p, m, p.listops_max_length)
         config = ModelConfig(
             architecture="sequence-classification",
@@ -221,6 +221,23 @@ def test_preset_overrides() -> None:
     assert (p.steps, p.eval_batches, p.sweep_lengths) == (7, None, (8, 16))
     with pytest.raises(ValueError, match="must be positive"):
         Preset(name="x", summary="", hidden_size=0, num_layers=1, num_heads=1, intermediate_size=1)
+
+
+def test_preset_reach_and_options_by_name() -> None:
+    """A preset names no mechanism's option: each derives its own from `reach`; `options`
+    sets one by the mechanism's registered name, over what it derives, and leaves the
+    others and the preset itself alone."""
+    p = PRESETS["cpu"]
+    assert not {"window", "block_size", "linformer_k", "lsh_chunk"} & set(p.to_dict())
+    assert mechanism_options(p, "longformer", 2000) == {"window": p.reach}
+    assert mechanism_options(p, "bigbird", 2000) == {"block_size": 64, "num_random_blocks": 3}
+    q = p.with_overrides(["reach=64", "options.lsh.n_hashes=4", "options.longformer.dilation=2"])
+    assert mechanism_options(q, "longformer", 2000) == {"window": 64, "dilation": 2}
+    assert mechanism_options(q, "lsh", 2000) == {"chunk_length": 64, "n_hashes": 4}
+    assert mechanism_options(q, "bigbird", 2000) == {"block_size": 16, "num_random_blocks": 3}
+    assert p.options == {"bigbird": {"num_random_blocks": 3}}  # the original is unchanged
+    # Linformer's k never above the length
+    assert mechanism_options(q, "linformer", 40)["k"] == 40
 
 
 def test_root_rule_accuracy() -> None:
@@ -258,11 +275,7 @@ TINY_RECALL = dataclasses.replace(
     recall_train=16,
     recall_val=4,
     recall_test=6,
-    window=8,
-    block_size=4,
-    random_blocks=1,
-    linformer_k=8,
-    lsh_chunk=8,
+    reach=8,
     sweep_lengths=(48, 96),
     sweep_repeats=1,
     sweep_max_seconds=30.0,

@@ -22,6 +22,8 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention; subclasses choose which (query, key) pairs are scored."""
 
     name: ClassVar[str] = "base"
+    baseline: ClassVar[bool] = False  # the mechanism the others are measured against
+    sequence_parallel: ClassVar[bool] = False  # has an `attend_sharded` (attention/shard.py)
     supports_causal: ClassVar[bool] = True
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
@@ -60,25 +62,22 @@ class SelfAttention(nn.Module):
         self.rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
+    def options_at(
+        cls,
+        n: int,
+        given: dict[str, Any] | None = None,
+        *,
+        reach: int | None = None,
+        layer: int | None = None,
+        causal: bool = False,
     ) -> dict[str, Any]:
-        """The layer options a model passes for layer `layer` of a model of `max_length`
-        positions: `opts` completed with what the mechanism derives from the model."""
-        return opts
-
-    @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        """This mechanism's options under an experiment's budget for sequences of up to
-        `length` tokens. `budget` has the fields of a `longseq compare` preset: window,
-        block_size, random_blocks, linformer_k, lsh_chunk, lsh_hashes."""
-        return {}
-
-    @classmethod
-    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
-        """`opts` for a layer that runs n-token sequences (a benchmark point): what the
-        mechanism derives from the length (Linformer's max_seq_len and k <= n, LSH's buckets)."""
-        return dict(opts)
+        """The options of this mechanism's layer for sequences of up to n tokens: `given`
+        completed with what the mechanism derives (the one hook for options at a length; given
+        options win, except a model's layer index). From `reach`, where given: its own settings
+        for a budget of about `reach` keys per query (`longseq compare`'s presets, the
+        pictures); from n (Linformer's max_seq_len); from `layer`, the index in a model
+        (BigBird's random blocks); from `causal` (causal LSH's fixed bucket count)."""
+        return dict(given or {})
 
     @property
     def length_multiple(self) -> int:
@@ -140,8 +139,8 @@ class SelfAttention(nn.Module):
         """Per-head context of this rank's shard of a sequence split over processes (see
         `attention/shard.py`), equal to the single-process layer's there."""
         raise ValueError(
-            f"'{self.name}' attention has no sequence-parallel form; use one of the "
-            "mechanisms with attend_sharded (full, longformer, local, linformer)"
+            f"'{self.name}' attention has no sequence-parallel form; use one of the mechanisms "
+            "longseq.attention.sequence_parallel() lists"
         )
 
     def _window_sharded(
@@ -209,9 +208,9 @@ class SelfAttention(nn.Module):
     def picture(cls, n: int) -> pictures.Picture:
         """What `longseq patterns` draws for this mechanism at n tokens. By default its token
         mask `pattern(n)` (a pair any head scores), bidirectional and causal, with the options
-        `compare_options` gives under a budget scaled to n. A mechanism whose pattern has parts
-        to tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
-        opts = cls.compare_options(pictures.budget(n), n)
+        `options_at` derives from a reach scaled to n. A mechanism whose pattern has parts to
+        tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
+        opts = cls.options_at(n, reach=pictures.reach(n))
         pic = pictures.Picture(cls.name, f"{cls.name} attention (n={n}; {pictures.describe(opts)})")
         for causal in (False, True) if cls.supports_causal else (False,):
             layer = cls(pictures.HIDDEN, pictures.HEADS, causal=causal, **opts)

@@ -127,16 +127,30 @@ class LinformerAttention(SelfAttention):
     """Linformer: each query attends to k learned projections of the keys/values (module doc)."""
 
     name = "linformer"
+    sequence_parallel = True
     supports_causal: ClassVar[bool] = False
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        # E and F are shared by the heads (as lucidrains' linformer); k never above n.
-        return {"k": min(budget.linformer_k, length), "max_seq_len": length, "sharing": "headwise"}
-
-    @classmethod
-    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
-        return {**opts, "k": min(opts.get("k", 256), n), "max_seq_len": n}
+    def options_at(
+        cls,
+        n: int,
+        given: dict[str, Any] | None = None,
+        *,
+        reach: int | None = None,
+        layer: int | None = None,
+        causal: bool = False,
+    ) -> dict[str, Any]:
+        """max_seq_len n unless given, and then k (given, `reach`, or the default 256) at most
+        n: projecting to more rows than the sequence has only adds cost. Under a reach, E and
+        F are shared by the heads (as lucidrains' linformer)."""
+        opts = {} if reach is None else {"k": reach, "sharing": "headwise"}
+        opts.update(given or {})
+        if "max_seq_len" not in opts:
+            k = opts.get("k", 256)
+            opts["max_seq_len"] = n
+            if ops.is_int(k):  # anything else is refused, with its reason, where it is built
+                opts["k"] = min(k, n)
+        return opts
 
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
@@ -147,12 +161,6 @@ class LinformerAttention(SelfAttention):
         k = min(self.k, n)
         high = torch.full((n, n), min(1.0, k / n))
         return torch.zeros(n, n), high, f"rank k = {k}: at most k/n = {k}/{n} positions"
-
-    @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
-    ) -> dict[str, Any]:
-        return {"max_seq_len": max_length, **opts}
 
     def __init__(
         self,

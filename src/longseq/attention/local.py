@@ -41,6 +41,7 @@ class LocalAttention(SelfAttention):
     """
 
     name = "local"
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -65,8 +66,18 @@ class LocalAttention(SelfAttention):
     compared = False  # a Reformer building block, not one of the four classic mechanisms
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"chunk_length": budget.lsh_chunk}
+    def options_at(
+        cls,
+        n: int,
+        given: dict[str, Any] | None = None,
+        *,
+        reach: int | None = None,
+        layer: int | None = None,
+        causal: bool = False,
+    ) -> dict[str, Any]:
+        """Under a reach: Reformer's chunk of 64, or the reach if shorter (as LSH's chunks)."""
+        derived = {} if reach is None else {"chunk_length": min(64, reach)}
+        return {**derived, **(given or {})}
 
     @property
     def length_multiple(self) -> int:

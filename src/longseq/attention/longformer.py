@@ -76,6 +76,7 @@ class LongformerAttention(SelfAttention):
     """
 
     name = "longformer"
+    sequence_parallel = True
     supports_global = True
 
     def __init__(
@@ -118,8 +119,18 @@ class LongformerAttention(SelfAttention):
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"window": budget.window}
+    def options_at(
+        cls,
+        n: int,
+        given: dict[str, Any] | None = None,
+        *,
+        reach: int | None = None,
+        layer: int | None = None,
+        causal: bool = False,
+    ) -> dict[str, Any]:
+        """Under a reach: a window of `reach` keys (rounded down to even: w/2 each side)."""
+        derived = {} if reach is None else {"window": max(2, reach // 2 * 2)}
+        return {**derived, **(given or {})}
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

@@ -71,11 +71,11 @@ class Spec:
     compare_to: str | None = None  # a peer's longseq row
 
     def options(self, n: int) -> dict[str, Any]:
-        """The settings at length n, as the mechanism derives them (`at_length`: Linformer's
-        length and k, LSH's bucket count); peers take the same."""
+        """The settings at length n, as the mechanism derives them (`options_at`: Linformer's
+        length and k); peers take the same."""
         if self.family == "baseline":
             return dict(self.settings)
-        return attention.get(self.family).at_length(self.settings, n)
+        return attention.get(self.family).options_at(n, self.settings)
 
 
 LONGFORMER = {"window": 512}
@@ -90,7 +90,7 @@ LSH = {"chunk_length": 64, "seed": 0}
 
 SPECS: tuple[Spec, ...] = (
     Spec("projections", "baseline", "baseline", "projections"),
-    Spec("full", "baseline", "baseline", "longseq"),
+    Spec(attention.baseline(), "baseline", "baseline", "longseq"),
     Spec("longformer", "longformer", "ours", "longseq", LONGFORMER),
     Spec("longformer+global", "longformer", "ours", "longseq", LONGFORMER, global_tokens=1),
     Spec("bigbird", "bigbird", "ours", "longseq", BIGBIRD),
@@ -133,7 +133,12 @@ SPECS: tuple[Spec, ...] = (
     ),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
-FAMILIES: tuple[str, ...] = tuple(m for m in attention.mechanisms() if m != "full")
+
+
+def families() -> tuple[str, ...]:
+    """The mechanisms benchmarked by default: every registered one but the baseline (a row
+    that is always run)."""
+    return tuple(m for m in attention.mechanisms() if m != attention.baseline())
 
 
 def choices() -> tuple[str, ...]:
@@ -163,7 +168,7 @@ def select(mechanisms: list[str], peers: bool) -> list[Spec]:
 
 @dataclass
 class Config:
-    mechanisms: list[str] = field(default_factory=lambda: list(FAMILIES))
+    mechanisms: list[str] = field(default_factory=lambda: list(families()))
     lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
     hidden: int = 768
     heads: int = 12
@@ -207,7 +212,7 @@ def make_layer(spec: Spec, n: int, cfg: Config) -> tuple[nn.Module, Callable[[Te
         module: nn.Module = Projections(cfg.hidden)
         fn: Callable[[Tensor], Tensor] = module
     elif spec.builder == "longseq":
-        name = "full" if spec.name == "full" else spec.family
+        name = attention.baseline() if spec.family == "baseline" else spec.family
         layer = attention.build(name, cfg.hidden, cfg.heads, **opts)
         module = layer
         if spec.global_tokens:
@@ -408,7 +413,7 @@ def describe(specs: list[Spec], cfg: Config) -> str:
     ]
     for s in specs:
         opts = s.options(n)
-        for k, v in opts.items():  # what the mechanism derives from the length (`at_length`)
+        for k, v in opts.items():  # what the mechanism derives from the length (`options_at`)
             if s.settings.get(k) != v:
                 opts[k] = f"{v} at n={n}"
         extra = f", global tokens: first {s.global_tokens}" if s.global_tokens else ""

@@ -13,7 +13,7 @@ from longseq.argtypes import int_list
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from longseq.compare.presets import MECHANISMS, PRESETS
+    from longseq.compare.presets import PRESETS, default_mechanisms
     from longseq.compare.tasks import TASKS
 
     p = commands.add_parser(
@@ -35,8 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mechanisms",
-        help=f"comma-separated (default {','.join(MECHANISMS)}; for the LM tasks those with "
-        "a causal form)",
+        help=f"comma-separated (default {','.join(default_mechanisms())}; for the LM tasks "
+        "those with a causal form)",
     )
     p.add_argument(
         "--preset",

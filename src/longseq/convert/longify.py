@@ -289,9 +289,7 @@ def _bucket_causal(name: str) -> bool:
 def _built_spec(config: ModelConfig, i: int) -> tuple[str, dict[str, Any]]:
     name, opts = config.layer_spec(i)
     cls = attention.get(name)
-    return name, cls.model_options(
-        opts, max_length=config.max_length, layer=i, causal=config.causal
-    )
+    return name, cls.options_at(config.max_length, opts, layer=i, causal=config.causal)
 
 
 def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:

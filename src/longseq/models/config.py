@@ -224,7 +224,7 @@ class ModelConfig:
             raise ValueError(
                 f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
                 f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
-                f"{attention.moved_to_port(name, {k: opts[k] for k in unknown})}"
+                f"{attention.port_hint(name, {k: opts[k] for k in unknown})}"
             )
         if self.causal and not cls.supports_causal:
             causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
@@ -283,7 +283,7 @@ class ModelConfig:
             raise ValueError(
                 f"unknown model config field(s) {unknown}; valid fields: {', '.join(sorted(names))}"
             )
-        return cls(**_upgrade_attention(data))
+        return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -309,34 +309,6 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
-
-
-def _upgrade_attention(data: dict[str, Any]) -> dict[str, Any]:
-    """An older config's attention in today's terms (`attention.upgrade`: an option that chose
-    Hugging Face's rule, e.g. LSH's wrap_rounds=True, becomes the port's name). When a layer
-    changes, every layer is written out in full: a per-layer override of another mechanism
-    drops the model-wide options, so renaming one layer must not change what others inherit."""
-    name, opts = data.get("attention", "full"), data.get("attention_options") or {}
-    if not isinstance(name, str) or not isinstance(opts, dict):
-        return data  # validation says what is wrong
-    out = dict(data)
-    new = attention.upgrade(name, opts)
-    if new != (name, opts):
-        out["attention"], out["attention_options"] = new
-    layers = data.get("layer_attention")
-    if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
-        return out
-    specs, changed = [], False
-    for entry in layers:
-        override = dict(entry)
-        layer_name = override.pop("attention", name)
-        layer_opts = override if layer_name != name else {**opts, **override}
-        up_name, up_opts = attention.upgrade(layer_name, layer_opts)
-        changed |= (up_name, up_opts) != (layer_name, layer_opts)
-        specs.append({"attention": up_name, **up_opts})
-    if changed:
-        out["layer_attention"] = specs
-    return out
 
 
 __all__ = ["ARCHITECTURES", "POSITIONS", "ModelConfig"]
