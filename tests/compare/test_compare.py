@@ -328,7 +328,7 @@ def test_recall_is_the_default_task(tmp_path: Path) -> None:
     assert plan.seeds == [0, 1]
     assert plan.run_dir("full", 1) == tmp_path / "runs" / "full" / "seed1"
     spec = presets.recall_spec(plan.preset_spec)
-    w, L = plan.preset_spec.window, plan.preset_spec.num_layers
+    w, L = plan.preset_spec.reach, plan.preset_spec.num_layers  # reach: Longformer's window
     assert spec.distances == ((1, w // 2), (w // 2 + 1, L * w // 2), (L * w // 2 + 1, 255))
     with pytest.raises(ValueError, match="recall_length"):
         presets.recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))
