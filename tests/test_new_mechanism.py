@@ -31,12 +31,10 @@ class StridedAttention(SelfAttention):
         self.stride = stride
 
     @classmethod
-    def options_at(
-        cls, n: int, given: dict[str, Any] | None = None, *, reach: int | None = None, **_: Any
-    ) -> dict[str, Any]:
+    def options_at(cls, at: attention.At, given: dict[str, Any]) -> dict[str, Any]:
         # its own setting under a reach (no other mechanism's): the 3 neighbours + n/stride
-        derived = {} if reach is None else {"stride": max(2, reach // 2)}
-        return {**derived, **(given or {})}
+        derived = {} if at.reach is None else {"stride": max(2, at.reach // 2)}
+        return {**derived, **given}
 
     def _mod(self) -> Any:
         def mod(q: Tensor, k: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import importlib
 import inspect
 from typing import Any
 
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
 _REGISTRY: dict[str, str | type[SelfAttention]] = {
@@ -146,6 +146,7 @@ def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAtten
 
 
 __all__ = [
+    "At",
     "SelfAttention",
     "baseline",
     "build",

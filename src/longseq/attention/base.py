@@ -9,6 +9,7 @@ on the mechanism, and what padding holds on input (even NaN) never reaches a rea
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -16,6 +17,18 @@ from torch import Tensor, nn
 from longseq.attention import ops, pictures
 from longseq.attention.cache import AttentionCache
 from longseq.attention.shard import Shard
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a layer's options are asked for (`SelfAttention.options_at`): sequences of up to
+    `n` tokens; `reach`: a budget of about that many keys per query (`longseq compare`'s
+    presets, the pictures); `layer`: its index in a model; `causal`: a causal model's layer."""
+
+    n: int
+    reach: int | None = None
+    layer: int | None = None
+    causal: bool = False
 
 
 class SelfAttention(nn.Module):
@@ -62,22 +75,14 @@ class SelfAttention(nn.Module):
         self.rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     @classmethod
-    def options_at(
-        cls,
-        n: int,
-        given: dict[str, Any] | None = None,
-        *,
-        reach: int | None = None,
-        layer: int | None = None,
-        causal: bool = False,
-    ) -> dict[str, Any]:
-        """The options of this mechanism's layer for sequences of up to n tokens: `given`
-        completed with what the mechanism derives (the one hook for options at a length; given
-        options win, except a model's layer index). From `reach`, where given: its own settings
-        for a budget of about `reach` keys per query (`longseq compare`'s presets, the
-        pictures); from n (Linformer's max_seq_len); from `layer`, the index in a model
-        (BigBird's random blocks); from `causal` (causal LSH's fixed bucket count)."""
-        return dict(given or {})
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """The options of this mechanism's layer `at` a length: `given` completed with what the
+        mechanism derives (the one hook for options at a length; given options win, except a
+        model's layer index). From `at.reach`, where set: its own settings for a budget of
+        about that many keys per query (`longseq compare`'s presets, the pictures); from `at.n`
+        (Linformer's max_seq_len); from `at.layer` (BigBird's random blocks); from `at.causal`
+        (causal LSH's fixed bucket count)."""
+        return dict(given)
 
     @property
     def length_multiple(self) -> int:
@@ -210,7 +215,7 @@ class SelfAttention(nn.Module):
         mask `pattern(n)` (a pair any head scores), bidirectional and causal, with the options
         `options_at` derives from a reach scaled to n. A mechanism whose pattern has parts to
         tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
-        opts = cls.options_at(n, reach=pictures.reach(n))
+        opts = cls.options_at(At(n, reach=pictures.reach(n)), {})
         pic = pictures.Picture(cls.name, f"{cls.name} attention (n={n}; {pictures.describe(opts)})")
         for causal in (False, True) if cls.supports_causal else (False,):
             layer = cls(pictures.HIDDEN, pictures.HEADS, causal=causal, **opts)
@@ -219,4 +224,4 @@ class SelfAttention(nn.Module):
         return pic
 
 
-__all__ = ["SelfAttention"]
+__all__ = ["At", "SelfAttention"]

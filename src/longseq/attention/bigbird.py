@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.attention import ops, patterns, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
 
@@ -82,23 +82,15 @@ class BigBirdAttention(SelfAttention):
     supports_global = False
 
     @classmethod
-    def options_at(
-        cls,
-        n: int,
-        given: dict[str, Any] | None = None,
-        *,
-        reach: int | None = None,
-        layer: int | None = None,
-        causal: bool = False,
-    ) -> dict[str, Any]:
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
         """Under a reach: blocks of reach/4 tokens (the 3 sliding blocks span 3/4 of it), at
         most the paper's 64, and 2 random blocks. In a model, each layer draws its own random
         blocks (`layer_idx`: the layer's index)."""
         derived = {}
-        if reach is not None:
-            derived = {"block_size": max(1, min(64, reach // 4)), "num_random_blocks": 2}
-        opts = {**derived, **(given or {})}
-        return opts if layer is None else {**opts, "layer_idx": layer}
+        if at.reach is not None:
+            derived = {"block_size": max(1, min(64, at.reach // 4)), "num_random_blocks": 2}
+        opts = {**derived, **given}
+        return opts if at.layer is None else {**opts, "layer_idx": at.layer}
 
     def __init__(
         self,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.attention import ops, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.shard import Shard
 
 SHARING: tuple[str, ...] = ("none", "headwise", "kv", "layerwise")
@@ -131,25 +131,17 @@ class LinformerAttention(SelfAttention):
     supports_causal: ClassVar[bool] = False
 
     @classmethod
-    def options_at(
-        cls,
-        n: int,
-        given: dict[str, Any] | None = None,
-        *,
-        reach: int | None = None,
-        layer: int | None = None,
-        causal: bool = False,
-    ) -> dict[str, Any]:
-        """max_seq_len n unless given, and then k (given, `reach`, or the default 256) at most
-        n: projecting to more rows than the sequence has only adds cost. Under a reach, E and
-        F are shared by the heads (as lucidrains' linformer)."""
-        opts = {} if reach is None else {"k": reach, "sharing": "headwise"}
-        opts.update(given or {})
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """max_seq_len n unless given, and then k (given, the reach, or the default 256) at
+        most n: projecting to more rows than the sequence has only adds cost. Under a reach, E
+        and F are shared by the heads (as lucidrains' linformer)."""
+        opts = {} if at.reach is None else {"k": at.reach, "sharing": "headwise"}
+        opts.update(given)
         if "max_seq_len" not in opts:
             k = opts.get("k", 256)
-            opts["max_seq_len"] = n
+            opts["max_seq_len"] = at.n
             if ops.is_int(k):  # anything else is refused, with its reason, where it is built
-                opts["k"] = min(k, n)
+                opts["k"] = min(k, at.n)
         return opts
 
     def reach_bound(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longseq.attention import ops, patterns
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
 
@@ -66,18 +66,10 @@ class LocalAttention(SelfAttention):
     compared = False  # a Reformer building block, not one of the four classic mechanisms
 
     @classmethod
-    def options_at(
-        cls,
-        n: int,
-        given: dict[str, Any] | None = None,
-        *,
-        reach: int | None = None,
-        layer: int | None = None,
-        causal: bool = False,
-    ) -> dict[str, Any]:
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
         """Under a reach: Reformer's chunk of 64, or the reach if shorter (as LSH's chunks)."""
-        derived = {} if reach is None else {"chunk_length": min(64, reach)}
-        return {**derived, **(given or {})}
+        derived = {} if at.reach is None else {"chunk_length": min(64, at.reach)}
+        return {**derived, **given}
 
     @property
     def length_multiple(self) -> int:

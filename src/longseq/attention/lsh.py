@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 
 from longseq.attention import ops, patterns, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 
 SELF_MASK = -1e5  # a query's score with itself (Hugging Face's self_mask_value)
@@ -109,25 +109,17 @@ class LSHAttention(SelfAttention):
     bucket_window_causal: ClassVar[bool] = True
 
     @classmethod
-    def options_at(
-        cls,
-        n: int,
-        given: dict[str, Any] | None = None,
-        *,
-        reach: int | None = None,
-        layer: int | None = None,
-        causal: bool = False,
-    ) -> dict[str, Any]:
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
         """Under a reach: Reformer's chunk of 64 (its paper's and Hugging Face's at every
         length: more rounds, not longer chunks, buy recall), or the reach if shorter, and 2
         hashing rounds; the bucket count is left to the layer (about 2n/chunk per batch, as
         Hugging Face). A causal layer's bucket count is fixed from n (prefix stability)."""
-        derived = {} if reach is None else {"chunk_length": min(64, reach), "n_hashes": 2}
-        opts = {**derived, **(given or {})}
-        if causal and cls.bucket_window_causal and opts.get("num_buckets") is None:
+        derived = {} if at.reach is None else {"chunk_length": min(64, at.reach), "n_hashes": 2}
+        opts = {**derived, **given}
+        if at.causal and cls.bucket_window_causal and opts.get("num_buckets") is None:
             c = opts.get("chunk_length", 64)
             if ops.is_int(c) and c >= 1:
-                padded = -(-n // c) * c
+                padded = -(-at.n // c) * c
                 opts = {**opts, "num_buckets": derived_num_buckets(padded, c)}
         return opts
 

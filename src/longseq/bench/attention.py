@@ -75,7 +75,7 @@ class Spec:
         length and k); peers take the same."""
         if self.family == "baseline":
             return dict(self.settings)
-        return attention.get(self.family).options_at(n, self.settings)
+        return attention.get(self.family).options_at(attention.At(n), self.settings)
 
 
 LONGFORMER = {"window": 512}

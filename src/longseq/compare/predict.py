@@ -59,7 +59,7 @@ def layers(
     cls = attention.get(mechanism)
     out = []
     for layer in range(num_layers):
-        opts = cls.options_at(n, options, layer=layer)
+        opts = cls.options_at(attention.At(n, layer=layer), options)
         out.append(attention.build(mechanism, 8 * num_heads, num_heads, **opts))
     return out
 

@@ -339,7 +339,7 @@ def mechanism_options(preset: Preset, mechanism: str, length: int) -> dict[str, 
     what the mechanism derives from the preset's reach (`options_at`), under those the preset
     sets for it by name."""
     given = preset.options.get(mechanism, {})
-    return attention.get(mechanism).options_at(length, given, reach=preset.reach)
+    return attention.get(mechanism).options_at(attention.At(length, reach=preset.reach), given)
 
 
 def describe_options(preset: Preset, mechanism: str, length: int) -> str:

@@ -289,7 +289,9 @@ def _bucket_causal(name: str) -> bool:
 def _built_spec(config: ModelConfig, i: int) -> tuple[str, dict[str, Any]]:
     name, opts = config.layer_spec(i)
     cls = attention.get(name)
-    return name, cls.options_at(config.max_length, opts, layer=i, causal=config.causal)
+    return name, cls.options_at(
+        attention.At(config.max_length, layer=i, causal=config.causal), opts
+    )
 
 
 def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:

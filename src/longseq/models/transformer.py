@@ -100,9 +100,8 @@ class AttentionSublayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         name, opts = config.layer_spec(layer)
-        opts = attention.get(name).options_at(
-            config.max_length, opts, layer=layer, causal=config.causal
-        )
+        at = attention.At(config.max_length, layer=layer, causal=config.causal)
+        opts = attention.get(name).options_at(at, opts)
         self.attention = attention.build(
             name,
             config.hidden_size,
