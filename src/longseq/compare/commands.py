@@ -63,8 +63,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a preset field, e.g. --set hidden_size=128 --set window=64 "
-        "(repeatable; fields in longseq/compare/presets.py)",
+        help="override a preset field, e.g. --set hidden_size=128 --set reach=64, or one "
+        "mechanism's option by its name, --set options.lsh.n_hashes=4 (repeatable; fields in "
+        "longseq/compare/presets.py)",
     )
     p.add_argument(
         "--data", help="a folder with the task's splits (`longseq data ...`) instead of building"
