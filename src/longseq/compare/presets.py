@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from longseq import attention
+from longseq.models.config import MODEL_OWNED
 from longseq.train.config import apply_override
 
 # The Long Range Arena paper's ListOps test accuracy (Tay et al., 2021, Table 1); LSH = Reformer.
@@ -135,8 +136,9 @@ class Preset:
                     f"preset {self.name!r}: options[{mechanism!r}] must map option names to "
                     f"values (e.g. options.{mechanism}.OPTION=VALUE), got {opts!r}"
                 )
-            valid = attention.options(mechanism)  # raises on unknown names, listing them
-            unknown = sorted(set(opts) - set(valid))
+            # attention.options raises on unknown names, listing them; the model sets causal, ...
+            valid = set(attention.options(mechanism)) - set(MODEL_OWNED)
+            unknown = sorted(set(opts) - valid)
             if unknown:
                 raise ValueError(
                     f"preset {self.name!r}: unknown option(s) {unknown} for {mechanism!r} "

@@ -36,7 +36,7 @@ POOLINGS: tuple[str, ...] = ("mean", "cls")
 REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
 # Options the model sets itself from other fields; a user must not set them per mechanism.
-_MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
+MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
 
 
 # Integer fields (a "32" or 32.0 from a hand-edited config.json is an error, not a crash)
@@ -212,7 +212,7 @@ class ModelConfig:
     def _check_layer(self, i: int) -> None:
         name, opts = self.layer_spec(i)
         cls = attention.get(name)  # raises on unknown names, listing the valid ones
-        owned = sorted(set(opts) & set(_MODEL_OWNED))
+        owned = sorted(set(opts) & set(MODEL_OWNED))
         if owned:
             raise ValueError(
                 f"layer {i}: attention option(s) {owned} are set by the model config "
@@ -223,7 +223,7 @@ class ModelConfig:
         if unknown:
             raise ValueError(
                 f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
-                f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
+                f"options: {', '.join(sorted(set(valid) - set(MODEL_OWNED)))}"
                 f"{attention.port_hint(name, {k: opts[k] for k in unknown})}"
             )
         if self.causal and not cls.supports_causal:
@@ -311,4 +311,4 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ARCHITECTURES", "POSITIONS", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "MODEL_OWNED", "POSITIONS", "ModelConfig"]
