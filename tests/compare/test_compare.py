@@ -236,8 +236,16 @@ def test_preset_reach_and_options_by_name() -> None:
     assert mechanism_options(q, "lsh", 2000) == {"chunk_length": 64, "n_hashes": 4}
     assert mechanism_options(q, "bigbird", 2000) == {"block_size": 16, "num_random_blocks": 3}
     assert p.options == {"bigbird": {"num_random_blocks": 3}}  # the original is unchanged
-    # Linformer's k never above the length
+    # Linformer's derived k: the reach, at most 256 and the length; a k given is kept (and
+    # refused above the length where the layer is built)
+    assert mechanism_options(PRESETS["lra"], "linformer", 2000)["k"] == 256
     assert mechanism_options(q, "linformer", 40)["k"] == 40
+    given = q.with_overrides(["options.linformer.k=48"])
+    assert mechanism_options(given, "linformer", 40) == {
+        "k": 48,
+        "sharing": "headwise",
+        "max_seq_len": 40,
+    }
 
 
 def test_root_rule_accuracy() -> None:

@@ -132,16 +132,16 @@ class LinformerAttention(SelfAttention):
 
     @classmethod
     def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
-        """max_seq_len n unless given, and then k (given, the reach, or the default 256) at
-        most n: projecting to more rows than the sequence has only adds cost. Under a reach, E
-        and F are shared by the heads (as lucidrains' linformer)."""
-        opts = {} if at.reach is None else {"k": at.reach, "sharing": "headwise"}
+        """max_seq_len n unless given. Under a reach, k = the reach, at most the paper's 256
+        (enough at any length, its finding), and E, F shared by the heads (as lucidrains'
+        linformer). A k not given (the reach's, the default 256) is at most n: projecting to
+        more rows than the sequence has only adds cost; a given one is refused above it."""
+        opts = {} if at.reach is None else {"k": min(256, at.reach), "sharing": "headwise"}
         opts.update(given)
         if "max_seq_len" not in opts:
-            k = opts.get("k", 256)
             opts["max_seq_len"] = at.n
-            if ops.is_int(k):  # anything else is refused, with its reason, where it is built
-                opts["k"] = min(k, at.n)
+            if "k" not in given:
+                opts["k"] = min(opts.get("k", 256), at.n)
         return opts
 
     def reach_bound(

@@ -85,7 +85,8 @@ BIGBIRD = {
     "num_global_blocks": 2,
     "num_sliding_blocks": 3,
 }
-LINFORMER = {"k": 256, "sharing": "headwise"}  # E, F shared by the heads, as lucidrains'
+# E, F shared by the heads, as lucidrains'; k: the default 256, at most n (`options_at`)
+LINFORMER = {"sharing": "headwise"}
 LSH = {"chunk_length": 64, "seed": 0}
 
 SPECS: tuple[Spec, ...] = (
@@ -122,7 +123,7 @@ SPECS: tuple[Spec, ...] = (
         "linformer",
         "peer",
         "lucidrains_linformer",
-        {"k": 256},
+        {},  # k: as ours (`options_at`: 256, at most n)
         compare_to="linformer",
     ),
     Spec(
