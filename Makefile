@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= results
 THREADS ?= 2
 
-.PHONY: setup run test lint bench patterns clean
+.PHONY: setup run test test-slow lint bench patterns clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: setup
 test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q
+
+# The scheduled checks (docs/testing.md): the README's commands run in order, and other slow tests.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -141,7 +141,53 @@ def _convert_cut(tmp: Path) -> None:
     _convert(src)
 
 
+def _register_not_a_task(tmp: Path) -> None:
+    from longseq import tasks
+
+    tasks.register(dict)  # type: ignore[arg-type]
+
+
+def _unknown_task(tmp: Path) -> None:
+    from longseq import tasks
+
+    tasks.get("sumarisation")
+
+
+def _compare_task_twice(tmp: Path) -> None:
+    from longseq import tasks
+
+    class Twice(tasks.Task):
+        name, architecture = "test-twice", "sequence-classification"
+        compare = (tasks.CompareTask("listops", "test-twice", None, "accuracy", "again"),)
+
+    tasks.register(Twice)
+    try:
+        tasks.compare_tasks()
+    finally:
+        tasks.unregister(Twice.name)
+
+
+def _two_files_for_one(tmp: Path) -> None:
+    from longseq import tasks
+
+    tasks.get("classification").files(["a.jsonl", "b.jsonl"], "test")
+
+
+def _evaluate_a_headless_model(tmp: Path) -> None:
+    from types import SimpleNamespace
+
+    from longseq.train.commands import _data_config
+
+    model = SimpleNamespace(config=SimpleNamespace(architecture="encoder", max_length=64))
+    _data_config(SimpleNamespace(model=str(tmp), task=None, max_length=None), model)
+
+
 ROWS: list[tuple[str, Callable[[Path], None], str]] = [
+    ("tasks.register of a non-Task", _register_not_a_task, "register takes a Task subclass"),
+    ("an unknown task name", _unknown_task, "unknown task 'sumarisation'; valid tasks: "),
+    ("two tasks declare one compare task", _compare_task_twice, "'listops' is declared twice"),
+    ("two files for a one-file split", _two_files_for_one, "data.test must name one file"),
+    ("evaluate a model no task trains", _evaluate_a_headless_model, "pass --task"),
     ("convert: architectures ['pipeline']", _convert_pipeline, "not a transformers model class"),
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),

@@ -101,11 +101,10 @@ def _run_child(job: dict[str, Any], write_fd: int) -> None:
     os.dup2(devnull, 0)  # nor may it read the server's jobs
     try:
         sys.path[:0] = [p for p in job.get("sys_path", ()) if p not in sys.path]
-        if job.get("mechanisms"):
-            from longseq import attention
-
-            for name, target in job["mechanisms"].items():
-                attention.register_path(name, target)
+        for module, entries in job.get("registered", {}).items():
+            registry = importlib.import_module(module)
+            for name, target in entries.items():
+                registry.register_path(name, target)
         result = _resolve(job["fn"])(*job["args"])
         reply = {"ok": True, "result": result}
     except BaseException as err:  # every failure goes back to the parent, which records it
@@ -140,11 +139,20 @@ def _serve(preload: list[str]) -> None:
         sys.stdout.flush()
 
 
-def _runtime_mechanisms() -> dict[str, str]:
-    """Attention mechanisms registered in this process at run time (name -> module:Class),
-    for a child to register too; {} when longseq.attention was never imported."""
-    attention = sys.modules.get("longseq.attention")
-    return attention.runtime_registered() if attention is not None else {}
+# Registries whose entries registered at run time a child registers too: each module has
+# runtime_registered() -> {name: "module:Class"} and register_path(name, target).
+REGISTRIES: tuple[str, ...] = ("longseq.attention", "longseq.tasks")
+
+
+def _runtime_registered() -> dict[str, dict[str, str]]:
+    """Mechanisms and tasks registered in this process at run time, by registry module (those
+    never imported have none)."""
+    out = {}
+    for module in REGISTRIES:
+        registry = sys.modules.get(module)
+        if registry is not None and registry.runtime_registered():
+            out[module] = registry.runtime_registered()
+    return out
 
 
 class Server:
@@ -179,8 +187,8 @@ class Server:
             "args": list(args),
             "timeout": timeout,
             "quiet": self.quiet,
-            # mechanisms registered at run time, and where their modules are found
-            "mechanisms": _runtime_mechanisms(),
+            # mechanisms and tasks registered at run time, and where their modules are found
+            "registered": _runtime_registered(),
             "sys_path": list(sys.path),
         }
         try:

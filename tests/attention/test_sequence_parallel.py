@@ -24,6 +24,8 @@ CASES = [
     ("longformer", {"window": 4, "causal": True, "rotary": True}),
     ("longformer", {"window": 4, "globals": True}),
     ("longformer", {"window": 6, "dilation": [1, 2], "globals": True}),
+    ("longformer", {"window": 4, "globals": True, "rotary": True}),
+    ("longformer", {"window": 6, "dilation": [1, 2], "globals": True, "rotary": True}),
     ("local", {"chunk_length": 4}),
     ("local", {"chunk_length": 4, "num_chunks_before": 1, "num_chunks_after": 1}),
     ("local", {"chunk_length": 4, "causal": True}),

@@ -11,7 +11,9 @@ import torch
 
 from longseq.cli import main
 from longseq.compare import presets, runner, tasks
-from longseq.compare.presets import LRA_LISTOPS, PRESETS, Preset, mechanism_options
+from longseq.compare.presets import PRESETS, Preset, mechanism_options
+from longseq.tasks.listops import LRA_LISTOPS, root_rule_accuracy
+from longseq.tasks.recall import accuracy_by_distance, recall_spec
 
 TINY = dataclasses.replace(
     PRESETS["default"],
@@ -87,9 +89,9 @@ def test_outputs(finished: tuple[Path, runner.Summary]) -> None:
 
 def test_records_match_the_checkpoints(finished: tuple[Path, runner.Summary]) -> None:
     """The recorded test accuracy is that of the saved best model, recomputed here."""
+    from longseq.data.collate import make_collate
     from longseq.data.listops import ListOpsDataset
     from longseq.models import from_pretrained
-    from longseq.train.data import make_collate
 
     out, _summary = finished
     lines = read_jsonl(out / runner.RESULTS)
@@ -261,7 +263,7 @@ def test_root_rule_accuracy() -> None:
         ("( ( ( [MAX ( ( ( [MIN 9 ) 9 ) ] ) ) 0 ) ] )", 9),  # the root is MAX: guess 9, hit
         ("( ( ( [SM 4 ) 5 ) ] )", 9),  # root unseen in train: the overall most frequent, 9: hit
     ]
-    assert tasks.root_rule_accuracy(train, test) == 75.0
+    assert root_rule_accuracy(train, test) == 75.0
 
 
 # ----------------------------------------------------------------------------- recall
@@ -301,7 +303,7 @@ def recall_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, runner.S
 def test_recall_runs_every_seed_and_scores_by_distance(
     recall_run: tuple[Path, runner.Summary],
 ) -> None:
-    from longseq.data.recall import RecallDataset, accuracy_by_distance
+    from longseq.data.recall import RecallDataset
     from longseq.models import from_pretrained
 
     out, summary = recall_run
@@ -335,11 +337,11 @@ def test_recall_is_the_default_task(tmp_path: Path) -> None:
     assert plan.task == "recall" and plan.preset_spec.name == "recall"
     assert plan.seeds == [0, 1]
     assert plan.run_dir("full", 1) == tmp_path / "runs" / "full" / "seed1"
-    spec = presets.recall_spec(plan.preset_spec)
+    spec = recall_spec(plan.preset_spec)
     w, L = plan.preset_spec.reach, plan.preset_spec.num_layers  # reach: Longformer's window
     assert spec.distances == ((1, w // 2), (w // 2 + 1, L * w // 2), (L * w // 2 + 1, 255))
     with pytest.raises(ValueError, match="recall_length"):
-        presets.recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))
+        recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))
 
 
 # ----------------------------------------------------------------------------- sweep

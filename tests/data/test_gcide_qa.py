@@ -172,7 +172,9 @@ def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: st
     from longseq.models import from_pretrained
 
     tok = load_tokenizer(built / "tokenizer.json")
-    rows = gcide_qa.scores_by_distance(
+    from longseq.tasks.qa import scores_by_distance
+
+    rows = scores_by_distance(
         from_pretrained(tmp_path / "run" / "best"),
         gcide_qa.QADataset(built / "test.jsonl", tok, 512),
     )

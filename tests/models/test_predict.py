@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from longseq import tasks
 from longseq.cli import main
 from longseq.data.tokenizers import ByteTokenizer
 from longseq.models import ModelConfig, build_model
@@ -143,7 +144,8 @@ def test_token_classification_reads_a_recall_line(tmp_path):
         type_vocab_size=1 + spec.values,
         pad_token_id=0,
     )
-    r = next(Predictor(model, TOK).predict([line]))
+    read = tasks.get("recall").predict_input  # what predict reads for the recall task
+    r = next(Predictor(model, TOK, read=read).predict([line]))
     f = features(line)
     with torch.no_grad():
         logits = model(

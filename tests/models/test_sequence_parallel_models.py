@@ -43,6 +43,15 @@ CASES = [
         "sequence-classification",
         {"num_labels": 3, "attention": "longformer", "attention_options": {"window": 4}},
     ),
+    (  # the README's example: a global first token with rotary positions
+        "sequence-classification",
+        {
+            "num_labels": 3,
+            "attention": "longformer",
+            "attention_options": {"window": 4},
+            "position": "rotary",
+        },
+    ),
     (
         "causal-lm",
         {"attention": "longformer", "attention_options": {"window": 4}, "position": "rotary"},

@@ -13,8 +13,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from longseq.data.collate import make_collate
 from longseq.train import load_config, train
-from longseq.train.data import BatchStream, make_collate
+from longseq.train.data import BatchStream
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,8 @@ def test_classification_outputs_and_metrics(tmp_path, cls_data):
     )
     _, meta = read_checkpoint(out / "last")
     assert meta["step"] == 4 and meta["frozen"]  # Longformer's key_global.bias
-    best = from_pretrained(out / "best")
+    assert (result.best_dir, result.last_dir) == (out / "best", out / "last")
+    best = from_pretrained(result.best_dir)
     assert best.config.label_names == ["blue", "green", "red"]
     # Independent oracle: each test example alone (no padding, no bucketing) through the
     # best model, against the trainer's batched, bucketed test metrics.
@@ -117,6 +118,14 @@ def test_classification_outputs_and_metrics(tmp_path, cls_data):
     assert result.test["macro_f1"] == pytest.approx(M.macro_f1(c))
     assert result.test["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
     assert result.test["best_step"] == result.best["step"]
+
+
+def test_best_dir_is_none_without_validation(tmp_path, cls_data):
+    """No val split, no best checkpoint: best_dir says so instead of naming a missing folder."""
+    result = train(_config(tmp_path / "run", {"task": "classification", "train": cls_data["train"]},
+                           optim={"max_steps": 1}))  # fmt: skip
+    assert result.best is None and result.best_dir is None
+    assert result.last_dir == tmp_path / "run" / "last" and result.last_dir.is_dir()
 
 
 def test_resume_reaches_the_same_weights(tmp_path, cls_data):

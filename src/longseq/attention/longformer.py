@@ -134,11 +134,6 @@ class LongformerAttention(SelfAttention):
         held = (torch.zeros(1) if glob is None else glob.sum().reshape(1)).double()
         if float(shard.total_sum(held.to(hidden_states.device))) == 0:  # every rank alike
             return self._window_sharded(hidden_states, real, shard, left, right)
-        if self.causal or self.rotary is not None:
-            raise ValueError(
-                "sequence-parallel Longformer with global tokens needs a bidirectional layer "
-                "without rotary positions (global tokens are appended to each rank's stretch)"
-            )
         return self._sharded_with_globals(hidden_states, real, glob, shard, reach)
 
     def _sharded_with_globals(
@@ -150,7 +145,10 @@ class LongformerAttention(SelfAttention):
         so where they sit does not matter); a global token's own row, a softmax over every
         real token with the global projections, is summed over the ranks: shift by the
         maximum over all ranks, then all-reduce the exponentials' sums and their weighted
-        values (exact, as FlashAttention combines blocks)."""
+        values (exact, as FlashAttention combines blocks). Rotary positions: the stretch runs
+        at 0.. and each appended global key at its own position relative to the stretch's
+        start, so every band score keeps its position difference. (Causal layers have no
+        global tokens: `attend` refuses them.)"""
         b, n, e = x.shape
         glob = torch.zeros_like(real) if glob is None else glob
         gmax = int(shard.maximum(glob.sum(1).max().double().reshape(1)))
@@ -171,7 +169,10 @@ class LongformerAttention(SelfAttention):
         x_all = torch.cat([x_ext, xg_all], 1)
         r_all = torch.cat([r_ext, outside], 1)
         x_all = x_all.masked_fill(~r_all.unsqueeze(-1), 0.0)
-        ctx = self.attend(x_all, r_all, torch.cat([g_ext, outside], 1))[:, :, reach : reach + n]
+        stretch = torch.arange(x_ext.shape[1], device=x.device).expand(b, -1)
+        pos_ext = torch.cat([stretch, torch.where(ok_all, pos_all - lo, 0)], 1)
+        ctx = self.attend(x_all, r_all, torch.cat([g_ext, outside], 1), positions=pos_ext)
+        ctx = ctx[:, :, reach : reach + n]
         # the global tokens' own rows, over every rank's real tokens
         h, d = self.num_heads, self.head_dim
         qg = ops.split_heads(self.query_global(xg_all), h) * d**-0.5  # (B, H, G, D)
@@ -206,7 +207,15 @@ class LongformerAttention(SelfAttention):
             n, self.window, self.dilations, self.causal, is_global, self.num_heads
         )
 
-    def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+    def attend(
+        self,
+        hidden_states: Tensor,
+        real: Tensor,
+        glob: Tensor | None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """`positions` (B, N): the rotary positions of the rows (default 0 .. N - 1); the
+        sequence-parallel path gives the global keys appended to a stretch their own."""
         if glob is not None and self.causal:
             raise ValueError(
                 "causal longformer attention cannot have global tokens (they see every token, "
@@ -214,7 +223,7 @@ class LongformerAttention(SelfAttention):
             )
         # work in the projections' own (B, N, H, D) memory: the fused kernel reads strided
         # inputs, writes (blocks, c, H, D), and merging the heads afterwards is free
-        q, k, v = (t.transpose(1, 2) for t in self.project(hidden_states))
+        q, k, v = (t.transpose(1, 2) for t in self.project(hidden_states, positions))
         h, d = q.shape[2:]
         key_ok = real
         gk = gv = g_ok = gidx = None

@@ -10,23 +10,13 @@ report puts accuracy (or bits per byte), throughput, memory and parameters in on
     print(summary.table)
 
 Modules: `presets` (model, data and budget of recall / default / cpu / lra: the reach each
-mechanism derives its settings from), `tasks` (the data of each task), `runner` (the
-experiment, resumable), `isolate` (fresh processes, so each run's peak memory is its own),
-`sweep` (time and memory against length), `report` (report.md and the plots), `commands`
-(the CLI).
+mechanism derives its settings from), `tasks` (each task's data sets, declared by the
+`longseq.tasks` entries), `runner` (the experiment, resumable), `isolate` (fresh processes,
+so each run's peak memory is its own), `sweep` (time and memory against length), `report`
+(report.md and the plots), `commands` (the CLI).
 """
 
-from longseq.compare.presets import LRA_LISTOPS, PRESETS, Preset, default_mechanisms
+from longseq.compare.presets import PRESETS, Preset, default_mechanisms
 from longseq.compare.runner import Plan, Summary, run
-from longseq.compare.tasks import TASKS
 
-__all__ = [
-    "LRA_LISTOPS",
-    "PRESETS",
-    "TASKS",
-    "Plan",
-    "Preset",
-    "Summary",
-    "default_mechanisms",
-    "run",
-]
+__all__ = ["PRESETS", "Plan", "Preset", "Summary", "default_mechanisms", "run"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longseq import tasks
 from longseq.argtypes import int_list
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.compare.presets import PRESETS, default_mechanisms
-    from longseq.compare.tasks import TASKS
 
     p = commands.add_parser(
         "compare",
@@ -28,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--task",
-        choices=list(TASKS),
+        choices=list(tasks.compare_tasks()),
         default="recall",
         help="the task (default recall: associative recall by distance, with the patterns' "
         "predictions beside the measurements)",
@@ -77,6 +78,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.compare import presets
     from longseq.compare.runner import Plan, command_line
     from longseq.compare.runner import run as run_plan
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"seed={args.seed}")
         if args.seeds is not None:
             overrides.append(f"seeds={args.seeds}")
+        # imported when the command runs: the CLI imports this module to build its parser
         from longseq.compare.tasks import get as get_task
 
         name = args.preset or get_task(args.task).preset
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         parser.error(str(e))
     if args.device == "cuda":
+        # imported when the command runs: the CLI imports this module to build its parser
         import torch
 
         if not torch.cuda.is_available():

@@ -16,6 +16,9 @@ import atexit
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
+from longseq.bench.attention import reset_peak_rss
 from longseq.forkserver import ChildError, Server
 
 # Imported once by the server, so no child pays for them; torch._dynamo is what AdamW's
@@ -46,14 +49,11 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> An
 
 def peak_memory(device: str) -> Callable[[], int]:
     """Start measuring; the returned function gives the peak growth in bytes since then."""
-    import torch
-
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         return lambda: max(0, torch.cuda.max_memory_allocated() - base)
-    from longseq.bench.attention import reset_peak_rss
 
     growth = reset_peak_rss()
     return lambda: max(0, growth())

@@ -37,15 +37,6 @@ from longseq import attention
 from longseq.models.config import MODEL_OWNED
 from longseq.train.config import apply_override
 
-# The Long Range Arena paper's ListOps test accuracy (Tay et al., 2021, Table 1); LSH = Reformer.
-LRA_LISTOPS: dict[str, float] = {
-    "full": 36.37,
-    "longformer": 35.63,
-    "bigbird": 36.05,
-    "linformer": 35.70,
-    "lsh": 37.27,
-}
-
 
 def default_mechanisms() -> tuple[str, ...]:
     """The mechanisms compared by default, in report order: every registered one that says so
@@ -81,7 +72,7 @@ class Preset:
     listops_min_length: int = 500
     listops_max_length: int = 2_000
     # recall (`longseq.data.recall`): tokens, pairs, vocabularies and examples per split; the
-    # distance ranges follow from the reach (see `recall_spec`)
+    # distance ranges follow from the reach (`longseq.tasks.recall.recall_spec`)
     recall_length: int = 256
     recall_pairs: int = 8
     recall_keys: int = 32
@@ -301,31 +292,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def recall_spec(preset: Preset) -> Any:
-    """The recall data of `preset`: distances within a window of `reach` keys' one-layer reach
-    (1 .. reach/2, Longformer's under the preset), beyond it but within its num_layers-hop
-    reach (.. L reach/2), and far."""
-    from longseq.data.recall import RecallSpec
-
-    half = preset.reach // 2
-    reach = preset.num_layers * half
-    if reach + 1 > preset.recall_length - 1:
-        raise ValueError(
-            f"preset {preset.name!r}: recall_length={preset.recall_length} leaves no distance "
-            f"beyond a {preset.reach}-key window's {preset.num_layers}-layer reach "
-            f"({preset.num_layers} x {half}); raise recall_length or lower reach "
-            "(--set recall_length=...)"
-        )
-    return RecallSpec(
-        length=preset.recall_length,
-        pairs=preset.recall_pairs,
-        keys=preset.recall_keys,
-        values=preset.recall_values,
-        filler=preset.recall_filler,
-        distances=((1, half), (half + 1, reach), (reach + 1, preset.recall_length - 1)),
-    )
-
-
 def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
@@ -346,12 +312,10 @@ def describe_options(preset: Preset, mechanism: str, length: int) -> str:
 
 
 __all__ = [
-    "LRA_LISTOPS",
     "PRESETS",
     "Preset",
     "default_mechanisms",
     "describe_options",
     "get",
     "mechanism_options",
-    "recall_spec",
 ]

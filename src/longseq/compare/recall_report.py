@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longseq.compare import predict
 from longseq.compare.report import by_mechanism, colours, mean
+from longseq.data.recall import read_split
 
 Record = dict[str, Any]
 
@@ -56,8 +58,6 @@ def counts_in(rows: list[list[int]], low: int, high: int) -> tuple[int, int]:
 
 def test_queries(path: str | Path) -> list[tuple[int, int]]:
     """(query position, pair position) of every query in the test split."""
-    from longseq.data.recall import read_split
-
     return [(q, p) for ex in read_split(path) for _k, _v, p, q in ex["pairs"]]
 
 
@@ -71,8 +71,6 @@ def predictions(
     results: list[Record], queries: list[tuple[int, int]], spec: dict[str, Any], chance: float
 ) -> dict[str, Prediction]:
     """mechanism -> the predicted accuracy band (fractions) of every distance range and bin."""
-    from longseq.compare import predict
-
     out: dict[str, Prediction] = {}
     ranges = sorted(set(_ranges(spec)) | set(bins(spec)))
     for m, runs in by_mechanism(results).items():
@@ -120,7 +118,6 @@ def _noise(acc: float, seeds: list[float], n: int) -> float:
 def section(
     out: Path, plan: Any, info: dict[str, Any], results: list[Record], sweep: list[Record]
 ) -> list[str]:
-    from longseq.compare import predict
 
     spec = info["recall_spec"]
     chance = info["chance"] / 100
@@ -246,6 +243,7 @@ def plot_distance(
     path: Path,
 ) -> None:
     """Accuracy against distance, one panel per mechanism, the predicted band shaded."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,6 +294,7 @@ def plot_distance(
 
 def plot_tradeoff(groups: dict[str, list[Record]], sweep: list[Record], path: Path) -> bool:
     """Test accuracy against fwd+bwd time at the shortest and longest swept lengths."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,6 +10,7 @@ time and peak memory against sequence length) with their tables, and the attenti
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import time
 from pathlib import Path
@@ -17,13 +18,13 @@ from typing import Any
 
 from longseq import attention
 from longseq.compare import presets as P
-from longseq.compare.tasks import Task
+from longseq.tasks import CompareTask, Task
 
 Record = dict[str, Any]
 PERCENT = ("accuracy", "f1", "exact_match")  # metrics shown in %
 
 
-def fmt_metric(value: float | None, task: Task) -> str:
+def fmt_metric(value: float | None, task: CompareTask) -> str:
     if value is None or value != value:  # None or NaN
         return "–"
     return f"{100 * value:.1f}" if task.metric in PERCENT else f"{value:.3f}"
@@ -54,7 +55,7 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def fmt_seeds(values: list[float | None], task: Task) -> str:
+def fmt_seeds(values: list[float | None], task: CompareTask) -> str:
     """The mean over seeds, and each seed's value in brackets when there are several."""
     ok = [v for v in values if v is not None]
     if not ok:
@@ -63,16 +64,16 @@ def fmt_seeds(values: list[float | None], task: Task) -> str:
     return m if len(ok) == 1 else f"{m} ({', '.join(fmt_metric(v, task) for v in ok)})"
 
 
-def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) -> str:
+def table(results: list[Record], task: CompareTask, preset: P.Preset, max_length: int) -> str:
     """The one table: a row per mechanism (means over seeds; each seed's value in brackets)."""
     unit = {"accuracy": "acc. %", "f1": "F1 %"}.get(task.metric, "bits/byte")
-    lra = task.name == "listops"
+    reference = dict(task.reference)  # published results (ListOps: the LRA paper's)
     head = [
         "mechanism",
         "settings",
         f"val {unit}",
         f"test {unit}",
-        *(["LRA paper test %"] if lra else []),
+        *([task.reference_label] if reference else []),
         "train tokens/s",
         "peak memory MiB",
         "parameters",
@@ -90,7 +91,7 @@ def table(results: list[Record], task: Task, preset: P.Preset, max_length: int) 
                 opts,
                 fmt_seeds([r["val"] for r in runs], task),
                 fmt_seeds([r["test"] for r in runs], task),
-                *([_num(P.LRA_LISTOPS.get(m), 2) if m in P.LRA_LISTOPS else "–"] if lra else []),
+                *([_num(reference.get(m), 2) if m in reference else "–"] if reference else []),
                 _num(mean([r["tokens_per_s"] for r in runs])),
                 _num(mean([r["peak_memory_mb"] for r in runs])),
                 _num(runs[0]["parameters"]),
@@ -148,6 +149,7 @@ def sweep_tables(records: list[Record]) -> str:
 
 
 def colours(names: list[str]) -> dict[str, Any]:
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
@@ -158,9 +160,10 @@ def colours(names: list[str]) -> dict[str, Any]:
 
 
 def plot_curves(
-    results: list[Record], task: Task, path: Path, lines: dict[str, float | None]
+    results: list[Record], task: CompareTask, path: Path, lines: dict[str, float | None]
 ) -> None:
     """Validation metric against training step, every mechanism on one chart."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,6 +200,7 @@ def plot_curves(
 
 def plot_sweep(records: list[Record], path: Path, title: str) -> None:
     """Two log-log panels: forward+backward time and peak memory against sequence length."""
+    # matplotlib (heavy, for the pictures only) on first use
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,18 +247,10 @@ def write(
     wall_seconds: float,
 ) -> str:
     """Write report.md, curves.png and sweep.png to `out`; return the table."""
-    task, preset = plan.task_spec, plan.preset_spec
+    task, entry, preset = plan.task_spec, plan.task_entry, plan.preset_spec
     info = state["data"]
-    max_length = info["max_length"]
-    the_table = table(results, task, preset, max_length)
-    lines_at: dict[str, float | None] = {}
-    if task.kind == "recall":
-        lines_at["chance"] = info.get("chance")
-    elif task.metric == "accuracy":
-        lines_at["majority class (test)"] = info.get("majority_test")
-        if info.get("root_rule_test") is not None:
-            lines_at["root-operator rule (test)"] = info["root_rule_test"]
-    plot_curves(results, task, out / "curves.png", lines_at)
+    the_table = table(results, task, preset, info["max_length"])
+    plot_curves(results, task, out / "curves.png", entry.chart_lines(info))
     m = state["machine"]
     lines = [
         f"# longseq compare: {task.description}, preset `{preset.name}`",
@@ -271,20 +267,18 @@ def write(
         "",
         the_table,
         "",
-        _settings(task, preset, info),
+        _settings(task, entry, preset, info),
         "",
     ]
-    if task.kind == "recall":
-        from longseq.compare import recall_report
-
-        lines += recall_report.section(out, plan, info, results, sweep)
-    if task.kind == "qa":
-        lines += qa_by_distance(results, max_length)
+    if entry.report_section:  # the task's own section ("module:function")
+        module, name = entry.report_section.split(":")
+        section = getattr(importlib.import_module(module), name)
+        lines += section(out, plan, info, results, sweep)
     lines += ["![validation curves](curves.png)", ""]
     if sweep:
         b = sweep[0]
         title = (
-            f"{task.architecture}, hidden {preset.hidden_size}, {preset.num_layers} layers, "
+            f"{entry.architecture}, hidden {preset.hidden_size}, {preset.num_layers} layers, "
             f"{preset.num_heads} heads, batch {b['batch']}, {b['device']}, "
             f"{b['threads'] or 'default'} threads"
         )
@@ -323,9 +317,12 @@ def write(
     return the_table
 
 
-def qa_by_distance(results: list[Record], max_length: int) -> list[str]:
-    """Exact match and F1 (%) by the answer's distance from the question (thirds of the
-    document, in tokens), each mechanism's mean over seeds."""
+def qa_by_distance(
+    out: Path, plan: Any, info: dict[str, Any], results: list[Record], sweep: list[Record]
+) -> list[str]:
+    """The QA task's section: exact match and F1 (%) by the answer's distance from the
+    question (thirds of the document, in tokens), each mechanism's mean over seeds."""
+    max_length = info["max_length"]
     edges = [0, max_length // 3, 2 * max_length // 3, max_length]
     names = [f"{a}-{b - 1}" for a, b in itertools.pairwise(edges)]
     lines = [
@@ -353,43 +350,15 @@ def qa_by_distance(results: list[Record], max_length: int) -> list[str]:
     return [*lines, ""]
 
 
-def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
-    ex = info.get("examples")
-    data = f"{task.description}"
-    if task.kind == "listops" and info.get("generator"):
-        g = info["generator"]
-        data += f", {g['min_length']} < length < {g['max_length']} tokens"
-    if ex:
-        data += f", {ex['train']:,} / {ex['val']:,} / {ex['test']:,} examples"
-    if task.kind == "recall":
-        spec = info["recall_spec"]
-        ranges = ", ".join(f"{a}-{b}" for a, b in spec["distances"])
-        data += (
-            f", {spec['length']} tokens, {spec['pairs']} key->value pairs and their queries per "
-            f"sequence, {spec['keys']} keys, {spec['values']} values (chance "
-            f"{info['chance']:.1f}%), query distances from the ranges {ranges}"
-        )
-    elif task.metric == "accuracy":
-        data += (
-            f"; {info['num_classes']} classes: chance {info['chance']:.1f}%, majority class "
-            f"{info['majority_test']:.1f}% of test"
-        )
-        if info.get("root_rule_test") is not None:
-            data += (
-                f", the root-operator rule (the most frequent answer for the root operator, "
-                f"learned from train) {info['root_rule_test']:.1f}%"
-            )
-    elif task.kind == "qa":
-        data += f", up to {info['max_length']} tokens per question + document"
-    else:
-        data += f", blocks of {info['max_length']} bytes"
+def _settings(task: CompareTask, entry: Task, p: P.Preset, info: dict[str, Any]) -> str:
+    data = task.description + entry.describe_data(info)
     evals = "the whole validation split" if p.eval_batches is None else f"{p.eval_batches} batches"
     seeds = (
         f"training seeds {p.seed}..{p.seed + p.seeds - 1} (data seed {p.seed})"
         if p.seeds > 1
         else f"seed ({p.seed})"
     )
-    pooling = f", {p.pooling} pooling" if task.architecture == "sequence-classification" else ""
+    pooling = f", {p.pooling} pooling" if entry.architecture == "sequence-classification" else ""
     if p.seeds > 1:
         pooling += f"; {p.seeds} training runs per mechanism: the mean, each run in brackets"
     return (
@@ -406,4 +375,12 @@ def _settings(task: Task, p: P.Preset, info: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["fmt_metric", "plot_curves", "plot_sweep", "sweep_tables", "table", "write"]
+__all__ = [
+    "fmt_metric",
+    "plot_curves",
+    "plot_sweep",
+    "qa_by_distance",
+    "sweep_tables",
+    "table",
+    "write",
+]

@@ -32,9 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longseq import attention
+import torch
+
+from longseq import attention, tasks
+from longseq.bench.attention import machine_info
+from longseq.compare import isolate, report, sweep
 from longseq.compare import presets as P
 from longseq.compare import tasks as T
+from longseq.compare.isolate import peak_memory
+from longseq.compare.report import PERCENT, fmt_metric
+from longseq.models import ModelConfig, from_pretrained
+from longseq.train import TrainConfig, train
+from longseq.train.checkpoint import STATE_JSON
+from longseq.train.config import DataConfig
+from longseq.viz import patterns
 
 RESULTS = "results.jsonl"
 SWEEP = "sweep.jsonl"
@@ -60,13 +71,14 @@ class Plan:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        self.task_spec: T.Task = T.get(self.task)
+        self.task_spec: tasks.CompareTask = T.get(self.task)
+        self.task_entry: tasks.Task = tasks.get(self.task_spec.task)
         self.preset_spec: P.Preset = (
             self.preset
             if isinstance(self.preset, P.Preset)
             else P.get(self.preset or self.task_spec.preset)
         )
-        causal = self.task_spec.kind == "lm"
+        causal = self.task_entry.causal
         if self.mechanisms is None:
             compared = P.default_mechanisms()
             self.mechanisms = [
@@ -131,7 +143,7 @@ def _settings_only(preset: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- training
 def train_config(
-    plan: Plan, data: T.TaskData, mechanism: str, seed: int | None = None
+    plan: Plan, data: tasks.Splits, mechanism: str, seed: int | None = None
 ) -> dict[str, Any]:
     """The trainer's config for one mechanism: everything but the attention (and the
     training seed, default the preset's) is shared."""
@@ -149,7 +161,7 @@ def train_config(
             "attention_options": P.mechanism_options(p, mechanism, data.max_length),
         },
         "data": {
-            "task": task.kind,
+            "task": task.task,
             "train": data.train,
             "val": data.val,
             "test": data.test,
@@ -182,12 +194,6 @@ def train_config(
 
 def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[str, Any]:
     """(In a fresh process) train one mechanism, resuming its checkpoint; return its record."""
-    import torch
-
-    from longseq.compare.isolate import peak_memory
-    from longseq.train import TrainConfig, train
-    from longseq.train.checkpoint import STATE_JSON
-
     cfg = TrainConfig.from_dict(config)
     metric = cfg.run.metric
     cuda = cfg.run.device != "cpu" and torch.cuda.is_available()
@@ -207,21 +213,10 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
     peak = result.peak_memory_bytes if cuda else measure()
     keep = ("step", "loss", metric)
     by_distance = None
-    if cfg.data.task in ("recall", "qa") and result.best is not None:
-        from longseq.models import from_pretrained
-
+    if result.best is not None:  # the task's scores by distance, with the best weights
+        task = tasks.get(cfg.data.task)
         best = from_pretrained(Path(cfg.run.out) / "best")
-        if cfg.data.task == "recall":
-            from longseq.data.recall import RecallDataset, accuracy_by_distance
-
-            by_distance = accuracy_by_distance(best, RecallDataset(cfg.data.test))
-        else:
-            from longseq.data.gcide_qa import QADataset, scores_by_distance
-            from longseq.train.data import resolve_tokenizer
-
-            tok = resolve_tokenizer(cfg.data, None)
-            qa = QADataset(cfg.data.test, tok, cfg.data.max_length)
-            by_distance = scores_by_distance(best, qa)
+        by_distance = task.by_distance(best, cfg.data, task.tokenizer(cfg.data))
     return {
         "mechanism": mechanism,
         "seed": cfg.run.seed,
@@ -242,7 +237,8 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
         "model_config": result.model_config.to_dict(),
         "device": "cuda" if cuda else "cpu",
         "threads": cfg.run.threads,
-        # recall: [distance, correct, total] rows; qa: [distance, exact, f1] per example
+        # the task's by_distance rows (recall: [distance, correct, total]; qa: [distance,
+        # exact, f1] per example), or None
         "test_by_distance": by_distance,
     }
 
@@ -299,10 +295,6 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
-    from longseq.bench.attention import machine_info
-
     info = machine_info("cuda" if torch.cuda.is_available() else "cpu")
     info["memory_gb"] = None
     try:
@@ -329,7 +321,6 @@ class Summary:
 
 def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     """Run (or resume) the comparison; write everything to plan.out; return the summary."""
-    from longseq.compare import isolate, report
 
     def say(text: str) -> None:
         (log or (lambda t: print(t, file=sys.stderr, flush=True)))(text)
@@ -408,7 +399,6 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
         sweep_records = _sweep(plan, data, results, say)
 
     # 4. the attention patterns
-    from longseq.viz import patterns
 
     drawn = list(mechanisms)  # each class's `picture` (by default its token mask)
     pictures = [out / "patterns" / f"{m}.png" for m in drawn] + [out / "patterns" / "sheet.png"]
@@ -423,10 +413,9 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
     return Summary(out, results, sweep_records, table, wall)
 
 
-def _brief(record: dict[str, Any], task: T.Task) -> str:
+def _brief(record: dict[str, Any], task: tasks.CompareTask) -> str:
     if record.get("status") != "ok":
         return f"failed: {record.get('error')}"
-    from longseq.compare.report import PERCENT, fmt_metric
 
     return (
         f"val {fmt_metric(record['val'], task)}, test {fmt_metric(record['test'], task)} "
@@ -436,11 +425,9 @@ def _brief(record: dict[str, Any], task: T.Task) -> str:
 
 
 def _sweep(
-    plan: Plan, data: T.TaskData, results: list[dict[str, Any]], say: Callable[[str], None]
+    plan: Plan, data: tasks.Splits, results: list[dict[str, Any]], say: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     """The sweep's records: reused from OUT/sweep.jsonl when they cover this plan."""
-    from longseq.compare import sweep
-
     out, preset = Path(plan.out), plan.preset_spec
     lengths = plan.sweep_lengths
     trained = {r["mechanism"]: r for r in results if r["status"] == "ok"}
@@ -479,24 +466,19 @@ def _sweep(
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def _base_model_config(
-    plan: Plan, data: T.TaskData, trained: dict[str, dict[str, Any]]
+    plan: Plan, data: tasks.Splits, trained: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """The trained models' config (vocabulary, labels and sizes), attention aside."""
     for r in trained.values():
         return dict(r["model_config"])
     # no run finished: the fields the trainer would fill in, from the task's own tokenizer
-    from longseq.models import ModelConfig
-    from longseq.train.config import DataConfig
-    from longseq.train.data import resolve_tokenizer
 
-    task = plan.task_spec
-    tok = resolve_tokenizer(DataConfig(task=task.kind, train=data.train), None)
+    task = plan.task_entry
+    tok = task.tokenizer(DataConfig(task=task.name, train=data.train))
     extra: dict[str, Any] = {"pad_token_id": tok.pad_id, "cls_token_id": tok.cls_id}
     if getattr(tok, "type_vocab_size", 0):
         extra["type_vocab_size"] = tok.type_vocab_size

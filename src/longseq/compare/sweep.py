@@ -34,6 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from longseq.bench import attention as bench
+from longseq.compare import isolate
+from longseq.compare.isolate import peak_memory
+from longseq.models import ModelConfig, build_model
+
 MODES = ("forward", "fwd+bwd")
 MIB = 2**20
 TOLERANCE = 0.25  # a point whose calls spread more than this is re-timed, then flagged
@@ -48,8 +56,6 @@ class Row:
 
 def make_inputs(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any, Any]:
     """Random token ids (batch, n), and labels for the model's head."""
-    import torch
-
     gen = torch.Generator().manual_seed(n)
     ids = torch.randint(4, config["vocab_size"], (batch, n), generator=gen)
     if config["architecture"] == "causal-lm":
@@ -63,10 +69,6 @@ def make_inputs(config: dict[str, Any], n: int, batch: int, device: str) -> tupl
 
 def build(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any, Callable]:
     """The model of `config` (seeded) and `fn(x) -> loss` on fixed inputs (x is ignored)."""
-    import torch
-
-    from longseq.models import ModelConfig, build_model
-
     model = build_model(ModelConfig.from_dict(config), seed=0).to(device)
     ids, labels = make_inputs(config, n, batch, device)
     if config["architecture"] == "question-answering":  # a span in the middle
@@ -77,21 +79,16 @@ def build(config: dict[str, Any], n: int, batch: int, device: str) -> tuple[Any,
 
 def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int | None) -> dict:
     """(In a fresh process) peak memory and cold time of one forward, then one fwd+bwd."""
-    import torch
-
-    from longseq.bench.attention import call_once, warm_up
-    from longseq.compare.isolate import peak_memory
-
     if threads:
         torch.set_num_threads(threads)
-    warm_up(device)
+    bench.warm_up(device)
     model, fn = build(config, n, batch, device)
     dummy = torch.zeros(1, device=device)
     gc.collect()
     out = {}
     for mode in MODES:
         measure = peak_memory(device)
-        seconds = call_once(model, fn, dummy, mode, device)
+        seconds = bench.call_once(model, fn, dummy, mode, device)
         out[mode] = {"peak_bytes": measure(), "seconds": seconds}
     return out
 
@@ -112,7 +109,6 @@ def _probe(
 ) -> tuple[dict[str, Any], str | None]:
     """A model's memory probe at n in a fresh process: (result, None), or (_, why it is the
     last length this model is measured at)."""
-    from longseq.compare import isolate
 
     try:
         res = isolate.call(probe, config, n, batch, device, threads, timeout=3 * max_s + 60)
@@ -160,8 +156,6 @@ class _Sweep:
         return self.bench_cfg.warmup + self.bench_cfg.repeats
 
     def record(self, m: str, n: int, mode: str, **fields: Any) -> None:
-        from longseq.bench.attention import spread
-
         times, peak = fields.get("times"), fields.get("peak")
         self.records.append(
             {
@@ -172,8 +166,8 @@ class _Sweep:
                 "reason": fields.get("reason"),
                 "median_ms": statistics.median(times) if times else None,
                 "min_ms": min(times) if times else None,
-                "spread": spread(times) if times else None,
-                "under_load": bool(times) and spread(times) > TOLERANCE,
+                "spread": bench.spread(times) if times else None,
+                "under_load": bool(times) and bench.spread(times) > TOLERANCE,
                 "load_average": os.getloadavg()[0],
                 "times_ms": times or [],
                 "peak_mb": None if peak is None else peak / MIB,
@@ -187,14 +181,13 @@ class _Sweep:
     def probe_length(self, n: int) -> dict[str, dict[str, Any]]:
         """Peak memory and a cold time of every model at n, each in a fresh process, unless
         its shorter lengths predict it passes the limits; returns the probes that passed."""
-        from longseq.bench.attention import extrapolate
 
         probes: dict[str, dict[str, Any]] = {}
         for m, config in self.configs.items():
             self.bar.set_description(f"sweep n={n} memory {m}")
             history = self.history.setdefault(m, {"mem": [], "sec": []})
             reason = self.gave_up.get(m) or _expected_limit(
-                history, n, self.max_seconds, extrapolate
+                history, n, self.max_seconds, bench.extrapolate
             )
             if reason is None:
                 res, reason = _probe(
@@ -216,12 +209,10 @@ class _Sweep:
 
     def time_length(self, n: int, probes: dict[str, dict[str, Any]]) -> None:
         """Time the probed models at n in this process, round-robin; record them."""
-        from longseq.bench.attention import time_round_robin
-
         layers = [(Row(m), *build(self.configs[m](n), n, self.batch, self.device)) for m in probes]
         # the models ignore x (their inputs are fixed); its shape names n in the progress bar
         x = _dummy(n, self.device)
-        times, failed = time_round_robin(layers, x, self.bench_cfg, self.bar)
+        times, failed = bench.time_round_robin(layers, x, self.bench_cfg, self.bar)
         for row, _, _ in layers:
             for mode in MODES:
                 if row.name in failed:
@@ -243,15 +234,10 @@ def run(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Measure every model (name -> config at length n) at every length; return the records."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from longseq.bench.attention import Config
-
     if threads:
         torch.set_num_threads(threads)
     lengths = sorted(set(lengths))
-    bench_cfg = Config(
+    bench_cfg = bench.Config(
         repeats=repeats, warmup=1, device=device, max_repeats=3 * repeats, tolerance=TOLERANCE
     )
     bar = tqdm(
@@ -279,7 +265,6 @@ def _never_falling(
 ) -> None:
     """Where a model's fastest time falls as n grows, re-time the shorter point (load only
     slows a call, so it is the one disturbed); flag both if the time still falls."""
-    from longseq.bench.attention import spread, time_round_robin
 
     for m in configs:
         for mode in MODES:
@@ -291,13 +276,13 @@ def _never_falling(
                 if b["min_ms"] >= a["min_ms"]:
                     continue
                 model, fn = build(configs[m](a["n"]), a["n"], batch, device)
-                more, failed = time_round_robin(
+                more, failed = bench.time_round_robin(
                     [(Row(m), model, fn)], _dummy(a["n"], device), bench_cfg
                 )
                 if m not in failed:
                     times = a["times_ms"] = a["times_ms"] + more[m][mode]
                     a["median_ms"], a["min_ms"] = statistics.median(times), min(times)
-                    a["spread"] = spread(times)
+                    a["spread"] = bench.spread(times)
                 del model, fn
                 gc.collect()
                 if b["min_ms"] < a["min_ms"]:
@@ -307,8 +292,6 @@ def _never_falling(
 
 
 def _dummy(n: int, device: str) -> Any:
-    import torch
-
     return torch.zeros(1, n, device=device)
 
 

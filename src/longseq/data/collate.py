@@ -84,6 +84,22 @@ class Collator:
         return out
 
 
+def make_collate(tokenizer: Any, multiple: int) -> Collator:
+    """The Collator of a task's batches: `tokenizer`'s padding id, lengths to `multiple`."""
+    return Collator(pad_id=tokenizer.pad_id, pad_to_multiple_of=multiple)
+
+
+def dataset_lengths(ds: Any) -> list[int]:
+    """Token count of every example (the `lengths` attribute when the dataset has one)."""
+    lengths = getattr(ds, "lengths", None)
+    if lengths is not None:
+        return list(lengths)
+    examples, tok = getattr(ds, "examples", None), getattr(ds, "tokenizer", None)
+    if examples is not None and tok is not None:  # ListOps: [cls] + tokens, no tensors built
+        return [1 + len(tok.encode(source)) for source, _ in examples]
+    return [len(ds[i]["input_ids"]) for i in range(len(ds))]
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of indices of similar length; shuffled, deterministic in (seed, epoch), DDP-aware.
 

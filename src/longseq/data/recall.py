@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from longseq.data.tokenizers import CONFIG_NAME
 from longseq.labels import IGNORE
 
 SPLITS = ("train", "val", "test")
@@ -218,9 +219,12 @@ class RecallTokenizer:
         self.vocab_size = spec.vocab_size
         self.type_vocab_size = 1 + spec.values
 
-    def save(self, directory: str | Path) -> Path:
-        from longseq.data.tokenizers import CONFIG_NAME
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> RecallTokenizer:
+        """The tokenizer `save` wrote (its tokenizer_config.json, read)."""
+        return cls(RecallSpec.from_dict(config.get("spec", {})))
 
+    def save(self, directory: str | Path) -> Path:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         config = {"type": "recall", "spec": self.spec.to_dict()}
@@ -264,37 +268,11 @@ class RecallDataset:
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        # torch on first use: `longseq data` writes and reads files without it
         import torch
 
         f = features(self.examples[i])
         return {k: torch.tensor(v, dtype=torch.long) for k, v in f.items() if k != "distance"}
-
-
-def accuracy_by_distance(
-    model: Any, dataset: RecallDataset, batch_size: int = 64, device: str = "cpu"
-) -> list[list[int]]:
-    """[distance, correct, total] for every distance present, in the model's predictions."""
-    import torch
-
-    from longseq.data.collate import Collator
-
-    # the trainer's padding: per-token fields with 0, labels with IGNORE, the attention mask
-    collate = Collator(pad_id=0, pad_to_multiple_of=model.pad_multiple())
-    counts: dict[int, list[int]] = {}
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            exs = dataset.examples[start : start + batch_size]
-            batch = collate([{k: torch.tensor(v) for k, v in features(ex).items()} for ex in exs])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            dist, labels = batch.pop("distance"), batch.pop("labels")
-            hit = model(**batch).logits.argmax(-1) == labels
-            real = labels != IGNORE
-            for d, h in zip(dist[real].tolist(), hit[real].tolist(), strict=True):
-                c = counts.setdefault(d, [0, 0])
-                c[0] += int(h)
-                c[1] += 1
-    return [[d, c, t] for d, (c, t) in sorted(counts.items())]
 
 
 def _readme(spec: RecallSpec, sizes: dict[str, int], seed: int) -> str:
@@ -362,7 +340,6 @@ __all__ = [
     "RecallDataset",
     "RecallSpec",
     "RecallTokenizer",
-    "accuracy_by_distance",
     "features",
     "generate",
     "parse_ranges",

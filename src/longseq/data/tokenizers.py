@@ -17,6 +17,7 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from collections.abc import Iterable
@@ -25,6 +26,12 @@ from typing import Any, Protocol, runtime_checkable
 
 CONFIG_NAME = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
+# The tokenizers a task's data defines: the "type" in tokenizer_config.json -> "module:Class"
+# with a `from_config(config)` classmethod, imported by name (those modules import this one).
+TOKENIZER_TYPES: dict[str, str] = {
+    "listops": "longseq.data.listops:ListOpsTokenizer",
+    "recall": "longseq.data.recall:RecallTokenizer",
+}
 
 # Candidate names for each special role, in order of preference (BERT, RoBERTa/BART,
 # GPT-2/Llama styles). The first present in the vocabulary wins.
@@ -131,6 +138,7 @@ class HFTokenizer(_SpecialAliases):
     """
 
     def __init__(self, path: str | Path, special_tokens: dict[str, str] | None = None) -> None:
+        # Hugging Face `tokenizers` (heavy) only for a tokenizer.json
         from tokenizers import Tokenizer as _HFTok
 
         path = Path(path)
@@ -259,19 +267,15 @@ def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Token
             raise ValueError(f"{config_file} is not a valid tokenizer config: {e}") from None
     if kind == "byte":
         return ByteTokenizer()
-    if kind == "listops":
-        from longseq.data.listops import ListOpsTokenizer
-
-        return ListOpsTokenizer.from_config(config)
-    if kind == "recall":
-        from longseq.data.recall import RecallSpec, RecallTokenizer
-
-        return RecallTokenizer(RecallSpec.from_dict(config.get("spec", {})))
+    if kind in TOKENIZER_TYPES:
+        module, cls = TOKENIZER_TYPES[kind].split(":")
+        return getattr(importlib.import_module(module), cls).from_config(config)
     if (path / HF_FILE).is_file():
         return HFTokenizer(path)
     if kind not in (None, "hf"):
         raise ValueError(
-            f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, listops, hf"
+            f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, hf, "
+            + ", ".join(TOKENIZER_TYPES)
         )
     raise FileNotFoundError(
         f'no tokenizer in {path}: expected {CONFIG_NAME} with {{"type": "byte"}} or a '

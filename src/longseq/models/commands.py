@@ -1,4 +1,5 @@
-r"""`longseq generate` and `longseq predict`: use a saved model.
+r"""`longseq generate`: continue a prompt with a saved causal LM (`longseq predict`, for the
+other heads, is in `longseq.train.commands`, beside evaluate: it asks the task).
 
 `longseq generate` continues a prompt with a saved causal language model:
 
@@ -26,7 +27,6 @@ from longseq.argtypes import nonnegative, positive
 
 def register(commands: Any) -> None:
     _register_generate(commands)
-    _register_predict(commands)
 
 
 def _register_generate(commands: Any) -> None:
@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from longseq.models.generation import TextStreamer, generate
 
     try:
-        model, tokenizer = _load(args, "causal-lm")
-        prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file)
+        model, tokenizer = load_model(args, "causal-lm")
+        prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     ids = tokenizer.encode(prompt)
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace, architecture: str | None = None) -> tuple[Any, Any]:
+def load_model(args: argparse.Namespace, architecture: str | None = None) -> tuple[Any, Any]:
     """The model of --model on --device (--threads), and its tokenizer; ValueError with the
     reason when it is not there, not `architecture`, or the two do not belong together."""
     import torch
@@ -179,7 +179,7 @@ def _load(args: argparse.Namespace, architecture: str | None = None) -> tuple[An
     return model, tokenizer
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     """A UTF-8 text file, or ValueError naming the file and what is wrong."""
     try:
         return Path(path).read_text(encoding="utf-8")
@@ -208,86 +208,4 @@ class _Clock:
             self.inner.end()
 
 
-__all__ = ["register", "run"]
-
-
-# ---------------------------------------------------------------------------------- predict
-
-
-def _register_predict(commands: Any) -> None:
-    p = commands.add_parser(
-        "predict",
-        help="label documents, fill masks, tag tokens or answer questions with a saved model",
-        description="Run a saved model on documents and print one JSON line per document "
-        "(longseq.models.predict): the label of a classifier, the tokens of a masked LM's "
-        "masks, the label of every token, or the answer span of a QA model. Each INPUT file "
-        "is one document, or one per line if it is JSON lines (.jsonl); '-' or no INPUT "
-        "reads standard input (JSON lines if it starts with '{', else one document).",
-    )
-    p.add_argument("--model", required=True, help="model folder (e.g. runs/NAME/best)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="document files, or '-'")
-    p.add_argument("--question", help="QA: the question to ask of every document")
-    p.add_argument("--text-field", default="text", help="JSON lines: the text field")
-    p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
-    p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
-    p.add_argument("--max-length", type=positive(int), help="cut documents (default: model's)")
-    p.add_argument("--batch-size", type=positive(int), default=8, help="(default 8)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_predict, predict_parser=p)
-
-
-def _documents(args: argparse.Namespace) -> Any:
-    """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
-    from longseq.data.datasets import json_objects
-
-    def from_text(text: str, source: str, jsonl: bool) -> Any:
-        if not jsonl:
-            yield {"text": text, "source": source}
-            return
-        for number, record in json_objects(text.splitlines(), source):
-            if args.text_field != "text" and args.text_field in record:
-                record["text"] = record[args.text_field]
-            yield {"source": f"{source}:{number}", **record}
-
-    for name in args.inputs or ["-"]:
-        if name == "-":
-            text = sys.stdin.read()
-            yield from from_text(text, "<stdin>", text.lstrip().startswith("{"))
-        else:
-            yield from from_text(_read_text(name), name, name.endswith(".jsonl"))
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    parser: argparse.ArgumentParser = args.predict_parser
-    import json
-
-    from longseq.models.predict import Predictor
-
-    try:
-        model, tokenizer = _load(args)
-        predictor = Predictor(
-            model,
-            tokenizer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            top_k=args.top_k,
-            mask_token=args.mask_token,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        parser.error(str(e))
-    docs = _documents(args)
-    if args.question is not None:
-        docs = ({"question": args.question, **d} for d in docs)
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        docs = tqdm(docs, desc="predict", unit="doc", leave=False)
-    try:
-        for record in predictor.predict(docs):
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
-    except ValueError as e:
-        parser.error(str(e))
-    return 0
+__all__ = ["load_model", "read_text", "register", "run"]

@@ -19,7 +19,7 @@ is cut (the record says `"truncated": true`). What each architecture returns:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -38,7 +38,8 @@ ARCHITECTURES = (
 class Predictor:
     """Batched predictions of `model` (eval mode, no gradients) for documents given as dicts:
     {"text": ...}, QA {"question": ..., "context": ...} (or "text" as the context), token
-    classification also {"input_ids": [...], "token_type_ids": [...]}."""
+    classification also {"input_ids": [...], "token_type_ids": [...]}. `read` turns a task's
+    own document into these (`longseq.tasks.Task.predict_input`: recall's pairs -> types)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Predictor:
         top_k: int = 5,
         mask_token: str | None = None,
         max_answer: int = 128,
+        read: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         arch = model.config.architecture
         if arch not in ARCHITECTURES:
@@ -60,6 +62,7 @@ class Predictor:
         self.model, self.tokenizer, self.arch = model.eval(), tokenizer, arch
         self.max_length = min(max_length or model.config.max_length, model.config.max_length)
         self.batch_size, self.top_k, self.max_answer = batch_size, top_k, max_answer
+        self.read = read or (lambda doc: doc)
         specials = getattr(tokenizer, "special_tokens", {})
         self.mask_token = mask_token or specials.get("mask") or "<mask>"
         self.labels = model.config.label_names or [str(i) for i in range(model.config.num_labels)]
@@ -67,8 +70,9 @@ class Predictor:
 
     # ------------------------------------------------------------------------ encoding
     def encode(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Model inputs of one document, and what decoding its output needs."""
+        """Model inputs of one document (as the task reads it), and what decoding needs."""
         tok, n = self.tokenizer, self.max_length
+        doc = self.read(doc)
         if self.arch == "question-answering":
             context = doc.get("context", doc.get("text"))
             if not isinstance(doc.get("question"), str) or not isinstance(context, str):
@@ -88,10 +92,6 @@ class Predictor:
                 "truncated": len(ids) > room,
             }
         if self.arch == "token-classification" and "input_ids" in doc:
-            if "pairs" in doc and "token_type_ids" not in doc:  # a `longseq data recall` line
-                from longseq.data.recall import features
-
-                doc = {**doc, "token_type_ids": features(doc)["token_type_ids"]}
             if "token_type_ids" not in doc and self.model.config.type_vocab_size > 2:
                 raise ValueError(
                     f"this model reads token_type_ids (type_vocab_size "

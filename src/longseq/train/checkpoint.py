@@ -41,6 +41,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from longseq.models import WEIGHTS_NAME
+
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 SUFFIXES = ("", ".tmp", ".old")  # the folders a save can leave: DIR, DIR.tmp, DIR.old
@@ -268,7 +270,6 @@ def load_checkpoint(
 
     RNG states are restored only when the world size is the one that saved them (a resume
     on another number of processes continues, but not bit for bit)."""
-    from longseq.models import WEIGHTS_NAME
 
     d = Path(directory)
     tensors, meta = read_checkpoint(d)

@@ -1,4 +1,4 @@
-"""`longseq train` and `longseq evaluate`.
+"""`longseq train`, `longseq evaluate` and `longseq predict`.
 
     longseq train --config FILE.yaml [--resume] [--set section.key=value ...]
     longseq evaluate --model DIR --data FILE [--task T] [--max-length N] [--out FILE.json]
@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+from typing import Any
+
+from longseq import tasks
+from longseq.argtypes import positive
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     _register_train(commands)
     _register_evaluate(commands)
+    _register_predict(commands)
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
@@ -52,6 +59,7 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported when the command runs: the CLI imports this module to build its parser
     from longseq.train import load_config, train
 
     overrides = list(args.overrides)
@@ -65,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import os
 
     if os.environ.get("RANK", "0") != "0":
         return 0
@@ -83,15 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- evaluate
-
-# A model's architecture -> the task its data is read as, when no run config says.
-_DEFAULT_TASK = {
-    "sequence-classification": "classification",
-    "causal-lm": "lm",
-    "masked-lm": "mlm",
-    "token-classification": "recall",
-    "question-answering": "qa",
-}
 
 
 def _register_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -113,24 +111,37 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_evaluate, evaluate_parser=p)
 
 
+def _run_data(model_dir: str) -> Any:
+    """The data section of the run that saved `model_dir` (its config.yaml beside or above the
+    model folder), or None for a model saved outside a run."""
+    # imported when the command runs: the CLI imports this module to build its parser
+    from longseq.train.config import load_config
+
+    for candidate in (Path(model_dir) / "config.yaml", Path(model_dir).parent / "config.yaml"):
+        if candidate.is_file():
+            return load_config(candidate).data
+    return None
+
+
 def _data_config(args: argparse.Namespace, model: object) -> object:
     """The data settings: the run's config.yaml (beside or above the model folder) with the
     command line's task and length on top, else defaults for the model's architecture."""
-    from pathlib import Path
-
-    from longseq.train.config import DataConfig, load_config
+    # imported when the command runs: the CLI imports this module to build its parser
+    from longseq.train.config import DataConfig
 
     arch = model.config.architecture  # type: ignore[attr-defined]
     base: dict = {}
-    for candidate in (Path(args.model) / "config.yaml", Path(args.model).parent / "config.yaml"):
-        if candidate.is_file():
-            run_data = load_config(candidate).data
-            keys = ("task", "max_length", "text_field", "label_field", "mlm_probability")
-            base = {k: getattr(run_data, k) for k in keys}
-            break
+    run_data = _run_data(args.model)
+    if run_data is not None:
+        keys = ("task", "max_length", "text_field", "label_field", "mlm_probability")
+        base = {k: getattr(run_data, k) for k in keys}
     if args.task:
         base["task"] = args.task
-    base.setdefault("task", _DEFAULT_TASK.get(arch, "classification"))
+    if "task" not in base:
+        default = tasks.for_architecture(arch)
+        if default is None:
+            raise ValueError(f"no task trains a {arch!r} model; pass --task")
+        base["task"] = default.name
     if args.max_length:
         base["max_length"] = args.max_length
     base.setdefault("max_length", model.config.max_length)  # type: ignore[attr-defined]
@@ -141,17 +152,13 @@ def _data_config(args: argparse.Namespace, model: object) -> object:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.evaluate_parser
+    # imported when the command runs: the CLI imports this module to build its parser
     import torch
 
+    from longseq.data.collate import make_collate
     from longseq.data.tokenizers import load_tokenizer
     from longseq.models import from_pretrained
-    from longseq.train.data import (
-        ARCHITECTURE,
-        eval_loader,
-        make_collate,
-        split_dataset,
-        task_label_names,
-    )
+    from longseq.train.data import eval_loader
     from longseq.train.evaluation import evaluate, model_inputs
 
     if args.batch_size < 1:
@@ -164,15 +171,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model = from_pretrained(args.model, device=args.device)
         tokenizer = load_tokenizer(args.model)
         cfg = _data_config(args, model)
-        arch = model.config.architecture
-        if ARCHITECTURE[cfg.task] != arch:
+        arch, task = model.config.architecture, tasks.get(cfg.task)
+        if task.architecture != arch:
             raise ValueError(
-                f"task {cfg.task!r} needs a {ARCHITECTURE[cfg.task]} model, but {args.model} "
+                f"task {cfg.task!r} needs a {task.architecture} model, but {args.model} "
                 f"is a {arch}; pass the right --task"
             )
-        names = model.config.label_names or task_label_names(cfg, tokenizer)
-        path = args.data if cfg.task in ("lm", "mlm") else args.data[0]
-        dataset = split_dataset(cfg, tokenizer, path, split="test", label_names=names)
+        names = model.config.label_names or task.label_names(cfg, tokenizer)
+        path = args.data if task.several_files else args.data[0]
+        dataset = task.dataset(tasks.SplitSource(cfg, tokenizer, path, label_names=names))
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     multiple = model.pad_multiple(cfg.max_length)
@@ -188,6 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     batches = loader
     if not args.no_progress and sys.stderr.isatty():
+        # tqdm only on a terminal
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
@@ -201,10 +209,99 @@ def run_evaluate(args: argparse.Namespace) -> int:
               "examples": len(dataset), **result}  # fmt: skip
     text = json.dumps(record, indent=2)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+def _register_predict(commands: Any) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="label documents, fill masks, tag tokens or answer questions with a saved model",
+        description="Run a saved model on documents and print one JSON line per document "
+        "(longseq.models.predict): the label of a classifier, the tokens of a masked LM's "
+        "masks, the label of every token, or the answer span of a QA model. Each INPUT file "
+        "is one document, or one per line if it is JSON lines (.jsonl); '-' or no INPUT "
+        "reads standard input (JSON lines if it starts with '{', else one document).",
+    )
+    p.add_argument("--model", required=True, help="model folder (e.g. runs/NAME/best)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="document files, or '-'")
+    p.add_argument("--question", help="QA: the question to ask of every document")
+    p.add_argument("--text-field", default="text", help="JSON lines: the text field")
+    p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
+    p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
+    p.add_argument("--max-length", type=positive(int), help="cut documents (default: model's)")
+    p.add_argument("--batch-size", type=positive(int), default=8, help="(default 8)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict, predict_parser=p)
+
+
+def _documents(args: argparse.Namespace) -> Any:
+    """Documents as dicts, lazily, in order: files, JSON lines, or standard input."""
+    # imported when the command runs: the CLI imports this module to build its parser
+    from longseq.data.datasets import json_objects
+    from longseq.models.commands import read_text
+
+    def from_text(text: str, source: str, jsonl: bool) -> Any:
+        if not jsonl:
+            yield {"text": text, "source": source}
+            return
+        for number, record in json_objects(text.splitlines(), source):
+            if args.text_field != "text" and args.text_field in record:
+                record["text"] = record[args.text_field]
+            yield {"source": f"{source}:{number}", **record}
+
+    for name in args.inputs or ["-"]:
+        if name == "-":
+            text = sys.stdin.read()
+            yield from from_text(text, "<stdin>", text.lstrip().startswith("{"))
+        else:
+            yield from from_text(read_text(name), name, name.endswith(".jsonl"))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.predict_parser
+
+    # imported when the command runs: the CLI imports this module to build its parser
+    from longseq.models.commands import load_model
+    from longseq.models.predict import Predictor
+
+    try:
+        model, tokenizer = load_model(args)
+        run_data = _run_data(args.model)
+        arch = model.config.architecture
+        # the run's task, else (a model saved outside a run) the first task of its head
+        task = tasks.get(run_data.task) if run_data else tasks.for_architecture(arch)
+        predictor = Predictor(
+            model,
+            tokenizer,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            top_k=args.top_k,
+            mask_token=args.mask_token,
+            read=task.predict_input if task is not None else None,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        parser.error(str(e))
+    docs = _documents(args)
+    if args.question is not None:
+        docs = ({"question": args.question, **d} for d in docs)
+    if not args.no_progress and sys.stderr.isatty():
+        # tqdm only on a terminal
+        from tqdm.auto import tqdm
+
+        docs = tqdm(docs, desc="predict", unit="doc", leave=False)
+    try:
+        for record in predictor.predict(docs):
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    except ValueError as e:
+        parser.error(str(e))
     return 0

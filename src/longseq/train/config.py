@@ -4,8 +4,8 @@
             data: vocab_size, num_labels, label_names, special ids, max_length, and the
             architecture the task needs), or `init_from: DIR` (a saved model) plus any fields
             to change, e.g. `architecture: sequence-classification` to fine-tune an MLM.
-    data:   the task (classification | lm | mlm | listops | recall | qa), the files,
-            tokenizer, lengths.
+    data:   the task (a registered `longseq.tasks` name: classification, lm, mlm, listops,
+            recall, qa, ...), the files, tokenizer, lengths.
     optim:  AdamW and its learning-rate schedule, clipping, accumulation.
     run:    seed, output folder, evaluation / logging / saving cadence, precision, device.
 
@@ -27,20 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = ("classification", "lm", "mlm", "listops", "recall", "qa")
+import yaml
+
+from longseq import tasks
+from longseq.models import ModelConfig
+
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # Metrics where lower is better; every other metric (accuracy, macro_f1) is maximised.
 LOWER_IS_BETTER: tuple[str, ...] = ("loss", "perplexity", "bpb")
-METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("loss", "accuracy", "macro_f1"),
-    "listops": ("loss", "accuracy", "macro_f1"),
-    "lm": ("loss", "perplexity", "bpb"),
-    "mlm": ("loss", "perplexity", "accuracy"),
-    "recall": ("loss", "accuracy"),
-    "qa": ("loss", "exact_match", "f1"),
-}
 
 
 def _choose(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -81,7 +77,7 @@ class DataConfig:
     mega_batch: int = 50  # length bucketing: sort groups of this many batches by length
 
     def validate(self) -> None:
-        _choose("data.task", self.task, TASKS)
+        _choose("data.task", self.task, tasks.names())
         _positive("data.max_length", self.max_length)
         _positive("data.batch_size", self.batch_size)
         _positive("data.eval_batch_size", self.eval_batch_size, allow_none=True)
@@ -235,10 +231,11 @@ class TrainConfig:
         self.optim.validate()
         self.run.validate()
         metric = self.run.metric
-        if metric != "auto" and metric not in METRICS[self.data.task]:
+        reported = tasks.get(self.data.task).metrics
+        if metric != "auto" and metric not in reported:
             raise ValueError(
                 f"run.metric={metric!r} is not reported for task {self.data.task!r}; choose "
-                f"auto or one of: {', '.join(METRICS[self.data.task])}"
+                f"auto or one of: {', '.join(reported)}"
             )
 
     @property
@@ -246,7 +243,7 @@ class TrainConfig:
         """The evaluation metric that picks the best checkpoint and drives early stopping."""
         if self.run.metric != "auto":
             return self.run.metric
-        return "accuracy" if self.data.task in ("classification", "listops") else "loss"
+        return tasks.get(self.data.task).best_metric
 
     # ------------------------------------------------------------------------- I/O
     @classmethod
@@ -265,8 +262,6 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> Path:
-        import yaml
-
         path = Path(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
@@ -282,7 +277,6 @@ class TrainConfig:
 def model_section(value: Any) -> dict[str, Any]:
     """The model section as a plain dict; a ModelConfig keeps only its non-default fields,
     so the data can still fill vocab_size, num_labels, label_names and max_length."""
-    from longseq.models import ModelConfig
 
     if isinstance(value, ModelConfig):
         default = ModelConfig()
@@ -397,8 +391,6 @@ def _is_instance(value: Any, tp: Any) -> bool:
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply `section.key[.subkey]=value` to the raw mapping; the value is read as YAML."""
-    import yaml
-
     key, sep, text = item.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path) or len(path) < 2:
@@ -422,7 +414,6 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def _strict_yaml(text: str) -> Any:
     """yaml.safe_load, but a key repeated in one mapping is an error (YAML keeps the last one
     silently, so `lr: 1e-3` ... `lr: 1` would train at 1)."""
-    import yaml
 
     class Strict(yaml.SafeLoader):
         pass
@@ -456,8 +447,6 @@ def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML (.yaml/.yml) or JSON (.json) training config and apply `overrides`."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training config at {path}")
@@ -490,8 +479,6 @@ def as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
 
 
 __all__ = [
-    "METRICS",
-    "TASKS",
     "DataConfig",
     "OptimConfig",
     "RunConfig",

@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 LOG_NAME = "log.jsonl"
 
 
@@ -53,8 +55,6 @@ class RunLogger:
             except Exception as e:  # an import or version problem must not stop training
                 warnings.warn(f"TensorBoard logging is off: {e}", stacklevel=2)
         if progress and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
             self._bar = tqdm(
                 total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
             )

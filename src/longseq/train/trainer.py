@@ -45,17 +45,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from longseq.attention.shard import Shard
+from longseq.data.collate import make_collate
+from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
+from longseq.models.base import read_weights
 from longseq.train import checkpoint as ckpt
 from longseq.train import distributed
-from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config
+from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config, resume_differences
 from longseq.train.data import (
-    ARCHITECTURE,
     BatchStream,
     TaskData,
     build_task_data,
     eval_loader,
-    make_collate,
     resolve_tokenizer,
 )
 from longseq.train.evaluation import evaluate, model_inputs
@@ -89,7 +92,7 @@ class TrainResult:
 
     @property
     def best_dir(self) -> Path | None:
-        return self.out_dir / "best" if self.state.best is not None else None
+        return self.out_dir / "best" if self.best is not None else None
 
     @property
     def last_dir(self) -> Path:
@@ -134,6 +137,7 @@ def run_lock(out: Path, is_main: bool = True) -> Any:
     if not is_main:
         yield
         return
+    # POSIX only: imported where the lock is taken
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
@@ -226,8 +230,6 @@ class _Trainer:
 
     def _shard(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
         """This rank's positions of every sequence of a (device) batch, and its Shard."""
-        from longseq.attention.shard import Shard
-
         n = batch["input_ids"].shape[1]
         if n % self.sp:
             raise ValueError(f"batch length {n} is not a multiple of run.sequence_parallel")
@@ -566,8 +568,6 @@ class _Trainer:
         )
         saved = state.get("config")
         if saved is not None:
-            from longseq.train.config import resume_differences
-
             refused, allowed = resume_differences(saved, cfg.to_dict())
             if refused:
                 raise ValueError(
@@ -595,8 +595,6 @@ class _Trainer:
         self.ddp = None
         self.net: nn.Module = self.model
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             # No running statistics among the buffers: nothing to broadcast every forward.
             no_sync = (
                 {"forward_sync_buffers": False}
@@ -672,8 +670,6 @@ class _Trainer:
         """The test split with the best weights (the last ones without validation)."""
         if self.state.best is not None:
             if self.best_state is None and (self.out / "best").is_dir():
-                from longseq.models import WEIGHTS_NAME
-
                 self.model.load_weights(self.out / "best" / WEIGHTS_NAME)
             elif self.best_state is not None:
                 self.model.load_state_dict(self.best_state)
@@ -759,11 +755,10 @@ class _Window:
 def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, list[str]]:
     """The model the task needs: fields the model section leaves out come from the data;
     `init_from` loads a saved model's weights (the body must fit; a new head starts fresh)."""
-    from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
 
     spec = dict(cfg.model)
     init_from = spec.pop("init_from", None)
-    arch = ARCHITECTURE[cfg.data.task]
+    arch = data.task.architecture
     tok = data.tokenizer
     fields: dict[str, Any]
     if init_from is not None:
@@ -786,7 +781,7 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
         )
     if getattr(tok, "type_vocab_size", 0):  # recall: the values travel as token types
         fields["type_vocab_size"] = tok.type_vocab_size
-    if arch in ("sequence-classification", "token-classification") and data.label_names:
+    if data.label_names:  # the task's classes (tasks without classes have none)
         fields["num_labels"] = len(data.label_names)
         fields["label_names"] = list(data.label_names)
     names = data.label_names
@@ -815,8 +810,6 @@ def build_training_model(cfg: TrainConfig, data: TaskData) -> tuple[nn.Module, l
 
 def _load_matching(model: nn.Module, path: Path) -> list[str]:
     """Copy the weights whose names and shapes match; a body mismatch is an error."""
-    from longseq.models.base import read_weights
-
     try:
         state = read_weights(path)
     except ValueError as e:
