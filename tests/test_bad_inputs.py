@@ -46,6 +46,22 @@ def _yaml_duplicate(tmp: Path) -> None:
     load_config(path)
 
 
+def _yaml_tab(tmp: Path) -> None:
+    from longseq.train import load_config
+
+    path = tmp / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n\tmax_steps: 2\n")
+    load_config(path)
+
+
+def _set_breaks_the_file(tmp: Path) -> None:
+    from longseq.train import load_config
+
+    path = tmp / "c.yaml"
+    path.write_text("optim:\n  warmup_steps: 20\n  lr: 1e-3\n")
+    load_config(path, ["optim.lr=1e-2", "optim.max_steps=2"])
+
+
 def _lr_inf(tmp: Path) -> None:
     from longseq.train import TrainConfig
 
@@ -102,6 +118,36 @@ def _init_from_cut(tmp: Path) -> None:
             "run": {"out": str(tmp / "run"), "progress": False, "tensorboard": False},
         }
     )
+
+
+def _train_too_big(tmp: Path) -> None:
+    """A training step that cannot fit (memory pinned at 1 MiB, whatever the machine; small
+    enough to run should the check be gone)."""
+    from unittest import mock
+
+    from longseq.train import train
+
+    data = tmp / "train.jsonl"
+    data.write_text('{"text": "%s", "label": "a"}\n{"text": "b", "label": "b"}\n' % ("a" * 8000))
+    config = {
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "data": {"task": "classification", "train": str(data), "batch_size": 2,
+                 "max_length": 100_000},
+        "optim": {"max_steps": 1},
+        "run": {"out": str(tmp / "run"), "progress": False, "tensorboard": False},
+    }  # fmt: skip
+    with mock.patch("longseq.train.memory.available_bytes", return_value=2.0**20):
+        train(config)
+
+
+def _predict_too_long(tmp: Path) -> None:
+    from longseq.data.tokenizers import ByteTokenizer
+    from longseq.models import build_model
+    from longseq.models.predict import Predictor
+
+    cfg = ModelConfig(architecture="sequence-classification", hidden_size=16, num_layers=1,
+                      num_heads=2, intermediate_size=32, max_length=32)  # fmt: skip
+    Predictor(build_model(cfg, seed=0), ByteTokenizer(), max_length=5000)
 
 
 def _hf_folder(tmp: Path) -> Path:
@@ -192,6 +238,16 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
     ("init_from a cut model", _init_from_cut, "init_from: "),
+    (
+        "a training step too big for memory, before allocating",
+        _train_too_big,
+        "more than the 1 MiB of memory available to it (an estimate, made before allocating",
+    ),
+    (
+        "predict --max-length 5000 on a 32-token model",
+        _predict_too_long,
+        "max_length=5000 exceeds this model's max_length=32",
+    ),
     ("a layer call with batch size 0", _layer_batch0, "empty batch"),
     ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),
@@ -199,6 +255,12 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),
+    (
+        "--set optim.max_steps=2 below warmup_steps",
+        _set_breaks_the_file,
+        "--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2",
+    ),
+    ("a tab in a YAML config: its file and line", _yaml_tab, 'c.yaml", line 3, column 1'),
     (
         "compare --set window=64 (a mechanism's option as a preset field)",
         _preset_set("window=64"),

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from longseq import attention
+from longseq.attention.local import LocalAttention
 from longseq.attention.lsh import derived_num_buckets
 from longseq.bench import attention as ba
 from longseq.bench import peers, report
@@ -82,6 +84,30 @@ def test_bench_attention_tiny_writes_the_three_outputs(tmp_path, capsys):
     assert "Forward+backward time" in printed and "longformer: window=512" in printed
 
 
+class _BenchOnlyLocal(LocalAttention):
+    """Registered by a test only: the table of rows in bench/attention.py has never heard of
+    it."""
+
+    name = "test-bench-local"
+
+
+def test_every_registered_mechanism_gets_a_row(tmp_path):
+    """The default --mechanisms come from the registry, and each gets a measured row: `local`
+    (no row in the table) once failed in the probe's child with KeyError: 'local'."""
+    attention.register(_BenchOnlyLocal)
+    try:
+        out = tmp_path / "bench"
+        assert main(["bench", "attention", *TINY, "--lengths", "64", "--no-peers",
+                     "--out", str(out)]) == 0  # fmt: skip
+    finally:
+        attention.unregister(_BenchOnlyLocal.name)
+    rows = read_results(out)
+    assert {"local", _BenchOnlyLocal.name} <= {r["family"] for r in rows}
+    assert set(attention.mechanisms()) - {"full"} <= {r["family"] for r in rows}
+    for r in rows:
+        assert r["status"] == "ok", (r["mechanism"], r["reason"])
+
+
 def test_bench_with_a_peer(tmp_path):
     out = tmp_path / "bench"
     assert (
@@ -138,7 +164,7 @@ def test_rows_over_the_limits_are_skipped_with_the_reason(tmp_path):
 
 def test_memory_limit_from_the_shorter_lengths():
     cfg = ba.Config(max_memory_gb=3.0)
-    spec = ba.SPEC_BY_NAME["full"]
+    spec = ba.row("full")
     one_gib = [(1024, float(2**30))]
     assert ba._precheck(spec, 1024, cfg, {"mem": one_gib, "sec": []}, {}) is None
     reason = ba._precheck(spec, 2048, cfg, {"mem": one_gib, "sec": []}, {})
@@ -166,10 +192,10 @@ def test_select_and_settings():
     ]
     with pytest.raises(ValueError, match="valid: full, longformer"):
         ba.select(["performer"], peers=False)
-    lsh = ba.SPEC_BY_NAME["lsh-4h"].options(4096)
-    peer = ba.SPEC_BY_NAME["hf-reformer-4h"].options(4096)
+    lsh = ba.row("lsh-4h").options(4096)
+    peer = ba.row("hf-reformer-4h").options(4096)
     assert lsh == peer and "num_buckets" not in lsh  # left to each: HF's rule at n, below
-    assert ba.SPEC_BY_NAME["linformer"].options(2048) == {
+    assert ba.row("linformer").options(2048) == {
         "k": 256,
         "sharing": "headwise",
         "max_seq_len": 2048,

@@ -365,6 +365,14 @@ def test_dataset_other_tokenizers():
         assert byte.lengths[i] == 1 + len(source) == len(byte[i]["input_ids"])
 
 
+def test_the_size_estimate_is_close_to_what_is_written(tmp_path):
+    """`longseq data listops` says the size up front (LRA's default wrote 634 MB unannounced)."""
+    size, seconds = listops.estimate(400, **SMALL)
+    listops.write_splits(tmp_path, 300, 50, 50, seed=3, **SMALL)
+    written = sum(p.stat().st_size for p in tmp_path.glob("listops_*.tsv"))
+    assert size == pytest.approx(written, rel=0.15) and seconds > 0
+
+
 def test_cli_run(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     listops.add_arguments(parser)
@@ -372,8 +380,10 @@ def test_cli_run(tmp_path, capsys):
     window = ["--min-length", "10", "--max-length", "120"]
     args = parser.parse_args([*sizes, *window, "--out", str(tmp_path)])
     assert listops.run(args) == 0
-    assert "listops_train.tsv" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "listops_train.tsv" in printed.out
     assert len(listops.read_split(tmp_path / "listops_train.tsv")) == 8
+    assert printed.err.index("12 examples, about ") < printed.err.index("12 examples in")
     bad = parser.parse_args(["--out", str(tmp_path), "--min-length", "10", "--max-length", "11"])
     assert listops.run(bad) == 2
     assert "min_length" in capsys.readouterr().err

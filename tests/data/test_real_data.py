@@ -215,6 +215,14 @@ def test_gcide_byte_fractions(tmp_path: Path, compressed: bool) -> None:
         real.find_gcide(tmp_path / "nothing")
 
 
+def test_missing_gcide_names_the_command_that_was_run(tmp_path: Path, capsys) -> None:
+    """The hint repeats the command the user ran (`gcide-qa` once got `longseq data gcide`)."""
+    for command in ("gcide", "gcide-qa"):
+        argv = ["data", command, "--source", str(tmp_path / "nothing"), "--out", str(tmp_path)]
+        assert main([*argv, "--no-progress"]) == 2
+        assert f"longseq data {command} --source /tmp/gcide --out DIR" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_data(kernel_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "kd"

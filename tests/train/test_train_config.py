@@ -89,6 +89,34 @@ def test_bad_override_and_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_an_error_names_its_cause_the_file_or_the_set_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  warmup_steps: 20\n  max_steps: 10\n")
+    # the file alone is wrong: the file is named, whatever --set adds
+    with pytest.raises(ValueError, match=rf"^{path}: optim.warmup_steps=20 must lie"):
+        load_config(path, ["optim.lr=1e-2"])
+    # a --set value makes it wrong: that value is named (not the unrelated one), then the file
+    path.write_text("optim:\n  warmup_steps: 20\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path, ["optim.lr=1e-2", "optim.max_steps=2"])
+    assert str(err.value) == (
+        f"--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2 "
+        f"(the rest from {path})"
+    )
+    # a key that is only a substring of a word in the message is not named ("lr": "already")
+    with pytest.raises(ValueError, match=r"^--set optim.lr=-1: optim.lr must be positive"):
+        load_config(path, ["optim.lr=-1", "run.seed=3"])
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "tab.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n\tmax_steps: 2\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    assert f'in "{path}", line 3, column 1' in str(err.value)
+    assert "<unicode string>" not in str(err.value) and "not tabs" in str(err.value)
+
+
 def test_model_config_object_keeps_only_its_changes():
     cfg = TrainConfig(model=ModelConfig(attention="bigbird", hidden_size=64))
     # num_labels, vocab_size, ... stay free for the data to fill

@@ -120,6 +120,32 @@ def test_classification_outputs_and_metrics(tmp_path, cls_data):
     assert result.test["best_step"] == result.best["step"]
 
 
+def test_without_a_terminal_a_run_prints_its_progress(tmp_path, cls_data, capsys):
+    """No TTY (as here): a train line per tenth of the run and a line per validation on
+    stdout (the test split is left to the final summary); the frozen parameters are counted
+    on the terminal and named in the log. run.progress=false: none of these lines."""
+    cfg = _config(
+        tmp_path / "run",
+        {"task": "classification", **cls_data},
+        model={"attention": "longformer", "attention_options": {"window": 8}, "num_layers": 1},
+        optim={"max_steps": 20},
+        run={"eval_every": 10, "progress": True},
+    )
+    train(cfg)
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert [line.split(":")[0] for line in lines if " val" not in line] == [
+        f"step {s}/20" for s in (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
+    ]
+    val = [line for line in lines if " val: " in line]
+    assert [v.split()[1] for v in val] == ["10", "20"] and "accuracy" in val[0]
+    assert "test" not in printed.out
+    assert "1 parameter(s) get no gradient" in printed.err and "key_global" not in printed.err
+    assert "key_global.bias" in (tmp_path / "run" / "log.jsonl").read_text()
+    train(cfg.replace(["run.progress=false", f"run.out={tmp_path / 'quiet'}"]))
+    assert capsys.readouterr().out == ""
+
+
 def test_best_dir_is_none_without_validation(tmp_path, cls_data):
     """No val split, no best checkpoint: best_dir says so instead of naming a missing folder."""
     result = train(_config(tmp_path / "run", {"task": "classification", "train": cls_data["train"]},

@@ -133,34 +133,47 @@ SPECS: tuple[Spec, ...] = (
         "hf-reformer-1h", "lsh", "peer", "hf_reformer", {**LSH, "n_hashes": 1}, compare_to="lsh-1h"
     ),
 )
-SPEC_BY_NAME = {s.name: s for s in SPECS}
 
 
-def families() -> tuple[str, ...]:
-    """The mechanisms benchmarked by default: every registered one but the baseline (a row
-    that is always run)."""
-    return tuple(m for m in attention.mechanisms() if m != attention.baseline())
+def rows() -> list[Spec]:
+    """Every row: the table above, then one with default options for each registered
+    mechanism the table has no row for (the registry is the list of mechanisms, so a newly
+    registered one is measured without an edit here)."""
+    covered = {s.family for s in SPECS} | {attention.baseline()}
+    return [
+        *SPECS,
+        *(Spec(m, m, "ours", "longseq") for m in attention.mechanisms() if m not in covered),
+    ]
+
+
+def row(name: str) -> Spec:
+    """The row called `name`."""
+    found = [s for s in rows() if s.name == name]
+    if not found:
+        raise ValueError(f"no benchmark row {name!r}; rows: {', '.join(s.name for s in rows())}")
+    return found[0]
+
+
+def families() -> list[str]:
+    """The default --mechanisms: every registered mechanism but the baseline (a row that is
+    always run)."""
+    return [m for m in attention.mechanisms() if m != attention.baseline()]
 
 
 def choices() -> tuple[str, ...]:
     """Valid --mechanisms values: registry names (a family selects its variants and peers)
     or rows."""
-    return tuple(dict.fromkeys([*attention.mechanisms(), *(s.name for s in SPECS)]))
+    return tuple(dict.fromkeys([*attention.mechanisms(), *(s.name for s in rows())]))
 
 
 def select(mechanisms: list[str], peers: bool) -> list[Spec]:
-    """Baselines, then the chosen rows of ours, then their peers (when `peers`). A registered
-    mechanism without rows of its own gets one with its default options."""
+    """Baselines, then the chosen rows of ours, then their peers (when `peers`)."""
     valid = choices()
     unknown = [m for m in mechanisms if m not in valid]
     if unknown:
         raise ValueError(f"unknown mechanism(s) {unknown}; valid: {', '.join(valid)}")
-    rows = list(SPECS)
-    for m in mechanisms:
-        if m in attention.mechanisms() and not any(s.family == m or s.name == m for s in SPECS):
-            rows.append(Spec(m, m, "ours", "longseq"))
     chosen = [
-        s for s in rows if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms
+        s for s in rows() if s.kind == "baseline" or s.name in mechanisms or s.family in mechanisms
     ]
     if not peers:
         chosen = [s for s in chosen if s.kind != "peer"]
@@ -169,7 +182,7 @@ def select(mechanisms: list[str], peers: bool) -> list[Spec]:
 
 @dataclass
 class Config:
-    mechanisms: list[str] = field(default_factory=lambda: list(families()))
+    mechanisms: list[str] = field(default_factory=families)
     lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
     hidden: int = 768
     heads: int = 12
@@ -302,12 +315,13 @@ def warm_up(device: str) -> None:
     lin(torch.randn(4, 8, device=device, requires_grad=True)).sum().backward()
 
 
-def probe(spec_name: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """Peak memory (bytes) and cold time of one forward, then one forward+backward."""
+def probe(spec: dict[str, Any], n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory (bytes) and cold time of one forward, then one forward+backward. The row
+    comes whole (as a dict: the child has no list to look it up in that could miss it)."""
     cfg = Config(**cfg_dict)
     torch.set_num_threads(cfg.threads)
     warm_up(cfg.device)
-    module, fn = make_layer(SPEC_BY_NAME[spec_name], n, cfg)
+    module, fn = make_layer(Spec(**spec), n, cfg)
     x = make_input(n, cfg)
     gc.collect()
     result: dict[str, Any] = {}
@@ -344,7 +358,7 @@ class Prober:
         try:
             return {
                 "ok": True,
-                **self.server.call(probe, spec.name, n, asdict(cfg), timeout=timeout),
+                **self.server.call(probe, asdict(spec), n, asdict(cfg), timeout=timeout),
             }
         except ChildError as err:
             # a layer that raised fails its row; one that ran out of time or memory (no trace)

@@ -186,7 +186,8 @@ def train_config(
             "precision": p.precision,
             "device": plan.device,
             "threads": p.threads,
-            "progress": plan.progress,
+            # without a terminal the runner prints its own line per evaluation (`echo`)
+            "progress": plan.progress and sys.stderr.isatty(),
             "tensorboard": False,
         },
     }

@@ -41,6 +41,7 @@ from longseq.bench import attention as bench
 from longseq.compare import isolate
 from longseq.compare.isolate import peak_memory
 from longseq.models import ModelConfig, build_model
+from longseq.train.memory import available_bytes
 
 MODES = ("forward", "fwd+bwd")
 MIB = 2**20
@@ -93,17 +94,6 @@ def probe(config: dict[str, Any], n: int, batch: int, device: str, threads: int 
     return out
 
 
-def _available_bytes() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def _probe(
     config: dict[str, Any], n: int, batch: int, device: str, threads: int | None, max_s: float
 ) -> tuple[dict[str, Any], str | None]:
@@ -131,7 +121,9 @@ def _expected_limit(
     mem = extrapolate(history["mem"], n)
     if sec is not None and sec > max_seconds:
         return f"expected fwd+bwd {sec:.0f} s > {max_seconds:g} s"
-    if mem is not None and mem > _available_bytes() / 2:
+    if mem is None:
+        return None
+    if mem > available_bytes(torch.device("cpu")) / 2:
         return f"expected peak memory {mem / 2**30:.1f} GiB > half the memory available"
     return None
 

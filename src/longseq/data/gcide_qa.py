@@ -85,7 +85,7 @@ def definition(entry: str, headword: str) -> str | None:
 
 def read_entries(source: str | Path | None = None) -> list[tuple[str, str]]:
     """(headword, definition) of every usable main entry, one per headword, in index order."""
-    path = find_gcide(source)
+    path = find_gcide(source, command="gcide-qa")
     raw = path.read_bytes()
     data = gzip.decompress(raw) if path.suffix == ".dz" else raw
     index = path.parent / "gcide.index"

@@ -274,12 +274,13 @@ GCIDE_INSTALL = (
     "the GCIDE dictionary was not found{where}; fetch the Debian package (no root needed):\n"
     "  cd /tmp && apt-get download dict-gcide\n"
     "  dpkg-deb -x /tmp/dict-gcide_*.deb /tmp/gcide\n"
-    "  longseq data gcide --source /tmp/gcide --out DIR"
+    "  longseq data {command} --source /tmp/gcide --out DIR"
 )
 
 
-def find_gcide(source: str | Path | None = None) -> Path:
-    """`gcide.dict.dz` (or `gcide.dict`) in `source`, its `usr/share/dictd`, or /usr/share/dictd."""
+def find_gcide(source: str | Path | None = None, command: str = "gcide") -> Path:
+    """`gcide.dict.dz` (or `gcide.dict`) in `source`, its `usr/share/dictd`, or /usr/share/dictd.
+    `command`: the `longseq data` command the hint tells the user to run again."""
     root = Path(source) if source is not None else Path("/usr/share/dictd")
     if root.is_file() and root.name.startswith("gcide.dict"):
         return root
@@ -287,7 +288,7 @@ def find_gcide(source: str | Path | None = None) -> Path:
         for name in ("gcide.dict.dz", "gcide.dict"):
             if (folder / name).is_file():
                 return folder / name
-    raise SourceNotFoundError(GCIDE_INSTALL.format(where=f" in {root}"))
+    raise SourceNotFoundError(GCIDE_INSTALL.format(where=f" in {root}", command=command))
 
 
 def cut_bytes(data: bytes, fractions: tuple[float, float]) -> dict[str, bytes]:

@@ -6,8 +6,8 @@
 
 Documents are encoded as the training data was (`longseq.data`): `[cls] text [sep]` for
 classification, `[cls] question [sep] context` with the question global for QA, the plain
-tokens for token classification and masked LM. A document longer than the model's max_length
-is cut (the record says `"truncated": true`). What each architecture returns:
+tokens for token classification and masked LM. A document longer than max_length (default and
+at most the model's) is cut (the record says `"truncated": true`). What each architecture returns:
 
     sequence-classification  label, probabilities of the top_k labels
     token-classification     per token: the token's text and its label (or pass input_ids)
@@ -60,7 +60,14 @@ class Predictor:
         if batch_size < 1 or top_k < 1:
             raise ValueError(f"batch_size and top_k must be >= 1, got {batch_size}, {top_k}")
         self.model, self.tokenizer, self.arch = model.eval(), tokenizer, arch
-        self.max_length = min(max_length or model.config.max_length, model.config.max_length)
+        limit = model.config.max_length
+        if max_length is not None and max_length > limit:
+            raise ValueError(
+                f"max_length={max_length} exceeds this model's max_length={limit} (the longest "
+                f"input it was built for); pass --max-length {limit} or less (or leave it out), "
+                "or extend the model first with `longseq longify`"
+            )
+        self.max_length = max_length or limit
         self.batch_size, self.top_k, self.max_answer = batch_size, top_k, max_answer
         self.read = read or (lambda doc: doc)
         specials = getattr(tokenizer, "special_tokens", {})

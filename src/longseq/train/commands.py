@@ -55,13 +55,36 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder (overrides run.out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc-per-node",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="run N processes on this machine, data (or sequence) parallel: torchrun's "
+        "--standalone --nproc_per_node N, with an error said once and no launcher traceback",
+    )
     p.set_defaults(func=run)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`--nproc-per-node N`: this command again in N processes (`distributed.launch`)."""
+    from longseq.train import distributed
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        distributed.report_error("--nproc-per-node under torchrun: use one launcher or the other")
+        return 2
+    argv = ["train", "--config", args.config, *(["--resume"] if args.resume else [])]
+    argv += [x for o in args.overrides for x in ("--set", o)]
+    argv += [*(["--out", args.out] if args.out else []), *(["--no-progress"] * args.no_progress)]
+    return distributed.launch(args.nproc_per_node, argv)
 
 
 def run(args: argparse.Namespace) -> int:
     # imported when the command runs: the CLI imports this module to build its parser
-    from longseq.train import load_config, train
+    from longseq.train import distributed, load_config, train
 
+    if args.nproc_per_node > 1:
+        return _launch(args)
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out={json.dumps(args.out)}")
@@ -71,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
         result = train(config, resume=args.resume)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        distributed.report_error(str(e))  # once, not once per torchrun process
         return 2
 
     if os.environ.get("RANK", "0") != "0":
@@ -235,7 +258,9 @@ def _register_predict(commands: Any) -> None:
     p.add_argument("--text-field", default="text", help="JSON lines: the text field")
     p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
     p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
-    p.add_argument("--max-length", type=positive(int), help="cut documents (default: model's)")
+    p.add_argument(
+        "--max-length", type=positive(int), help="cut documents (default and at most: the model's)"
+    )
     p.add_argument("--batch-size", type=positive(int), default=8, help="(default 8)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=positive(int), default=None, help="torch intra-op threads")

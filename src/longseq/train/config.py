@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import io
 import json
 import math
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,9 +414,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[path[-1]] = value
 
 
-def _strict_yaml(text: str) -> Any:
+def _strict_yaml(text: str, name: str) -> Any:
     """yaml.safe_load, but a key repeated in one mapping is an error (YAML keeps the last one
-    silently, so `lr: 1e-3` ... `lr: 1` would train at 1)."""
+    silently, so `lr: 1e-3` ... `lr: 1` would train at 1). Errors name the file `name` and
+    its line (a string alone would be `"<unicode string>"`)."""
 
     class Strict(yaml.SafeLoader):
         pass
@@ -433,7 +437,14 @@ def _strict_yaml(text: str) -> Any:
         return loader.construct_mapping(node, deep=True)
 
     Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(text, Loader=Strict)
+    stream = io.StringIO(text)
+    stream.name = name  # type: ignore[misc]  # what yaml's marks call the file
+    try:
+        return yaml.load(stream, Loader=Strict)
+    except yaml.MarkedYAMLError as e:
+        if "'\\t'" in str(e):
+            e.note = "YAML indents with spaces, not tabs"
+        raise
 
 
 def _unique_json(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -455,19 +466,36 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if path.suffix == ".json":
             raw = json.loads(text, object_pairs_hook=_unique_json)
         else:
-            raw = _strict_yaml(text)
+            raw = _strict_yaml(text, str(path))
     except (ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path} is not valid {path.suffix[1:].upper() or 'YAML'}: {e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a training config is a mapping, got {type(raw).__name__}")
+    file_only = json.loads(json.dumps(raw))  # before the overrides, for the blame below
     for item in overrides:
         apply_override(raw, item)
     try:
         return TrainConfig.from_dict(raw)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(_blame(path, file_only, overrides, str(e))) from None
+
+
+def _blame(path: Path, file_only: dict[str, Any], overrides: Sequence[str], err: str) -> str:
+    """The error prefixed with its cause: the file when the file alone gives it, else the
+    `--set` values (those whose key the message names, or all of them)."""
+    if overrides:
+        try:
+            TrainConfig.from_dict(file_only)
+        except ValueError as alone:
+            if str(alone) == err:
+                return f"{path}: {err}"
+        keys = [re.escape(o.partition("=")[0].strip().split(".")[-1]) for o in overrides]
+        named = [o for o, k in zip(overrides, keys, strict=True) if re.search(rf"\b{k}\b", err)]
+        given = " ".join(f"--set {o}" for o in named or overrides)
+        return f"{given}: {err} (the rest from {path})"
+    return f"{path}: {err}"
 
 
 def as_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:

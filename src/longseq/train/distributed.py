@@ -9,6 +9,7 @@ batch; DDP averages the gradients. Rank 0 alone writes logs and checkpoints.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,4 +109,74 @@ def setup(device: str = "auto") -> Distributed:
     return Distributed(rank, world, local, dev, created)
 
 
-__all__ = ["Distributed", "setup"]
+# --------------------------------------------------------------------------- errors, launch
+# A user error (a bad config, a run folder in use) is met by every rank alike: printed by
+# each, torchrun showed it once per process. `report_error` prints it once.
+
+
+def _agent_store(timeout: float) -> Any:
+    """A client of torchrun's agent store (None outside torchrun, or if it cannot be
+    reached): it outlives the ranks, so rank 0 can leave its message there and exit."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _env_int("WORLD_SIZE", 1) < 2:
+        return None
+    from datetime import timedelta
+
+    try:
+        store = dist.TCPStore(
+            env["MASTER_ADDR"],
+            int(env["MASTER_PORT"]),
+            is_master=False,
+            timeout=timedelta(seconds=timeout),
+        )
+    except (KeyError, ValueError, RuntimeError):
+        return None
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"longseq/errors/{env.get('TORCHELASTIC_RUN_ID', '')}/{attempt}", store)
+
+
+def report_error(message: str, wait: float = 5.0) -> None:
+    """Print `error: message` once for all the ranks of a torchrun job: rank 0 prints its
+    own; another rank prints its own (naming its rank) only when rank 0 reported a different
+    one, or none within `wait` seconds (an error of that rank alone). Else: printed."""
+    rank = _env_int("RANK", 0)
+    store = _agent_store(wait)
+    if store is None or rank == 0:
+        if store is not None:
+            store.set("0", message)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return
+    from datetime import timedelta
+
+    try:
+        store.wait(["0"], timedelta(seconds=wait))
+        first = store.get("0").decode()
+    except RuntimeError:  # the wait timed out: rank 0 met no such error
+        first = None
+    if first != message:
+        print(f"error (rank {rank}): {message}", file=sys.stderr, flush=True)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`longseq ARGV` in `nproc` processes on this machine, as `torchrun --standalone
+    --nproc_per_node NPROC -m longseq.cli ARGV` runs it, but a failed rank ends this process
+    with the rank's exit code and no traceback of the launcher (the ranks said why)."""
+    import logging
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, without its warning
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    args = ["--standalone", "--nproc_per_node", str(nproc), "-m", "longseq.cli", *argv]
+    try:
+        torchrun.run(torchrun.parse_args(args))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode < 0:  # killed by a signal: no rank said why
+            print(f"error: rank {rank} was killed by signal {-failure.exitcode}", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+__all__ = ["Distributed", "launch", "report_error", "setup"]

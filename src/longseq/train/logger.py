@@ -11,6 +11,10 @@
 (evaluation and saving excluded); `elapsed` is the run's training time in seconds, resumed
 runs included. On resume, lines after the checkpoint's step are dropped (they are redone).
 TensorBoard scalars go to `OUT/tensorboard` as `train/loss`, `val/accuracy`, ...
+
+With `progress` on, each validation also prints a line to stdout; on a terminal a bar shows
+the steps, and without one (a log file, a pipe, a batch job) a train line is printed every
+tenth of the run instead, so such a run is not silent between its first and last lines.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class RunLogger:
         self.path = out / LOG_NAME
         self._tb = None
         self._bar = None
+        self._progress, self._total = progress, total_steps
+        # without a terminal: a train line per tenth of the run (the first one at once)
+        self._lines_every = max(1, total_steps // 10) if not sys.stderr.isatty() else 0
+        self._next_line = 0
         if not enabled:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -78,12 +86,34 @@ class RunLogger:
             return
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
+        self._echo(record)
         if self._tb is not None and record["kind"] in ("train", "eval"):
             prefix = "train" if record["kind"] == "train" else record["split"]
             for key, value in record.items():
                 skip = key in ("kind", "step", "split", "epoch")
                 if not skip and isinstance(value, float) and math.isfinite(value):
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def _echo(self, record: dict[str, Any]) -> None:
+        """Validation lines, and train lines when there is no bar (the test split is left to
+        the summary that ends the run)."""
+        if not self._progress:
+            return
+        if record["kind"] == "eval" and record["split"] == "val":
+            self._print(f"step {record['step']} val: {_numbers(record)}")
+        elif record["kind"] == "train" and self._lines_every and record["step"] >= self._next_line:
+            self._next_line = (record["step"] // self._lines_every + 1) * self._lines_every
+            self._print(
+                f"step {record['step']}/{self._total}: loss {record['loss']:.4f}, "
+                f"lr {record['lr']:.2e}, {record['tokens_per_s']:,.0f} tokens/s, "
+                f"{record['elapsed']:.0f} s"
+            )
+
+    def _print(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
 
     def step(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
@@ -109,6 +139,14 @@ class RunLogger:
         if self._tb is not None:
             self._tb.close()
         self._file.close()
+
+
+def _numbers(record: dict[str, Any]) -> str:
+    """`loss 0.6931, accuracy 0.5000`: an eval record's metrics."""
+    skip = ("kind", "split", "step", "elapsed")
+    return ", ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k not in skip and isinstance(v, float)
+    )
 
 
 __all__ = ["LOG_NAME", "RunLogger"]

@@ -48,11 +48,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from longseq.attention.shard import Shard
-from longseq.data.collate import make_collate
+from longseq.data.collate import dataset_lengths, make_collate
 from longseq.models import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, build_model
 from longseq.models.base import read_weights
 from longseq.train import checkpoint as ckpt
-from longseq.train import distributed
+from longseq.train import distributed, memory
 from longseq.train.config import LOWER_IS_BETTER, TrainConfig, as_config, resume_differences
 from longseq.train.data import (
     BatchStream,
@@ -217,6 +217,20 @@ class _Trainer:
             num_workers=run.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+        self._check_memory(multiple * self.sp, dp_size)
+
+    def _check_memory(self, multiple: int, dp_size: int) -> None:
+        """Refuse a run whose training step cannot fit in memory (`memory.estimate`), before
+        the first batch is allocated: the longest training sequence, padded as the collate
+        pads it, in a micro-batch of this process (its shard under sequence parallelism)."""
+        longest = max(dataset_lengths(self.data.train), default=1)
+        length = -(-min(longest, self.cfg.data.max_length) // multiple) * multiple // self.sp
+        batch = max(1, self.cfg.data.batch_size // dp_size)
+        est = memory.estimate(self.model, length, batch, self.device, self._autocast())
+        if not est.fits:
+            raise ValueError(
+                memory.refusal(est, self.cfg.data.max_length, self.cfg.data.batch_size)
+            )
 
     def _sequence_parallel_setup(self) -> tuple[int, int, Any]:
         sp = self.sp
@@ -622,12 +636,15 @@ class _Trainer:
         )
         for note in self.notes:
             log.message(note, self.state.step)
-        if self.frozen:
+        if self.frozen:  # expected (see the module docstring): a count here, names in the log
             log.message(
-                f"frozen (no gradient in the probe step): {len(self.frozen)} parameter(s) "
-                f"{self.frozen[:4]}{' ...' if len(self.frozen) > 4 else ''}",
+                f"{len(self.frozen)} parameter(s) get no gradient with this model and data (e.g. "
+                "global-token projections when no token is global) and are not trained; "
+                f"names in {log.path}",
                 self.state.step,
             )
+            names = f"not trained (no gradient in the probe step): {self.frozen}"
+            log.write({"kind": "info", "step": self.state.step, "message": names})
 
     def _train_record(self, window: _Window, lr: float) -> dict[str, Any]:
         """The mean loss and gradient norm since the last record (loss over all ranks)."""
