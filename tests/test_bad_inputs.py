@@ -29,6 +29,14 @@ def _config_huge(tmp: Path) -> None:
     ModelConfig(vocab_size=10**12)
 
 
+def _config_norm_type(tmp: Path) -> None:
+    ModelConfig(norm_type="batch")
+
+
+def _config_kv_heads(tmp: Path) -> None:
+    ModelConfig(num_heads=4, num_key_value_heads=3)
+
+
 def _jsonl_not_utf8(tmp: Path) -> None:
     from longseq.data.datasets import TextClassificationDataset
     from longseq.data.tokenizers import ByteTokenizer
@@ -187,6 +195,29 @@ def _convert_cut(tmp: Path) -> None:
     _convert(src)
 
 
+def _convert_llama_rope_scaling(tmp: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    config.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}
+    from longseq.convert import from_huggingface
+
+    from_huggingface(transformers.LlamaForCausalLM(config))
+
+
+def _convert_not_gguf(tmp: Path) -> None:
+    for package in ("transformers", "gguf", "accelerate"):
+        pytest.importorskip(package)
+    (tmp / "model.gguf").write_bytes(b"GGUF, cut short")
+    _convert(tmp / "model.gguf")
+
+
 def _register_not_a_task(tmp: Path) -> None:
     from longseq import tasks
 
@@ -234,6 +265,12 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ("two tasks declare one compare task", _compare_task_twice, "'listops' is declared twice"),
     ("two files for a one-file split", _two_files_for_one, "data.test must name one file"),
     ("evaluate a model no task trains", _evaluate_a_headless_model, "pass --task"),
+    ("convert: a cut .gguf file", _convert_not_gguf, "is not a readable GGUF model file"),
+    (
+        "convert: a Llama with rope scaling",
+        _convert_llama_rope_scaling,
+        "rope_type='yarn' (rope scaling) is not supported",
+    ),
     ("convert: architectures ['pipeline']", _convert_pipeline, "not a transformers model class"),
     ("convert: a cut model.safetensors", _convert_cut, "not a readable safetensors file"),
     ("a cut model.safetensors", _from_pretrained_cut, "not a readable safetensors file"),
@@ -252,6 +289,8 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
     ('hidden_size: "32" in a config', _config_str, "hidden_size must be an integer"),
     ("vocab_size: 1e3 (a float)", _config_float, "vocab_size must be an integer"),
     ("vocab_size: 1e12, before allocating", _config_huge, "vocab_size x hidden_size"),
+    ("norm_type: batch", _config_norm_type, "unknown norm_type 'batch'; valid: layer, rms"),
+    ("num_key_value_heads: 3 of 4 heads", _config_kv_heads, "positive divisor of num_heads=4"),
     ("a JSONL file that is not UTF-8", _jsonl_not_utf8, "train.jsonl: not UTF-8"),
     ("a YAML config with a key twice", _yaml_duplicate, "duplicate key 'lr'"),
     ("optim.lr: inf", _lr_inf, "optim.lr must be finite"),

@@ -111,6 +111,7 @@ def test_options_and_registry():
         "causal": False,
         "dropout": 0.0,
         "bias": True,
+        "num_key_value_heads": None,
     }
     layer = make(chunk_length=8, bias=False)
     assert layer.key.bias is None and "chunk_length=8" in repr(layer)

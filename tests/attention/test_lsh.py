@@ -275,6 +275,7 @@ def test_shares_query_and_key_projection():
         "causal": False,
         "dropout": 0.0,
         "bias": True,
+        "num_key_value_heads": None,
     }
 
 

@@ -50,8 +50,25 @@ def lm(dtype: torch.dtype = torch.float64, **kw) -> torch.nn.Module:
     return build_model(ModelConfig(**base), seed=0).to(dtype).eval()
 
 
+LLAMA = {  # Llama's block: RMSNorm, SwiGLU, no biases, rotary (theta 1e5), untied output, GQA
+    "num_key_value_heads": 2,
+    "norm_type": "rms",
+    "feed_forward": "gated",
+    "activation": "silu",
+    "bias": False,
+    "feed_forward_bias": False,
+    "output_bias": False,
+    "position": "rotary",
+    "rotary_base": 100000.0,
+    "tie_word_embeddings": False,
+}
+
 CASES = {
     "full-learned-pre": {},
+    "full-llama": LLAMA,
+    "longformer-llama": {**LLAMA, **LF},
+    "local-llama": {**LLAMA, "attention": "local", "attention_options": {"chunk_length": 3}},
+    "bigbird-llama": {**LLAMA, **BIGBIRD, "num_key_value_heads": 1},
     "full-rotary-post": {"position": "rotary", "norm": "post"},
     "full-axial-reversible-mean": {
         **AXIAL,

@@ -16,7 +16,7 @@ import importlib
 import inspect
 from typing import Any
 
-from longseq.attention.base import At, SelfAttention
+from longseq.attention.base import At, SelfAttention, check_kv_heads
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
 _REGISTRY: dict[str, str | type[SelfAttention]] = {
@@ -150,6 +150,7 @@ __all__ = [
     "SelfAttention",
     "baseline",
     "build",
+    "check_kv_heads",
     "get",
     "mechanisms",
     "options",

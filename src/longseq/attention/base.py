@@ -4,6 +4,11 @@ A mechanism subclasses `SelfAttention` and implements `attend`, which maps the h
 (already checked, padding positions zeroed) to the per-head context `(batch, heads, seq,
 head_dim)`. Padding positions of the output are set to zero, so what they hold never depends
 on the mechanism, and what padding holds on input (even NaN) never reaches a real output.
+
+Grouped-query attention (`num_key_value_heads` = KV < H, Ainslie et al. 2023; Llama 2/3,
+SmolLM2): the key and value projections have KV * head_dim outputs, and query head i reads
+key/value head i // (H / KV). `project` expands them to the H query heads for the kernels;
+incremental caches store the KV heads only and expand at attention time.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class SelfAttention(nn.Module):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
         super().__init__()
         if hidden_size <= 0 or num_heads <= 0:
@@ -60,15 +66,20 @@ class SelfAttention(nn.Module):
             raise ValueError(f"'{self.name}' attention cannot be causal (causal=True)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        kv = num_heads if num_key_value_heads is None else num_key_value_heads
+        check_kv_heads(kv, num_heads, self.shared_qk, self.name)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
+        self.num_key_value_heads = kv
+        self.kv_groups = num_heads // kv  # query heads per key/value head
         self.head_dim = hidden_size // num_heads
         self.causal = causal
         self.dropout = dropout
+        kv_size = kv * self.head_dim
         self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
         if not self.shared_qk:
-            self.key = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.value = nn.Linear(hidden_size, hidden_size, bias=bias)
+            self.key = nn.Linear(hidden_size, kv_size, bias=bias)
+        self.value = nn.Linear(hidden_size, kv_size, bias=bias)
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
         # Optional (q, k) -> (q, k) position transform applied in `project`, e.g. the model's
         # rotary embedding. Kept duck-typed so `attention` never imports `layers`.
@@ -162,16 +173,18 @@ class SelfAttention(nn.Module):
         return self.attend(x, ok, None)[:, :, left : left + n]
 
     def project(
-        self, hidden_states: Tensor, positions: Tensor | None = None
+        self, hidden_states: Tensor, positions: Tensor | None = None, *, expand: bool = True
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (pre-scaled by 1/sqrt(head_dim)), keys, values as (B, H, N, D); the
-        position transform (rotary) at `positions` (B, N), by default 0 .. N - 1."""
-        h = self.num_heads
-        q = ops.split_heads(self.query(hidden_states), h) * self.head_dim**-0.5
-        k = ops.split_heads(self.key(hidden_states), h)
-        v = ops.split_heads(self.value(hidden_states), h)
+        position transform (rotary) at `positions` (B, N), by default 0 .. N - 1.
+        `expand=False`: keys and values keep their KV heads, (B, KV, N, D) (for caches)."""
+        q = ops.split_heads(self.query(hidden_states), self.num_heads) * self.head_dim**-0.5
+        k = ops.split_heads(self.key(hidden_states), self.num_key_value_heads)
+        v = ops.split_heads(self.value(hidden_states), self.num_key_value_heads)
         if self.rotary is not None:
             q, k = self.rotary(q, k, positions=positions)
+        if expand:
+            k, v = ops.repeat_kv(k, self.kv_groups), ops.repeat_kv(v, self.kv_groups)
         return q, k, v
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
@@ -195,8 +208,9 @@ class SelfAttention(nn.Module):
     def attend_cached(
         self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
     ) -> Tensor:
-        """Per-head context (B, H, C, D) of C new tokens at `positions`, through `cache`."""
-        q, k, v = self.project(hidden_states, positions)
+        """Per-head context (B, H, C, D) of C new tokens at `positions`, through `cache`
+        (which keeps the KV heads)."""
+        q, k, v = self.project(hidden_states, positions, expand=False)
         return cache.attend(q, k, v, positions, real)
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
@@ -207,7 +221,12 @@ class SelfAttention(nn.Module):
         raise NotImplementedError(f"'{self.name}' attention is not defined by a token mask")
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, num_heads={self.num_heads}, causal={self.causal}"
+        kv = self.num_key_value_heads
+        grouped = f", num_key_value_heads={kv}" if kv != self.num_heads else ""
+        return (
+            f"hidden_size={self.hidden_size}, num_heads={self.num_heads}{grouped}, "
+            f"causal={self.causal}"
+        )
 
     @classmethod
     def picture(cls, n: int) -> pictures.Picture:
@@ -224,4 +243,21 @@ class SelfAttention(nn.Module):
         return pic
 
 
-__all__ = ["At", "SelfAttention"]
+def check_kv_heads(kv: int, num_heads: int, shared_qk: bool = False, name: str = "") -> None:
+    """`num_key_value_heads` must divide the query heads; a mechanism whose keys are its
+    queries (shared_qk) has as many key heads as query heads."""
+    if isinstance(kv, bool) or not isinstance(kv, int) or kv <= 0 or num_heads % kv:
+        raise ValueError(
+            f"num_key_value_heads must be a positive divisor of num_heads={num_heads} (each "
+            f"key/value head serves num_heads / num_key_value_heads query heads), got {kv!r}"
+        )
+    if shared_qk and kv != num_heads:
+        raise ValueError(
+            f"'{name}' attention shares one projection for queries and keys, so its keys have "
+            f"num_heads={num_heads} heads: grouped-query attention (num_key_value_heads={kv}) "
+            "has no meaning there; set num_key_value_heads to num_heads or choose another "
+            "mechanism"
+        )
+
+
+__all__ = ["At", "SelfAttention", "check_kv_heads"]

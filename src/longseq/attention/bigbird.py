@@ -107,8 +107,16 @@ class BigBirdAttention(SelfAttention):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
-        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        super().__init__(
+            hidden_size,
+            num_heads,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            num_key_value_heads=num_key_value_heads,
+        )
         ops.check_int("block_size", block_size, 1)
         ops.check_int("num_random_blocks", num_random_blocks, 0)
         ops.check_int("num_global_blocks", num_global_blocks, 0)
@@ -198,13 +206,13 @@ class BigBirdAttention(SelfAttention):
     def attend_cached(
         self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
     ) -> Tensor:
-        q, k, v = self.project(hidden_states, positions)
+        q, k, v = self.project(hidden_states, positions, expand=False)
         if not self.extra_blocks:
             return cache.attend(q, k, v, positions, real)
         gxb = self.extra_blocks * self.block_size
         assert isinstance(cache, SlotCache)
         if cache.hi == 0:  # ETC: the extra global tokens take the first slots
-            _, ek, ev = self.project(self.global_states[None].to(q.dtype))
+            _, ek, ev = self.project(self.global_states[None].to(q.dtype), expand=False)
             bsz = q.shape[0]
             epos = torch.arange(gxb, device=q.device).expand(bsz, gxb)
             cache.store(ek.expand(bsz, -1, -1, -1), ev.expand(bsz, -1, -1, -1), epos, epos >= 0)

@@ -19,6 +19,9 @@ look back more than m - 1 positions (Longformer's window, local attention's chun
 memory however long the generation runs. LSH keeps buckets beside its keys (`LSHCache`, in
 `lsh.py`).
 
+Grouped-query layers (fewer key/value heads than query heads) store their KV heads only,
+never copies expanded to the query heads: the attention expands them (`enable_gqa`).
+
 Several new tokens per row (a prompt, in chunks) are scored against the cache plus the chunk
 itself; rows of a batch advance at their own positions, and `valid` marks the new tokens that
 exist (a row that has finished, or the right padding of a shorter prompt, stores nothing).
@@ -50,15 +53,17 @@ class AttentionCache:
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
         """Context (B, H, C, D) of C new queries at positions qpos (B, C), queries pre-scaled;
-        their keys and values k, v (B, H, C, D) are stored where `valid` (B, C)."""
+        their keys and values k, v (B, KV, C, D), KV dividing H, are stored where `valid`
+        (B, C)."""
         raise NotImplementedError
 
 
 class SlotCache(AttentionCache):
     """Keys and values in slots with the position each holds (-1: empty).
 
-    k, v: (B, H, S, D); pos: (B, S). `rule` is the mechanism's pattern on positions (None:
-    every earlier position); `size` makes a ring of that many slots (None: grows).
+    k, v: (B, KV, S, D), the layer's key/value heads; pos: (B, S). `rule` is the mechanism's
+    pattern on positions (None: every earlier position); `size` makes a ring of that many
+    slots (None: grows).
     """
 
     def __init__(self, rule: Rule | None = None, size: int | None = None) -> None:
@@ -104,7 +109,10 @@ class SlotCache(AttentionCache):
         if self.rule is not None:
             ok = ok & self.rule(q4, k4)
         ok = ok | ~valid[:, None, :, None]  # padding queries: any finite row, never used
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=ok, scale=1.0)
+        gqa = q.shape[1] != keys.shape[1]  # query head i reads KV head i // (H / KV)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=ok, scale=1.0, enable_gqa=gqa
+        )
 
     def store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
         """Keep keys and values (B, H, C, D) at positions qpos (B, C) where `valid`."""

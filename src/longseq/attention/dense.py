@@ -24,7 +24,7 @@ class FullAttention(SelfAttention):
     sequence_parallel = True
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
-        q, k, v = self.project(hidden_states)
+        q, k, v = self.project(hidden_states, expand=False)  # SDPA reads the KV heads
         p = self.dropout if self.training else 0.0
         return ops.dense_attention(q, k, v, real, self.causal, p)
 

@@ -166,6 +166,7 @@ class LinformerAttention(SelfAttention):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
         if causal:
             raise ValueError(
@@ -174,7 +175,14 @@ class LinformerAttention(SelfAttention):
                 "mechanism instead, e.g. 'full', 'longformer', 'bigbird' or 'lsh' with causal=True"
             )
         heads, share_kv = _layout(sharing, num_heads)
-        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        super().__init__(
+            hidden_size,
+            num_heads,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            num_key_value_heads=num_key_value_heads,
+        )
         if projection is None:
             projection = LinformerProjection(k, max_seq_len, heads=heads, share_kv=share_kv)
         elif not isinstance(projection, LinformerProjection):

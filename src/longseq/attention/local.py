@@ -54,11 +54,19 @@ class LocalAttention(SelfAttention):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
         ops.check_int("chunk_length", chunk_length, 1)
         ops.check_int("num_chunks_before", num_chunks_before, 0)
         ops.check_int("num_chunks_after", num_chunks_after, 0)
-        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        super().__init__(
+            hidden_size,
+            num_heads,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            num_key_value_heads=num_key_value_heads,
+        )
         self.chunk_length = chunk_length
         self.num_chunks_before = num_chunks_before
         self.num_chunks_after = num_chunks_after

@@ -89,8 +89,16 @@ class LongformerAttention(SelfAttention):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
-        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        super().__init__(
+            hidden_size,
+            num_heads,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            num_key_value_heads=num_key_value_heads,
+        )
         if isinstance(window, bool) or not isinstance(window, int) or window < 2 or window % 2:
             raise ValueError(
                 f"window must be an even int >= 2 (w/2 tokens on each side), got {window!r}"
@@ -112,8 +120,10 @@ class LongformerAttention(SelfAttention):
         self.dilation = dilation if isinstance(dilation, int) else dilations
         self.dilations = dilations
         self.query_global = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.key_global = nn.Linear(hidden_size, hidden_size, bias=bias)
-        self.value_global = nn.Linear(hidden_size, hidden_size, bias=bias)
+        # grouped-query layers: the global keys and values have the KV heads too
+        kv_size = self.num_key_value_heads * self.head_dim
+        self.key_global = nn.Linear(hidden_size, kv_size, bias=bias)
+        self.value_global = nn.Linear(hidden_size, kv_size, bias=bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
@@ -176,8 +186,7 @@ class LongformerAttention(SelfAttention):
         # the global tokens' own rows, over every rank's real tokens
         h, d = self.num_heads, self.head_dim
         qg = ops.split_heads(self.query_global(xg_all), h) * d**-0.5  # (B, H, G, D)
-        kg = ops.split_heads(self.key_global(x), h)
-        vg = ops.split_heads(self.value_global(x), h)
+        kg, vg = self._global_kv(x)
         s = (qg @ kg.transpose(-1, -2)).masked_fill(~real[:, None, None, :], float("-inf"))
         top = s.amax(-1, keepdim=True)
         shift = shard.maximum(torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
@@ -343,21 +352,29 @@ class LongformerAttention(SelfAttention):
             # A ones column appended to x (and a zero one to the queries) carries sum_j p_j,
             # which multiplies bv (it is 1 unless dropout removed some p_j).
             # All heads' rows share the keys and values x: one head of H*G queries.
-            qk = torch.einsum("bhgd,hde->bhge", qg, self.key_global.weight.view(h, d, e))
+            wk = ops.repeat_kv(self.key_global.weight.view(-1, d, e), self.kv_groups, 0)
+            qk = torch.einsum("bhgd,hde->bhge", qg, wk)
             qk = F.pad(qk.reshape(b, 1, h * g, e), (0, 1))
             x1 = F.pad(x, (0, 1), value=1.0)[:, None]
             px = F.scaled_dot_product_attention(
                 qk, x1, x1, attn_mask=bias, dropout_p=p, scale=1.0
             ).view(b, h, g, e + 1)
-            wv = self.value_global.weight.view(h, d, e)
+            wv = ops.repeat_kv(self.value_global.weight.view(-1, d, e), self.kv_groups, 0)
             out = torch.einsum("bhge,hde->bhgd", px[..., :e], wv)
             if self.value_global.bias is not None:
-                out = out + px[..., e:] * self.value_global.bias.view(h, 1, d)
+                bv = ops.repeat_kv(self.value_global.bias.view(-1, 1, d), self.kv_groups, 0)
+                out = out + px[..., e:] * bv
         else:  # many global tokens: project the whole sequence
-            kg = ops.split_heads(self.key_global(x), h)
-            vg = ops.split_heads(self.value_global(x), h)
+            kg, vg = self._global_kv(x)
             out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias, dropout_p=p, scale=1.0)
         return out.transpose(1, 2)
+
+    def _global_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Every token's global keys and values, (B, H, N, D) (KV heads expanded)."""
+        kv, groups = self.num_key_value_heads, self.kv_groups
+        kg = ops.repeat_kv(ops.split_heads(self.key_global(x), kv), groups)
+        vg = ops.repeat_kv(ops.split_heads(self.value_global(x), kv), groups)
+        return kg, vg
 
     @classmethod
     def picture(cls, n: int) -> pictures.Picture:

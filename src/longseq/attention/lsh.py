@@ -135,6 +135,7 @@ class LSHAttention(SelfAttention):
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
+        num_key_value_heads: int | None = None,
     ) -> None:
         factors = [num_buckets] if ops.is_int(num_buckets) else num_buckets
         if num_buckets is not None and (
@@ -155,7 +156,14 @@ class LSHAttention(SelfAttention):
                 "length, so earlier outputs would change as the sequence grows (models set it "
                 "from max_length)"
             )
-        super().__init__(hidden_size, num_heads, causal=causal, dropout=dropout, bias=bias)
+        super().__init__(  # grouped-query attention is refused there: keys are queries
+            hidden_size,
+            num_heads,
+            causal=causal,
+            dropout=dropout,
+            bias=bias,
+            num_key_value_heads=num_key_value_heads,
+        )
         self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
         self.n_hashes = n_hashes
         self.chunk_length = chunk_length

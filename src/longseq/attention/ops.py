@@ -109,6 +109,12 @@ def split_heads(x: Tensor, num_heads: int) -> Tensor:
     return x.view(b, n, num_heads, -1).transpose(1, 2)
 
 
+def repeat_kv(x: Tensor, groups: int, dim: int = 1) -> Tensor:
+    """Grouped-query attention: each of the KV heads on `dim` repeated `groups` times, so
+    that query head i reads key/value head i // groups (Hugging Face's `repeat_kv`)."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim)
+
+
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, N, D) -> (B, N, H*D)."""
     b, h, n, d = x.shape
@@ -147,10 +153,12 @@ def dense_attention(
     q: Tensor, k: Tensor, v: Tensor, real: Tensor, causal: bool, dropout_p: float
 ) -> Tensor:
     """softmax(q k^T) v over every real key (causal: and k <= q), PyTorch's fused kernel; q is
-    pre-scaled. Padding queries keep their own key (no empty row; their output is dropped)."""
+    pre-scaled. Padding queries keep their own key (no empty row; their output is dropped).
+    k, v may have fewer heads than q (grouped-query: a divisor), read without copies."""
+    gqa = q.shape[1] != k.shape[1]
     if bool(real.all()):
         return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0
+            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0, enable_gqa=gqa
         )
     n = q.shape[-2]
     allowed = real[:, None, None, :]  # (B, 1, 1, N): padded keys are never seen
@@ -158,7 +166,7 @@ def dense_attention(
         tril = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         allowed = (allowed & tril) | torch.eye(n, dtype=torch.bool, device=q.device)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0
+        q, k, v, attn_mask=allowed, dropout_p=dropout_p, scale=1.0, enable_gqa=gqa
     )
 
 

@@ -3,6 +3,7 @@
     from longseq.convert import from_huggingface
     model = from_huggingface(hf_model)            # an in-memory transformers model
     model = from_huggingface("path/to/hf-folder") # config.json + weights, local files only
+    model = from_huggingface("model.Q4_1.gguf")   # a GGUF file (Llama architecture)
     model.save_pretrained("out")                  # loads with longseq alone
 
     longseq convert SRC DST                       # the same from the command line
@@ -36,6 +37,7 @@ CONVERTERS: dict[str, str] = {
     "longformer": "longseq.convert.longformer",
     "big_bird": "longseq.convert.bigbird",
     "reformer": "longseq.convert.reformer",
+    "llama": "longseq.convert.llama",  # Llama-architecture decoders (SmolLM2, TinyLlama, ...)
 }
 SUPPORTED: tuple[str, ...] = tuple(CONVERTERS)
 
@@ -56,12 +58,15 @@ def convert(hf_model: nn.Module) -> LongseqModel:
 
 
 def from_huggingface(model_or_dir: nn.Module | str | Path) -> LongseqModel:
-    """Convert a transformers model, or a local HF folder (config.json + weights; no hub)."""
+    """Convert a transformers model, a local HF folder (config.json + weights; no hub), or a
+    local GGUF file (`*.gguf`, through transformers' GGUF loader: needs gguf, accelerate)."""
     if isinstance(model_or_dir, nn.Module):
         return convert(model_or_dir)
     if isinstance(model_or_dir, (str, Path)):
-        from longseq.convert.local import load_folder
+        from longseq.convert.local import is_gguf, load_folder, load_gguf
 
+        if is_gguf(model_or_dir):
+            return convert(load_gguf(model_or_dir, SUPPORTED))
         return convert(load_folder(model_or_dir, SUPPORTED))
     raise ValueError(
         "from_huggingface takes a transformers model or the path of a local model folder, "

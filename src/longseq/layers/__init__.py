@@ -4,6 +4,7 @@
 """
 
 from longseq.layers.feedforward import ChunkedFeedForward, FeedForward, apply_chunked
+from longseq.layers.norms import NORM_TYPES, build_norm
 from longseq.layers.positions import (
     AxialPositions,
     LearnedPositions,
@@ -14,6 +15,7 @@ from longseq.layers.positions import (
 from longseq.layers.reversible import ReversibleSequence
 
 __all__ = [
+    "NORM_TYPES",
     "AxialPositions",
     "ChunkedFeedForward",
     "FeedForward",
@@ -22,5 +24,6 @@ __all__ = [
     "RotaryEmbedding",
     "apply_chunked",
     "apply_rotary",
+    "build_norm",
     "rotate_half",
 ]

@@ -1,6 +1,13 @@
-"""Position-wise feed-forward, optionally chunked along the sequence (Reformer).
+"""Position-wise feed-forward, optionally gated (SwiGLU) and chunked along the sequence.
 
     FF(x) = dropout(W2 dropout(act(W1 x + b1)) + b2),   W1: hidden -> ff_size, W2: ff_size -> hidden
+
+Gated (`gated=True`, Shazeer 2020; Llama's SwiGLU with act = silu), a second input projection
+Wg (the gate) multiplies the activation elementwise:
+
+    FF(x) = dropout(W2 dropout(act(Wg x + bg) * (W1 x + b1)) + b2)
+
+(Hugging Face's Llama names Wg `gate_proj`, W1 `up_proj`, W2 `down_proj`.)
 
 FF acts on every position independently, so for any split of the sequence into chunks
 [x_1; ...; x_c] we have FF([x_1; ...; x_c]) = [FF(x_1); ...; FF(x_c)] exactly. Applying it chunk
@@ -42,7 +49,8 @@ def _check_chunk_size(chunk_size: int | None) -> None:
 
 
 class FeedForward(nn.Module):
-    """hidden -> ff_size -> hidden with `activation`, dropout, optional `chunk_size` (see above)."""
+    """hidden -> ff_size -> hidden with `activation`, dropout, optional gate and `chunk_size`
+    (see above)."""
 
     def __init__(
         self,
@@ -53,6 +61,7 @@ class FeedForward(nn.Module):
         *,
         chunk_size: int | None = None,
         bias: bool = True,
+        gated: bool = False,
     ) -> None:
         super().__init__()
         if hidden <= 0 or ff_size <= 0:
@@ -66,13 +75,16 @@ class FeedForward(nn.Module):
         _check_chunk_size(chunk_size)
         self.fc1 = nn.Linear(hidden, ff_size, bias=bias)
         self.fc2 = nn.Linear(ff_size, hidden, bias=bias)
+        self.gate = nn.Linear(hidden, ff_size, bias=bias) if gated else None
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
         self.chunk_size = chunk_size
 
     def _ff(self, x: Tensor) -> Tensor:
-        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        h = self.act(h) if self.gate is None else self.act(self.gate(x)) * h
+        return self.dropout(self.fc2(self.dropout(h)))
 
     def forward(self, x: Tensor) -> Tensor:
         """(batch, seq, hidden) -> (batch, seq, hidden)."""

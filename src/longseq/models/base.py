@@ -64,9 +64,10 @@ class LongseqModel(nn.Module):
                 if m.padding_idx is not None:
                     with torch.no_grad():
                         m.weight[m.padding_idx].zero_()
-            elif isinstance(m, nn.LayerNorm):
+            elif isinstance(m, nn.LayerNorm | nn.RMSNorm):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
 
     # --------------------------------------------------------------------- inputs
     def check_inputs(

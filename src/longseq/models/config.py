@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longseq import attention
+from longseq.layers.norms import NORM_TYPES
 
 ARCHITECTURES: tuple[str, ...] = (
     "encoder",
@@ -35,8 +36,9 @@ NORMS: tuple[str, ...] = ("pre", "post")
 POOLINGS: tuple[str, ...] = ("mean", "cls")
 REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
+FEED_FORWARDS: tuple[str, ...] = ("plain", "gated")  # gated: act(Wg x) * W1 x (SwiGLU)
 # Options the model sets itself from other fields; a user must not set them per mechanism.
-MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx")
+MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads")
 
 
 # Integer fields (a "32" or 32.0 from a hand-edited config.json is an error, not a crash)
@@ -66,6 +68,7 @@ class ModelConfig:
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
+    num_key_value_heads: int | None = None  # grouped-query attention (None: num_heads)
     intermediate_size: int = 1024
     max_length: int = 4096
     # attention
@@ -82,10 +85,13 @@ class ModelConfig:
     type_vocab_size: int = 0  # BERT's segment embeddings (0: none)
     # block structure
     norm: str = "pre"  # pre-LN (stable from scratch) or post-LN (BERT/RoBERTa checkpoints)
+    norm_type: str = "layer"  # every norm a LayerNorm, or an RMSNorm (Llama)
     embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT: True)
     layer_norm_eps: float = 1e-5
     activation: str = "gelu"
+    feed_forward: str = "plain"  # plain: W2 act(W1 x); gated: W2 (act(Wg x) * W1 x) (Llama)
     bias: bool = True  # biases in the attention projections
+    feed_forward_bias: bool = True  # biases in the feed-forward's projections
     dropout: float = 0.1
     attention_dropout: float = 0.0
     # memory savers
@@ -97,6 +103,7 @@ class ModelConfig:
     pad_token_id: int = 0
     cls_token_id: int = 1
     tie_word_embeddings: bool = True
+    output_bias: bool = True  # a bias in the LM heads' output projection (Llama: none)
     lm_transform: bool = False  # BERT's MLM head: dense -> act -> LayerNorm before the decoder
     num_labels: int = 2
     label_names: list[str] | None = None
@@ -125,6 +132,8 @@ class ModelConfig:
             ("architecture", ARCHITECTURES),
             ("position", POSITIONS),
             ("norm", NORMS),
+            ("norm_type", NORM_TYPES),
+            ("feed_forward", FEED_FORWARDS),
             ("pooling", POOLINGS),
             ("reversible_output", REVERSIBLE_OUTPUTS),
             ("activation", ACTIVATIONS),
@@ -167,6 +176,8 @@ class ModelConfig:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
+        if self.num_key_value_heads is not None:
+            attention.check_kv_heads(self.num_key_value_heads, self.num_heads)
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise ValueError(
                 f"{len(self.label_names)} label_names given but num_labels={self.num_labels}"
@@ -232,6 +243,14 @@ class ModelConfig:
                 f"layer {i}: {name!r} attention has no causal form, so it cannot be used in "
                 f"a causal-lm or with causal_attention; choose one of: {', '.join(causal)}"
             )
+        if self.grouped:
+            attention.check_kv_heads(self.kv_heads, self.num_heads, cls.shared_qk, name)
+            if "num_key_value_heads" not in attention.options(name):
+                raise ValueError(
+                    f"layer {i}: {name!r} attention has no grouped-query form "
+                    f"(num_key_value_heads={self.num_key_value_heads} < num_heads); set "
+                    "num_key_value_heads to null or choose another mechanism"
+                )
         if self.position == "rotary" and cls.shared_qk:
             raise ValueError(
                 f"layer {i}: rotary positions rotate queries and keys differently, which "
@@ -243,6 +262,16 @@ class ModelConfig:
     @property
     def causal(self) -> bool:
         return self.architecture == "causal-lm" or self.causal_attention
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of every layer (num_heads unless grouped-query)."""
+        return self.num_heads if self.num_key_value_heads is None else self.num_key_value_heads
+
+    @property
+    def grouped(self) -> bool:
+        """Grouped-query attention: fewer key/value heads than query heads."""
+        return self.kv_heads != self.num_heads
 
     @property
     def head_dim(self) -> int:
@@ -311,4 +340,4 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["ARCHITECTURES", "MODEL_OWNED", "POSITIONS", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "FEED_FORWARDS", "MODEL_OWNED", "POSITIONS", "ModelConfig"]

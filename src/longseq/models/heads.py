@@ -33,7 +33,7 @@ from longseq.models.evaluation import (
     SpanSums,
     TokenLabelSums,
 )
-from longseq.models.transformer import DecodingCache, ModelOutput
+from longseq.models.transformer import DecodingCache, ModelOutput, norm_of
 
 
 class Encoder(LongseqModel):
@@ -285,9 +285,9 @@ class LMHead(nn.Module):
             self.transform = nn.Sequential(
                 nn.Linear(w, w),
                 _Activation(config.activation),
-                nn.LayerNorm(w, eps=config.layer_norm_eps),
+                norm_of(config, w),
             )
-        self.decoder = nn.Linear(w, config.vocab_size)
+        self.decoder = nn.Linear(w, config.vocab_size, bias=config.output_bias)
         if config.tie_word_embeddings:
             self.decoder.weight = embedding.weight
 

@@ -33,6 +33,7 @@ from longseq.layers import (
     LearnedPositions,
     ReversibleSequence,
     RotaryEmbedding,
+    build_norm,
 )
 from longseq.models.config import ModelConfig
 
@@ -47,6 +48,11 @@ class ModelOutput:
     hidden_states: tuple[Tensor, ...] | None = None
     start_logits: Tensor | None = None
     end_logits: Tensor | None = None
+
+
+def norm_of(config: ModelConfig, width: int) -> nn.Module:
+    """The config's normalisation (`norm_type`: LayerNorm or RMSNorm) over `width` features."""
+    return build_norm(config.norm_type, width, config.layer_norm_eps)
 
 
 class Embeddings(nn.Module):
@@ -68,7 +74,7 @@ class Embeddings(nn.Module):
         self.token_type = (
             nn.Embedding(config.type_vocab_size, h) if config.type_vocab_size else None
         )
-        self.norm = nn.LayerNorm(h, eps=config.layer_norm_eps) if config.embedding_norm else None
+        self.norm = norm_of(config, h) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -102,6 +108,8 @@ class AttentionSublayer(nn.Module):
         name, opts = config.layer_spec(layer)
         at = attention.At(config.max_length, layer=layer, causal=config.causal)
         opts = attention.get(name).options_at(at, opts)
+        if config.grouped:  # only then: a mechanism without GQA keeps its signature
+            opts = {**opts, "num_key_value_heads": config.kv_heads}
         self.attention = attention.build(
             name,
             config.hidden_size,
@@ -111,7 +119,7 @@ class AttentionSublayer(nn.Module):
             bias=config.bias,
             **opts,
         )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = norm_of(config, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
         self.pre = config.norm == "pre"
 
@@ -149,8 +157,10 @@ class FeedForwardSublayer(nn.Module):
             config.activation,
             config.dropout,
             chunk_size=config.feed_forward_chunk_size,
+            bias=config.feed_forward_bias,
+            gated=config.feed_forward == "gated",
         )
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = norm_of(config, config.hidden_size)
         self.pre = config.norm == "pre"
 
     def forward(self, x: Tensor) -> Tensor:
@@ -189,11 +199,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
-        self.final_norm = (
-            nn.LayerNorm(config.output_size, eps=config.layer_norm_eps)
-            if config.norm == "pre"
-            else None
-        )
+        self.final_norm = norm_of(config, config.output_size) if config.norm == "pre" else None
         if config.position == "rotary":
             rotary = RotaryEmbedding(config.head_dim, config.rotary_base)
             for block in self.layers:
@@ -357,4 +363,4 @@ class DecodingCache:
         self.lengths = self.lengths + added
 
 
-__all__ = ["Block", "DecodingCache", "Embeddings", "ModelOutput", "Transformer"]
+__all__ = ["Block", "DecodingCache", "Embeddings", "ModelOutput", "Transformer", "norm_of"]
