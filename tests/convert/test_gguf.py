@@ -77,6 +77,8 @@ def smollm2(tmp_path_factory):
     return hf, out
 
 
+@pytest.mark.slow  # ~90 s on 2 cores: the schedule (docs/testing.md); tests/convert/test_llama.py
+# checks the same conversion on a tiny random config in every run
 def test_real_smollm2_logits_and_greedy_generation_equal_transformers(smollm2):
     from longseq.data.tokenizers import load_tokenizer
     from longseq.models import from_pretrained

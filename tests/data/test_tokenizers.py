@@ -163,7 +163,7 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     (odd / "tokenizer_config.json").write_text(json.dumps({"type": "sentencepiece"}))
     with pytest.raises(ValueError, match="unknown tokenizer type") as err:
         load_tokenizer(odd)
-    assert str(err.value).endswith("valid: byte, hf, listops, recall")  # every type, recall too
+    assert str(err.value).endswith("valid: byte, dna, hf, listops, recall")  # every type
 
 
 def test_hf_tokenizer_ignores_saved_padding_and_truncation(tmp_path):

@@ -21,7 +21,7 @@ from longseq.compare import presets as P
 from longseq.tasks import CompareTask, Task
 
 Record = dict[str, Any]
-PERCENT = ("accuracy", "f1", "exact_match")  # metrics shown in %
+PERCENT = ("accuracy", "f1", "exact_match", "macro_f1")  # metrics shown in %
 
 
 def fmt_metric(value: float | None, task: CompareTask) -> str:
@@ -66,7 +66,8 @@ def fmt_seeds(values: list[float | None], task: CompareTask) -> str:
 
 def table(results: list[Record], task: CompareTask, preset: P.Preset, max_length: int) -> str:
     """The one table: a row per mechanism (means over seeds; each seed's value in brackets)."""
-    unit = {"accuracy": "acc. %", "f1": "F1 %"}.get(task.metric, "bits/byte")
+    units = {"accuracy": "acc. %", "f1": "F1 %", "macro_f1": "macro-F1 %"}
+    unit = units.get(task.metric, "bits/byte")
     reference = dict(task.reference)  # published results (ListOps: the LRA paper's)
     head = [
         "mechanism",

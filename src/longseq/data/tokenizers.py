@@ -1,11 +1,13 @@
 """Tokenizers: text <-> integer ids, with the four special ids every longseq task uses.
 
-Two kinds behind one protocol:
+Three kinds behind one protocol:
 
 - `ByteTokenizer` needs no files (the default, as in the Long Range Arena text tasks): the
   UTF-8 bytes of the text, each byte b -> id b + 4, after four special ids
   (0 = pad, 1 = cls/bos, 2 = sep/eos, 3 = mask). vocab_size = 256 + 4 = 260. Every string
   round-trips exactly, and a sequence of n bytes is n ids.
+- `DNATokenizer` needs no files either: one id per nucleotide (A, C, G, T, N) after the same
+  four specials (`longseq data genome` also learns a DNA BPE, read by `HFTokenizer`).
 - `HFTokenizer` wraps any Hugging Face `tokenizer.json` through the `tokenizers` library (no
   `transformers`), and finds the special ids among the usual tokens ([PAD]/<pad>, ...).
 
@@ -22,7 +24,7 @@ import json
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 CONFIG_NAME = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
@@ -126,6 +128,38 @@ class ByteTokenizer(_SpecialAliases):
 
     def __repr__(self) -> str:
         return "ByteTokenizer(vocab_size=260)"
+
+
+class DNATokenizer(_SpecialAliases):
+    """One id per nucleotide: A, C, G, T, N after the four special ids of every longseq
+    tokenizer (0 pad, 1 cls/bos, 2 sep/eos, 3 mask). Any other letter is an error, so a
+    protein or a text file is not read as DNA by mistake; lower case is read as upper."""
+
+    alphabet = "ACGTN"
+    offset = 4
+    vocab_size = offset + len(alphabet)
+    pad_id, cls_id, sep_id, mask_id = 0, 1, 2, 3
+    ids: ClassVar[dict[str, int]] = {b: 4 + i for i, b in enumerate(alphabet)}
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.ids[b] for b in text.upper()]
+        except KeyError as e:
+            raise ValueError(
+                f"{e.args[0]!r} is not a nucleotide; the DNA tokenizer reads A, C, G, T, N"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.alphabet[i - self.offset] for i in map(int, ids) if i >= self.offset)
+
+    def save(self, directory: str | Path) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps({"type": "dna"}) + "\n")
+        return out
+
+    def __repr__(self) -> str:
+        return f"DNATokenizer(vocab_size={self.vocab_size})"
 
 
 class HFTokenizer(_SpecialAliases):
@@ -243,9 +277,12 @@ def _hf_config_hints(path: Path) -> dict[str, str]:
 
 
 def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Tokenizer:
-    """`"byte"` (or None), a tokenizer.json file, or a folder written by `save` / by HF."""
+    """`"byte"` (or None), `"dna"`, a tokenizer.json file, or a folder written by `save` / by
+    HF."""
     if name_or_dir is None or (isinstance(name_or_dir, str) and name_or_dir == "byte"):
         return ByteTokenizer()
+    if isinstance(name_or_dir, str) and name_or_dir == "dna":
+        return DNATokenizer()
     if isinstance(name_or_dir, Tokenizer):
         return name_or_dir
     path = Path(name_or_dir)
@@ -267,6 +304,8 @@ def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Token
             raise ValueError(f"{config_file} is not a valid tokenizer config: {e}") from None
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "dna":
+        return DNATokenizer()
     if kind in TOKENIZER_TYPES:
         module, cls = TOKENIZER_TYPES[kind].split(":")
         return getattr(importlib.import_module(module), cls).from_config(config)
@@ -274,7 +313,7 @@ def load_tokenizer(name_or_dir: str | Path | Tokenizer | None = "byte") -> Token
         return HFTokenizer(path)
     if kind not in (None, "hf"):
         raise ValueError(
-            f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, hf, "
+            f"{config_file}: unknown tokenizer type {kind!r}; valid: byte, dna, hf, "
             + ", ".join(TOKENIZER_TYPES)
         )
     raise FileNotFoundError(

@@ -9,7 +9,8 @@ computed, so a result never depends on how the examples were split into batches 
     CausalLMSums        summed CE over real next tokens, their bytes -> loss, perplexity,
                         bits per byte (the shift and ignore rule of `ForCausalLM`)
     MaskedLMSums        summed CE over labelled tokens, correct argmax -> loss, accuracy
-    TokenLabelSums      the same -> loss, accuracy (token classification)
+    TokenLabelSums      summed CE and a confusion matrix of the labelled tokens -> loss,
+                        accuracy, macro-F1 (token classification)
     SpanSums            summed loss, exact match and F1 of the best span of at most
                         QA_MAX_ANSWER tokens after the question (`data.gcide_qa`)
 
@@ -91,12 +92,22 @@ class MaskedLMSums(EvalSums):
         return metrics.mlm_metrics(loss_sum, n, correct)
 
 
-class TokenLabelSums(MaskedLMSums):
-    """Every labelled token -> loss and accuracy."""
+class TokenLabelSums(EvalSums):
+    """Every labelled token: summed CE and a confusion matrix -> loss, accuracy, macro-F1."""
+
+    def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits.float()
+        self.sums[0] += F.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        ).double()
+        real = labels != IGNORE
+        classes = self.confusion.shape[0]
+        self.confusion += metrics.confusion_matrix(logits.argmax(-1)[real], labels[real], classes)
 
     def result(self) -> dict[str, Any]:
-        loss_sum, n, _, correct = self.sums.tolist()
-        return metrics.token_metrics(loss_sum, n, correct)
+        return metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
 
 
 class CausalLMSums(EvalSums):

@@ -75,14 +75,6 @@ def lm_metrics(loss_sum: float, tokens: float, num_bytes: float) -> dict[str, fl
     }
 
 
-def token_metrics(loss_sum: float, tokens: float, correct: float) -> dict[str, float]:
-    """Token classification (recall): mean loss and accuracy over the labelled positions."""
-    return {
-        "loss": loss_sum / tokens if tokens else float("nan"),
-        "accuracy": correct / tokens if tokens else float("nan"),
-    }
-
-
 def qa_metrics(loss_sum: float, n: float, exact: float, f1: float) -> dict[str, float]:
     """Extractive QA: mean loss, exact match and token F1 over `n` examples (sums given)."""
     return {
@@ -126,5 +118,4 @@ __all__ = [
     "per_class_f1",
     "qa_metrics",
     "target_bytes",
-    "token_metrics",
 ]

@@ -25,6 +25,8 @@ _REGISTRY: dict[str, str | type[Task]] = {
     "listops": "longseq.tasks.listops:ListOps",
     "recall": "longseq.tasks.recall:Recall",
     "qa": "longseq.tasks.qa:QuestionAnswering",
+    "genome-bases": "longseq.tasks.genome:GenomeBases",
+    "genome-promoters": "longseq.tasks.genome:GenomePromoters",
 }
 _INSTANCES: dict[str, Task] = {}
 
