@@ -76,6 +76,15 @@ def _lr_inf(tmp: Path) -> None:
     TrainConfig.from_dict({"optim": {"lr": float("inf")}})
 
 
+def _preset_set(item: str) -> Callable[[Path], None]:
+    def call(tmp: Path) -> None:
+        from longseq.compare import presets
+
+        presets.get("recall").with_overrides([item])
+
+    return call
+
+
 def _truncated_model(tmp: Path, architecture: str = "encoder") -> Path:
     from longseq.models import build_model
 
@@ -291,6 +300,26 @@ ROWS: list[tuple[str, Callable[[Path], None], str]] = [
         "--set optim.max_steps=2: optim.warmup_steps=20 must lie in 0..max_steps=2",
     ),
     ("a tab in a YAML config: its file and line", _yaml_tab, 'c.yaml", line 3, column 1'),
+    (
+        "compare --set window=64 (a mechanism's option as a preset field)",
+        _preset_set("window=64"),
+        "or options.MECHANISM.OPTION=VALUE",
+    ),
+    (
+        "compare --set options.nope.window=64",
+        _preset_set("options.nope.window=64"),
+        "unknown attention mechanism 'nope'; valid names: full",
+    ),
+    (
+        "compare --set options.lsh.window=64",
+        _preset_set("options.lsh.window=64"),
+        "unknown option(s) ['window'] for 'lsh' attention; valid options: ",
+    ),
+    (
+        "compare --set options.lsh=4",
+        _preset_set("options.lsh=4"),
+        "options['lsh'] must map option names to values",
+    ),
 ]
 
 

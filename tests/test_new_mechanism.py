@@ -31,8 +31,10 @@ class StridedAttention(SelfAttention):
         self.stride = stride
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"stride": max(2, budget.window // 2)}
+    def options_at(cls, at: attention.At, given: dict[str, Any]) -> dict[str, Any]:
+        # its own setting under a reach (no other mechanism's): the 3 neighbours + n/stride
+        derived = {} if at.reach is None else {"stride": max(2, at.reach // 2)}
+        return {**derived, **given}
 
     def _mod(self) -> Any:
         def mod(q: Tensor, k: Tensor) -> Tensor:
@@ -88,15 +90,19 @@ def test_trainer_compare_bench_and_pictures(registered, tmp_path: Path):
     from longseq.compare import predict, presets, runner
     from longseq.viz import patterns as viz
 
-    # compare: options from the class, reach from its pattern, a whole (tiny) run
+    # compare: in the default set though registered after compare's import; options from the
+    # class under the preset's reach (or given by name), reach from its pattern, a whole run
+    assert registered in presets.default_mechanisms() and registered in ba.families()
     p = presets.get("recall")
-    assert presets.mechanism_options(p, registered, 256) == {"stride": p.window // 2}
+    assert presets.mechanism_options(p, registered, 256) == {"stride": p.reach // 2}
+    given = p.with_overrides([f"options.{registered}.stride=5"])
+    assert presets.mechanism_options(given, registered, 256) == {"stride": 5}
     r = predict.reach(registered, {"stride": 4}, 24, num_layers=1, num_heads=2)
     assert r.low[10, 6] == 1 and r.low[10, 5] == 0 and r.high[10, 2] == 1
     tiny = dataclasses.replace(
         p, name="tiny", hidden_size=16, num_heads=2, intermediate_size=32, steps=2,
         batch_size=4, warmup_steps=1, eval_every=2, seeds=1, recall_length=48, recall_pairs=3,
-        recall_keys=4, recall_values=3, recall_train=8, recall_val=4, recall_test=4, window=8,
+        recall_keys=4, recall_values=3, recall_train=8, recall_val=4, recall_test=4, reach=8,
         sweep_lengths=(48,), sweep_repeats=1, sweep_max_seconds=30.0, threads=1,
     )  # fmt: skip
     plan = runner.Plan(out=tmp_path / "cmp", task="recall", preset=tiny,
@@ -109,7 +115,7 @@ def test_trainer_compare_bench_and_pictures(registered, tmp_path: Path):
     # benchmark: a row with its default options
     rows = ba.select([registered], peers=False)
     assert [s.name for s in rows] == ["projections", "full", registered]
-    # pictures: the generic one, its mask at the budget scaled to n (window 4: stride 2)
+    # pictures: the generic one, its mask at the reach scaled to n (reach 4: stride 2)
     pic = attention.get(registered).picture(32)
     mask = StridedAttention(16, 2, stride=2).pattern(32)[0]
     assert pic.name == registered and [p.categories for p in pic.panels] == [{1: "scored"}] * 2

@@ -148,8 +148,8 @@ def test_compare(registered, tmp_path: Path):
 
     tiny = dataclasses.replace(
         presets.get("recall"), name="tiny", hidden_size=16, num_heads=2, intermediate_size=32,
-        num_layers=1, steps=2, batch_size=8, warmup_steps=1, eval_every=2, seeds=1, window=8,
-        block_size=4, linformer_k=8, lsh_chunk=8, sweep_lengths=(24,), sweep_repeats=1,
+        num_layers=1, steps=2, batch_size=8, warmup_steps=1, eval_every=2, seeds=1, reach=8,
+        sweep_lengths=(24,), sweep_repeats=1,
         sweep_max_seconds=30.0, threads=1,
     )  # fmt: skip
     assert registered in tasks.compare_tasks()

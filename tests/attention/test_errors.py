@@ -10,7 +10,7 @@ from longseq import attention
 
 
 def layers():
-    return [(n, attention.build(n, HIDDEN, HEADS, **CASES[n][0])) for n in attention.MECHANISMS]
+    return [(n, attention.build(n, HIDDEN, HEADS, **CASES[n][0])) for n in attention.mechanisms()]
 
 
 def test_unknown_mechanism_lists_valid_names():

@@ -7,6 +7,7 @@ import torch
 from cases import HEADS, HIDDEN, all_cases, case_id
 
 from longseq import attention
+from longseq.attention.base import SelfAttention
 
 CASES = all_cases()
 
@@ -91,7 +92,7 @@ def test_causal_is_prefix_stable(case):
 
 def test_every_causal_mechanism_has_a_causal_case():
     """So that the prefix-stability and cache invariants cover a new mechanism by itself."""
-    causal = {m for m in attention.MECHANISMS if attention.get(m).supports_causal}
+    causal = {m for m in attention.mechanisms() if attention.get(m).supports_causal}
     assert causal <= {name for name, opts in CASES if opts.get("causal")}
 
 
@@ -222,7 +223,7 @@ GQA = [c for c in CASES if c[1].get("num_key_value_heads")]
 
 def test_every_grouped_query_mechanism_has_a_case():
     """Every mechanism that takes num_key_value_heads, causal where it can be."""
-    takes = {m for m in attention.MECHANISMS if "num_key_value_heads" in attention.options(m)}
+    takes = {m for m in attention.mechanisms() if "num_key_value_heads" in attention.options(m)}
     shared = {m for m in takes if attention.get(m).shared_qk}
     causal = {m for m in takes - shared if attention.get(m).supports_causal}
     assert causal <= {name for name, opts in GQA if opts.get("causal")}
@@ -280,4 +281,16 @@ def test_lsh_refuses_grouped_query_attention():
 
 def test_every_registered_mechanism_is_covered():
     names = {name for name, _ in CASES}
-    assert names == set(attention.MECHANISMS)
+    assert names == set(attention.mechanisms())
+
+
+def test_the_registry_answers_from_the_classes():
+    """The baseline and the sequence-parallel mechanisms are what the classes say, never a
+    list of names; a class that says it shards has its own attend_sharded."""
+    assert attention.baseline() == "full"
+    sharded = set(attention.sequence_parallel())
+    assert sharded == {"full", "longformer", "bigbird", "linformer", "local"}
+    for m in sharded:
+        assert attention.get(m).attend_sharded is not SelfAttention.attend_sharded, m
+    with pytest.raises(ValueError, match=r"no sequence-parallel form.*sequence_parallel\(\)"):
+        SelfAttention.attend_sharded(attention.build("lsh", 8, 2), None, None, None, None)

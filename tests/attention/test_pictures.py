@@ -43,9 +43,9 @@ def test_bigbird_parts_must_add_up_to_the_pattern(monkeypatch):
 
 def test_the_default_picture_is_the_token_mask():
     """A mechanism without a picture of its own (local attention): its pattern, bidirectional
-    and causal, with the options its compare_options gives at the budget scaled to n."""
+    and causal, with the options its options_at derives from the reach scaled to n."""
     pic = attention.get("local").picture(32)
-    layer = attention.build("local", 16, 2, chunk_length=4)  # lsh_chunk: 32 // 8
+    layer = attention.build("local", 16, 2, chunk_length=4)  # reach 32 // 8
     assert pic.name == "local" and "chunk_length 4" in pic.title
     assert [p.categories for p in pic.panels] == [{1: "scored"}, {1: "scored"}]
     assert np.array_equal(pic.panels[0].image, layer.pattern(32).any(0).long().numpy())

@@ -31,7 +31,7 @@ TINY = dataclasses.replace(
     listops_test=16,
     listops_min_length=10,
     listops_max_length=40,
-    linformer_k=8,
+    options={"linformer": {"k": 8}},
     sweep_lengths=(32, 64),
     sweep_repeats=1,
     sweep_max_seconds=30.0,
@@ -196,7 +196,7 @@ def test_preset_mechanisms_build(name: str) -> None:
     from longseq.models import ModelConfig, build_model
 
     p = PRESETS[name]
-    for m in presets.MECHANISMS:
+    for m in presets.default_mechanisms():
         opts = mechanism_options(p, m, p.listops_max_length)
         config = ModelConfig(
             architecture="sequence-classification",
@@ -223,6 +223,31 @@ def test_preset_overrides() -> None:
     assert (p.steps, p.eval_batches, p.sweep_lengths) == (7, None, (8, 16))
     with pytest.raises(ValueError, match="must be positive"):
         Preset(name="x", summary="", hidden_size=0, num_layers=1, num_heads=1, intermediate_size=1)
+
+
+def test_preset_reach_and_options_by_name() -> None:
+    """A preset names no mechanism's option: each derives its own from `reach`; `options`
+    sets one by the mechanism's registered name, over what it derives, and leaves the
+    others and the preset itself alone."""
+    p = PRESETS["cpu"]
+    assert not {"window", "block_size", "linformer_k", "lsh_chunk"} & set(p.to_dict())
+    assert mechanism_options(p, "longformer", 2000) == {"window": p.reach}
+    assert mechanism_options(p, "bigbird", 2000) == {"block_size": 64, "num_random_blocks": 3}
+    q = p.with_overrides(["reach=64", "options.lsh.n_hashes=4", "options.longformer.dilation=2"])
+    assert mechanism_options(q, "longformer", 2000) == {"window": 64, "dilation": 2}
+    assert mechanism_options(q, "lsh", 2000) == {"chunk_length": 64, "n_hashes": 4}
+    assert mechanism_options(q, "bigbird", 2000) == {"block_size": 16, "num_random_blocks": 3}
+    assert p.options == {"bigbird": {"num_random_blocks": 3}}  # the original is unchanged
+    # Linformer's derived k: the reach, at most 256 and the length; a k given is kept (and
+    # refused above the length where the layer is built)
+    assert mechanism_options(PRESETS["lra"], "linformer", 2000)["k"] == 256
+    assert mechanism_options(q, "linformer", 40)["k"] == 40
+    given = q.with_overrides(["options.linformer.k=48"])
+    assert mechanism_options(given, "linformer", 40) == {
+        "k": 48,
+        "sharing": "headwise",
+        "max_seq_len": 40,
+    }
 
 
 def test_root_rule_accuracy() -> None:
@@ -260,11 +285,7 @@ TINY_RECALL = dataclasses.replace(
     recall_train=16,
     recall_val=4,
     recall_test=6,
-    window=8,
-    block_size=4,
-    random_blocks=1,
-    linformer_k=8,
-    lsh_chunk=8,
+    reach=8,
     sweep_lengths=(48, 96),
     sweep_repeats=1,
     sweep_max_seconds=30.0,
@@ -317,7 +338,7 @@ def test_recall_is_the_default_task(tmp_path: Path) -> None:
     assert plan.seeds == [0, 1]
     assert plan.run_dir("full", 1) == tmp_path / "runs" / "full" / "seed1"
     spec = recall_spec(plan.preset_spec)
-    w, L = plan.preset_spec.window, plan.preset_spec.num_layers
+    w, L = plan.preset_spec.reach, plan.preset_spec.num_layers  # reach: Longformer's window
     assert spec.distances == ((1, w // 2), (w // 2 + 1, L * w // 2), (L * w // 2 + 1, 255))
     with pytest.raises(ValueError, match="recall_length"):
         recall_spec(dataclasses.replace(plan.preset_spec, recall_length=33))

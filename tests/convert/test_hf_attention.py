@@ -10,7 +10,6 @@ that chose these rules by option load as the ports.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -29,7 +28,7 @@ from test_lsh import (
 from longseq import attention
 from longseq.attention import lsh, ops
 from longseq.convert.hf_attention import hf_eval_layout
-from longseq.models import ModelConfig, build_model, from_pretrained
+from longseq.models import ModelConfig
 
 
 def make_lsh(**opts):
@@ -416,7 +415,7 @@ def test_bigbird_options_hf_cannot_have_are_refused(opts) -> None:
         attention.build("bigbird-hf", HID, H, block_size=B, **opts)
 
 
-# ------------------------------------------------------------------ registry and older configs
+# ------------------------------------------------------------------------------- registry
 
 
 def test_ports_are_not_mechanisms():
@@ -429,41 +428,6 @@ def test_ports_are_not_mechanisms():
         attention.get("lsh-x")
 
 
-OLD_REFORMER = {  # a Reformer converted before the ports: the rules chosen by options
-    "attention": "lsh",
-    "attention_options": {"num_buckets": 4, "chunk_length": 4, "wrap_rounds": True},
-    "layer_attention": [
-        {"attention": "local", "chunk_length": 4, "wrap": True, "pad_multiple": 8},
-        {},
-        {"wrap_rounds": False},  # this layer: the core rule
-    ],
-    "num_layers": 3,
-    "hidden_size": 16,
-    "num_heads": 2,
-}
-
-
-def test_older_configs_load_as_the_ports(tmp_path):
-    config = ModelConfig.from_dict(json.loads(json.dumps(OLD_REFORMER)))
-    specs = [config.layer_spec(i) for i in range(3)]
-    assert specs == [
-        ("local-hf", {"chunk_length": 4, "pad_multiple": 8}),
-        ("lsh-hf", {"num_buckets": 4, "chunk_length": 4}),
-        ("lsh", {"num_buckets": 4, "chunk_length": 4}),
-    ]
-    old_bigbird = {"attention": "bigbird", "attention_options": {"random_source": "hf-eval"}}
-    assert ModelConfig.from_dict(old_bigbird).layer_spec(0) == ("bigbird-hf", {})
-    seeded = {"attention": "bigbird", "attention_options": {"random_source": "seeded"}}
-    assert ModelConfig.from_dict(seeded).layer_spec(0) == ("bigbird", {})
-    # a saved model with an old config.json loads and runs
-    model = build_model(config).eval()
-    model.save_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({**config.to_dict(), **OLD_REFORMER}))
-    again = from_pretrained(tmp_path)
-    ids = torch.randint(4, 200, (1, 12))
-    torch.testing.assert_close(again(ids).hidden_states, model(ids).hidden_states)
-
-
 @pytest.mark.parametrize(
     ("data", "match"),
     [
@@ -471,28 +435,21 @@ def test_older_configs_load_as_the_ports(tmp_path):
             {"attention": "lsh", "attention_options": {"pad_multiple": 8}},
             r"layer 0: unknown option.*\(pad_multiple is an option of 'lsh-hf' only\)",
         ),
-        ({"attention": "lsh", "attention_options": {"wrap_rounds": 1}}, "unknown option"),
-        ({"attention": "bigbird", "attention_options": {"random_source": "np"}}, "unknown opt"),
+        # options no release wrote (a port's rule chosen on the core mechanism): unknown
+        ({"attention": "lsh", "attention_options": {"wrap_rounds": True}}, "unknown option"),
+        ({"attention": "bigbird", "attention_options": {"random_source": "hf-eval"}}, "unknown"),
     ],
 )
-def test_older_options_that_mean_nothing_now_are_refused(data, match):
+def test_options_of_no_such_layer_are_refused(data, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig.from_dict(data)
 
 
-def test_an_old_option_in_code_points_to_its_port():
-    """Built in Python (not loaded from an old file): refused, with where it went."""
-    with pytest.raises(ValueError, match=r"wrap_rounds=True is now attention 'lsh-hf'"):
-        attention.build("lsh", HIDDEN, HEADS, wrap_rounds=True)
-    with pytest.raises(ValueError, match=r"random_source='hf-eval' is now attention 'bigbird-hf'"):
-        ModelConfig(attention="bigbird", attention_options={"random_source": "hf-eval"})
-    # the value that chose the core rule: the hint says so (not the port's value)
-    with pytest.raises(ValueError, match=r"\(wrap_rounds=False is now the only rule: remove it\)"):
-        ModelConfig(attention="lsh", attention_options={"wrap_rounds": False})
-    with pytest.raises(ValueError, match=r"\(random_source='seeded' is now the only rule"):
-        attention.build("bigbird", HIDDEN, HEADS, random_source="seeded")
+def test_a_port_only_option_points_to_its_port():
     with pytest.raises(ValueError, match=r"\(pad_multiple is an option of 'local-hf' only\)"):
         attention.build("local", HIDDEN, HEADS, pad_multiple=128)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['wrap_rounds'\] for 'lsh'"):
+        attention.build("lsh", HIDDEN, HEADS, wrap_rounds=True)
 
 
 @pytest.mark.parametrize("name", ["lsh-hf", "local-hf"])

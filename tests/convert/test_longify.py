@@ -389,7 +389,7 @@ def test_minilm_sentence_embeddings_unchanged():
 def test_causal_lsh_is_exact_for_a_lone_token_only(attention_name, options):
     """Causal LSH sees the latest tokens of its own bucket, so two causal shared-QK layers
     agree within a chunk only when the buckets and the rule are the same; exact_lengths
-    compares the options the models really build (model_options), not the configured ones."""
+    compares the options the models really build (options_at), not the configured ones."""
     src = source(architecture="causal-lm", attention=attention_name, attention_options=options)
     long = longify(src, 4 * N0, "lsh", chunk_length=16)
     assert exact_lengths(src.config, long.config) == [1]

@@ -196,7 +196,7 @@ def test_cached_logits_equal_full_forward_on_every_prefix(name):
 
 def test_every_causal_mechanism_has_an_exact_cache():
     """The registry decides: a new causal mechanism must come with a cache (or fail here)."""
-    causal = [m for m in attention.MECHANISMS if attention.get(m).supports_causal]
+    causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
     tested = {c.get("attention", "full") for c in CASES.values()}
     tested |= {
         la.get("attention", c.get("attention", "full"))

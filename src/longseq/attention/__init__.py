@@ -6,8 +6,8 @@ out = layer(hidden_states, attention_mask=mask, global_attention_mask=glob)
 The registry holds the mechanisms (`mechanisms()`: what models, compare, the benchmark and the
 pictures offer) and, apart, the ports (`ports()`): subclasses that reproduce another
 implementation's quirks for converted checkpoints (`longseq.convert.hf_attention`). `build` and
-`get` take both; `upgrade` turns an older config's options that selected a quirk (e.g. LSH's
-`wrap_rounds=True`) into the port's name.
+`get` take both. `baseline()` names the mechanism the others are measured against (the class
+that says `baseline = True`: full attention).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import importlib
 import inspect
 from typing import Any
 
-from longseq.attention.base import SelfAttention, check_kv_heads
+from longseq.attention.base import At, SelfAttention, check_kv_heads
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
 _REGISTRY: dict[str, str | type[SelfAttention]] = {
@@ -28,31 +28,23 @@ _REGISTRY: dict[str, str | type[SelfAttention]] = {
     "local": "longseq.attention.local:LocalAttention",
 }
 
-MECHANISMS: tuple[str, ...] = tuple(_REGISTRY)
-
-# Ports: name -> "module:Class"; and what an older config wrote instead of each port's name:
-# (core mechanism, option) -> {value: port name, or None for the core mechanism itself}.
+# Ports: name -> "module:Class".
 _PORTS: dict[str, str] = {}
 _PORT_BASE: dict[str, str] = {}  # port -> the mechanism it subclasses
-_LEGACY: dict[tuple[str, str], dict[Any, str | None]] = {}
 
 
 def register(cls: type[SelfAttention], target: str | None = None) -> None:
     """Add a mechanism under `cls.name` (`target`: its "module:Class" path, for a lazy import;
     default: the class itself). Models, the trainer, generation, compare, the benchmark and
     the pictures then take it by name: they ask the class, never test the name."""
-    global MECHANISMS
     if not (isinstance(cls, type) and issubclass(cls, SelfAttention)):
         raise ValueError(f"register takes a SelfAttention subclass, got {cls!r}")
     _REGISTRY[cls.name] = target or cls
-    MECHANISMS = tuple(_REGISTRY)
 
 
 def register_path(name: str, target: str) -> None:
     """Add a mechanism by its "module:Class" path (imported on first use)."""
-    global MECHANISMS
     _REGISTRY[name] = target
-    MECHANISMS = tuple(_REGISTRY)
 
 
 def runtime_registered() -> dict[str, str]:
@@ -67,9 +59,7 @@ def runtime_registered() -> dict[str, str]:
 
 def unregister(name: str) -> None:
     """Remove a mechanism added by `register` (tests)."""
-    global MECHANISMS
     _REGISTRY.pop(name, None)
-    MECHANISMS = tuple(_REGISTRY)
 
 
 def mechanisms() -> tuple[str, ...]:
@@ -77,16 +67,24 @@ def mechanisms() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def register_port(
-    name: str, target: str, *, base: str, legacy: tuple[str, Any, Any] | None = None
-) -> None:
+def baseline() -> str:
+    """The registered mechanism every other is measured against (compare, the benchmark): the
+    first whose class says `baseline = True`."""
+    for name in _REGISTRY:
+        if get(name).baseline:
+            return name
+    raise ValueError("no registered mechanism is a baseline (a class with baseline = True)")
+
+
+def sequence_parallel() -> tuple[str, ...]:
+    """The mechanisms with a sequence-parallel form (`attend_sharded`; the class says so)."""
+    return tuple(m for m in _REGISTRY if get(m).sequence_parallel)
+
+
+def register_port(name: str, target: str, *, base: str) -> None:
     """Add a port (a subclass of mechanism `base` with another implementation's rules) by its
-    "module:Class" path. `legacy` = (option, port value, core value): older configs selected
-    the port with `option=port value` on `base` and the core rule with `option=core value`."""
+    "module:Class" path."""
     _PORTS[name], _PORT_BASE[name] = target, base
-    if legacy is not None:
-        option, port_value, core_value = legacy
-        _LEGACY[base, option] = {port_value: name, core_value: None}
 
 
 def ports() -> tuple[str, ...]:
@@ -94,41 +92,9 @@ def ports() -> tuple[str, ...]:
     return tuple(_PORTS)
 
 
-def upgrade(name: str, opts: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, options) of a layer in an older config, in today's terms: an option that
-    selected a port's rule becomes the port's name, one that selected the core rule goes.
-    Anything else is returned as it is (and validated where the layer is built)."""
-    opts = dict(opts)
-    new = name
-    for (base, option), choices in _LEGACY.items():
-        if name != base or option not in opts:
-            continue
-        matched, port = _chosen(choices, opts[option])
-        if matched:
-            del opts[option]
-            new = port or new
-    return new, opts
-
-
-def _chosen(choices: dict[Any, str | None], given: Any) -> tuple[bool, str | None]:
-    """(whether a legacy option's value is one it had, the port it chose or None for the core
-    rule). 1 is not True here."""
-    for value, port in choices.items():
-        if type(given) is type(value) and given == value:
-            return True, port
-    return False, None
-
-
-def moved_to_port(name: str, given: dict[str, Any]) -> str:
-    """A hint for options of `name` that are not its own: older versions' options a port took
-    over (with what the given value means now), and options of a port of `name` only."""
+def port_hint(name: str, given: dict[str, Any]) -> str:
+    """A hint for options of `name` that are not its own but a port of `name`'s."""
     hints = []
-    for (base, option), choices in _LEGACY.items():
-        if base == name and option in given:
-            matched, port = _chosen(choices, given[option])
-            if matched:
-                now = f"attention {port!r}" if port else "the only rule: remove it"
-                hints.append(f"{option}={given[option]!r} is now {now}")
     for port, base in _PORT_BASE.items():
         if base == name:
             only = sorted(set(given) & (set(options(port)) - set(options(name))))
@@ -174,25 +140,26 @@ def build(name: str, hidden_size: int, num_heads: int, **opts: Any) -> SelfAtten
     if unknown:
         raise ValueError(
             f"unknown option(s) {unknown} for {name!r} attention; valid options: "
-            f"{', '.join(sorted(valid))}{moved_to_port(name, {k: opts[k] for k in unknown})}"
+            f"{', '.join(sorted(valid))}{port_hint(name, {k: opts[k] for k in unknown})}"
         )
     return cls(hidden_size, num_heads, **opts)
 
 
 __all__ = [
-    "MECHANISMS",
+    "At",
     "SelfAttention",
+    "baseline",
     "build",
     "check_kv_heads",
     "get",
     "mechanisms",
-    "moved_to_port",
     "options",
+    "port_hint",
     "ports",
     "register",
     "register_path",
     "register_port",
     "runtime_registered",
+    "sequence_parallel",
     "unregister",
-    "upgrade",
 ]

@@ -14,6 +14,7 @@ incremental caches store the KV heads only and expand at attention time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -23,10 +24,24 @@ from longseq.attention.cache import AttentionCache
 from longseq.attention.shard import Shard
 
 
+@dataclass(frozen=True)
+class At:
+    """Where a layer's options are asked for (`SelfAttention.options_at`): sequences of up to
+    `n` tokens; `reach`: a budget of about that many keys per query (`longseq compare`'s
+    presets, the pictures); `layer`: its index in a model; `causal`: a causal model's layer."""
+
+    n: int
+    reach: int | None = None
+    layer: int | None = None
+    causal: bool = False
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; subclasses choose which (query, key) pairs are scored."""
 
     name: ClassVar[str] = "base"
+    baseline: ClassVar[bool] = False  # the mechanism the others are measured against
+    sequence_parallel: ClassVar[bool] = False  # has an `attend_sharded` (attention/shard.py)
     supports_causal: ClassVar[bool] = True
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
@@ -71,25 +86,14 @@ class SelfAttention(nn.Module):
         self.rotary: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
-    ) -> dict[str, Any]:
-        """The layer options a model passes for layer `layer` of a model of `max_length`
-        positions: `opts` completed with what the mechanism derives from the model."""
-        return opts
-
-    @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        """This mechanism's options under an experiment's budget for sequences of up to
-        `length` tokens. `budget` has the fields of a `longseq compare` preset: window,
-        block_size, random_blocks, linformer_k, lsh_chunk, lsh_hashes."""
-        return {}
-
-    @classmethod
-    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
-        """`opts` for a layer that runs n-token sequences (a benchmark point): what the
-        mechanism derives from the length (Linformer's max_seq_len and k <= n, LSH's buckets)."""
-        return dict(opts)
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """The options of this mechanism's layer `at` a length: `given` completed with what the
+        mechanism derives (the one hook for options at a length; given options win, except a
+        model's layer index). From `at.reach`, where set: its own settings for a budget of
+        about that many keys per query (`longseq compare`'s presets, the pictures); from `at.n`
+        (Linformer's max_seq_len); from `at.layer` (BigBird's random blocks); from `at.causal`
+        (causal LSH's fixed bucket count)."""
+        return dict(given)
 
     @property
     def length_multiple(self) -> int:
@@ -151,8 +155,8 @@ class SelfAttention(nn.Module):
         """Per-head context of this rank's shard of a sequence split over processes (see
         `attention/shard.py`), equal to the single-process layer's there."""
         raise ValueError(
-            f"'{self.name}' attention has no sequence-parallel form; use one of the "
-            "mechanisms with attend_sharded (full, longformer, local, linformer)"
+            f"'{self.name}' attention has no sequence-parallel form; use one of the mechanisms "
+            "longseq.attention.sequence_parallel() lists"
         )
 
     def _window_sharded(
@@ -228,9 +232,9 @@ class SelfAttention(nn.Module):
     def picture(cls, n: int) -> pictures.Picture:
         """What `longseq patterns` draws for this mechanism at n tokens. By default its token
         mask `pattern(n)` (a pair any head scores), bidirectional and causal, with the options
-        `compare_options` gives under a budget scaled to n. A mechanism whose pattern has parts
-        to tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
-        opts = cls.compare_options(pictures.budget(n), n)
+        `options_at` derives from a reach scaled to n. A mechanism whose pattern has parts to
+        tell apart, or that has no token mask, overrides it (see `attention/pictures.py`)."""
+        opts = cls.options_at(At(n, reach=pictures.reach(n)), {})
         pic = pictures.Picture(cls.name, f"{cls.name} attention (n={n}; {pictures.describe(opts)})")
         for causal in (False, True) if cls.supports_causal else (False,):
             layer = cls(pictures.HIDDEN, pictures.HEADS, causal=causal, **opts)
@@ -256,4 +260,4 @@ def check_kv_heads(kv: int, num_heads: int, shared_qk: bool = False, name: str =
         )
 
 
-__all__ = ["SelfAttention", "check_kv_heads"]
+__all__ = ["At", "SelfAttention", "check_kv_heads"]

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.attention import ops, patterns, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
 
@@ -78,13 +78,19 @@ _layout = functools.lru_cache(maxsize=128)(patterns.bigbird_layout)
 
 class BigBirdAttention(SelfAttention):
     name = "bigbird"
+    sequence_parallel = True
     supports_global = False
 
     @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
-    ) -> dict[str, Any]:
-        return {**opts, "layer_idx": layer}  # each layer draws its own random blocks
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """Under a reach: blocks of reach/4 tokens (the 3 sliding blocks span 3/4 of it), at
+        most the paper's 64, and 2 random blocks. In a model, each layer draws its own random
+        blocks (`layer_idx`: the layer's index)."""
+        derived = {}
+        if at.reach is not None:
+            derived = {"block_size": max(1, min(64, at.reach // 4)), "num_random_blocks": 2}
+        opts = {**derived, **given}
+        return opts if at.layer is None else {**opts, "layer_idx": at.layer}
 
     def __init__(
         self,
@@ -138,10 +144,6 @@ class BigBirdAttention(SelfAttention):
             if self.extra_blocks
             else None
         )
-
-    @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"block_size": budget.block_size, "num_random_blocks": budget.random_blocks}
 
     @property
     def length_multiple(self) -> int:

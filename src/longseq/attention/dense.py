@@ -20,6 +20,8 @@ from longseq.attention.shard import Shard
 
 class FullAttention(SelfAttention):
     name = "full"
+    baseline = True
+    sequence_parallel = True
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         q, k, v = self.project(hidden_states, expand=False)  # SDPA reads the KV heads

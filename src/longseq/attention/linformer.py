@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.attention import ops, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.shard import Shard
 
 SHARING: tuple[str, ...] = ("none", "headwise", "kv", "layerwise")
@@ -127,16 +127,22 @@ class LinformerAttention(SelfAttention):
     """Linformer: each query attends to k learned projections of the keys/values (module doc)."""
 
     name = "linformer"
+    sequence_parallel = True
     supports_causal: ClassVar[bool] = False
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        # E and F are shared by the heads (as lucidrains' linformer); k never above n.
-        return {"k": min(budget.linformer_k, length), "max_seq_len": length, "sharing": "headwise"}
-
-    @classmethod
-    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
-        return {**opts, "k": min(opts.get("k", 256), n), "max_seq_len": n}
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """max_seq_len n unless given. Under a reach, k = the reach, at most the paper's 256
+        (enough at any length, its finding), and E, F shared by the heads (as lucidrains'
+        linformer). A k not given (the reach's, the default 256) is at most n: projecting to
+        more rows than the sequence has only adds cost; a given one is refused above it."""
+        opts = {} if at.reach is None else {"k": min(256, at.reach), "sharing": "headwise"}
+        opts.update(given)
+        if "max_seq_len" not in opts:
+            opts["max_seq_len"] = at.n
+            if "k" not in given:
+                opts["k"] = min(opts.get("k", 256), at.n)
+        return opts
 
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
@@ -147,12 +153,6 @@ class LinformerAttention(SelfAttention):
         k = min(self.k, n)
         high = torch.full((n, n), min(1.0, k / n))
         return torch.zeros(n, n), high, f"rank k = {k}: at most k/n = {k}/{n} positions"
-
-    @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
-    ) -> dict[str, Any]:
-        return {"max_seq_len": max_length, **opts}
 
     def __init__(
         self,

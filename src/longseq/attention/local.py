@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longseq.attention import ops, patterns
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
 
@@ -41,6 +41,7 @@ class LocalAttention(SelfAttention):
     """
 
     name = "local"
+    sequence_parallel = True
 
     def __init__(
         self,
@@ -73,8 +74,10 @@ class LocalAttention(SelfAttention):
     compared = False  # a Reformer building block, not one of the four classic mechanisms
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"chunk_length": budget.lsh_chunk}
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """Under a reach: Reformer's chunk of 64, or the reach if shorter (as LSH's chunks)."""
+        derived = {} if at.reach is None else {"chunk_length": min(64, at.reach)}
+        return {**derived, **given}
 
     @property
     def length_multiple(self) -> int:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longseq.attention import ops, patterns, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
 
@@ -76,6 +76,7 @@ class LongformerAttention(SelfAttention):
     """
 
     name = "longformer"
+    sequence_parallel = True
     supports_global = True
 
     def __init__(
@@ -128,8 +129,10 @@ class LongformerAttention(SelfAttention):
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
 
     @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        return {"window": budget.window}
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """Under a reach: a window of `reach` keys (rounded down to even: w/2 each side)."""
+        derived = {} if at.reach is None else {"window": max(2, at.reach // 2 * 2)}
+        return {**derived, **given}
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 
 from longseq.attention import ops, patterns, pictures
-from longseq.attention.base import SelfAttention
+from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 
 SELF_MASK = -1e5  # a query's score with itself (Hugging Face's self_mask_value)
@@ -109,14 +109,17 @@ class LSHAttention(SelfAttention):
     bucket_window_causal: ClassVar[bool] = True
 
     @classmethod
-    def model_options(
-        cls, opts: dict[str, Any], *, max_length: int, layer: int, causal: bool
-    ) -> dict[str, Any]:
-        """Causal models fix the bucket count from max_length (prefix stability)."""
-        if causal and cls.bucket_window_causal and opts.get("num_buckets") is None:
+    def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
+        """Under a reach: Reformer's chunk of 64 (its paper's and Hugging Face's at every
+        length: more rounds, not longer chunks, buy recall), or the reach if shorter, and 2
+        hashing rounds; the bucket count is left to the layer (about 2n/chunk per batch, as
+        Hugging Face). A causal layer's bucket count is fixed from n (prefix stability)."""
+        derived = {} if at.reach is None else {"chunk_length": min(64, at.reach), "n_hashes": 2}
+        opts = {**derived, **given}
+        if at.causal and cls.bucket_window_causal and opts.get("num_buckets") is None:
             c = opts.get("chunk_length", 64)
             if ops.is_int(c) and c >= 1:
-                padded = -(-max_length // c) * c
+                padded = -(-at.n // c) * c
                 opts = {**opts, "num_buckets": derived_num_buckets(padded, c)}
         return opts
 
@@ -229,19 +232,6 @@ class LSHAttention(SelfAttention):
         return torch.argsort(buckets * n + pos, dim=-1)
 
     # ----------------------------------------------------------------------------- attention
-
-    @classmethod
-    def compare_options(cls, budget: Any, length: int) -> dict[str, Any]:
-        # num_buckets left to the layer: Hugging Face's 2n/chunk rule for each batch's length
-        return {"chunk_length": budget.lsh_chunk, "n_hashes": budget.lsh_hashes}
-
-    @classmethod
-    def at_length(cls, opts: dict[str, Any], n: int) -> dict[str, Any]:
-        """Hugging Face's bucket count for n, fixed (so a reference implementation can be given
-        the same); 2n/chunk_length rounded down to a power of 2."""
-        if opts.get("num_buckets") is not None:
-            return dict(opts)
-        return {**opts, "num_buckets": derived_num_buckets(n, opts.get("chunk_length", 64))}
 
     @property
     def length_multiple(self) -> int:

@@ -58,28 +58,10 @@ class Picture:
     note: str = ""
 
 
-@dataclass(frozen=True)
-class Budget:
-    """The fields of a `longseq compare` preset that `compare_options` reads, scaled so an
-    n-token picture shows a pattern's structure (a window of n/8, blocks of n/16, ...)."""
-
-    window: int
-    block_size: int
-    random_blocks: int
-    linformer_k: int
-    lsh_chunk: int
-    lsh_hashes: int
-
-
-def budget(n: int) -> Budget:
-    return Budget(
-        window=max(2, n // 8),
-        block_size=max(2, n // 16),
-        random_blocks=2,
-        linformer_k=max(1, n // 8),
-        lsh_chunk=max(2, n // 8),
-        lsh_hashes=2,
-    )
+def reach(n: int) -> int:
+    """The reach (keys per query, see `SelfAttention.options_at`) of an n-token picture: n/8,
+    small enough that a pattern's structure shows (a window of n/8, ...)."""
+    return max(2, n // 8)
 
 
 def describe(opts: dict[str, Any]) -> str:
@@ -115,13 +97,12 @@ def clustered_input(n: int, clusters: int = 4, seed: int = 0) -> Tensor:
 __all__ = [
     "HEADS",
     "HIDDEN",
-    "Budget",
     "Panel",
     "Picture",
-    "budget",
     "category_panel",
     "clustered_input",
     "density",
     "describe",
     "mask_panel",
+    "reach",
 ]

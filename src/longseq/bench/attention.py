@@ -75,11 +75,11 @@ class Spec:
     compare_to: str | None = None  # a peer's longseq row
 
     def options(self, n: int) -> dict[str, Any]:
-        """The settings at length n, as the mechanism derives them (`at_length`: Linformer's
-        length and k, LSH's bucket count); peers take the same."""
+        """The settings at length n, as the mechanism derives them (`options_at`: Linformer's
+        length and k); peers take the same."""
         if self.family == "baseline":
             return dict(self.settings)
-        return attention.get(self.family).at_length(self.settings, n)
+        return attention.get(self.family).options_at(attention.At(n), self.settings)
 
 
 LONGFORMER = {"window": 512}
@@ -89,12 +89,13 @@ BIGBIRD = {
     "num_global_blocks": 2,
     "num_sliding_blocks": 3,
 }
-LINFORMER = {"k": 256, "sharing": "headwise"}  # E, F shared by the heads, as lucidrains'
+# E, F shared by the heads, as lucidrains'; k: the default 256, at most n (`options_at`)
+LINFORMER = {"sharing": "headwise"}
 LSH = {"chunk_length": 64, "seed": 0}
 
 SPECS: tuple[Spec, ...] = (
     Spec("projections", "baseline", "baseline", "projections"),
-    Spec("full", "baseline", "baseline", "longseq"),
+    Spec(attention.baseline(), "baseline", "baseline", "longseq"),
     Spec("longformer", "longformer", "ours", "longseq", LONGFORMER),
     Spec("longformer+global", "longformer", "ours", "longseq", LONGFORMER, global_tokens=1),
     Spec("bigbird", "bigbird", "ours", "longseq", BIGBIRD),
@@ -126,7 +127,7 @@ SPECS: tuple[Spec, ...] = (
         "linformer",
         "peer",
         "lucidrains_linformer",
-        {"k": 256},
+        {},  # k: as ours (`options_at`: 256, at most n)
         compare_to="linformer",
     ),
     Spec(
@@ -142,7 +143,7 @@ def rows() -> list[Spec]:
     """Every row: the table above, then one with default options for each registered
     mechanism the table has no row for (the registry is the list of mechanisms, so a newly
     registered one is measured without an edit here)."""
-    covered = {s.family for s in SPECS} | {"full"}
+    covered = {s.family for s in SPECS} | {attention.baseline()}
     return [
         *SPECS,
         *(Spec(m, m, "ours", "longseq") for m in attention.mechanisms() if m not in covered),
@@ -158,8 +159,9 @@ def row(name: str) -> Spec:
 
 
 def families() -> list[str]:
-    """The default --mechanisms: every registered mechanism but the full baseline."""
-    return [m for m in attention.mechanisms() if m != "full"]
+    """The default --mechanisms: every registered mechanism but the baseline (a row that is
+    always run)."""
+    return [m for m in attention.mechanisms() if m != attention.baseline()]
 
 
 def choices() -> tuple[str, ...]:
@@ -228,7 +230,7 @@ def make_layer(spec: Spec, n: int, cfg: Config) -> tuple[nn.Module, Callable[[Te
         module: nn.Module = Projections(cfg.hidden)
         fn: Callable[[Tensor], Tensor] = module
     elif spec.builder == "longseq":
-        name = "full" if spec.name == "full" else spec.family
+        name = attention.baseline() if spec.family == "baseline" else spec.family
         layer = attention.build(name, cfg.hidden, cfg.heads, **opts)
         module = layer
         if spec.global_tokens:
@@ -424,7 +426,7 @@ def describe(specs: list[Spec], cfg: Config) -> str:
     ]
     for s in specs:
         opts = s.options(n)
-        for k, v in opts.items():  # what the mechanism derives from the length (`at_length`)
+        for k, v in opts.items():  # what the mechanism derives from the length (`options_at`)
             if s.settings.get(k) != v:
                 opts[k] = f"{v} at n={n}"
         extra = f", global tokens: first {s.global_tokens}" if s.global_tokens else ""

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from longseq.attention.lsh import derived_num_buckets
+
 
 class PeerUnavailable(Exception):
     """The peer cannot run this setting (reason in the message)."""
@@ -143,13 +145,14 @@ def hf_reformer(
     *,
     chunk_length: int = 64,
     n_hashes: int = 1,
-    num_buckets: int = 64,
+    num_buckets: int | None = None,
     num_chunks_before: int = 1,
     num_chunks_after: int = 0,
     seed: int | None = 0,
     **_: Any,
 ) -> Peer:
-    """transformers' Reformer LSHSelfAttention (shared QK, no biases in its projections)."""
+    """transformers' Reformer LSHSelfAttention (shared QK, no biases in its projections);
+    `num_buckets` None: the count our layer derives for n (Hugging Face's own rule, fixed)."""
     if n % chunk_length:
         raise PeerUnavailable(
             f"HF Reformer LSHSelfAttention needs n a multiple of lsh_attn_chunk_length="
@@ -163,7 +166,7 @@ def hf_reformer(
         attn_layers=["lsh"],
         lsh_attn_chunk_length=chunk_length,
         num_hashes=n_hashes,
-        num_buckets=num_buckets,
+        num_buckets=derived_num_buckets(n, chunk_length) if num_buckets is None else num_buckets,
         lsh_num_chunks_before=num_chunks_before,
         lsh_num_chunks_after=num_chunks_after,
         hash_seed=seed,

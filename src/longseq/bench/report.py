@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from longseq import attention
+
 Record = dict[str, Any]
 
 
@@ -172,7 +174,7 @@ def plot(records: list[Record], path: str | Path) -> None:
     kind = {r["mechanism"]: r["kind"] for r in records}
     peer_of = {r["mechanism"]: r.get("compare_to") for r in records}
     palette = iter(plt.get_cmap("tab10").colors)
-    colour: dict[str, Any] = {"projections": "0.5", "full": "black"}
+    colour: dict[str, Any] = {"projections": "0.5", attention.baseline(): "black"}
     for m in rows:
         if kind[m] == "ours" and m not in colour:
             colour[m] = next(palette)

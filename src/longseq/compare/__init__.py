@@ -9,14 +9,14 @@ report puts accuracy (or bits per byte), throughput, memory and parameters in on
     summary = run(Plan(out="results/compare", task="listops", preset="default"))
     print(summary.table)
 
-Modules: `presets` (model, data and budget of default / cpu / lra, and each mechanism's
-settings), `tasks` (each task's data sets, declared by the
-`longseq.tasks` entries), `runner` (the experiment, resumable),
-`isolate` (fresh processes, so each run's peak memory is its own), `sweep` (time and memory
-against length), `report` (report.md and the plots), `commands` (the CLI).
+Modules: `presets` (model, data and budget of recall / default / cpu / lra: the reach each
+mechanism derives its settings from), `tasks` (each task's data sets, declared by the
+`longseq.tasks` entries), `runner` (the experiment, resumable), `isolate` (fresh processes,
+so each run's peak memory is its own), `sweep` (time and memory against length), `report`
+(report.md and the plots), `commands` (the CLI).
 """
 
-from longseq.compare.presets import MECHANISMS, PRESETS, Preset
+from longseq.compare.presets import PRESETS, Preset, default_mechanisms
 from longseq.compare.runner import Plan, Summary, run
 
-__all__ = ["MECHANISMS", "PRESETS", "Plan", "Preset", "Summary", "run"]
+__all__ = ["PRESETS", "Plan", "Preset", "Summary", "default_mechanisms", "run"]

@@ -15,7 +15,7 @@ from longseq.argtypes import int_list
 
 def register(commands: argparse._SubParsersAction) -> None:
     # imported when the command runs: the CLI imports this module to build its parser
-    from longseq.compare.presets import MECHANISMS, PRESETS
+    from longseq.compare.presets import PRESETS, default_mechanisms
 
     p = commands.add_parser(
         "compare",
@@ -36,8 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--mechanisms",
-        help=f"comma-separated (default {','.join(MECHANISMS)}; for the LM tasks those with "
-        "a causal form)",
+        help=f"comma-separated (default {','.join(default_mechanisms())}; for the LM tasks "
+        "those with a causal form)",
     )
     p.add_argument(
         "--preset",
@@ -64,8 +64,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a preset field, e.g. --set hidden_size=128 --set window=64 "
-        "(repeatable; fields in longseq/compare/presets.py)",
+        help="override a preset field, e.g. --set hidden_size=128 --set reach=64, or one "
+        "mechanism's option by its name, --set options.lsh.n_hashes=4 (repeatable; fields in "
+        "longseq/compare/presets.py)",
     )
     p.add_argument(
         "--data", help="a folder with the task's splits (`longseq data ...`) instead of building"

@@ -59,7 +59,7 @@ def layers(
     cls = attention.get(mechanism)
     out = []
     for layer in range(num_layers):
-        opts = cls.model_options(dict(options), max_length=n, layer=layer, causal=False)
+        opts = cls.options_at(attention.At(n, layer=layer), options)
         out.append(attention.build(mechanism, 8 * num_heads, num_heads, **opts))
     return out
 

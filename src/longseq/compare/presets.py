@@ -17,24 +17,31 @@ same values and the same seed.
 - `lra`: the Long Range Arena ListOps settings (6 layers, hidden 512, 8 heads, feed-forward
   2048, 5,000 steps of batch 32, lengths up to 2,000, 96k/2k/2k examples), for a GPU.
 
-Mechanism settings scale with the preset's length (`mechanism_options`): every sparse
-mechanism lets a query see a few hundred keys at most, so that at the preset's lengths each
-does a fraction of full attention's work (Longformer `window` keys; BigBird (3 sliding + 2
-global + `random_blocks`) blocks of `block_size`; Linformer `linformer_k` projected keys;
-LSH `lsh_hashes` rounds of 2 chunks of `lsh_chunk`).
+A preset names no mechanism's option: its `reach` says about how many keys a query of a sparse
+layer may see (a few hundred at most, so that at the preset's lengths each mechanism does a
+fraction of full attention's work), and each mechanism derives its own options from it
+(`SelfAttention.options_at`: Longformer a window of `reach` keys, BigBird blocks of reach/4,
+...). `options` sets a mechanism's options by its registered name, over what it derives (the
+`cpu` and `lra` presets: BigBird's 3 random blocks, as its paper).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from longseq import attention
+from longseq.models.config import MODEL_OWNED
+from longseq.train.config import apply_override
 
-# The mechanisms compared by default: every registered one that says so (`compared`).
-MECHANISMS: tuple[str, ...] = tuple(m for m in attention.mechanisms() if attention.get(m).compared)
+
+def default_mechanisms() -> tuple[str, ...]:
+    """The mechanisms compared by default, in report order: every registered one that says so
+    (`compared`), registered later ones included."""
+    return tuple(m for m in attention.mechanisms() if attention.get(m).compared)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ class Preset:
     listops_min_length: int = 500
     listops_max_length: int = 2_000
     # recall (`longseq.data.recall`): tokens, pairs, vocabularies and examples per split; the
-    # distance ranges follow from the Longformer window (`longseq.tasks.recall.recall_spec`)
+    # distance ranges follow from the reach (`longseq.tasks.recall.recall_spec`)
     recall_length: int = 256
     recall_pairs: int = 8
     recall_keys: int = 32
@@ -76,13 +83,11 @@ class Preset:
     recall_test: int = 1_000
     # real-data tasks: bytes per document (classification, cut) or per block (LM)
     text_length: int = 2_048
-    # mechanisms at this preset's length
-    window: int = 256  # Longformer: keys per query (window/2 each side)
-    block_size: int = 64  # BigBird
-    random_blocks: int = 3  # BigBird
-    linformer_k: int = 256
-    lsh_chunk: int = 64
-    lsh_hashes: int = 2
+    # the attention: about how many keys a query of a sparse layer may see; each mechanism
+    # derives its options from it (`SelfAttention.options_at`)
+    reach: int = 256
+    # registered mechanism name -> options over those it derives from `reach`
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the time/memory sweep: forward+backward of the same models on random tokens
     sweep_lengths: tuple[int, ...] = (512, 1024, 2048, 4096)
     sweep_batch: int = 1
@@ -113,8 +118,23 @@ class Preset:
             )
         if not self.sweep_lengths:
             raise ValueError(f"preset {self.name!r}: sweep_lengths is empty")
-        if self.window % 2:
-            raise ValueError(f"preset {self.name!r}: window must be even, got {self.window}")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        for mechanism, opts in self.options.items():
+            if not isinstance(opts, dict):
+                raise ValueError(
+                    f"preset {self.name!r}: options[{mechanism!r}] must map option names to "
+                    f"values (e.g. options.{mechanism}.OPTION=VALUE), got {opts!r}"
+                )
+            # attention.options raises on unknown names, listing them; the model sets causal, ...
+            valid = set(attention.options(mechanism)) - set(MODEL_OWNED)
+            unknown = sorted(set(opts) - valid)
+            if unknown:
+                raise ValueError(
+                    f"preset {self.name!r}: unknown option(s) {unknown} for {mechanism!r} "
+                    f"attention; valid options: {', '.join(sorted(valid))}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -122,18 +142,27 @@ class Preset:
         return out
 
     def with_overrides(self, items: list[str] | tuple[str, ...]) -> Preset:
-        """A copy with `field=value` overrides (the CLI's --set), converted to the field's type."""
+        """A copy with `field=value` overrides (the CLI's --set), converted to the field's type;
+        `options.MECHANISM.OPTION=value` sets one mechanism's option (the value read as YAML)."""
         hints = typing.get_type_hints(Preset)
-        names = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "summary")]
-        changes: dict[str, Any] = {}
+        names = [
+            f.name
+            for f in dataclasses.fields(Preset)
+            if f.name not in ("name", "summary", "options")
+        ]
+        changes: dict[str, Any] = {"options": copy.deepcopy(self.options)}
         for item in items:
             key, sep, text = item.partition("=")
             key = key.strip().replace("-", "_")
-            if not sep or key not in names:
+            if sep and key.startswith("options."):
+                apply_override(changes, item.strip())
+            elif not sep or key not in names:
                 raise ValueError(
-                    f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(names)}"
+                    f"--set {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(names)}, "
+                    "or options.MECHANISM.OPTION=VALUE (e.g. options.lsh.n_hashes=4)"
                 )
-            changes[key] = _parse(text.strip(), hints[key], key)
+            else:
+                changes[key] = _parse(text.strip(), hints[key], key)
         return dataclasses.replace(self, **changes)
 
 
@@ -174,12 +203,7 @@ PRESETS: dict[str, Preset] = {
         eval_every=100,
         seeds=2,
         recall_length=256,
-        window=32,
-        block_size=8,
-        random_blocks=2,
-        linformer_k=32,
-        lsh_chunk=32,
-        lsh_hashes=2,
+        reach=32,
         sweep_lengths=(256, 1024, 4096, 8192),
         sweep_batch=1,
         sweep_repeats=3,
@@ -204,12 +228,7 @@ PRESETS: dict[str, Preset] = {
         listops_min_length=100,
         listops_max_length=500,
         text_length=1_024,
-        window=128,
-        block_size=32,
-        random_blocks=2,
-        linformer_k=128,
-        lsh_chunk=64,
-        lsh_hashes=2,
+        reach=128,
         sweep_lengths=(512, 1024, 2048, 4096, 8192),
         sweep_batch=1,
         sweep_repeats=3,
@@ -234,12 +253,8 @@ PRESETS: dict[str, Preset] = {
         listops_min_length=500,
         listops_max_length=2_000,
         text_length=2_048,
-        window=256,
-        block_size=64,
-        random_blocks=3,
-        linformer_k=256,
-        lsh_chunk=64,
-        lsh_hashes=2,
+        reach=256,
+        options={"bigbird": {"num_random_blocks": 3}},
         sweep_lengths=(1024, 2048, 4096, 8192, 16384),
         sweep_batch=1,
         sweep_repeats=3,
@@ -265,12 +280,9 @@ PRESETS: dict[str, Preset] = {
         listops_min_length=500,
         listops_max_length=2_000,
         text_length=4_096,
-        window=512,
-        block_size=64,
-        random_blocks=3,
-        linformer_k=256,
-        lsh_chunk=64,
-        lsh_hashes=4,
+        reach=512,
+        # the LRA paper's: BigBird's 3 random blocks, 4 LSH rounds
+        options={"bigbird": {"num_random_blocks": 3}, "lsh": {"n_hashes": 4}},
         sweep_lengths=(1024, 2048, 4096, 8192, 16384),
         sweep_batch=1,
         sweep_repeats=5,
@@ -287,9 +299,11 @@ def get(name: str) -> Preset:
 
 
 def mechanism_options(preset: Preset, mechanism: str, length: int) -> dict[str, Any]:
-    """The attention options of `mechanism` under `preset` for sequences of up to `length`
-    (the mechanism's own `compare_options`: the preset is its budget)."""
-    return attention.get(mechanism).compare_options(preset, length)
+    """The attention options of `mechanism` under `preset` for sequences of up to `length`:
+    what the mechanism derives from the preset's reach (`options_at`), under those the preset
+    sets for it by name."""
+    given = preset.options.get(mechanism, {})
+    return attention.get(mechanism).options_at(attention.At(length, reach=preset.reach), given)
 
 
 def describe_options(preset: Preset, mechanism: str, length: int) -> str:
@@ -298,9 +312,9 @@ def describe_options(preset: Preset, mechanism: str, length: int) -> str:
 
 
 __all__ = [
-    "MECHANISMS",
     "PRESETS",
     "Preset",
+    "default_mechanisms",
     "describe_options",
     "get",
     "mechanism_options",

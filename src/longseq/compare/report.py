@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from longseq import attention
 from longseq.compare import presets as P
 from longseq.tasks import CompareTask, Task
 
@@ -153,8 +154,10 @@ def colours(names: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
-    order = [*P.MECHANISMS, *sorted(set(names) - set(P.MECHANISMS))]
-    return {m: ("black" if m == "full" else palette[i % 10]) for i, m in enumerate(order)}
+    compared = P.default_mechanisms()
+    order = [*compared, *sorted(set(names) - set(compared))]
+    baseline = attention.baseline()
+    return {m: ("black" if m == baseline else palette[i % 10]) for i, m in enumerate(order)}
 
 
 def plot_curves(

@@ -80,10 +80,11 @@ class Plan:
         )
         causal = self.task_entry.causal
         if self.mechanisms is None:
+            compared = P.default_mechanisms()
             self.mechanisms = [
-                m for m in P.MECHANISMS if not causal or attention.get(m).supports_causal
+                m for m in compared if not causal or attention.get(m).supports_causal
             ]
-            dropped = [m for m in P.MECHANISMS if m not in self.mechanisms]
+            dropped = [m for m in compared if m not in self.mechanisms]
             if dropped:
                 self.notes.append(
                     f"left out {', '.join(dropped)}: no causal form, so no causal language model"
@@ -483,7 +484,7 @@ def _base_model_config(
     if getattr(tok, "type_vocab_size", 0):
         extra["type_vocab_size"] = tok.type_vocab_size
     # the model section every run trains with (one source for the preset's sizes)
-    model = train_config(plan, data, "full")["model"]
+    model = train_config(plan, data, attention.baseline())["model"]
     return ModelConfig(
         **model,
         **extra,

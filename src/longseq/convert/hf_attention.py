@@ -73,6 +73,7 @@ class HFBigBirdAttention(BigBirdAttention):
     """BigBird as Hugging Face computes it in eval mode (see the module docstring)."""
 
     name = "bigbird-hf"
+    sequence_parallel = False  # see _no_shards
     supports_causal = False  # HF's BigBird is an encoder
     compared = False
 
@@ -327,6 +328,7 @@ class HFLocalAttention(_PadMultiple, LocalAttention):
     the module docstring). Options: those of `local`, and `pad_multiple` (as `lsh-hf`)."""
 
     name = "local-hf"
+    sequence_parallel = False  # see _no_shards
 
     def __init__(
         self, hidden_size: int, num_heads: int, *, pad_multiple: int | None = None, **options: Any

@@ -279,8 +279,8 @@ def _bucket_causal(name: str) -> bool:
 def _built_spec(config: ModelConfig, i: int) -> tuple[str, dict[str, Any]]:
     name, opts = config.layer_spec(i)
     cls = attention.get(name)
-    return name, cls.model_options(
-        opts, max_length=config.max_length, layer=i, causal=config.causal
+    return name, cls.options_at(
+        attention.At(config.max_length, layer=i, causal=config.causal), opts
     )
 
 

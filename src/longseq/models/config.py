@@ -38,7 +38,7 @@ REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
 FEED_FORWARDS: tuple[str, ...] = ("plain", "gated")  # gated: act(Wg x) * W1 x (SwiGLU)
 # Options the model sets itself from other fields; a user must not set them per mechanism.
-_MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads")
+MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads")
 
 
 # Integer fields (a "32" or 32.0 from a hand-edited config.json is an error, not a crash)
@@ -223,7 +223,7 @@ class ModelConfig:
     def _check_layer(self, i: int) -> None:
         name, opts = self.layer_spec(i)
         cls = attention.get(name)  # raises on unknown names, listing the valid ones
-        owned = sorted(set(opts) & set(_MODEL_OWNED))
+        owned = sorted(set(opts) & set(MODEL_OWNED))
         if owned:
             raise ValueError(
                 f"layer {i}: attention option(s) {owned} are set by the model config "
@@ -234,8 +234,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(
                 f"layer {i}: unknown option(s) {unknown} for {name!r} attention; valid "
-                f"options: {', '.join(sorted(set(valid) - set(_MODEL_OWNED)))}"
-                f"{attention.moved_to_port(name, {k: opts[k] for k in unknown})}"
+                f"options: {', '.join(sorted(set(valid) - set(MODEL_OWNED)))}"
+                f"{attention.port_hint(name, {k: opts[k] for k in unknown})}"
             )
         if self.causal and not cls.supports_causal:
             causal = [m for m in attention.mechanisms() if attention.get(m).supports_causal]
@@ -312,7 +312,7 @@ class ModelConfig:
             raise ValueError(
                 f"unknown model config field(s) {unknown}; valid fields: {', '.join(sorted(names))}"
             )
-        return cls(**_upgrade_attention(data))
+        return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -340,32 +340,4 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _upgrade_attention(data: dict[str, Any]) -> dict[str, Any]:
-    """An older config's attention in today's terms (`attention.upgrade`: an option that chose
-    Hugging Face's rule, e.g. LSH's wrap_rounds=True, becomes the port's name). When a layer
-    changes, every layer is written out in full: a per-layer override of another mechanism
-    drops the model-wide options, so renaming one layer must not change what others inherit."""
-    name, opts = data.get("attention", "full"), data.get("attention_options") or {}
-    if not isinstance(name, str) or not isinstance(opts, dict):
-        return data  # validation says what is wrong
-    out = dict(data)
-    new = attention.upgrade(name, opts)
-    if new != (name, opts):
-        out["attention"], out["attention_options"] = new
-    layers = data.get("layer_attention")
-    if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
-        return out
-    specs, changed = [], False
-    for entry in layers:
-        override = dict(entry)
-        layer_name = override.pop("attention", name)
-        layer_opts = override if layer_name != name else {**opts, **override}
-        up_name, up_opts = attention.upgrade(layer_name, layer_opts)
-        changed |= (up_name, up_opts) != (layer_name, layer_opts)
-        specs.append({"attention": up_name, **up_opts})
-    if changed:
-        out["layer_attention"] = specs
-    return out
-
-
-__all__ = ["ARCHITECTURES", "FEED_FORWARDS", "POSITIONS", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "FEED_FORWARDS", "MODEL_OWNED", "POSITIONS", "ModelConfig"]

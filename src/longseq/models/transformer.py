@@ -106,9 +106,8 @@ class AttentionSublayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         name, opts = config.layer_spec(layer)
-        opts = attention.get(name).model_options(
-            opts, max_length=config.max_length, layer=layer, causal=config.causal
-        )
+        at = attention.At(config.max_length, layer=layer, causal=config.causal)
+        opts = attention.get(name).options_at(at, opts)
         if config.grouped:  # only then: a mechanism without GQA keeps its signature
             opts = {**opts, "num_key_value_heads": config.kv_heads}
         self.attention = attention.build(

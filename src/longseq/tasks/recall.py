@@ -114,14 +114,17 @@ class Recall(Task):
 
 
 def recall_spec(preset: Any) -> recall.RecallSpec:
-    """The recall data of `preset`: distances within the Longformer window's one-layer reach
-    (1 .. w/2), beyond it but within its num_layers-hop reach (.. L w/2), and far."""
-    half, reach = preset.window // 2, preset.num_layers * preset.window // 2
+    """The recall data of `preset`: distances within a window of the preset's `reach` keys
+    (Longformer's under the preset): its one-layer reach (1 .. reach/2), beyond it but within
+    its num_layers-hop reach (.. L reach/2), and far."""
+    half = preset.reach // 2
+    reach = preset.num_layers * half
     if reach + 1 > preset.recall_length - 1:
         raise ValueError(
             f"preset {preset.name!r}: recall_length={preset.recall_length} leaves no distance "
-            f"beyond the window's {preset.num_layers}-layer reach ({preset.num_layers} x "
-            f"{half}); raise recall_length or lower window (--set recall_length=...)"
+            f"beyond a {preset.reach}-key window's {preset.num_layers}-layer reach "
+            f"({preset.num_layers} x {half}); raise recall_length or lower reach "
+            "(--set recall_length=...)"
         )
     return recall.RecallSpec(
         length=preset.recall_length,
