@@ -194,7 +194,13 @@ def _same_weights(a, b):
 
 @pytest.mark.parametrize(
     ("case", "nproc"),
-    [("lm-longformer", 2), ("classification-bigbird", 2), ("classification-longformer-global", 4)],
+    [
+        ("lm-longformer", 2),
+        ("classification-bigbird", 2),
+        # 2 x 2 processes: on the schedule (docs/testing.md); the 4-process layer and model
+        # tests (tests/attention, tests/models) and the 2-process runs here cover it by default
+        pytest.param("classification-longformer-global", 4, marks=pytest.mark.slow),
+    ],
 )
 def test_sequence_parallel_matches_one_process(tmp_path, docs, case, nproc):
     """`torchrun --nproc_per_node N ... --set run.sequence_parallel=2`: each sequence split
@@ -230,6 +236,7 @@ def test_resume_across_a_change_of_sequence_parallelism(tmp_path, docs):
     _same_weights(tmp_path / "two", tmp_path / "one")
 
 
+@pytest.mark.slow  # two launches of 2 processes (~16 s); report_error's rules run by default below
 def test_a_user_error_under_torchrun_is_said_once(tmp_path, docs):
     """A run folder in use: every rank meets the error, the user reads it once. Through
     `longseq train --nproc-per-node 2`, nothing else: no launcher traceback, exit code 2.
