@@ -5,9 +5,10 @@ symbolic length, later ones reuse it. Before, a Longformer layer failed to lower
 length, and LSH returned NaN or 1e35 (its kernel now runs eagerly inside a compiled model).
 Needs a C compiler for Inductor's CPU code (skipped without one).
 
-Each compile costs seconds of CPU (BigBird's tens of seconds), so the default run takes one
-configuration per mechanism through both steps (lengths 37 and 100); the schedule
-(`pytest -m slow`, docs/testing.md) takes every picked configuration through three lengths.
+Each compile costs seconds of CPU with a warm Inductor cache and tens of seconds with a cold
+one (BigBird 77 s), so the default run takes Longformer through both steps (lengths 37 and
+100); the schedule (`pytest -m slow`, docs/testing.md) takes a bidirectional and a causal
+configuration of every mechanism through three lengths.
 (A symbolic length from the first call saved no time: symbolic graphs take longer to compile.)
 """
 
@@ -40,11 +41,11 @@ PICKED: list[Case] = [
     for opts in (_first(lst, False), _first(lst, True))
     if opts is not None
 ]
-# the default run: one of them per mechanism, causal for every other one (where it has one),
-# so that bidirectional and causal layers both compile
-DEFAULT: list[Case] = [
-    (name, _first(lst, i % 2 == 0) or lst[0]) for i, (name, lst) in enumerate(CASES.items())
-]
+# the default run: Longformer, bidirectional, through both steps. Inductor's code generation
+# with a cold cache (a fresh clone, as CI) costs 16-77 s of CPU per mechanism, 217 s for one
+# configuration of each, which CI's 5 minutes cannot hold; Longformer's is the lowering that
+# once failed at the second length. Every other mechanism compiles on the schedule.
+DEFAULT: list[Case] = [("longformer", _first(CASES["longformer"], False) or {})]
 
 
 def _id(case: Case) -> str:
@@ -66,9 +67,11 @@ def _compiled_equals_eager(case: Case, lengths: tuple[int, ...]) -> None:
             torch.testing.assert_close(compiled(x, mask), layer(x, mask), rtol=1e-5, atol=1e-5)
 
 
-def test_default_covers_every_mechanism_both_ways() -> None:
-    assert [name for name, _ in DEFAULT] == list(CASES)
-    assert {bool(o.get("causal")) for _, o in DEFAULT} == {False, True}
+def test_the_schedule_covers_every_mechanism_both_ways() -> None:
+    assert {name for name, _ in PICKED} == set(CASES)
+    for name, lst in CASES.items():
+        ways = {bool(o.get("causal")) for o in lst}
+        assert {bool(o.get("causal")) for n, o in PICKED if n == name} == ways, name
     assert all(case in PICKED for case in DEFAULT)
 
 
