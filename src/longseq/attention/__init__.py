@@ -17,6 +17,7 @@ import inspect
 from typing import Any
 
 from longseq.attention.base import At, SelfAttention, check_kv_heads
+from longseq.registry import class_paths
 
 # name -> "module:Class"; imported on first use so one mechanism never slows another's import.
 _REGISTRY: dict[str, str | type[SelfAttention]] = {
@@ -50,11 +51,7 @@ def register_path(name: str, target: str) -> None:
 def runtime_registered() -> dict[str, str]:
     """Mechanisms registered as classes in this process: name -> "module:Class" (what a child
     process needs to register them too)."""
-    return {
-        name: f"{e.__module__}:{e.__qualname__}"
-        for name, e in _REGISTRY.items()
-        if not isinstance(e, str)
-    }
+    return class_paths(_REGISTRY)
 
 
 def unregister(name: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 
+from longseq.registry import class_paths
 from longseq.tasks.base import CompareTask, Splits, SplitSource, Task
 
 # name -> "module:Class"; imported on first use, so `import longseq.tasks` stays cheap.
@@ -53,11 +54,7 @@ def names() -> tuple[str, ...]:
 def runtime_registered() -> dict[str, str]:
     """Tasks registered as classes in this process: name -> "module:Class" (what a child
     process needs to register them too)."""
-    return {
-        name: f"{e.__module__}:{e.__qualname__}"
-        for name, e in _REGISTRY.items()
-        if not isinstance(e, str)
-    }
+    return class_paths(_REGISTRY)
 
 
 def register_path(name: str, target: str) -> None:
