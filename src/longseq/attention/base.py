@@ -101,6 +101,15 @@ class SelfAttention(nn.Module):
         (causal LSH's fixed bucket count)."""
         return dict(given)
 
+    @classmethod
+    def longified_options(
+        cls, given: dict[str, Any], source_length: int, max_length: int
+    ) -> dict[str, Any]:
+        """The options of a layer of a model longified from `source_length` to `max_length`
+        tokens (`longseq.convert.longify`): `given` checked and completed with what makes the
+        longified layer exact where it can be."""
+        return dict(given)
+
     @property
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""

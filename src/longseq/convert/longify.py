@@ -118,12 +118,7 @@ def longified_config(
         raise ValueError(
             f"unknown attention {attention_name!r}; valid: {', '.join(attention.mechanisms())}"
         )
-    seq_len = options.get("max_seq_len")
-    if attention_name == "linformer" and seq_len is not None and seq_len < max_length:
-        raise ValueError(
-            f"linformer max_seq_len={seq_len} < max_length={max_length}: inputs of max_length "
-            "tokens would not fit; leave max_seq_len out (it defaults to max_length)"
-        )
+    target = attention.get(attention_name)
     per_layer = []
     for i in range(source.num_layers):
         name, opts = source.layer_spec(i)
@@ -132,10 +127,10 @@ def longified_config(
             for k, v in opts.items()
             if name == attention_name and k not in attention.get(name).length_options
         }
-        per_layer.append({**kept, **options})
-    if attention_name == "linformer":
-        # k = N0 by default: the identity fold is then exact at n = N0 (see module doc)
-        per_layer = [{"k": source.max_length, **o} for o in per_layer]
+        # the mechanism's own defaults for a longified layer (Linformer: k = N0)
+        per_layer.append(
+            target.longified_options({**kept, **options}, source.max_length, max_length)
+        )
     same = all(o == per_layer[0] for o in per_layer)
     if global_tokens is None:
         takes = "global_tokens" in attention.options(attention_name)
