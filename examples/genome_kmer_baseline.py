@@ -130,8 +130,10 @@ def bases(folder: Path, ks: list[int]) -> None:
         per_class = f1_score(test_labels, predicted, average=None, labels=range(classes))
         macro = f1_score(test_labels, predicted, average="macro")
         shown = ", ".join(f"{f:.3f}" for f in per_class)
-        print(f"k={k}: test macro-F1 {macro:.3f} (per class {shown}), "
-              f"accuracy {float((predicted == test_labels).mean()):.3f}")
+        print(
+            f"k={k}: test macro-F1 {macro:.3f} (per class {shown}), "
+            f"accuracy {float((predicted == test_labels).mean()):.3f}"
+        )
 
 
 def main() -> None:

@@ -102,9 +102,7 @@ def auroc(histogram: Tensor) -> float:
         truth.append(torch.full((int(kept.sum()),), label))
         score.append(centres[kept])
         weight.append(counts[label][kept].double())
-    return float(
-        roc_auc_score(torch.cat(truth), torch.cat(score), sample_weight=torch.cat(weight))
-    )
+    return float(roc_auc_score(torch.cat(truth), torch.cat(score), sample_weight=torch.cat(weight)))
 
 
 def lm_metrics(loss_sum: float, tokens: float, num_bytes: float) -> dict[str, float]:
