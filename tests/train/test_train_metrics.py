@@ -114,3 +114,36 @@ def test_classification_metrics_report_each_class_f1():
     out = M.classification_metrics(c, 1.0)
     assert [out[f"f1_{k}"] for k in range(3)] == pytest.approx(M.per_class_f1(c).tolist())
     assert out["f1_0"] == 1.0 and out["f1_1"] == pytest.approx(2 / 3)
+
+
+def test_a_binary_classifier_evaluation_reports_auroc_of_its_margins():
+    """ClassificationSums over two batches against scikit-learn on each example's margin."""
+    from sklearn.metrics import roc_auc_score
+
+    from longseq.models.evaluation import ClassificationSums
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        architecture="sequence-classification",
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+        num_labels=2,
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # margins far wider than a histogram bin, as a trained model's
+        model.head.out.weight.mul_(300)
+    ids = torch.randint(0, 50, (24, 12))
+    labels = torch.arange(24) % 2
+    sums = ClassificationSums(model, None, torch.device("cpu"))
+    with torch.no_grad():
+        for part in (slice(0, 10), slice(10, 24)):
+            batch = {"input_ids": ids[part], "labels": labels[part]}
+            sums.add(batch, batch)
+        logits = model(input_ids=ids).logits
+    out = sums.result()
+    margin = (logits[:, 1] - logits[:, 0]).numpy()
+    assert out["auroc"] == pytest.approx(roc_auc_score(labels.numpy(), margin), abs=1e-9)
+    assert 0.0 <= out["auroc"] <= 1.0 and {"f1_0", "f1_1"} <= set(out)
