@@ -67,6 +67,14 @@ CASES = {
     "full-learned-pre": {},
     "full-llama": LLAMA,
     "longformer-llama": {**LLAMA, **LF},
+    "longformer-llama-sinks": {**LLAMA, **LF, "global_tokens": 2},  # the ring keeps the sinks
+    "longformer-local-sinks": {  # global_tokens reaches the Longformer layer only
+        "global_tokens": 3,
+        "layer_attention": [
+            {"attention": "longformer", "window": 2},
+            {"attention": "local", "chunk_length": 3},
+        ],
+    },
     "local-llama": {**LLAMA, "attention": "local", "attention_options": {"chunk_length": 3}},
     "bigbird-llama": {**LLAMA, **BIGBIRD, "num_key_value_heads": 1},
     "full-rotary-post": {"position": "rotary", "norm": "post"},
