@@ -118,6 +118,11 @@ CASES = {
         **LSH,
         "attention_options": {"chunk_length": 3, "num_buckets": 4, "n_hashes": 3},
     },
+    "lsh-rotary": {  # the shared vector rotated at its position (a longified rotary decoder)
+        "attention": "lsh",
+        "attention_options": {"chunk_length": 4, "num_buckets": 4, "n_hashes": 2},
+        "position": "rotary",
+    },
     "lsh-factorised-post": {
         **LSH,
         "attention_options": {"chunk_length": 4, "num_buckets": [2, 4]},
