@@ -172,12 +172,15 @@ def section(
         "",
         f"{len(docs)} held-out play(s) ({', '.join(docs) or 'none'}), each read from its "
         f"first token to {length:,} tokens, one forward per play and variant; the model was "
-        f"trained to {trained:,} positions. Mean over the plays (token-weighted).",
+        f"trained to {trained:,} positions. Mean over the plays (token-weighted). Time: one "
+        "forward (the scoring alone); peak MB: the growth of the scoring process's resident "
+        "memory; load: the machine's 5-minute load average when it finished (a time measured "
+        "at a load above the core count is slowed by the other processes).",
         "",
         "| variant | "
         + " | ".join(f"{_k(a - 1 if a == 1 else a)}-{_k(b)}" for a, b in table_spans)
-        + " | s per play | peak MB |",
-        "|---|" + "---:|" * (len(table_spans) + 2),
+        + " | s per play | peak MB | load |",
+        "|---|" + "---:|" * (len(table_spans) + 3),
     ]
     for v, rs in by_variant.items():
         cells = []
@@ -186,7 +189,9 @@ def section(
             cells.append(f"{x:.3f}" if x is not None else "-")
         secs = sum(r["seconds"] for r in rs) / len(rs)
         mem = max(r["peak_memory_mb"] for r in rs)
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {secs:,.0f} | {mem:,.0f} |")
+        loads = [r["load_average"] for r in rs if r.get("load_average") is not None]
+        load = f"{max(loads):.0f}" if loads else "-"
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {secs:,.0f} | {mem:,.0f} | {load} |")
     lines += ["", "Options: " + "; ".join(
         f"{v}: " + (", ".join(f"{k} {x}" for k, x in rs[0]["options"].items()) or "-")
         + (f", global_tokens {rs[0]['global_tokens']}" if rs[0]["global_tokens"] else "")
@@ -202,18 +207,20 @@ def section(
         "| variant | prediction (from its pattern) | measured | agrees |",
         "|---|---|---|---|",
     ]
-    disagreements = []
+    disagreements, judged = [], 0
     for v, pred, meas, agrees in predictions(shapes, coarse, trained, length):
         mark = "n/a" if agrees is None else ("yes" if agrees else "**NO**")
         lines.append(f"| {v} | {pred} | {meas} | {mark} |")
+        judged += agrees is not None
         if agrees is False:
             disagreements.append(f"- {v}: predicted {pred}; measured {meas}.")
     lines.append("")
-    lines += (
-        ["Disagreements:", "", *disagreements, ""]
-        if disagreements
-        else ["Every measured variant agrees with its prediction.", ""]
-    )
+    if disagreements:
+        lines += ["Disagreements:", "", *disagreements, ""]
+    elif judged:
+        lines += [f"The {judged} variant(s) judged agree with their predictions.", ""]
+    else:
+        lines += ["No variant could be judged (the baseline or the far span is missing).", ""]
     plot_loss_by_position(
         fine,
         out / "positions.png",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -126,6 +127,7 @@ def score(job: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds,
         "peak_memory_mb": measure() / 2**20,
         "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[1],  # the machine's, over the last 5 minutes
         "model_config": model.config.to_dict(),
         "loss_by_position": [round(x, 6) for x in sums.loss.tolist()],
     }
