@@ -270,8 +270,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "long-context": Preset(
         name="long-context",
-        summary="zero-shot, about 1.5 hours on 2 CPU cores: SmolLM2-135M (8K trained) read to "
-        "16K tokens of 2 held-out plays with each causal mechanism",
+        summary="zero-shot: SmolLM2-135M (8K trained) read to 16K tokens of 2 held-out plays "
+        "with each causal mechanism (one 16K forward: minutes on 2 idle CPU cores)",
         # the model sizes are the pre-trained model's; these fields are unused
         hidden_size=576,
         num_layers=30,
