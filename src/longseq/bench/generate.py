@@ -21,9 +21,9 @@ time does not depend on the text), and no end token stops a row early.
 
 Rows run context by context with every contender in turn (interleaved: a machine whose load
 changes affects them alike), `repeats` times; results.jsonl gets one line per row as it
-finishes, so `resume` skips what is done. Dense contenders above `max_dense_context` are not
-run: a dense prefill costs O(n^2) (SmolLM2 at 32K tokens: about 4e13 FLOPs of attention, many
-minutes on 2 cores) and the row says so.
+finishes, so `resume` skips what was measured (and runs skipped or failed rows again). Dense
+contenders above `max_dense_context` are not run: a dense prefill costs O(n^2) (SmolLM2 at 32K
+tokens: about 4e13 FLOPs of attention, many minutes on 2 cores) and the row says so.
 """
 
 from __future__ import annotations
@@ -203,9 +203,12 @@ def run(cfg: Config) -> list[dict[str, Any]]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.jsonl"
-    records = load(path) if cfg.resume and path.is_file() else []
-    if not cfg.resume:
-        path.write_text("")
+    # resume keeps the measured rows; skipped and failed ones run again (a larger
+    # --max-dense-context, a longer --timeout)
+    records = (
+        [r for r in load(path) if r["status"] == "ok"] if cfg.resume and path.is_file() else []
+    )
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     done = {_key(r) for r in records}
     server = Server(["torch", "transformers", "longseq.bench.generate"], quiet=True)
     try:
