@@ -204,12 +204,21 @@ class LongformerAttention(SelfAttention):
         """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again
         (constant memory); the rule is `patterns.sliding_window`, one dilation per head."""
         self._check_cacheable()
-        dil = torch.tensor(self.dilations)[:, None, None]  # (H, 1, 1): a dilation per head
+        # one dilation for every head: a mask shared by the heads, (B, 1, C, S); otherwise a
+        # dilation per head, (H, 1, 1), and a mask per head
+        uniform = len(set(self.dilations)) == 1
+        dil = torch.tensor(self.dilations)[:, None, None]
 
         def rule(q: Tensor, k: Tensor) -> Tensor:
-            return patterns.sliding_window(self.window, dil.to(q.device), is_causal=True)(q, k)
+            d = self.dilations[0] if uniform else dil.to(q.device)
+            return patterns.sliding_window(self.window, d, is_causal=True)(q, k)
 
-        return SlotCache(rule, size=max(self.dilations) * (self.window // 2) + 1)
+        # without dilation the ring is the band of its newest query (ring_is_rule)
+        return SlotCache(
+            rule,
+            size=max(self.dilations) * (self.window // 2) + 1,
+            ring_is_rule=max(self.dilations) == 1,
+        )
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         return patterns.longformer(
