@@ -2,6 +2,7 @@
 
     longseq train --config FILE.yaml [--resume] [--set section.key=value ...]
     longseq evaluate --model DIR --data FILE [--task T] [--max-length N] [--out FILE.json]
+                     [--by-position N ...]
 
 `train` runs data parallel under torchrun too:
 
@@ -131,6 +132,16 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--by-position",
+        type=positive(int),
+        nargs="+",
+        metavar="N",
+        help="score by where the answer lies (QA) instead: buckets cut at these token "
+        "positions (e.g. 512: within the first 512 tokens, and beyond), every example of the "
+        "file counted, answers beyond --max-length as misses (the trainer's metrics leave "
+        "those out)",
+    )
     p.set_defaults(func=run_evaluate, evaluate_parser=p)
 
 
@@ -202,7 +213,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
         names = model.config.label_names or task.label_names(cfg, tokenizer)
         path = args.data if task.several_files else args.data[0]
-        dataset = task.dataset(tasks.SplitSource(cfg, tokenizer, path, label_names=names))
+        source = tasks.SplitSource(cfg, tokenizer, path, label_names=names)
+        if args.by_position:
+            by_position = task.scores_by_position(model, source, args.by_position, args.batch_size)
+            if by_position is None:
+                raise ValueError(f"task {cfg.task!r} has no scores by position (--by-position)")
+            return _write_record(args, {"model": str(args.model), "data": args.data,
+                                        "task": cfg.task, "by_position": by_position})  # fmt: skip
+        dataset = task.dataset(source)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     multiple = model.pad_multiple(cfg.max_length)
@@ -230,6 +248,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     record = {"model": str(args.model), "data": args.data, "task": cfg.task,
               "examples": len(dataset), **result}  # fmt: skip
+    return _write_record(args, record)
+
+
+def _write_record(args: argparse.Namespace, record: dict[str, Any]) -> int:
     text = json.dumps(record, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
