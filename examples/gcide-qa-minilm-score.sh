@@ -17,7 +17,7 @@ score() {  # MODEL NAME [--max-length N]
     local model=$1 name=$2
     shift 2
     [ -f "$OUT/$name.json" ] || longseq evaluate --model "$model" --data "$TEST" "$@" \
-        --by-position 512 1024 --batch-size 2 --no-progress --out "$OUT/$name.json"
+        --buckets 0,512,1024,2048 --batch-size 2 --no-progress --out "$OUT/$name.json"
 }
 score "$RUN/$CKPT" truncated
 [ -d "$RUN-longformer-2048" ] || longseq longify "$RUN/$CKPT" "$RUN-longformer-2048" \

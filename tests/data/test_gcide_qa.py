@@ -179,22 +179,24 @@ def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: st
         gcide_qa.QADataset(built / "test.jsonl", tok, 512),
     )
     assert result.test["f1"] == pytest.approx(sum(r[2] for r in rows) / len(rows))
-    # longseq evaluate --by-position: every example of the file, those beyond reach as misses
+    # longseq evaluate --buckets: every example of the file, those beyond reach as misses
     from longseq.cli import main
 
     cut = sorted(r[3] for r in rows)[len(rows) // 2] + 1
     out = tmp_path / "eval.json"
     args = ["evaluate", "--model", str(tmp_path / "run" / "best"), "--data"]
-    args += [str(built / "test.jsonl"), "--max-length", str(cut), "--by-position", "8", str(cut)]
+    args += [str(built / "test.jsonl"), "--max-length", str(cut), "--buckets", f"0,{cut},4096"]
     assert main([*args, "--out", str(out), "--no-progress"]) == 0
     split = json.loads(out.read_text())["by_position"]
     lines = (built / "test.jsonl").read_text().splitlines()
-    assert split["all"]["examples"] == len(lines) == len(rows)
-    assert split[f"{cut}+"] == {"examples": sum(r[3] >= cut for r in rows), "exact_match": 0.0,
-                                "f1": 0.0}  # fmt: skip
+    assert sum(b["examples"] for b in split) == len(lines) == len(rows)
+    far = sum(r[3] >= cut for r in rows)
+    assert split[-1] == {"start": cut, "end": 4096, "examples": far, "exact_match": 0.0,
+                         "f1": 0.0}  # fmt: skip
     kept = gcide_qa.QADataset(built / "test.jsonl", tok, cut, keep_unreachable=True)
     rows = scores_by_distance(from_pretrained(tmp_path / "run" / "best"), kept)
-    assert split["all"]["f1"] == pytest.approx(100 * sum(r[2] for r in rows) / len(rows))
+    near = [r for r in rows if r[3] < cut]
+    assert split[0]["f1"] == pytest.approx(100 * sum(r[2] for r in near) / len(near))
 
 
 def test_best_spans_equal_a_brute_force_search() -> None:
@@ -253,10 +255,11 @@ def test_unreachable_answers_are_kept_for_scoring_and_miss(built: Path) -> None:
     golds = [(it["start_positions"], it["end_positions"]) for it in kept.items]
     rows = scores_by_distance(_Oracle(golds), kept, batch_size=3)
     assert [r[2] for r in rows] == [float(it["end"] < cut) for it in kept.items]
-    split = by_position(rows, [cut])
-    assert split[f"0-{cut - 1}"] == {"examples": len(short), "exact_match": 100.0, "f1": 100.0}
-    assert split[f"{cut}+"] == {"examples": short.dropped, "exact_match": 0.0, "f1": 0.0}
-    assert split["all"]["examples"] == len(whole)
+    split = by_position(rows, [0, cut, 10**6])
+    assert split == [
+        {"start": 0, "end": cut, "examples": len(short), "exact_match": 100.0, "f1": 100.0},
+        {"start": cut, "end": 10**6, "examples": short.dropped, "exact_match": 0.0, "f1": 0.0},
+    ]
 
 
 def test_by_position_buckets_by_the_answers_last_token() -> None:
@@ -264,12 +267,17 @@ def test_by_position_buckets_by_the_answers_last_token() -> None:
 
     # [distance, exact, f1, end]
     rows = [[0, 1.0, 1.0, 511], [500, 0.0, 0.5, 512], [900, 1.0, 1.0, 2047], [3, 0, 0, 5]]
-    got = by_position(rows, [512, 1024])
-    assert got["0-511"] == {"examples": 2, "exact_match": 50.0, "f1": 50.0}
-    assert got["512-1023"] == {"examples": 1, "exact_match": 0.0, "f1": 50.0}
-    assert got["1024+"] == {"examples": 1, "exact_match": 100.0, "f1": 100.0}
-    assert got["all"]["f1"] == pytest.approx(62.5)
-    for bad in ([], [0], [512, 512]):
+    got = by_position(rows, [0, 512, 1024, 2048, 4096])
+    assert [(r["start"], r["end"], r["examples"]) for r in got] == [
+        (0, 512, 2),
+        (512, 1024, 1),
+        (1024, 2048, 1),
+    ]  # the empty bucket 2048-4096 is left out, as the LM's
+    assert (got[0]["exact_match"], got[0]["f1"]) == (50.0, 50.0)
+    assert (got[1]["exact_match"], got[1]["f1"]) == (0.0, 50.0)
+    assert (got[2]["exact_match"], got[2]["f1"]) == (100.0, 100.0)
+    assert by_position(rows, [512, 1024])[0]["examples"] == 1  # only [512, 1024)
+    for bad in ([], [0], [512, 512], [-1, 5]):
         with pytest.raises(ValueError, match="increasing"):
             by_position(rows, bad)
 

@@ -7,7 +7,7 @@ A task answers four groups of questions, each a method with a default a new task
   `label_names`;
 - scoring: `metrics` (what evaluation reports; the model's head computes them), `best_metric`
   (run.metric auto), `by_distance` (per-bucket scores of the test split beyond the metrics),
-  `scores_by_position` (`longseq evaluate --by-position`: where the target lies);
+  `scores_by_position` (`longseq evaluate --buckets`: where the target lies);
 - predict: `predict_input` (a JSON line as the model's Predictor takes it);
 - compare: `compare` (its named data sets), `prepare` (build or find their splits),
   `chart_lines`, `describe_data` and `report_section` (its part of report.md).
@@ -87,6 +87,9 @@ class Task:
     best_metric: ClassVar[str] = "loss"  # run.metric auto: picks the best checkpoint
     causal: ClassVar[bool] = False  # its model is causal: compare keeps causal mechanisms
     several_files: ClassVar[bool] = False  # a split may be several files (LM text)
+    # a pre-trained model evaluated as it is: compare trains nothing and runs
+    # `longseq.compare.zero_shot` instead (each mechanism substituted by `longify`)
+    zero_shot: ClassVar[bool] = False
     compare: ClassVar[tuple[CompareTask, ...]] = ()
     # "module:function" of its report.md section (compare calls it; None: no section)
     report_section: ClassVar[str | None] = None
@@ -132,10 +135,10 @@ class Task:
 
     def scores_by_position(
         self, model: Any, source: SplitSource, edges: list[int], batch_size: int = 16
-    ) -> dict[str, dict[str, float]] | None:
-        """Scores by where the target lies in the input, in buckets cut at `edges` (token
-        positions), every example of the file counted, those out of the model's reach as
-        misses (`longseq evaluate --by-position`); None: the task has no such split."""
+    ) -> list[dict[str, Any]] | None:
+        """Scores by where the target lies in the input, one row per bucket [edges[i],
+        edges[i+1]) of token positions, every example of the file counted, those out of the
+        model's reach as misses (`longseq evaluate --buckets`); None: no such split."""
         return None
 
     # ------------------------------------------------------------------------ predict

@@ -49,7 +49,7 @@ class QuestionAnswering(Task):
 
     def scores_by_position(
         self, model: Any, source: SplitSource, edges: list[int], batch_size: int = 16
-    ) -> dict[str, dict[str, float]]:
+    ) -> list[dict[str, Any]]:
         """Exact match and F1 (%) by where the answer ends in the input, every example of the
         file counted (those beyond the model's reach as misses)."""
         data = gcide_qa.QADataset(
@@ -93,28 +93,27 @@ def scores_by_distance(
     return rows
 
 
-def by_position(rows: list[list[float]], edges: list[int]) -> dict[str, dict[str, float]]:
-    """Exact match and F1 (%) of `scores_by_distance` rows in buckets of where the answer
-    ends: edges [512] gives "0-511" (the whole answer within the first 512 input tokens) and
-    "512+"; "all" too. Each bucket: examples, exact_match, f1."""
-    if not edges or any(b <= a for a, b in itertools.pairwise([0, *edges])):
-        raise ValueError(f"position edges must be positive and increasing, got {edges}")
-    bounds = [0, *edges, None]
-    out: dict[str, dict[str, float]] = {}
-    for a, b in itertools.pairwise(bounds):
-        name = f"{a}-{b - 1}" if b is not None else f"{a}+"
-        out[name] = _mean_scores([r for r in rows if r[3] >= a and (b is None or r[3] < b)])
-    out["all"] = _mean_scores(rows)
+def by_position(rows: list[list[float]], edges: list[int]) -> list[dict[str, Any]]:
+    """Exact match and F1 (%) of `scores_by_distance` rows by where the answer ends: one row
+    per bucket [edges[i], edges[i+1]) of the answer's last input token that holds examples,
+    as the causal LM's loss by position (`longseq evaluate --buckets 0,512,2048`)."""
+    if len(edges) < 2 or edges[0] < 0 or any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ValueError(f"bucket edges must be >= 2 increasing non-negative ints, got {edges}")
+    out = []
+    for a, b in itertools.pairwise(edges):
+        inside = [r for r in rows if a <= r[3] < b]
+        if inside:
+            n = len(inside)
+            out.append(
+                {
+                    "start": a,
+                    "end": b,
+                    "examples": n,
+                    "exact_match": 100 * sum(r[1] for r in inside) / n,
+                    "f1": 100 * sum(r[2] for r in inside) / n,
+                }
+            )
     return out
-
-
-def _mean_scores(rows: list[list[float]]) -> dict[str, float]:
-    n = len(rows)
-    return {
-        "examples": n,
-        "exact_match": 100 * sum(r[1] for r in rows) / n if n else float("nan"),
-        "f1": 100 * sum(r[2] for r in rows) / n if n else float("nan"),
-    }
 
 
 __all__ = ["QuestionAnswering", "by_position", "scores_by_distance"]
