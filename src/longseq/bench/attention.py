@@ -309,6 +309,18 @@ def reset_peak_rss() -> Callable[[], int]:
         return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before_b
 
 
+def peak_memory(device: str) -> Callable[[], int]:
+    """Start measuring; the returned function gives the peak growth in bytes since then:
+    `max_memory_allocated` on CUDA, the RSS high-water mark on CPU (`reset_peak_rss`)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        return lambda: max(0, torch.cuda.max_memory_allocated() - base)
+    growth = reset_peak_rss()
+    return lambda: max(0, growth())
+
+
 def warm_up(device: str) -> None:
     """Run a tiny forward+backward so thread pools and allocators exist before measuring."""
     lin = nn.Linear(8, 8).to(device)
@@ -326,17 +338,9 @@ def probe(spec: dict[str, Any], n: int, cfg_dict: dict[str, Any]) -> dict[str, A
     gc.collect()
     result: dict[str, Any] = {}
     for mode in MODES:
-        if cfg.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            seconds = call_once(module, fn, x, mode, cfg.device)
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            growth = reset_peak_rss()
-            seconds = call_once(module, fn, x, mode, cfg.device)
-            peak = growth()
-        result[mode] = {"peak_bytes": max(peak, 0), "seconds": seconds}
+        measure = peak_memory(cfg.device)
+        seconds = call_once(module, fn, x, mode, cfg.device)
+        result[mode] = {"peak_bytes": measure(), "seconds": seconds}
     return result
 
 
@@ -621,9 +625,14 @@ Layer = tuple[Spec, nn.Module, Callable[[Tensor], Tensor]]
 
 
 def time_round_robin(
-    layers: list[Layer], x: Tensor, cfg: Config, bar: Any = None
+    layers: list[Layer],
+    x: Tensor,
+    cfg: Config,
+    bar: Any = None,
+    modes: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """Milliseconds per call of every layer and mode, warm-up rounds dropped; and failures.
+    `modes`: the modes of a layer (by name) that are timed, where not both.
 
     Each round calls every layer once per mode; the order rotates by one layer each round, so
     no layer always runs first (after a cold cache) or right after the same neighbour. With
@@ -656,7 +665,7 @@ def time_round_robin(
             if bar is not None:
                 bar.set_description(f"n={x.shape[1]} time {spec.name}")
             try:
-                for mode in MODES:
+                for mode in (modes or {}).get(spec.name, MODES):
                     dt = call_once(module, fn, x, mode, cfg.device)
                     if r >= cfg.warmup:
                         times[spec.name][mode].append(dt * 1e3)

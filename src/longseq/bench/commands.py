@@ -1,8 +1,10 @@
-"""`longseq bench attention --out DIR [...]`: time and memory of the attention layers."""
+"""`longseq bench attention|model --out DIR [...]`: time and memory of the attention layers
+and of whole models."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import torch
 
 from longseq.argtypes import int_list, positive
 from longseq.bench import attention as ba
+from longseq.bench import model as bm
 
 
 def register(commands: Any) -> None:
@@ -66,6 +69,102 @@ def register(commands: Any) -> None:
     att.add_argument("--no-progress", dest="progress", action="store_false")
     att.add_argument("--out", required=True, help="output directory")
     att.set_defaults(func=run, parser=att)  # errors against the right usage line
+    _register_model(which)
+
+
+def _register_model(which: Any) -> None:
+    d = bm.Config()
+    mod = which.add_parser(
+        "model",
+        help="time and peak memory of whole models vs Hugging Face's and dense SDPA",
+        description="Forward and forward+backward median time, tokens/s and peak memory of a "
+        "whole model (a preset's Hugging Face model with seeded random weights, or a local "
+        "Hugging Face folder), converted to longseq, against the Hugging Face model with the "
+        "same weights and the converted model with full (SDPA) attention. Writes "
+        "results.jsonl, table.md and plot.png to --out.",
+    )
+    mod.add_argument("--model", choices=list(bm.PRESETS), default=d.model)
+    mod.add_argument("--hf-dir", help="a local Hugging Face model folder instead of a preset")
+    mod.add_argument("--layers", type=positive(int), help="a preset's number of layers")
+    mod.add_argument(
+        "--attention",
+        help="run the longseq rows with this mechanism instead of the converted one "
+        "(the same weights)",
+    )
+    mod.add_argument(
+        "--attention-options",
+        default="{}",
+        help="JSON options of --attention, e.g. '{\"window\": 256}'",
+    )
+    mod.add_argument(
+        "--flex", action="store_true", help="add a row with backend='flex' (forward only on CPU)"
+    )
+    mod.add_argument("--no-hf", dest="hf", action="store_false", help="skip the HF model")
+    mod.add_argument("--lengths", type=int_list, default=d.lengths)
+    mod.add_argument("--batch", type=positive(int), default=d.batch)
+    mod.add_argument("--threads", type=positive(int), default=d.threads)
+    mod.add_argument("--repeats", type=positive(int), default=d.repeats)
+    mod.add_argument("--warmup", type=int, default=d.warmup)
+    mod.add_argument("--dtype", choices=list(ba.DTYPES), default=d.dtype)
+    mod.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
+    mod.add_argument(
+        "--max-seconds",
+        type=positive(float),
+        default=d.max_seconds,
+        help="stop a row after a length where one call took longer",
+    )
+    mod.add_argument("--no-progress", dest="progress", action="store_false")
+    mod.add_argument("--out", required=True, help="output directory")
+    mod.set_defaults(func=run_model, parser=mod)
+
+
+def run_model(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    try:
+        options = json.loads(args.attention_options)
+    except json.JSONDecodeError as err:
+        parser.error(f"--attention-options is not JSON: {err}")
+    if not isinstance(options, dict):
+        parser.error("--attention-options must be a JSON object")
+    if options and not args.attention:
+        parser.error("--attention-options needs --attention")
+    if args.attention:
+        from longseq import attention
+
+        if args.attention not in attention.mechanisms():
+            parser.error(
+                f"unknown --attention {args.attention!r}; valid: "
+                f"{', '.join(attention.mechanisms())}"
+            )
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    cfg = bm.Config(
+        model=args.model,
+        hf_dir=args.hf_dir,
+        layers=args.layers,
+        attention=args.attention,
+        attention_options=options,
+        flex=args.flex,
+        hf=args.hf,
+        lengths=args.lengths,
+        batch=args.batch,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        device=args.device,
+        max_seconds=args.max_seconds,
+        out=args.out,
+        progress=args.progress,
+    )
+    records = bm.run(cfg)
+    out = Path(args.out)
+    print((out / "table.md").read_text())
+    for name in ("results.jsonl", "table.md", "plot.png"):
+        print(f"wrote {out / name}")
+    return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,4 +207,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "run_model"]
