@@ -170,8 +170,12 @@ def choices() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*attention.mechanisms(), *(s.name for s in rows())]))
 
 
-def select(mechanisms: list[str], peers: bool) -> list[Spec]:
-    """Baselines, then the chosen rows of ours, then their peers (when `peers`)."""
+def select(
+    mechanisms: list[str], peers: bool, backends: tuple[str, ...] = ("native",)
+) -> list[Spec]:
+    """Baselines, then the chosen rows of ours, then their peers (when `peers`); `backends`
+    other than native add a copy of each longseq row whose mechanism has that backend (named
+    `row+backend`, e.g. `longformer+flex`)."""
     valid = choices()
     unknown = [m for m in mechanisms if m not in valid]
     if unknown:
@@ -181,7 +185,28 @@ def select(mechanisms: list[str], peers: bool) -> list[Spec]:
     ]
     if not peers:
         chosen = [s for s in chosen if s.kind != "peer"]
-    return chosen
+    return chosen + [
+        with_backend(s, b) for b in backends if b != "native" for s in chosen if _has(s, b)
+    ]
+
+
+def _has(spec: Spec, backend: str) -> bool:
+    if spec.builder != "longseq":
+        return False
+    name = attention.baseline() if spec.family == "baseline" else spec.family
+    return backend != "flex" or attention.get(name).flex_refusal is None
+
+
+def with_backend(spec: Spec, backend: str) -> Spec:
+    """The longseq row `spec` run with `backend` (an attention option)."""
+    return Spec(
+        f"{spec.name}+{backend}",
+        spec.family,
+        spec.kind,
+        spec.builder,
+        {**spec.settings, "backend": backend},
+        spec.global_tokens,
+    )
 
 
 @dataclass
@@ -201,6 +226,7 @@ class Config:
     dtype: str = "fp32"
     device: str = "cpu"
     peers: bool = True
+    backends: tuple[str, ...] = ("native",)  # flex: a `+flex` copy of each row that has it
     max_memory_gb: float = 18.0
     max_seconds: float = 120.0  # one forward+backward call
     out: str = "bench-out"
@@ -508,7 +534,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
 
     Per length: each row's peak memory in a fresh process (`_probe_length`), then every row
     that fits timed in this process, round-robin (`_time_length`)."""
-    specs = select(cfg.mechanisms, cfg.peers)
+    specs = select(cfg.mechanisms, cfg.peers, tuple(cfg.backends))
     lengths = sorted(set(cfg.lengths))
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)

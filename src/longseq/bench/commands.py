@@ -55,6 +55,13 @@ def register(commands: Any) -> None:
         "--no-peers", dest="peers", action="store_false", help="skip the other libraries' layers"
     )
     att.add_argument(
+        "--backends",
+        default="native",
+        help="comma-separated attention backends (native, flex): flex adds a row+flex copy "
+        "of each longseq row whose mechanism has a mask (forward only on CPU: FlexAttention "
+        "has no CPU backward, so there the rows are skipped)",
+    )
+    att.add_argument(
         "--max-memory-gb",
         type=positive(float),
         default=d.max_memory_gb,
@@ -178,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or any(b not in ("native", "flex") for b in backends):
+        parser.error(f"--backends takes native and/or flex, got {args.backends!r}")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -194,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         peers=args.peers,
+        backends=backends,
         max_memory_gb=args.max_memory_gb,
         max_seconds=args.max_seconds,
         out=args.out,
