@@ -91,7 +91,13 @@ def _register_model(which: Any) -> None:
         "results.jsonl, table.md and plot.png to --out.",
     )
     mod.add_argument("--model", choices=list(bm.PRESETS), default=d.model)
-    mod.add_argument("--hf-dir", help="a local Hugging Face model folder instead of a preset")
+    source = mod.add_mutually_exclusive_group()
+    source.add_argument("--hf-dir", help="a local Hugging Face model folder instead of a preset")
+    source.add_argument(
+        "--hf-config",
+        help="a Hugging Face config.json instead of a preset (seeded random weights; the "
+        "class its `architectures` names)",
+    )
     mod.add_argument("--layers", type=positive(int), help="a preset's number of layers")
     mod.add_argument(
         "--attention",
@@ -150,6 +156,7 @@ def run_model(args: argparse.Namespace) -> int:
     cfg = bm.Config(
         model=args.model,
         hf_dir=args.hf_dir,
+        hf_config=args.hf_config,
         layers=args.layers,
         attention=args.attention,
         attention_options=options,

@@ -117,8 +117,9 @@ PRESETS: dict[str, tuple[str, Callable[[int, int | None], nn.Module]]] = {
 
 @dataclass
 class Config:
-    model: str = "longformer-base"  # a preset, unless hf_dir is given
-    hf_dir: str | None = None
+    model: str = "longformer-base"  # a preset, unless hf_dir or hf_config is given
+    hf_dir: str | None = None  # a local Hugging Face folder: its weights
+    hf_config: str | None = None  # a Hugging Face config.json: seeded random weights
     layers: int | None = None  # a preset's layer count (None: the model's own)
     attention: str | None = None  # swap this mechanism into the converted model
     attention_options: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +137,9 @@ class Config:
     max_seconds: float = 300.0  # one forward+backward call
     out: str = "bench-model"
     progress: bool = True
+    # memory probes in a fresh process each (CPU: a process keeps what it freed); False, or
+    # CUDA (max_memory_allocated is exact in any process): in this one
+    isolate: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,11 +161,25 @@ def hf_model(cfg: Config, n: int) -> nn.Module:
         from longseq.convert.local import load_folder
 
         model = load_folder(cfg.hf_dir, SUPPORTED)
+    elif cfg.hf_config:
+        model = _from_config(cfg.hf_config)
     else:
         if cfg.model not in PRESETS:
             raise ValueError(f"unknown model {cfg.model!r}; presets: {', '.join(PRESETS)}")
         model = PRESETS[cfg.model][1](n, cfg.layers)
     return model.to(device=cfg.device, dtype=ba.DTYPES[cfg.dtype]).eval()
+
+
+def _from_config(path: str) -> nn.Module:
+    """A Hugging Face model from a config.json (seeded random weights): the class its
+    `architectures` names, else the base model of its type."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    if arch is None:
+        return transformers.AutoModel.from_config(config)
+    return getattr(transformers, arch)(config)
 
 
 def with_attention(model: nn.Module, name: str, options: dict[str, Any]) -> nn.Module:
@@ -283,7 +301,7 @@ class _Writer:
 
 
 def describe(cfg: Config) -> str:
-    what = cfg.hf_dir or f"{cfg.model}: {PRESETS[cfg.model][0]}"
+    what = cfg.hf_dir or cfg.hf_config or f"{cfg.model}: {PRESETS[cfg.model][0]}"
     layers = f", {cfg.layers} layers" if cfg.layers else ""
     swap = (
         f"; longseq rows with attention={cfg.attention} {cfg.attention_options}"
@@ -304,7 +322,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
     torch.set_num_threads(cfg.threads)
     log("model benchmark: " + describe(cfg))
     common = {
-        "model": cfg.hf_dir or cfg.model,
+        "model": cfg.hf_dir or cfg.hf_config or cfg.model,
         "layers": cfg.layers,
         "attention": cfg.attention,
         "attention_options": cfg.attention_options,
@@ -358,7 +376,10 @@ def _probe_length(
             bar.update(1 + cfg.warmup + cfg.repeats)
             continue
         try:
-            res = server.call(probe, row, n, asdict(cfg), timeout=4 * cfg.max_seconds + 120)
+            if cfg.isolate and cfg.device == "cpu":
+                res = server.call(probe, row, n, asdict(cfg), timeout=4 * cfg.max_seconds + 120)
+            else:
+                res = probe(row, n, asdict(cfg))
         except ChildError as err:
             gave_up[row] = f"{ba._first_line(str(err))} at n={n}"
             for mode in MODES:
