@@ -218,7 +218,7 @@ def _time_and_memory(
                     peaks[name][mode] = measure()
                 except flex.FlexBackwardUnavailable:
                     peaks[name][mode] = None
-            built.append((bm.Row(name), module, fn))
+            built.append((bm.ModelRow(name), module, fn))
         except Exception as err:  # out of memory, a peer's length rule: a skipped row
             records.append(
                 {"mechanism": name, "n": n, "status": "skipped", "reason": str(err)[:300]}
@@ -282,7 +282,7 @@ def layers(run: Run) -> None:
 
 def models(run: Run) -> None:
     lengths = [256, 512] if run.tiny else [4096, 16384, 32768]
-    cfg = bm.Config(
+    cfg = bm.ModelBenchConfig(
         model="longformer-base", layers=1 if run.tiny else None, flex=True, device=run.device
     )
     records = []
@@ -297,7 +297,7 @@ def models(run: Run) -> None:
     _goal(run, records, "longseq", "hf", 16384, 3, "Longformer-base fwd+bwd vs HF")
 
 
-def _model_row(row: str, cfg: bm.Config, n: int) -> tuple[Any, Callable]:
+def _model_row(row: str, cfg: bm.ModelBenchConfig, n: int) -> tuple[Any, Callable]:
     model = bm.build_row(row, cfg, n)
     return model, bm.make_call(model, cfg, n)
 
@@ -306,7 +306,9 @@ def train(run: Run) -> None:
     """Training tokens/s: AdamW steps under bf16 autocast (CUDA), compiled for longseq."""
     n = 512 if run.tiny else 16384
     steps = 2 if run.tiny else 6
-    cfg = bm.Config(model="longformer-base", layers=1 if run.tiny else None, device=run.device)
+    cfg = bm.ModelBenchConfig(
+        model="longformer-base", layers=1 if run.tiny else None, device=run.device
+    )
     rows = ["longseq", "hf"] + (["longseq-flex"] if run.device == "cuda" else [])
     out = {}
     for row in rows:

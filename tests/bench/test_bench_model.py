@@ -52,7 +52,7 @@ def _check_outputs(out, lengths) -> None:
 def test_bench_model_tiny_writes_the_three_outputs(tmp_path, tiny_config):
     """In this process (the memory probes' fresh processes are tested by the slow test)."""
     out = tmp_path / "bench"
-    cfg = bm.Config(
+    cfg = bm.ModelBenchConfig(
         hf_config=tiny_config, lengths=[32], repeats=1, warmup=0, progress=False, out=str(out)
     )
     bm.run(dataclasses.replace(cfg, isolate=False), log=lambda _: None)
@@ -73,7 +73,7 @@ def test_bench_model_command(tmp_path, capsys, tiny_config):
 def test_the_rows_carry_the_same_weights(tiny_config):
     """With a window wider than the input, Longformer is full attention: the converted model,
     the same weights under `full`, and Hugging Face's model give the same states."""
-    cfg = bm.Config(hf_config=tiny_config)
+    cfg = bm.ModelBenchConfig(hf_config=tiny_config)
     n = 16  # every key within window/2 = 16 of every query
     states = {}
     for row in ("longseq", "full", "hf"):
@@ -86,10 +86,10 @@ def test_the_rows_carry_the_same_weights(tiny_config):
 
 def test_any_mechanism_swaps_in_on_the_same_weights(tiny_config):
     opts = {"block_size": 4}
-    cfg = bm.Config(hf_config=tiny_config, attention="bigbird", attention_options=opts)
+    cfg = bm.ModelBenchConfig(hf_config=tiny_config, attention="bigbird", attention_options=opts)
     model = bm.build_row("longseq", cfg, 32)
     assert model.config.attention == "bigbird"
-    ours = bm.build_row("longseq", bm.Config(hf_config=tiny_config), 32)
+    ours = bm.build_row("longseq", bm.ModelBenchConfig(hf_config=tiny_config), 32)
     shared = set(model.state_dict()) & set(ours.state_dict())
     assert len(shared) > 10
     for key in shared:

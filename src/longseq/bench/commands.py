@@ -80,7 +80,7 @@ def register(commands: Any) -> None:
 
 
 def _register_model(which: Any) -> None:
-    d = bm.Config()
+    d = bm.ModelBenchConfig()
     mod = which.add_parser(
         "model",
         help="time and peak memory of whole models vs Hugging Face's and dense SDPA",
@@ -153,7 +153,7 @@ def run_model(args: argparse.Namespace) -> int:
         parser.error("--warmup must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    cfg = bm.Config(
+    cfg = bm.ModelBenchConfig(
         model=args.model,
         hf_dir=args.hf_dir,
         hf_config=args.hf_config,

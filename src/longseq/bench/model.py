@@ -116,7 +116,7 @@ PRESETS: dict[str, tuple[str, Callable[[int, int | None], nn.Module]]] = {
 
 
 @dataclass
-class Config:
+class ModelBenchConfig:
     model: str = "longformer-base"  # a preset, unless hf_dir or hf_config is given
     hf_dir: str | None = None  # a local Hugging Face folder: its weights
     hf_config: str | None = None  # a Hugging Face config.json: seeded random weights
@@ -143,7 +143,7 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Row:
+class ModelRow:
     """A row of the table (`time_round_robin` needs its name)."""
 
     name: str
@@ -153,7 +153,7 @@ class Row:
 # Building the models
 
 
-def hf_model(cfg: Config, n: int) -> nn.Module:
+def hf_model(cfg: ModelBenchConfig, n: int) -> nn.Module:
     """The Hugging Face model (seeded weights; eval mode)."""
     torch.manual_seed(0)
     if cfg.hf_dir:
@@ -198,7 +198,7 @@ def with_attention(model: nn.Module, name: str, options: dict[str, Any]) -> nn.M
     return new.to(device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
 
 
-def build_row(row: str, cfg: Config, n: int) -> nn.Module:
+def build_row(row: str, cfg: ModelBenchConfig, n: int) -> nn.Module:
     """The model of `row` at length n (eval mode)."""
     from longseq.convert import from_huggingface
 
@@ -217,7 +217,7 @@ def build_row(row: str, cfg: Config, n: int) -> nn.Module:
     return ours.eval()
 
 
-def make_call(model: nn.Module, cfg: Config, n: int) -> Callable[[Tensor], Tensor]:
+def make_call(model: nn.Module, cfg: ModelBenchConfig, n: int) -> Callable[[Tensor], Tensor]:
     """`fn(_) -> Tensor` on fixed random tokens: an encoder's last hidden state, a causal
     LM's loss (the benchmark sums it for the backward)."""
     gen = torch.Generator().manual_seed(n)
@@ -239,7 +239,7 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return arch == "causal-lm" or type(model).__name__.endswith("ForCausalLM")
 
 
-def rows(cfg: Config) -> list[str]:
+def rows(cfg: ModelBenchConfig) -> list[str]:
     return [r for r in ROWS if (r != "hf" or cfg.hf) and (r != "longseq-flex" or cfg.flex)]
 
 
@@ -249,7 +249,7 @@ def rows(cfg: Config) -> list[str]:
 
 def probe(row: str, n: int, cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """(In a fresh process) peak memory and cold time of one forward, then one fwd+bwd."""
-    cfg = Config(**cfg_dict)
+    cfg = ModelBenchConfig(**cfg_dict)
     torch.set_num_threads(cfg.threads)
     ba.warm_up(cfg.device)
     model = build_row(row, cfg, n)
@@ -274,7 +274,7 @@ class _Writer:
         self.common = common
         self.records: list[dict[str, Any]] = []
 
-    def record(self, row: str, n: int, mode: str, cfg: Config, **fields: Any) -> None:
+    def record(self, row: str, n: int, mode: str, cfg: ModelBenchConfig, **fields: Any) -> None:
         times = fields.get("times") or []
         med = statistics.median(times) if times else None
         rec = {
@@ -300,7 +300,7 @@ class _Writer:
         self.file.close()
 
 
-def describe(cfg: Config) -> str:
+def describe(cfg: ModelBenchConfig) -> str:
     what = cfg.hf_dir or cfg.hf_config or f"{cfg.model}: {PRESETS[cfg.model][0]}"
     layers = f", {cfg.layers} layers" if cfg.layers else ""
     swap = (
@@ -315,7 +315,7 @@ def describe(cfg: Config) -> str:
     )
 
 
-def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run(cfg: ModelBenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure every row at every length; write results.jsonl, table.md, plot.png."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -362,7 +362,7 @@ def _probe_length(
     server: Server,
     names: list[str],
     n: int,
-    cfg: Config,
+    cfg: ModelBenchConfig,
     gave_up: dict[str, str],
     writer: _Writer,
     bar: Any,
@@ -395,7 +395,7 @@ def _probe_length(
 
 
 def _time_length(
-    probes: dict[str, dict[str, Any]], n: int, cfg: Config, writer: _Writer, bar: Any
+    probes: dict[str, dict[str, Any]], n: int, cfg: ModelBenchConfig, writer: _Writer, bar: Any
 ) -> None:
     """Every probed row at n in this process, round-robin; a mode its probe skipped (CPU
     flex's fwd+bwd) is recorded as skipped and not timed."""
@@ -403,7 +403,7 @@ def _time_length(
     for row, res in probes.items():
         modes[row] = tuple(m for m in MODES if "skip" not in res[m])
         model = build_row(row, cfg, n)
-        models.append((Row(row), model, make_call(model, cfg, n)))
+        models.append((ModelRow(row), model, make_call(model, cfg, n)))
     dummy = torch.zeros(1, n, device=cfg.device)  # (what the progress bar reads n from)
     times, failed = ba.time_round_robin(models, dummy, cfg, bar, modes)  # type: ignore[arg-type]
     for row, res in probes.items():
@@ -463,4 +463,4 @@ def _over(cells: dict[tuple[str, int], dict[str, Any]], m: str, n: int) -> str:
     return f"n={n}: " + ("–" if not (a and b) else f"{a['median_ms'] / b['median_ms']:.2f}x")
 
 
-__all__ = ["PRESETS", "Config", "build_row", "run", "table", "with_attention"]
+__all__ = ["PRESETS", "ModelBenchConfig", "ModelRow", "build_row", "run", "table", "with_attention"]
