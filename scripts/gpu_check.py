@@ -93,17 +93,16 @@ class Run:
 
 # ------------------------------------------------------------------------------ correctness
 
-CORRECTNESS: list[tuple[str, dict[str, Any], bool]] = [  # (mechanism, options, global tokens)
-    ("full", {}, False),
+# (mechanism, options, global tokens): few, since each compiles FlexAttention's kernels
+# (forward and backward: tens of seconds each on a GPU)
+CORRECTNESS: list[tuple[str, dict[str, Any], bool]] = [
     ("full", {"causal": True}, False),
-    ("longformer", {"window": 64, "dilation": [1, 2, 1, 3]}, False),
-    ("longformer", {"window": 64}, True),
+    ("longformer", {"window": 64, "dilation": [1, 2, 1, 3]}, True),
     ("longformer", {"window": 64, "causal": True, "num_key_value_heads": 2}, False),
     ("bigbird", {"block_size": 16, "num_random_blocks": 2}, False),
     ("bigbird", {"block_size": 16, "num_random_blocks": 2, "variant": "etc"}, False),
     ("bigbird", {"block_size": 16, "num_random_blocks": 2, "causal": True}, False),
     ("local", {"chunk_length": 32, "num_chunks_after": 1}, False),
-    ("local", {"chunk_length": 32, "causal": True}, False),
 ]
 
 
@@ -260,7 +259,10 @@ def layers(run: Run) -> None:
     hidden, heads = (64, 4) if run.tiny else (768, 12)
     cfg = ba.Config(hidden=hidden, heads=heads, device=run.device)
     specs = ba.select(["longformer", "bigbird"], True, ("native", "flex"))
-    specs = [s for s in specs if s.name != "projections" and "+global" not in s.name]
+    # not the projections, the global-token rows or flex full attention (SDPA is the dense
+    # baseline): each flex row compiles its kernels at each length
+    drop = ("projections", "full+flex")
+    specs = [s for s in specs if s.name not in drop and "+global" not in s.name]
     records = []
     for n in lengths + ([] if run.tiny else [131072]):
         memory_only = n == 131072
