@@ -44,7 +44,7 @@ def _inputs(name: str, opts: dict[str, Any], n: int) -> tuple[torch.Tensor, ...]
     mask = torch.ones(2, n, dtype=torch.long)
     mask[1, n - 5 :] = 0
     glob = None
-    if attention.get(name).supports_global and not opts.get("causal"):
+    if attention.get(name).supports_global:  # (causal: attention sinks)
         glob = torch.zeros(2, n, dtype=torch.long)
         glob[:, 0] = 1
         glob[0, n // 2] = 1

@@ -61,6 +61,9 @@ class FullAttention(SelfAttention):
 
         return flex.FlexMask(mod, real, heads=False, key=(self.name, self.causal))
 
+    def dense_up_to(self, limit: int) -> int:
+        return limit
+
     def new_cache(self) -> SlotCache:
         """Every earlier position (a key/value cache): O(t) per new token."""
         self._check_cacheable()
