@@ -45,7 +45,7 @@ test: setup
 # The scheduled checks (before each release, and nightly; docs/testing.md): the README's
 # commands run in order, and what `make test` leaves out for time.
 test-slow: setup
-	$(PYTEST) -m slow
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
 	$(BIN)/ruff check src tests
