@@ -56,7 +56,9 @@ def test_transformers_contender_has_the_same_weights(tied):
 
 def test_a_row_measures_prefill_tokens_and_memory(tmp_path):
     build_model(ModelConfig(**LLAMA), seed=0).save_pretrained(tmp_path / "m")
-    cfg = bg.Config(model=str(tmp_path / "m"), out=str(tmp_path), new_tokens=4, window=8, threads=1)
+    cfg = bg.GenerateBench(
+        model=str(tmp_path / "m"), out=str(tmp_path), new_tokens=4, window=8, threads=1
+    )
     for contender in ("window", "dense", "hf-dense"):
         row = bg.measure(asdict(cfg), contender, 80)  # past max_length: longify extends it
         assert set(row) == {"prefill_s", "per_token_ms", "per_token_min_ms", "peak_mb"}

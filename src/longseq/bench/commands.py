@@ -186,7 +186,7 @@ def run_model(args: argparse.Namespace) -> int:
 
 
 def _register_generate(which: Any) -> None:
-    d = bg.Config(model="", out="")
+    d = bg.GenerateBench(model="", out="")
     p = which.add_parser(
         "generate",
         help="per-token decoding time and peak memory of a causal LM vs transformers' generate",
@@ -248,7 +248,7 @@ def run_generate(args: argparse.Namespace) -> int:
         parser.error(f"--sinks must be >= 0, got {args.sinks}")
     if not (Path(args.model) / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json (a folder saved by longseq)")
-    cfg = bg.Config(
+    cfg = bg.GenerateBench(
         model=args.model,
         out=args.out,
         contexts=args.contexts,

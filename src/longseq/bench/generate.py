@@ -58,7 +58,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
-class Config:
+class GenerateBench:
     model: str
     out: str
     contexts: list[int] = field(default_factory=lambda: [1024, 4096, 16384, 32768])
@@ -118,7 +118,7 @@ def transformers_llama(model: Any) -> Any:
     return hf.to(next(model.parameters()).dtype).eval()
 
 
-def build(cfg: Config, contender: str, length: int) -> Any:
+def build(cfg: GenerateBench, contender: str, length: int) -> Any:
     """The contender's model for sequences of up to `length` tokens."""
     from longseq.convert import longify
     from longseq.models import from_pretrained
@@ -177,7 +177,7 @@ def _return_freed_memory() -> None:
 
 def measure(cfg_dict: dict[str, Any], contender: str, n: int) -> dict[str, Any]:
     """One row, in a fresh process: prefill time, per-token time, peak memory growth."""
-    cfg = Config(**cfg_dict)
+    cfg = GenerateBench(**cfg_dict)
     torch.set_num_threads(cfg.threads)
     model = build(cfg, contender, n + cfg.new_tokens)
     vocab = model.config.vocab_size
@@ -210,7 +210,7 @@ def _key(r: dict[str, Any]) -> tuple[str, int, int]:
     return r["contender"], r["context"], r["repeat"]
 
 
-def run(cfg: Config) -> list[dict[str, Any]]:
+def run(cfg: GenerateBench) -> list[dict[str, Any]]:
     """Every (context, repeat, contender) row not done yet; returns every record."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -325,4 +325,4 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines + [""] + [f"- {s}" for s in skipped]) + "\n"
 
 
-__all__ = ["CONTENDERS", "Config", "build", "measure", "run", "table", "transformers_llama"]
+__all__ = ["CONTENDERS", "GenerateBench", "build", "measure", "run", "table", "transformers_llama"]
