@@ -202,6 +202,8 @@ class HFTokenizer(_SpecialAliases):
                 f"{', '.join(SPECIAL_CANDIDATES)}"
             )
         self.special_tokens = self._find_specials(hints)
+        # the chat template (Jinja) of an instruct model, kept through save (longseq.data.chat)
+        self.chat_template = _chat_template(folder) if path.is_dir() else None
         self.pad_id = self._tok.token_to_id(self.special_tokens["pad"])
         self.cls_id = self._tok.token_to_id(self.special_tokens["cls"])
         self.sep_id = self._tok.token_to_id(self.special_tokens["sep"])
@@ -248,12 +250,35 @@ class HFTokenizer(_SpecialAliases):
         out.mkdir(parents=True, exist_ok=True)
         if (out / HF_FILE).resolve() != self.path.resolve():
             shutil.copyfile(self.path, out / HF_FILE)
-        config = {"type": "hf", **{f"{r}_token": t for r, t in self.special_tokens.items()}}
+        config: dict[str, Any] = {
+            "type": "hf",
+            **{f"{r}_token": t for r, t in self.special_tokens.items()},
+        }
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         return out
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The chat template in `folder`: `chat_template.jinja` (newer transformers), else the
+    `chat_template` of tokenizer_config.json (a string, or named templates: "default")."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    if isinstance(value, list):  # [{"name": ..., "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    return value if isinstance(value, str) else None
 
 
 def _hf_config_hints(path: Path) -> dict[str, str]:
