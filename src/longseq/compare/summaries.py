@@ -41,12 +41,12 @@ SPARSE_LENGTH = 16_384  # the sparse forms read at most this many tokens
 # previous tokens; BigBird 128-token blocks (3 sliding, the 2 first blocks global: attention
 # sinks, 3 random); local 512-token chunks and the chunk before; LSH 256-token chunks, 2 hashes.
 FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
-    "first-512": ("full", {}, 512),
     "first-2048": ("full", {}, 2048),
-    "dense-8K": ("full", {}, None),
     "longformer": ("longformer", {"window": 2048}, None),
     "bigbird": ("bigbird", {"block_size": 128, "num_sliding_blocks": 3,
                             "num_global_blocks": 2, "num_random_blocks": 3}, None),
+    "dense-8K": ("full", {}, None),
+    "first-512": ("full", {}, 512),
     "local": ("local", {"chunk_length": 512, "num_chunks_before": 1}, None),
     "lsh": ("lsh", {"chunk_length": 256, "n_hashes": 2}, None),
 }  # fmt: skip
@@ -162,7 +162,8 @@ def report(out: Path, title: str) -> str:
     rows = read_rows(out / "results.jsonl")
     loss = [r for r in rows if r["kind"] == "loss"]
     rouge = [r for r in rows if r["kind"] == "rouge"]
-    forms = [f for f in FORMS if any(r["form"] == f for r in rows)]
+    order = ["first-512", "first-2048", "dense-8K", *(f for f in FORMS if FORMS[f][0] != "full")]
+    forms = [f for f in order if any(r["form"] == f for r in rows)]
     base = {r["id"]: r["loss"] for r in loss if r["form"] == BASELINE}
     lines = [f"# {title}", "",
              "Reference summary loss (nats per token, lower is better) and ROUGE F1 (x100) "
