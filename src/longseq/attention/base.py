@@ -46,6 +46,12 @@ class SelfAttention(nn.Module):
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
     compared: ClassVar[bool] = True  # among the mechanisms `longseq compare` runs by default
+    # options that size a layer for a length rather than define its pattern (longify resets
+    # them for the new length)
+    length_options: ClassVar[tuple[str, ...]] = ()
+    # the first `global_tokens` positions are global (a layer option of the mechanisms that
+    # have token-level global tokens; under a causal mask they are attention sinks)
+    global_tokens: int = 0
 
     def __init__(
         self,
@@ -100,6 +106,12 @@ class SelfAttention(nn.Module):
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
         return 1
 
+    def dense_up_to(self, limit: int) -> int:
+        """Largest n <= limit for which this layer's pattern is full attention (causal: the
+        lower triangle) for every head, so that it computes what dense attention with the
+        same weights does; 0 when no n is (`longseq.convert.longify`'s exactness)."""
+        return 0
+
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
     ) -> tuple[Tensor, Tensor, str]:
@@ -138,6 +150,9 @@ class SelfAttention(nn.Module):
             self.name,
             allow_empty=cache is not None or shard is not None,
         )
+        if self.global_tokens and cache is None:  # a cache keeps the sinks itself
+            start = 0 if shard is None else shard.start
+            glob = ops.first_tokens(real, glob, self.global_tokens, start)
         if attention_mask is not None:  # whatever padding holds (even NaN) stays out
             hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
         if cache is not None:

@@ -128,6 +128,7 @@ class LinformerAttention(SelfAttention):
 
     name = "linformer"
     sequence_parallel = True
+    length_options = ("max_seq_len",)
     supports_causal: ClassVar[bool] = False
 
     @classmethod
