@@ -38,15 +38,18 @@ from longseq.tasks import summarise
 SPARSE_LENGTH = 16_384  # the sparse forms read at most this many tokens
 # name -> (attention, its options, document tokens read at most; None: all the model takes).
 # The sparse forms' options give each query about 1,024 keys: the causal window w/2 = 1,024
-# previous tokens; BigBird 128-token blocks (3 sliding, the 2 first blocks global: attention
-# sinks, 3 random); local 512-token chunks and the chunk before; LSH 256-token chunks, 2 hashes.
+# previous tokens (with the first 4 tokens global: attention sinks, StreamingLLM's; and
+# without); BigBird 128-token blocks (3 sliding, the 2 first blocks global, which are sinks
+# under a causal mask, 3 random); local 512-token chunks and the chunk before; LSH 256-token
+# chunks, 2 hashes.
 FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "first-2048": ("full", {}, 2048),
-    "longformer": ("longformer", {"window": 2048}, None),
+    "window+sinks": ("longformer", {"window": 2048, "global_tokens": 4}, None),
     "bigbird": ("bigbird", {"block_size": 128, "num_sliding_blocks": 3,
                             "num_global_blocks": 2, "num_random_blocks": 3}, None),
     "dense-8K": ("full", {}, None),
     "first-512": ("full", {}, 512),
+    "window": ("longformer", {"window": 2048}, None),
     "local": ("local", {"chunk_length": 512, "num_chunks_before": 1}, None),
     "lsh": ("lsh", {"chunk_length": 256, "n_hashes": 2}, None),
 }  # fmt: skip
