@@ -8,6 +8,7 @@ up to its trained length:
 
     python -m longseq.compare.summaries --model runs/smollm2 --data data/manpages \\
         --out results/summ-manpages [--per-bucket 8] [--rouge 4] [--forms a,b] [--report]
+    python -m longseq.compare.summaries --rouge-of zero-shot.jsonl fine-tuned.jsonl
 
 Per document of a fixed sample (`--per-bucket` documents of each length bucket of the test
 split, drawn with `--seed`), and per form, one forward gives the reference summary's loss per
@@ -202,6 +203,18 @@ def report(out: Path, title: str) -> str:
     return text
 
 
+def rouge_table(files: list[str]) -> str:
+    """ROUGE of `longseq predict --task summarisation` outputs (one file per model), per
+    length bucket: mean ± standard error over documents."""
+    lines = ["| predictions | bucket | docs | R-1 | R-2 | R-L |", "|---|---|---:|---:|---:|---:|"]
+    for name in files:
+        rows = [r for r in read_rows(Path(name)) if "rougeL" in r]
+        for b, stats in summarise.by_bucket(rows, summarise.ROUGE).items():
+            cols = " | ".join(_fmt(stats[k], 1) for k in summarise.ROUGE)
+            lines.append(f"| {Path(name).stem} | {b} | {stats['n']} | {cols} |")
+    return "\n".join(lines) + "\n"
+
+
 def _in_bucket(rows: list[dict[str, Any]], b: str) -> list[dict[str, Any]]:
     return [r for r in rows if b == "all" or summarise.bucket(r["doc_tokens"]) == b]
 
@@ -213,9 +226,15 @@ def _fmt(ms: tuple[float, float], digits: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="the converted instruct decoder")
-    p.add_argument("--data", required=True, help="a folder from longseq data manpages/aclsum")
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", help="the converted instruct decoder")
+    p.add_argument("--data", help="a folder from longseq data manpages/aclsum")
+    p.add_argument("--out")
+    p.add_argument(
+        "--rouge-of",
+        nargs="+",
+        metavar="FILE",
+        help="only print the ROUGE table of these `longseq predict --task summarisation` outputs",
+    )
     p.add_argument("--split", default="test")
     p.add_argument("--per-bucket", type=int, default=8, help="documents per length bucket")
     p.add_argument("--rouge", type=int, default=2, help="of those, how many get a summary")
@@ -226,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", action="store_true", help="only write report.md")
     p.add_argument("--title", default="Summarisation against truncation")
     args = p.parse_args(argv)
+    if args.rouge_of:
+        print(rouge_table(args.rouge_of))
+        return 0
+    if args.out is None or (not args.report and (args.model is None or args.data is None)):
+        p.error("--out, and to run: --model and --data, are required")
     if not args.report:
         run(args, lambda s: print(s, file=sys.stderr, flush=True))
     print(report(Path(args.out), args.title))
