@@ -57,22 +57,29 @@ FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
 BASELINE = "first-2048"
 
 
-def form_model(base: Any, name: str) -> tuple[Any, int]:
+def form_model(base: Any, name: str, sparse_length: int = SPARSE_LENGTH) -> tuple[Any, int]:
     """The model of form `name` and the longest input it reads: dense forms are `base`; a
-    sparse form is `base` longified to SPARSE_LENGTH with the form's options, its parameters
+    sparse form is `base` longified to `sparse_length` with the form's options, its parameters
     the very tensors of `base` (no copy)."""
     from longseq.convert.longify import longify
 
     mech, opts, _ = FORMS[name]
     if mech == "full":
         return base, base.config.max_length
-    model = longify(base, SPARSE_LENGTH, mech, **opts)
+    model = longify(base, sparse_length, mech, **opts)
     model.load_state_dict(base.state_dict(), strict=False, assign=True)
-    return model.eval(), SPARSE_LENGTH
+    return model.eval(), sparse_length
 
 
-def sample(records: list[dict[str, Any]], tokenizer: Any, per_bucket: int, seed: int) -> list:
-    """(record, doc_tokens) of `per_bucket` documents per length bucket, in a fixed order."""
+def sample(
+    records: list[dict[str, Any]],
+    tokenizer: Any,
+    per_bucket: int,
+    seed: int,
+    buckets: tuple[str, ...] | None = None,
+) -> list:
+    """(record, doc_tokens) of `per_bucket` documents per length bucket (of `buckets`, default
+    all), in a fixed order."""
     groups: dict[str, list] = {}
     for rec in records:
         n = len(tokenizer.encode(rec["text"]))
@@ -82,7 +89,8 @@ def sample(records: list[dict[str, Any]], tokenizer: Any, per_bucket: int, seed:
     for name, _, _ in summarise.BUCKETS:
         docs = groups.get(name, [])
         rng.shuffle(docs)
-        out.append(docs[:per_bucket])
+        if buckets is None or name in buckets:
+            out.append(docs[:per_bucket])
     # interleave the buckets, so a run stopped early has some of each
     return [d for row in _zip_longest(out) for d in row]
 
@@ -104,7 +112,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     tokenizer = load_tokenizer(args.model)
     base = from_pretrained(args.model).eval()
     records = summarise.read_records(Path(args.data) / f"{args.split}.jsonl")
-    docs = sample(records, tokenizer, args.per_bucket, args.seed)
+    buckets = tuple(args.buckets.split(",")) if args.buckets else None
+    docs = sample(records, tokenizer, args.per_bucket, args.seed, buckets)
     log(f"{len(docs)} documents: " + ", ".join(
         f"{b} {sum(summarise.bucket(n) == b for _, n in docs)}" for b, _, _ in summarise.BUCKETS
     ))  # fmt: skip
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         for rec, n in docs:
             for form in forms:
                 if form not in models:
-                    models[form] = form_model(base, form)
+                    models[form] = form_model(base, form, args.sparse_length)
                 model, limit = models[form]
                 doc_limit = FORMS[form][2]
                 row = {"form": form, "id": rec["id"], "doc_tokens": n}
@@ -151,12 +160,16 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows = []
+    rows, seen = [], set()
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a stop: recomputed
+        key = (row.get("form"), row.get("id"), row.get("kind"))
+        if row.get("form") is None or key not in seen:  # runs sharing a file: the first
+            seen.add(key)
+            rows.append(row)
     return rows
 
 
@@ -240,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rouge", type=int, default=2, help="of those, how many get a summary")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--forms", help=f"comma-separated, of {', '.join(FORMS)} (default all)")
+    p.add_argument("--buckets", help="comma-separated length buckets to sample (default all)")
+    p.add_argument(
+        "--sparse-length",
+        type=int,
+        default=SPARSE_LENGTH,
+        help=f"tokens the sparse forms read at most (default {SPARSE_LENGTH:,})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", action="store_true", help="only write report.md")
