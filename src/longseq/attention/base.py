@@ -101,6 +101,15 @@ class SelfAttention(nn.Module):
         (causal LSH's fixed bucket count)."""
         return dict(given)
 
+    @classmethod
+    def longified_options(
+        cls, given: dict[str, Any], source_length: int, max_length: int
+    ) -> dict[str, Any]:
+        """The options of a layer of a model longified from `source_length` to `max_length`
+        tokens (`longseq.convert.longify`): `given` checked and completed with what makes the
+        longified layer exact where it can be."""
+        return dict(given)
+
     @property
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
@@ -162,7 +171,7 @@ class SelfAttention(nn.Module):
         else:
             context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
-        return out.masked_fill(~real.unsqueeze(-1), 0.0)
+        return out if attention_mask is None else out.masked_fill(~real.unsqueeze(-1), 0.0)
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

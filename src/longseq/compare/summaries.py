@@ -41,9 +41,9 @@ SPARSE_LENGTH = 16_384  # the sparse forms read at most this many tokens
 # The sparse forms' options give each query about 1,024 keys: the causal window w/2 = 1,024
 # previous tokens (with the first 4 tokens global: attention sinks, StreamingLLM's; and
 # without); BigBird 128-token blocks (3 sliding, the 2 first blocks global, which are sinks
-# under a causal mask, 3 random); local 512-token chunks and the chunk before. LSH is not
-# among them: it shares one projection for queries and keys, so its keys have all 9 heads,
-# and longseq refuses it on a grouped-query model (SmolLM2: 3 key/value heads).
+# under a causal mask, 3 random); local 512-token chunks and the chunk before; LSH 256-token
+# chunks, 2 hashes (longify shares the query projection as LSH's and expands SmolLM2's 3
+# key/value heads to 9 for it).
 FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "first-2048": ("full", {}, 2048),
     "window+sinks": ("longformer", {"window": 2048, "global_tokens": 4}, None),
@@ -53,6 +53,7 @@ FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "first-512": ("full", {}, 512),
     "window": ("longformer", {"window": 2048}, None),
     "local": ("local", {"chunk_length": 512, "num_chunks_before": 1}, None),
+    "lsh": ("lsh", {"chunk_length": 256, "n_hashes": 2}, None),
 }  # fmt: skip
 BASELINE = "first-2048"
 

@@ -2,8 +2,8 @@
 
 An instruct model was tuned on conversations written in its own format (SmolLM2: ChatML,
 `<|im_start|>user\\n...<|im_end|>`). The format is the tokenizer's `chat_template`, which
-`longseq convert` keeps with the tokenizer (`HFTokenizer.chat_template`). It is rendered with
-jinja2's sandbox, as `transformers.PreTrainedTokenizer.apply_chat_template` does.
+`longseq convert` keeps with the tokenizer, rendered by `HFTokenizer.apply_chat_template`
+(transformers' own renderer).
 
 `ChatPrompt(tokenizer)` splits the rendered conversation around the user's document, so a
 document can be cut to a number of tokens without cutting the template:
@@ -15,33 +15,10 @@ document can be cut to a number of tokens without cutting the template:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 _DOC = "\x00DOCUMENT\x00"
 _REPLY = "\x00REPLY\x00"
-
-
-@lru_cache(maxsize=8)
-def _compile(template: str) -> Any:
-    # jinja2 (a dependency of torch) only when a chat prompt is rendered
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template)
-
-
-def render(
-    template: str, messages: list[dict[str, str]], add_generation_prompt: bool, **specials: str
-) -> str:
-    """The conversation as text, in the template's format."""
-    return _compile(template).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, **specials
-    )
 
 
 @dataclass(frozen=True)
@@ -55,19 +32,16 @@ class ChatPrompt:
 
     @classmethod
     def build(cls, tokenizer: Any, instruction: str) -> ChatPrompt:
-        template = getattr(tokenizer, "chat_template", None)
-        if not template:
+        if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"{tokenizer!r} has no chat template: the summarisation task prompts an "
                 "instruct model through its own (convert it from a GGUF file or a Hugging Face "
-                "folder whose tokenizer_config.json has `chat_template`)"
+                "folder whose tokenizer has one)"
             )
-        names = getattr(tokenizer, "special_tokens", {})
-        specials = {"bos_token": names.get("cls", ""), "eos_token": names.get("sep", "")}
         user = [{"role": "user", "content": f"{_DOC}\n\n{instruction}"}]
-        prompt = render(template, user, True, **specials)
-        full = render(template, [*user, {"role": "assistant", "content": _REPLY}], False,
-                      **specials)  # fmt: skip
+        prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True)
+        reply = {"role": "assistant", "content": _REPLY}
+        full = tokenizer.apply_chat_template([*user, reply], add_generation_prompt=False)
         if not full.startswith(prompt) or prompt.count(_DOC) != 1 or _REPLY not in full:
             raise ValueError("the chat template does not render a prompt that the reply extends")
         before, after = prompt.split(_DOC)
@@ -93,4 +67,4 @@ class ChatPrompt:
         return len(self.before) + len(self.after)
 
 
-__all__ = ["ChatPrompt", "render"]
+__all__ = ["ChatPrompt"]

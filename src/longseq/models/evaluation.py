@@ -5,7 +5,8 @@ The sums over every evaluated example are (loss, items, a third and a fourth qua
 a confusion matrix for classification, reduced over processes before the metrics are
 computed, so a result never depends on how the examples were split into batches or processes:
 
-    ClassificationSums  summed CE and a confusion matrix -> accuracy, macro-F1, per class
+    ClassificationSums  summed CE and a confusion matrix -> accuracy, macro-F1, per class;
+                        with two classes also a histogram of the margin -> AUROC
     CausalLMSums        summed CE over real next tokens, their bytes -> loss, perplexity,
                         bits per byte (the shift and ignore rule of `ForCausalLM`)
     MaskedLMSums        summed CE over labelled tokens, correct argmax -> loss, accuracy
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from longseq.data.gcide_qa import best_spans, span_scores
 from longseq.labels import IGNORE
 from longseq.models import metrics
+from longseq.models.positions import PositionSums, token_losses
 
 QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 
@@ -65,7 +67,15 @@ class EvalSums:
 
 
 class ClassificationSums(EvalSums):
-    """Summed CE and a confusion matrix -> accuracy, macro-F1, per-class F1."""
+    """Summed CE and a confusion matrix -> accuracy, macro-F1, per-class F1; with two classes,
+    a histogram of the margin logit_1 - logit_0 per true class -> AUROC."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+        super().__init__(model, tokenizer, device)
+        binary = self.confusion.shape[0] == 2
+        self.margins = (
+            torch.zeros(2, metrics.AUROC_BINS, dtype=torch.int64, device=device) if binary else None
+        )
 
     def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
         batch = dict(batch)
@@ -74,9 +84,19 @@ class ClassificationSums(EvalSums):
         self.sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         classes = self.confusion.shape[0]
         self.confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
+        if self.margins is not None:
+            self.margins += metrics.margin_histogram(logits[:, 1] - logits[:, 0], labels)
+
+    def reduce(self, all_reduce: Callable[[Tensor], Any]) -> None:
+        super().reduce(all_reduce)
+        if self.margins is not None:
+            all_reduce(self.margins)
 
     def result(self) -> dict[str, Any]:
-        return metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
+        out = metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
+        if self.margins is not None:
+            out["auroc"] = metrics.auroc(self.margins)
+        return out
 
 
 class MaskedLMSums(EvalSums):
@@ -112,18 +132,24 @@ class TokenLabelSums(EvalSums):
 
 
 class CausalLMSums(EvalSums):
-    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes."""
+    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes;
+    also the loss by target position (`positions`, this process's only: not reduced), which
+    `longseq evaluate` buckets. The LM head runs a chunk of positions at a time
+    (`positions.token_losses`), so long inputs never hold all their logits."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+        super().__init__(model, tokenizer, device)
+        self.positions = PositionSums()
 
     def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits.float()
-        keep = batch["attention_mask"][:, 1:].bool()
-        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
-            ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
+        nll, real = token_losses(
+            self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"]
         )
+        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(~real.cpu(), IGNORE)
         self.sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
-        self._tokens(logits[:, :-1], labels[:, 1:].masked_fill(~keep, IGNORE))
+        self.sums[0] += nll.sum()
+        self.sums[1] += real.sum()
+        self.positions.add(nll, real)
 
     def result(self) -> dict[str, Any]:
         loss_sum, n, num_bytes, _ = self.sums.tolist()

@@ -29,6 +29,7 @@ _REGISTRY: dict[str, str | type[Task]] = {
     "genome-bases": "longseq.tasks.genome:GenomeBases",
     "genome-promoters": "longseq.tasks.genome:GenomePromoters",
     "summarisation": "longseq.tasks.summarise:Summarisation",
+    "long-context": "longseq.tasks.longctx:LongContext",
 }
 _INSTANCES: dict[str, Task] = {}
 
