@@ -61,14 +61,16 @@ BASELINE = "first-2048"
 def form_model(base: Any, name: str, sparse_length: int = SPARSE_LENGTH) -> tuple[Any, int]:
     """The model of form `name` and the longest input it reads: dense forms are `base`; a
     sparse form is `base` longified to `sparse_length` with the form's options, its parameters
-    the very tensors of `base` (no copy)."""
+    the very tensors of `base` (no copy) where they have the same shape."""
     from longseq.convert.longify import longify
 
     mech, opts, _ = FORMS[name]
     if mech == "full":
         return base, base.config.max_length
     model = longify(base, sparse_length, mech, **opts)
-    model.load_state_dict(base.state_dict(), strict=False, assign=True)
+    own = model.state_dict()  # LSH: grouped-query values expanded, kept as longify made them
+    shared = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False, assign=True)
     return model.eval(), sparse_length
 
 
