@@ -10,6 +10,11 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip install --quiet --no-compile
 OUT ?= results
 THREADS ?= 2
+# pytest-xdist workers for `make test`: the suite is mostly single-threaded small ops, so two
+# processes (one intra-op thread each, tests/conftest.py) nearly halve it on 2 cores. Whole
+# modules go to one worker (loadscope), so a module's shared fixtures are built once.
+WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope
 
 .PHONY: setup run test test-slow lint bench patterns clean
 
@@ -35,7 +40,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The scheduled checks (before each release, and nightly; docs/testing.md): the README's
 # commands run in order, and what `make test` leaves out for time.

@@ -34,6 +34,7 @@ TRAIN_SHORT = (
 SHORTER: list[tuple[str, str]] = [
     (r"^((?:longseq|torchrun) .*\btrain --config \S+.*)$", r"\1" + TRAIN_SHORT),
     (r"--max-new-tokens \d+", "--max-new-tokens 8"),
+    (r"^(longseq generate (?!.*--max-new-tokens).*)$", r"\1 --max-new-tokens 8"),
     (
         r"^(longseq compare --out \S+).*$",
         r"\1 --steps 2 --seeds 1 --no-sweep --set recall_train=64 --set recall_val=16"

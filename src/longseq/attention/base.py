@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
-from longseq.attention import ops, pictures
+from longseq.attention import flex, ops, pictures
 from longseq.attention.cache import AttentionCache
 from longseq.attention.shard import Shard
 
@@ -46,6 +47,11 @@ class SelfAttention(nn.Module):
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
     compared: ClassVar[bool] = True  # among the mechanisms `longseq compare` runs by default
+    # backend="flex" (attention/flex.py): None where the class defines `flex_mask`, else why not
+    flex_refusal: ClassVar[str | None] = (
+        "it defines no FlexAttention mask (a `flex_mask` method, see longseq/attention/flex.py)"
+    )
+    auto_flex: ClassVar[bool] = False  # backend="auto" runs flex on CUDA
     # options that size a layer for a length rather than define its pattern (longify resets
     # them for the new length)
     length_options: ClassVar[tuple[str, ...]] = ()
@@ -62,8 +68,10 @@ class SelfAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         super().__init__()
+        flex.check_backend(backend, self.name, self.flex_refusal)
         if hidden_size <= 0 or num_heads <= 0:
             raise ValueError("hidden_size and num_heads must be positive")
         if hidden_size % num_heads:
@@ -81,6 +89,7 @@ class SelfAttention(nn.Module):
         self.head_dim = hidden_size // num_heads
         self.causal = causal
         self.dropout = dropout
+        self.backend = backend
         kv_size = kv * self.head_dim
         self.query = nn.Linear(hidden_size, hidden_size, bias=bias)
         if not self.shared_qk:
@@ -168,6 +177,8 @@ class SelfAttention(nn.Module):
             context = self.attend_cached(hidden_states, cache, positions, real)
         elif shard is not None:  # this rank's part of a sequence split over processes
             context = self.attend_sharded(hidden_states, real, glob, shard)
+        elif self.runs_flex(hidden_states.device):
+            context = self.attend_flex(hidden_states, real, glob)
         else:
             context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
@@ -215,6 +226,36 @@ class SelfAttention(nn.Module):
         """Per-head context (B, H, N, D). `real` (B, N) bool; `glob` (B, N) bool or None."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ FlexAttention backend
+
+    def runs_flex(self, device: torch.device) -> bool:
+        """Whether `forward` goes through FlexAttention on `device` (backend "flex"; "auto":
+        on CUDA, for a class with `auto_flex`, unless training with attention dropout)."""
+        if self.backend == "auto" and self.training and self.dropout > 0:
+            return False
+        return flex.use_flex(self.backend, self.auto_flex, device)
+
+    def attend_flex(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        """`attend` through FlexAttention under `flex_mask` (backend="flex"; a mechanism whose
+        layer is more than its mask, as Longformer's global rows, extends it)."""
+        self.refuse_flex_dropout()
+        q, k, v = self.project(hidden_states, expand=False)  # FlexAttention reads KV heads
+        return flex.attend(q, k, v, self.flex_mask(real, glob))
+
+    def refuse_flex_dropout(self) -> None:
+        """FlexAttention has no dropout on the attention probabilities."""
+        if self.training and self.dropout > 0:
+            raise ValueError(
+                f"backend='flex' has no attention dropout ('{self.name}' layer in training mode "
+                f"with dropout={self.dropout}); set dropout=0, call .eval(), or use "
+                "backend='native'"
+            )
+
+    def flex_mask(self, real: Tensor, glob: Tensor | None) -> flex.FlexMask:
+        """This layer's pattern for a batch with real tokens `real` (B, N) and global tokens
+        `glob`, as a FlexAttention mask (the same rule as `pattern`, from patterns.py)."""
+        raise ValueError(f"'{self.name}' attention cannot use backend='flex': {self.flex_refusal}")
+
     # ------------------------------------------------------------------ incremental decoding
 
     def new_cache(self) -> AttentionCache:
@@ -247,9 +288,10 @@ class SelfAttention(nn.Module):
     def extra_repr(self) -> str:
         kv = self.num_key_value_heads
         grouped = f", num_key_value_heads={kv}" if kv != self.num_heads else ""
+        backend = "" if self.backend == "native" else f", backend={self.backend!r}"
         return (
             f"hidden_size={self.hidden_size}, num_heads={self.num_heads}{grouped}, "
-            f"causal={self.causal}"
+            f"causal={self.causal}{backend}"
         )
 
     @classmethod

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.attention import ops, patterns, pictures
+from longseq.attention import flex, ops, patterns, pictures
 from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
@@ -80,6 +80,8 @@ class BigBirdAttention(SelfAttention):
     name = "bigbird"
     sequence_parallel = True
     supports_global = False
+    flex_refusal = None
+    auto_flex = True
 
     @classmethod
     def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +110,7 @@ class BigBirdAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         super().__init__(
             hidden_size,
@@ -116,6 +119,7 @@ class BigBirdAttention(SelfAttention):
             dropout=dropout,
             bias=bias,
             num_key_value_heads=num_key_value_heads,
+            backend=backend,
         )
         ops.check_int("block_size", block_size, 1)
         ops.check_int("num_random_blocks", num_random_blocks, 0)
@@ -280,6 +284,51 @@ class BigBirdAttention(SelfAttention):
             ctx = self._global_rows(ctx, q, k, v, real, glob_blocks)
         ctx = ctx.view(bsz, h, length, d)[:, :, :n_eff]
         return ctx if n_eff == n else F.pad(ctx, (0, 0, 0, n - n_eff))
+
+    def _extra_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """ETC: the extra global tokens' keys and values before the sequence's."""
+        if not self.extra_blocks:
+            return k, v
+        _, ek, ev = self.project(self.global_states[None].to(k.dtype), expand=False)
+        bsz = k.shape[0]
+        return torch.cat([ek.expand(bsz, -1, -1, -1), k], 2), torch.cat(
+            [ev.expand(bsz, -1, -1, -1), v], 2
+        )
+
+    def attend_flex(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        """FlexAttention under `flex_mask`; ETC's extra global keys first."""
+        self.refuse_global_tokens(glob)
+        self.refuse_flex_dropout()
+        q, k, v = self.project(hidden_states, expand=False)
+        k, v = self._extra_kv(k, v)
+        return flex.attend(q, k, v, self.flex_mask(real, glob))
+
+    def flex_mask(self, real: Tensor, glob: Tensor | None) -> flex.FlexMask:
+        """Each sequence's layout (`patterns.bigbird_blocks`, drawn for its real blocks as
+        `attend` draws it) as a (B, H, blocks, blocks) table: query q (token q + g*b of the
+        pattern under ETC) sees key k where its block row lists k's block; real keys only,
+        k <= q when causal."""
+        b, gx = self.block_size, self.extra_blocks
+        bsz, n = real.shape
+        nb = -(-n // b)
+        off = gx * b
+        table = torch.zeros(bsz, self.num_heads, gx + nb, gx + nb, dtype=torch.bool)
+        lengths = (-(-self.sequence_ends(real) // b)).tolist()
+        for length in set(lengths):
+            rows = [i for i, x in enumerate(lengths) if x == length]
+            table[rows, :, : gx + length, : gx + length] = patterns.bigbird_blocks(
+                self.layout(length)
+            )
+        table = table.to(real.device)
+        real_k = torch.cat([real.new_ones(bsz, off), real], 1)
+        causal = self.causal
+
+        def mod(bi: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            ok = table[bi, h, (q + off) // b, k // b] & real_k[bi, k]
+            return ok & (k <= q + off) if causal else ok
+
+        key = (self.name, self.block_size, tuple(sorted(self._pattern_options().items())))
+        return flex.FlexMask(mod, real, heads=True, key=key, tensors=(table,), q_offset=off)
 
     def _sparse_rows(
         self,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longseq.attention import ops, patterns
+from longseq.attention import flex, ops, patterns
 from longseq.attention.base import SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
@@ -22,6 +22,8 @@ class FullAttention(SelfAttention):
     name = "full"
     baseline = True
     sequence_parallel = True
+    flex_refusal = None
+    auto_flex = False  # on CUDA, SDPA's FlashAttention is the faster full attention
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         q, k, v = self.project(hidden_states, expand=False)  # SDPA reads the KV heads
@@ -49,6 +51,15 @@ class FullAttention(SelfAttention):
         return F.scaled_dot_product_attention(
             q, keys, values, attn_mask=allowed, dropout_p=p, scale=1.0
         )
+
+    def flex_mask(self, real: Tensor, glob: Tensor | None) -> flex.FlexMask:
+        """Every real key (those up to the query when causal)."""
+        rule = patterns.causal() if self.causal else patterns.full()
+
+        def mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return real[b, k] & rule(q, k)
+
+        return flex.FlexMask(mod, real, heads=False, key=(self.name, self.causal))
 
     def dense_up_to(self, limit: int) -> int:
         return limit

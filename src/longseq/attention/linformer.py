@@ -130,6 +130,10 @@ class LinformerAttention(SelfAttention):
     sequence_parallel = True
     length_options = ("max_seq_len",)
     supports_causal: ClassVar[bool] = False
+    flex_refusal = (
+        "a Linformer query scores k projections of the whole sequence's keys (E K), not a "
+        "subset of its keys, so no token mask exists; use backend='native'"
+    )
 
     @classmethod
     def longified_options(
@@ -183,6 +187,7 @@ class LinformerAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         if causal:
             raise ValueError(
@@ -198,6 +203,7 @@ class LinformerAttention(SelfAttention):
             dropout=dropout,
             bias=bias,
             num_key_value_heads=num_key_value_heads,
+            backend=backend,
         )
         if projection is None:
             projection = LinformerProjection(k, max_seq_len, heads=heads, share_kv=share_kv)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longseq.attention import ops, patterns
+from longseq.attention import flex, ops, patterns
 from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
@@ -42,6 +42,8 @@ class LocalAttention(SelfAttention):
 
     name = "local"
     sequence_parallel = True
+    flex_refusal = None
+    auto_flex = True
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class LocalAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         ops.check_int("chunk_length", chunk_length, 1)
         ops.check_int("num_chunks_before", num_chunks_before, 0)
@@ -66,6 +69,7 @@ class LocalAttention(SelfAttention):
             dropout=dropout,
             bias=bias,
             num_key_value_heads=num_key_value_heads,
+            backend=backend,
         )
         self.chunk_length = chunk_length
         self.num_chunks_before = num_chunks_before
@@ -140,12 +144,24 @@ class LocalAttention(SelfAttention):
         mod = patterns.chunked_local(self.chunk_length, self.num_chunks_before, 0, True)
         return SlotCache(mod, size=(self.num_chunks_before + 1) * self.chunk_length)
 
-    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
-        """(heads, n, n) bool: the chunks each query sees."""
-        mod = patterns.chunked_local(
+    def _rule(self) -> patterns.MaskMod:
+        return patterns.chunked_local(
             self.chunk_length, self.num_chunks_before, self.num_chunks_after, self.causal
         )
-        return patterns.materialize(mod, n).expand(self.num_heads, n, n)
+
+    def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        """(heads, n, n) bool: the chunks each query sees."""
+        return patterns.materialize(self._rule(), n).expand(self.num_heads, n, n)
+
+    def flex_mask(self, real: Tensor, glob: Tensor | None) -> flex.FlexMask:
+        """The chunks of `pattern`, real keys only."""
+        rule = self._rule()
+
+        def mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return real[b, k] & rule(q, k)
+
+        key = (self.name, self.chunk_length, self.num_chunks_before, self.num_chunks_after)
+        return flex.FlexMask(mod, real, heads=False, key=(*key, self.causal))
 
     def extra_repr(self) -> str:
         return (

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longseq.attention import ops, patterns, pictures
+from longseq.attention import flex, ops, patterns, pictures
 from longseq.attention.base import At, SelfAttention
 from longseq.attention.cache import SlotCache
 from longseq.attention.shard import Shard
@@ -89,6 +89,8 @@ class LongformerAttention(SelfAttention):
     name = "longformer"
     sequence_parallel = True
     supports_global = True
+    flex_refusal = None
+    auto_flex = True
 
     def __init__(
         self,
@@ -102,6 +104,7 @@ class LongformerAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         super().__init__(
             hidden_size,
@@ -110,6 +113,7 @@ class LongformerAttention(SelfAttention):
             dropout=dropout,
             bias=bias,
             num_key_value_heads=num_key_value_heads,
+            backend=backend,
         )
         if isinstance(window, bool) or not isinstance(window, int) or window < 2 or window % 2:
             raise ValueError(
@@ -306,11 +310,46 @@ class LongformerAttention(SelfAttention):
             order = torch.tensor([i for heads in groups.values() for i in heads])
             ctx = torch.cat(outs, dim=2).index_select(2, torch.argsort(order).to(q.device))
         if glob is not None and not self.causal:  # causal: sink rows are ordinary rows
-            rows = self._global_rows(hidden_states, real, gidx, g_ok)  # (B, G, H, D)
-            bi, si = g_ok.nonzero(as_tuple=True)
-            # under autocast the band and the global rows can come out in different dtypes
-            ctx = ctx.index_put((bi, gidx[bi, si]), rows[bi, si].to(ctx.dtype))
+            ctx = self._put_global_rows(ctx, hidden_states, real, glob)
         return ctx.transpose(1, 2)
+
+    def _put_global_rows(self, ctx: Tensor, x: Tensor, real: Tensor, glob: Tensor) -> Tensor:
+        """ctx (B, N, H, D) with the global tokens' rows replaced by their own attention
+        (the global projections over every real token)."""
+        gidx, g_ok = _global_indices(glob)
+        rows = self._global_rows(x, real, gidx, g_ok)  # (B, G, H, D)
+        bi, si = g_ok.nonzero(as_tuple=True)
+        # under autocast the band and the global rows can come out in different dtypes
+        return ctx.index_put((bi, gidx[bi, si]), rows[bi, si].to(ctx.dtype))
+
+    def attend_flex(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
+        """The band and the global keys through FlexAttention (`flex_mask`), then the global
+        tokens' own rows as `attend` computes them (not when causal: sink rows are ordinary)."""
+        ctx = super().attend_flex(hidden_states, real, glob)
+        if glob is None or self.causal:
+            return ctx
+        return self._put_global_rows(ctx.transpose(1, 2), hidden_states, real, glob).transpose(1, 2)
+
+    def flex_mask(self, real: Tensor, glob: Tensor | None) -> flex.FlexMask:
+        """`patterns.sliding_window` at each head's dilation, or a global key (causal: one up
+        to the query, an attention sink); real keys only. (A global token's own row is replaced
+        afterwards when not causal: `attend_flex`.)"""
+        dil = torch.tensor(self.dilations, device=real.device)
+        window, causal = self.window, self.causal
+
+        def mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            ok = patterns.sliding_window(window, dil[h], causal)(q, k)
+            if glob is not None:
+                ok = ok | (glob[b, k] & (k <= q) if causal else glob[b, k])
+            return ok & real[b, k]
+
+        return flex.FlexMask(
+            mod,
+            real,
+            heads=len(set(self.dilations)) > 1,
+            key=(self.name, window, self.dilations, causal),
+            tensors=() if glob is None else (glob,),
+        )
 
     def _band(
         self,

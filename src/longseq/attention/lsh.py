@@ -104,6 +104,14 @@ class LSHAttention(SelfAttention):
 
     name = "lsh"
     shared_qk = True
+    # Sorted by (bucket, position), one round's pairs are a fixed block band (a chunk and the
+    # previous one), which this kernel already computes as blocked matmuls: FlexAttention would
+    # add a BlockMask rebuilt from the buckets at every layer and call, for no saving.
+    flex_refusal = (
+        "the pairs LSH scores depend on each input's hashed buckets (computed in the forward) "
+        "and its hashing rounds are separate softmaxes combined afterwards, so no fixed token "
+        "mask exists; use backend='native'"
+    )
     # causal queries see the chunk_length latest keys of their bucket (prefix-stable), which
     # needs a fixed bucket count; a port of another causal rule sets this False
     bucket_window_causal: ClassVar[bool] = True
@@ -136,6 +144,7 @@ class LSHAttention(SelfAttention):
         dropout: float = 0.0,
         bias: bool = True,
         num_key_value_heads: int | None = None,
+        backend: str = "native",
     ) -> None:
         factors = [num_buckets] if ops.is_int(num_buckets) else num_buckets
         if num_buckets is not None and (
@@ -163,6 +172,7 @@ class LSHAttention(SelfAttention):
             dropout=dropout,
             bias=bias,
             num_key_value_heads=num_key_value_heads,
+            backend=backend,
         )
         self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
         self.n_hashes = n_hashes

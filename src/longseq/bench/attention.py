@@ -170,8 +170,12 @@ def choices() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*attention.mechanisms(), *(s.name for s in rows())]))
 
 
-def select(mechanisms: list[str], peers: bool) -> list[Spec]:
-    """Baselines, then the chosen rows of ours, then their peers (when `peers`)."""
+def select(
+    mechanisms: list[str], peers: bool, backends: tuple[str, ...] = ("native",)
+) -> list[Spec]:
+    """Baselines, then the chosen rows of ours, then their peers (when `peers`); `backends`
+    other than native add a copy of each longseq row whose mechanism has that backend (named
+    `row+backend`, e.g. `longformer+flex`)."""
     valid = choices()
     unknown = [m for m in mechanisms if m not in valid]
     if unknown:
@@ -181,7 +185,28 @@ def select(mechanisms: list[str], peers: bool) -> list[Spec]:
     ]
     if not peers:
         chosen = [s for s in chosen if s.kind != "peer"]
-    return chosen
+    return chosen + [
+        with_backend(s, b) for b in backends if b != "native" for s in chosen if _has(s, b)
+    ]
+
+
+def _has(spec: Spec, backend: str) -> bool:
+    if spec.builder != "longseq":
+        return False
+    name = attention.baseline() if spec.family == "baseline" else spec.family
+    return backend != "flex" or attention.get(name).flex_refusal is None
+
+
+def with_backend(spec: Spec, backend: str) -> Spec:
+    """The longseq row `spec` run with `backend` (an attention option)."""
+    return Spec(
+        f"{spec.name}+{backend}",
+        spec.family,
+        spec.kind,
+        spec.builder,
+        {**spec.settings, "backend": backend},
+        spec.global_tokens,
+    )
 
 
 @dataclass
@@ -201,6 +226,7 @@ class Config:
     dtype: str = "fp32"
     device: str = "cpu"
     peers: bool = True
+    backends: tuple[str, ...] = ("native",)  # flex: a `+flex` copy of each row that has it
     max_memory_gb: float = 18.0
     max_seconds: float = 120.0  # one forward+backward call
     out: str = "bench-out"
@@ -309,6 +335,18 @@ def reset_peak_rss() -> Callable[[], int]:
         return lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before_b
 
 
+def peak_memory(device: str) -> Callable[[], int]:
+    """Start measuring; the returned function gives the peak growth in bytes since then:
+    `max_memory_allocated` on CUDA, the RSS high-water mark on CPU (`reset_peak_rss`)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        return lambda: max(0, torch.cuda.max_memory_allocated() - base)
+    growth = reset_peak_rss()
+    return lambda: max(0, growth())
+
+
 def warm_up(device: str) -> None:
     """Run a tiny forward+backward so thread pools and allocators exist before measuring."""
     lin = nn.Linear(8, 8).to(device)
@@ -326,17 +364,9 @@ def probe(spec: dict[str, Any], n: int, cfg_dict: dict[str, Any]) -> dict[str, A
     gc.collect()
     result: dict[str, Any] = {}
     for mode in MODES:
-        if cfg.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            seconds = call_once(module, fn, x, mode, cfg.device)
-            peak = torch.cuda.max_memory_allocated() - base
-        else:
-            growth = reset_peak_rss()
-            seconds = call_once(module, fn, x, mode, cfg.device)
-            peak = growth()
-        result[mode] = {"peak_bytes": max(peak, 0), "seconds": seconds}
+        measure = peak_memory(cfg.device)
+        seconds = call_once(module, fn, x, mode, cfg.device)
+        result[mode] = {"peak_bytes": measure(), "seconds": seconds}
     return result
 
 
@@ -504,7 +534,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]
 
     Per length: each row's peak memory in a fresh process (`_probe_length`), then every row
     that fits timed in this process, round-robin (`_time_length`)."""
-    specs = select(cfg.mechanisms, cfg.peers)
+    specs = select(cfg.mechanisms, cfg.peers, tuple(cfg.backends))
     lengths = sorted(set(cfg.lengths))
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -621,9 +651,14 @@ Layer = tuple[Spec, nn.Module, Callable[[Tensor], Tensor]]
 
 
 def time_round_robin(
-    layers: list[Layer], x: Tensor, cfg: Config, bar: Any = None
+    layers: list[Layer],
+    x: Tensor,
+    cfg: Config,
+    bar: Any = None,
+    modes: dict[str, tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, str]]:
     """Milliseconds per call of every layer and mode, warm-up rounds dropped; and failures.
+    `modes`: the modes of a layer (by name) that are timed, where not both.
 
     Each round calls every layer once per mode; the order rotates by one layer each round, so
     no layer always runs first (after a cold cache) or right after the same neighbour. With
@@ -656,7 +691,7 @@ def time_round_robin(
             if bar is not None:
                 bar.set_description(f"n={x.shape[1]} time {spec.name}")
             try:
-                for mode in MODES:
+                for mode in (modes or {}).get(spec.name, MODES):
                     dt = call_once(module, fn, x, mode, cfg.device)
                     if r >= cfg.warmup:
                         times[spec.name][mode].append(dt * 1e3)

@@ -1,10 +1,12 @@
 """`longseq bench attention --out DIR [...]`: time and memory of the attention layers;
+`longseq bench model --out DIR [...]`: of whole models against Hugging Face's and dense SDPA;
 `longseq bench generate --model DIR --out DIR [...]`: decoding time and memory of a causal LM
 against transformers' generate."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from longseq.argtypes import int_list, positive
 from longseq.bench import attention as ba
 from longseq.bench import generate as bg
+from longseq.bench import model as bm
 
 
 def register(commands: Any) -> None:
@@ -55,6 +58,13 @@ def register(commands: Any) -> None:
         "--no-peers", dest="peers", action="store_false", help="skip the other libraries' layers"
     )
     att.add_argument(
+        "--backends",
+        default="native",
+        help="comma-separated attention backends (native, flex): flex adds a row+flex copy "
+        "of each longseq row whose mechanism has a mask (forward only on CPU: FlexAttention "
+        "has no CPU backward, so there the rows are skipped)",
+    )
+    att.add_argument(
         "--max-memory-gb",
         type=positive(float),
         default=d.max_memory_gb,
@@ -69,7 +79,110 @@ def register(commands: Any) -> None:
     att.add_argument("--no-progress", dest="progress", action="store_false")
     att.add_argument("--out", required=True, help="output directory")
     att.set_defaults(func=run, parser=att)  # errors against the right usage line
+    _register_model(which)
     _register_generate(which)
+
+
+def _register_model(which: Any) -> None:
+    d = bm.ModelBenchConfig()
+    mod = which.add_parser(
+        "model",
+        help="time and peak memory of whole models vs Hugging Face's and dense SDPA",
+        description="Forward and forward+backward median time, tokens/s and peak memory of a "
+        "whole model (a preset's Hugging Face model with seeded random weights, or a local "
+        "Hugging Face folder), converted to longseq, against the Hugging Face model with the "
+        "same weights and the converted model with full (SDPA) attention. Writes "
+        "results.jsonl, table.md and plot.png to --out.",
+    )
+    mod.add_argument("--model", choices=list(bm.PRESETS), default=d.model)
+    source = mod.add_mutually_exclusive_group()
+    source.add_argument("--hf-dir", help="a local Hugging Face model folder instead of a preset")
+    source.add_argument(
+        "--hf-config",
+        help="a Hugging Face config.json instead of a preset (seeded random weights; the "
+        "class its `architectures` names)",
+    )
+    mod.add_argument("--layers", type=positive(int), help="a preset's number of layers")
+    mod.add_argument(
+        "--attention",
+        help="run the longseq rows with this mechanism instead of the converted one "
+        "(the same weights)",
+    )
+    mod.add_argument(
+        "--attention-options",
+        default="{}",
+        help="JSON options of --attention, e.g. '{\"window\": 256}'",
+    )
+    mod.add_argument(
+        "--flex", action="store_true", help="add a row with backend='flex' (forward only on CPU)"
+    )
+    mod.add_argument("--no-hf", dest="hf", action="store_false", help="skip the HF model")
+    mod.add_argument("--lengths", type=int_list, default=d.lengths)
+    mod.add_argument("--batch", type=positive(int), default=d.batch)
+    mod.add_argument("--threads", type=positive(int), default=d.threads)
+    mod.add_argument("--repeats", type=positive(int), default=d.repeats)
+    mod.add_argument("--warmup", type=int, default=d.warmup)
+    mod.add_argument("--dtype", choices=list(ba.DTYPES), default=d.dtype)
+    mod.add_argument("--device", choices=["cpu", "cuda"], default=d.device)
+    mod.add_argument(
+        "--max-seconds",
+        type=positive(float),
+        default=d.max_seconds,
+        help="stop a row after a length where one call took longer",
+    )
+    mod.add_argument("--no-progress", dest="progress", action="store_false")
+    mod.add_argument("--out", required=True, help="output directory")
+    mod.set_defaults(func=run_model, parser=mod)
+
+
+def run_model(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    try:
+        options = json.loads(args.attention_options)
+    except json.JSONDecodeError as err:
+        parser.error(f"--attention-options is not JSON: {err}")
+    if not isinstance(options, dict):
+        parser.error("--attention-options must be a JSON object")
+    if options and not args.attention:
+        parser.error("--attention-options needs --attention")
+    if args.attention:
+        from longseq import attention
+
+        if args.attention not in attention.mechanisms():
+            parser.error(
+                f"unknown --attention {args.attention!r}; valid: "
+                f"{', '.join(attention.mechanisms())}"
+            )
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    cfg = bm.ModelBenchConfig(
+        model=args.model,
+        hf_dir=args.hf_dir,
+        hf_config=args.hf_config,
+        layers=args.layers,
+        attention=args.attention,
+        attention_options=options,
+        flex=args.flex,
+        hf=args.hf,
+        lengths=args.lengths,
+        batch=args.batch,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        device=args.device,
+        max_seconds=args.max_seconds,
+        out=args.out,
+        progress=args.progress,
+    )
+    records = bm.run(cfg)
+    out = Path(args.out)
+    print((out / "table.md").read_text())
+    for name in ("results.jsonl", "table.md", "plot.png"):
+        print(f"wrote {out / name}")
+    return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
 def _register_generate(which: Any) -> None:
@@ -167,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or any(b not in ("native", "flex") for b in backends):
+        parser.error(f"--backends takes native and/or flex, got {args.backends!r}")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -183,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         peers=args.peers,
+        backends=backends,
         max_memory_gb=args.max_memory_gb,
         max_seconds=args.max_seconds,
         out=args.out,
@@ -196,4 +313,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
-__all__ = ["register", "run", "run_generate"]
+__all__ = ["register", "run", "run_generate", "run_model"]

@@ -161,8 +161,9 @@ def table(records: list[Record], settings: str = "") -> str:
     return "\n".join(parts)
 
 
-def plot(records: list[Record], path: str | Path) -> None:
-    """Two log-log panels: forward+backward time and peak memory against n."""
+def plot(records: list[Record], path: str | Path, title: str | None = None) -> None:
+    """Two log-log panels: forward+backward time and peak memory against n (`title`: the
+    figure's, by default the attention benchmark's settings)."""
     import matplotlib  # here, not at the top: over a second to import, needed only to plot
 
     matplotlib.use("Agg")
@@ -229,9 +230,11 @@ def plot(records: list[Record], path: str | Path) -> None:
         )
     r0 = records[0] if records else {}
     fig.suptitle(
-        f"Attention layer, hidden {r0.get('hidden')}, {r0.get('heads')} heads, "
+        title
+        or f"Attention layer, hidden {r0.get('hidden')}, {r0.get('heads')} heads, "
         f"batch {r0.get('batch')}, {r0.get('dtype')}, {r0.get('device')}, "
-        f"{r0.get('threads')} threads  (solid: longseq, dashed: peers)"
+        f"{r0.get('threads')} threads  (solid: longseq, dashed: peers)",
+        fontsize=9 if title else None,
     )
     rows_of_legend = -(-len(handles) // 7)
     fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 1))

@@ -6,8 +6,9 @@ imported torch, longseq and what a training run uses. A child that raises, dies 
 memory, say) or runs out of time becomes a `ChildError` with the reason. What a child prints
 (the trainer's progress) goes to the terminal.
 
-`peak_memory()` measures inside a child: the growth of the RSS high-water mark (reset
-through /proc/self/clear_refs) on CPU, `max_memory_allocated` on CUDA.
+`peak_memory()` (from `longseq.bench.attention`) measures inside a child: the growth of the
+RSS high-water mark (reset through /proc/self/clear_refs) on CPU, `max_memory_allocated` on
+CUDA.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import atexit
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
-from longseq.bench.attention import reset_peak_rss
+from longseq.bench.attention import peak_memory  # re-exported: the runner and sweep use it
 from longseq.forkserver import ChildError, Server
 
 # Imported once by the server, so no child pays for them; torch._dynamo is what AdamW's
@@ -45,18 +44,6 @@ def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> An
     `fn` must be a module-level function and its arguments and result JSON-serialisable.
     """
     return _SERVER.call(fn, *args, timeout=timeout)
-
-
-def peak_memory(device: str) -> Callable[[], int]:
-    """Start measuring; the returned function gives the peak growth in bytes since then."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        return lambda: max(0, torch.cuda.max_memory_allocated() - base)
-
-    growth = reset_peak_rss()
-    return lambda: max(0, growth())
 
 
 __all__ = ["ChildError", "Server", "call", "peak_memory"]

@@ -73,6 +73,10 @@ class HFBigBirdAttention(BigBirdAttention):
     """BigBird as Hugging Face computes it in eval mode (see the module docstring)."""
 
     name = "bigbird-hf"
+    flex_refusal = (
+        "Hugging Face's eval layout repeats block 0 (its keys enter the softmax r + 1 times), "
+        "which a mask cannot count; use backend='native'"
+    )
     sequence_parallel = False  # see _no_shards
     supports_causal = False  # HF's BigBird is an encoder
     compared = False
@@ -328,6 +332,7 @@ class HFLocalAttention(_PadMultiple, LocalAttention):
     the module docstring). Options: those of `local`, and `pad_multiple` (as `lsh-hf`)."""
 
     name = "local-hf"
+    flex_refusal = "a port of Hugging Face's wrap-around rule; use backend='native'"
     sequence_parallel = False  # see _no_shards
 
     def __init__(
