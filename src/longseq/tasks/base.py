@@ -8,7 +8,8 @@ A task answers four groups of questions, each a method with a default a new task
 - scoring: `metrics` (what evaluation reports; the model's head computes them), `best_metric`
   (run.metric auto), `by_distance` (per-bucket scores of the test split beyond the metrics),
   `scores_by_position` (`longseq evaluate --buckets`: where the target lies);
-- predict: `predict_input` (a JSON line as the model's Predictor takes it);
+- predict: `predict_input` (a JSON line as the model's Predictor takes it), `predictor`
+  (what `longseq predict` runs; a task that writes text, summarisation, brings its own);
 - compare: `compare` (its named data sets), `prepare` (build or find their splits),
   `chart_lines`, `describe_data` and `report_section` (its part of report.md).
 
@@ -145,6 +146,15 @@ class Task:
     def predict_input(self, doc: dict[str, Any]) -> dict[str, Any]:
         """One input document (a JSON line) as the Predictor takes it."""
         return doc
+
+    def predictor(self, model: Any, tokenizer: Any, **options: Any) -> Any:
+        """What `longseq predict` runs: an object whose `predict(docs)` yields one record per
+        document. Default: `longseq.models.predict.Predictor` reading `predict_input`."""
+        from longseq.models.predict import Predictor
+
+        if options.pop("max_new_tokens", None) is not None:
+            raise ValueError(f"--max-new-tokens is for a task that writes text, not {self.name}")
+        return Predictor(model, tokenizer, read=self.predict_input, **options)
 
     # ------------------------------------------------------------------------ compare
     def prepare(

@@ -335,6 +335,16 @@ def _register_predict(commands: Any) -> None:
     p.add_argument("--model", required=True, help="model folder (e.g. runs/NAME/best)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="document files, or '-'")
     p.add_argument("--question", help="QA: the question to ask of every document")
+    p.add_argument(
+        "--task",
+        help="the task whose predictions to make (default: the run's, else the first task of "
+        "the model's head); e.g. summarisation for a converted instruct decoder",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive(int),
+        help="tasks that write text (summarisation): tokens to generate at most (default 64)",
+    )
     p.add_argument("--text-field", default="text", help="JSON lines: the text field")
     p.add_argument("--top-k", type=positive(int), default=5, help="labels/tokens to list")
     p.add_argument("--mask-token", help="masked LM: the mask's text (default: the tokenizer's)")
@@ -382,17 +392,20 @@ def run_predict(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args)
         run_data = _run_data(args.model)
         arch = model.config.architecture
-        # the run's task, else (a model saved outside a run) the first task of its head
-        task = tasks.get(run_data.task) if run_data else tasks.for_architecture(arch)
-        predictor = Predictor(
-            model,
-            tokenizer,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            top_k=args.top_k,
-            mask_token=args.mask_token,
-            read=task.predict_input if task is not None else None,
-        )
+        # --task, else the run's task, else (a model saved outside a run) the first task of
+        # its head
+        if args.task:
+            task = tasks.get(args.task)
+        else:
+            task = tasks.get(run_data.task) if run_data else tasks.for_architecture(arch)
+        options = {"batch_size": args.batch_size, "max_length": args.max_length,
+                   "top_k": args.top_k, "mask_token": args.mask_token}  # fmt: skip
+        if args.max_new_tokens is not None:
+            options["max_new_tokens"] = args.max_new_tokens
+        if task is not None:
+            predictor = task.predictor(model, tokenizer, **options)
+        else:
+            predictor = Predictor(model, tokenizer, **options)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     docs = _documents(args)
