@@ -112,8 +112,7 @@ class LongseqModel(nn.Module):
                 )
         if global_attention_mask is None and cfg.global_cls and self.uses_cls_global:
             if self.supports_global and first_token:
-                global_attention_mask = torch.zeros_like(input_ids)
-                global_attention_mask[:, 0] = 1
+                global_attention_mask = self.default_global(input_ids)
         elif global_attention_mask is not None and not self.supports_global:
             takers = [m for m in attention.mechanisms() if attention.get(m).supports_global]
             raise ValueError(
@@ -123,6 +122,13 @@ class LongseqModel(nn.Module):
         return attention_mask, global_attention_mask
 
     uses_cls_global: ClassVar[bool] = False  # heads that read the first token set this
+
+    def default_global(self, input_ids: Tensor) -> Tensor:
+        """The global tokens of a head that sets `uses_cls_global`, when the caller gives none:
+        the first token (QA overrides it)."""
+        mask = torch.zeros_like(input_ids)
+        mask[:, 0] = 1
+        return mask
 
     @property
     def supports_global(self) -> bool:
