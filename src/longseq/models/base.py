@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import longseq
 from longseq import attention
+from longseq.attention import ops
 from longseq.models.config import ModelConfig
 from longseq.models.transformer import Transformer
 
@@ -97,7 +98,8 @@ class LongseqModel(nn.Module):
                 "truncate the input or build a model with a larger max_length "
                 "(`longseq longify` extends a trained one)"
             )
-        lo, hi = int(input_ids.min()), int(input_ids.max())
+        # a traced program (torch.export, ONNX) cannot branch on values: the ids go unchecked
+        lo, hi = (0, 0) if ops.tracing() else (int(input_ids.min()), int(input_ids.max()))
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(
                 f"token ids must lie in [0, {cfg.vocab_size}) (vocab_size), got min {lo} max {hi}"
