@@ -46,6 +46,9 @@ class SelfAttention(nn.Module):
     supports_global: ClassVar[bool] = False
     shared_qk: ClassVar[bool] = False  # Reformer: one projection for queries and keys
     compared: ClassVar[bool] = True  # among the mechanisms `longseq compare` runs by default
+    # why a traced program (torch.export, ONNX: longseq.convert.program) cannot hold this
+    # mechanism; None: it can
+    not_exportable: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -99,6 +102,17 @@ class SelfAttention(nn.Module):
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
         return 1
+
+    def export_block(self) -> int:
+        """A traced program's lengths are multiples of this (longseq.convert.program), so
+        that the kernel's blocks are whole and every shape is a product the trace proves."""
+        return self.length_multiple
+
+    def export_padding(self) -> int:
+        """A traced program's shortest length: two blocks, so that the kernel's branch for a
+        sequence of one block is never taken (a program holds one path)."""
+        m = self.export_block()
+        return 2 * m if m > 1 else 1
 
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0

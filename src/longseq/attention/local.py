@@ -43,6 +43,12 @@ class LocalAttention(SelfAttention):
     name = "local"
     sequence_parallel = True
 
+    def export_padding(self) -> int:
+        """A traced program's shortest length: more chunks than one window spans, so that no
+        window meets a chunk twice (a branch the program would otherwise hold)."""
+        chunks = (self.num_chunks_before + self.num_chunks_after + 2) * self.chunk_length
+        return max(chunks, 2 * self.export_block())
+
     def __init__(
         self,
         hidden_size: int,

@@ -147,6 +147,16 @@ def pad_to_multiple(x: Tensor, multiple: int, dim: int, value: float | bool = 0)
     return F.pad(x, pad, value=value)
 
 
+def front(mask: Tensor) -> Tensor:
+    """(B, N) indices that put each row's True positions first, in order, then the others:
+    a stable sort, or while tracing a top-k of a key (ONNX has no stable sort)."""
+    if not tracing():
+        return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    n = mask.shape[1]
+    key = mask.long() * n + (n - 1 - torch.arange(n, device=mask.device))
+    return torch.topk(key, n, dim=1).indices
+
+
 def pad_to_length(x: Tensor, length: int, dim: int, value: float | bool = 0) -> Tensor:
     """Pad `x` at the end of `dim` to `length` (>= its size). Where the length is a multiple
     already computed, this keeps a traced program's shapes exact (no modulo to prove)."""

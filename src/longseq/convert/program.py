@@ -43,8 +43,6 @@ FILES = {"torch": "model.pt2", "onnx": "model.onnx"}
 GLOBAL_SLOTS = 16
 ONNX_OPSET = 18
 
-# mechanism -> why its program cannot be traced (measured; see docs/convert.md)
-NOT_EXPORTABLE: dict[str, str] = {}
 
 
 def outputs_of(model: LongseqModel) -> tuple[str, ...]:
@@ -62,8 +60,8 @@ def program_padding(model: LongseqModel) -> tuple[int, int]:
     need, multiple = 1, model.pad_multiple()
     for block in model.body.layers:
         layer = block.attn.attention
-        need = max(need, getattr(layer, "export_padding", lambda: 1)())
-        multiple = math.lcm(multiple, getattr(layer, "export_block", lambda: 1)())
+        need = max(need, layer.export_padding())
+        multiple = math.lcm(multiple, layer.export_block())
     return -(-need // multiple) * multiple, multiple
 
 
@@ -122,13 +120,15 @@ def input_names(model: LongseqModel) -> tuple[str, ...]:
 
 
 def check_exportable(model: LongseqModel) -> None:
-    """ValueError naming a layer whose mechanism cannot be traced, and why."""
-    for i in range(model.config.num_layers):
-        name = model.config.layer_spec(i)[0]
-        if name in NOT_EXPORTABLE:
-            raise ValueError(f"layer {i}: {name!r} attention cannot be exported: {NOT_EXPORTABLE[name]}")
-    if model.config.causal and model.config.architecture == "causal-lm":
-        pass  # a causal LM exports its full forward (no cache)
+    """ValueError naming a layer whose mechanism cannot be traced, and why (the mechanism's
+    `not_exportable`)."""
+    for i, block in enumerate(model.body.layers):
+        layer = block.attn.attention
+        if layer.not_exportable:
+            raise ValueError(
+                f"layer {i}: {layer.name!r} attention cannot be exported as a program: "
+                f"{layer.not_exportable}"
+            )
 
 
 def trace(model: LongseqModel) -> tuple[Program, Any, tuple[Tensor, ...]]:
@@ -256,7 +256,6 @@ def export_checked(model: LongseqModel, folder: str | Path, fmt: str, tol: float
 
 __all__ = [
     "FORMATS",
-    "NOT_EXPORTABLE",
     "Program",
     "compare",
     "export_checked",
