@@ -96,7 +96,11 @@ class LocalAttention(SelfAttention):
         pos = torch.arange(
             -self.num_chunks_before * c, n + self.num_chunks_after * c, device=device
         )
-        return pos % n, (pos >= 0) & (pos < n)
+        exists = (pos >= 0) & (pos < n)
+        if ops.tracing():  # pos % n without a modulo by a symbolic size (ONNX lacks it);
+            # exact while a window spans fewer than n positions, as a program's lengths are
+            return torch.where(pos < 0, pos + n, torch.where(pos >= n, pos - n, pos)), exists
+        return pos % n, exists
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]

@@ -349,7 +349,9 @@ class LongformerAttention(SelfAttention):
         # additive mask (B*dil*nb, 1, c, width) = key bias (padding, global slots, halo)
         # + band bias (the exact band and the first global slots in each window), in one op
         key_bias = ops.mask_bias(windows(interleave(key_ok), g_ok), q.dtype)
-        band = _band_bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
+        # not cached while tracing: a traced tensor must not outlive its trace
+        bias = _band_bias.__wrapped__ if ops.tracing() else _band_bias
+        band = bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
         mask = (key_bias.unsqueeze(-2) + band).reshape(b * dil * nb, 1, c, width)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask, dropout_p=p, scale=1.0)
