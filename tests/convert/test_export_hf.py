@@ -106,7 +106,10 @@ def test_cli_writes_a_folder_transformers_loads(tmp_path) -> None:
     assert main(["export", str(tmp_path / "model"), str(tmp_path / "out"), "--format", "hf"]) == 0
     back = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
     assert type(back).__name__ == "RobertaForSequenceClassification"
-    assert test_parity.max_diff(hf, back.eval(), "ForSequenceClassification", test_parity.inputs(hf)) < TOL
+    assert (
+        test_parity.max_diff(hf, back.eval(), "ForSequenceClassification", test_parity.inputs(hf))
+        < TOL
+    )
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -120,15 +123,27 @@ def tiny(**changes) -> ModelConfig:
     [
         ({"attention": "linformer"}, "no Linformer"),
         ({"attention": "bigbird"}, "own random blocks"),
-        ({"attention": "lsh", "position": "axial", "axial_shape": [64, 64], "axial_dims": [8, 8]}, "lsh-hf"),
+        (
+            {
+                "attention": "lsh",
+                "position": "axial",
+                "axial_shape": [64, 64],
+                "axial_dims": [8, 8],
+            },
+            "lsh-hf",
+        ),
         (
             {"attention": "longformer", "layer_attention": [{}, {"attention": "full"}]},
             "mix mechanisms",
         ),
         ({"attention": "full"}, r"norm='pre' \(needs 'post'\)"),
         (
-            {"attention": "longformer", "norm": "post", "embedding_norm": True,
-             "attention_options": {"window": 4, "dilation": 2}},
+            {
+                "attention": "longformer",
+                "norm": "post",
+                "embedding_norm": True,
+                "attention_options": {"window": 4, "dilation": 2},
+            },
             "no dilation",
         ),
     ],

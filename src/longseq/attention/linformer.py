@@ -209,11 +209,7 @@ class LinformerAttention(SelfAttention):
         # traced (longseq.convert.program): every key is projected, padding as zero keys
         padded = ops.tracing() or not bool(real.all())
         # trailing padding contributes nothing: only the longest real length is projected
-        n = (
-            int(real.sum(dim=1).max())
-            if padded and not ops.tracing()
-            else hidden_states.shape[1]
-        )
+        n = int(real.sum(dim=1).max()) if padded and not ops.tracing() else hidden_states.shape[1]
         if n > self.max_seq_len:
             raise ValueError(
                 f"sequence length {n} exceeds max_seq_len={self.max_seq_len} of linformer "

@@ -94,9 +94,7 @@ def check_masks(
         real = torch.ones(batch, seq, dtype=torch.bool, device=hidden_states.device)
     else:
         real = real.to(hidden_states.device)
-        empty = (
-            [] if allow_empty or tracing() else (~real.any(dim=1)).nonzero().flatten().tolist()
-        )
+        empty = [] if allow_empty or tracing() else (~real.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
                 f"attention_mask leaves no real token in sequence(s) {empty}: every query would "

@@ -283,8 +283,10 @@ def run_export(args: argparse.Namespace) -> int:
             _quiet_transformers()
             destination.write(args.out, lambda f: _write_hf(model, f, tokenizer, args.model))
             family = to_hf.hf_family(model.config)
-            print(f"exported {args.model} -> {args.out}: Hugging Face {family} "
-                  f"({to_hf.hf_class(model.config, family).__name__})")
+            print(
+                f"exported {args.model} -> {args.out}: Hugging Face {family} "
+                f"({to_hf.hf_class(model.config, family).__name__})"
+            )
             return 0
         results: dict[str, Any] = {}
         destination.write(
@@ -315,6 +317,7 @@ def _quiet_transformers() -> None:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # one folder, no progress to show
     except ImportError:
         pass
 

@@ -44,7 +44,6 @@ GLOBAL_SLOTS = 16
 ONNX_OPSET = 18
 
 
-
 def outputs_of(model: LongseqModel) -> tuple[str, ...]:
     arch = model.config.architecture
     if arch == "encoder":
