@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-
 EXPORT_RECORD = "export.json"  # what `longseq export` writes beside its files
 
 

@@ -18,11 +18,13 @@ right-pads inputs to such a length (attention_mask 0), which never changes a rea
 output (the batch-invariance oracle); drop the padding's outputs afterwards. With every
 length a multiple of the block, each length-dependent choice inside a kernel (block size,
 halo blocks) is the same for all inputs and every shape is a product the trace can prove,
-so one program serves every such length up to `max_length`. Full attention takes any length. Value checks and fast paths that branch on a tensor's
-values are skipped while tracing (`longseq.attention.ops.tracing`); the general path they
-guard computes the same. Longformer's global tokens get `global_slots` slots (their count is
-data: the program keeps a fixed number, and a row with more global tokens is an error at run
-time).
+so one program serves every such length up to `max_length`. Full attention takes any length.
+
+Value checks and fast paths that branch on a tensor's values are skipped while tracing
+(`longseq.attention.ops.tracing`); the general path they guard computes the same.
+Longformer's global tokens get `ops.TRACE_GLOBAL_SLOTS` (16) slots per row (their count is
+data: the program keeps a fixed number, and a row with more is an error at run time). A
+mechanism that cannot be traced says why in its `not_exportable` (BigBird, LSH).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from longseq.attention import ops
 from longseq.models import LongseqModel
 
 FORMATS = ("torch", "onnx")
 FILES = {"torch": "model.pt2", "onnx": "model.onnx"}
-GLOBAL_SLOTS = 16
 ONNX_OPSET = 18
 
 
@@ -184,7 +186,7 @@ def export_program(model: LongseqModel, folder: str | Path, fmt: str) -> Path:
         "min_length": wrapper.pad,
         "length_multiple": wrapper.multiple,
         "max_length": model.config.max_length // wrapper.multiple * wrapper.multiple,
-        "global_slots": GLOBAL_SLOTS if model.supports_global else 0,
+        "global_slots": ops.TRACE_GLOBAL_SLOTS if model.supports_global else 0,
         "config": model.config.to_dict(),
     }
     (out / "export.json").write_text(json.dumps(meta, indent=2))
