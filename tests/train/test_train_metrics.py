@@ -85,3 +85,65 @@ def test_schedule(schedule):
     assert lr_factor(14, warmup_steps=4, max_steps=14, schedule=schedule, min_lr_ratio=0.1) == (
         pytest.approx(1.0 if schedule == "constant" else 0.1)
     )
+
+
+def test_auroc_from_margin_histogram_matches_scikit_learn_on_the_raw_scores():
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (500,), generator=g)
+    margin = torch.randn(500, generator=g) * 3 + labels * 1.5  # informative, overlapping
+    exact = roc_auc_score(labels.numpy(), margin.numpy())
+    # two batches (or processes) add up to the whole
+    hist = M.margin_histogram(margin[:200], labels[:200]) + M.margin_histogram(
+        margin[200:], labels[200:]
+    )
+    assert 0.6 < exact < 0.95
+    assert M.auroc(hist) == pytest.approx(exact, abs=2e-3)
+    # margins further apart than a bin: the histogram's AUROC is the exact one
+    spread = torch.arange(500, dtype=torch.float64) * 0.01 - 2.5
+    assert M.auroc(M.margin_histogram(spread, labels)) == pytest.approx(
+        roc_auc_score(labels.numpy(), spread.numpy()), abs=1e-12
+    )
+    one_class = M.margin_histogram(margin, torch.zeros(500, dtype=torch.long))
+    assert math.isnan(M.auroc(one_class))
+
+
+def test_classification_metrics_report_each_class_f1():
+    c = M.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+    out = M.classification_metrics(c, 1.0)
+    assert [out[f"f1_{k}"] for k in range(3)] == pytest.approx(M.per_class_f1(c).tolist())
+    assert out["f1_0"] == 1.0 and out["f1_1"] == pytest.approx(2 / 3)
+
+
+def test_a_binary_classifier_evaluation_reports_auroc_of_its_margins():
+    """ClassificationSums over two batches against scikit-learn on each example's margin."""
+    from sklearn.metrics import roc_auc_score
+
+    from longseq.models.evaluation import ClassificationSums
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        architecture="sequence-classification",
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+        num_labels=2,
+    )
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # margins far wider than a histogram bin, as a trained model's
+        model.head.out.weight.mul_(300)
+    ids = torch.randint(0, 50, (24, 12))
+    labels = torch.arange(24) % 2
+    sums = ClassificationSums(model, None, torch.device("cpu"))
+    with torch.no_grad():
+        for part in (slice(0, 10), slice(10, 24)):
+            batch = {"input_ids": ids[part], "labels": labels[part]}
+            sums.add(batch, batch)
+        logits = model(input_ids=ids).logits
+    out = sums.result()
+    margin = (logits[:, 1] - logits[:, 0]).numpy()
+    assert out["auroc"] == pytest.approx(roc_auc_score(labels.numpy(), margin), abs=1e-9)
+    assert 0.0 <= out["auroc"] <= 1.0 and {"f1_0", "f1_1"} <= set(out)

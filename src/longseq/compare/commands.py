@@ -50,6 +50,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--lengths", type=int_list, help="sweep lengths, comma-separated (default: the preset's)"
     )
     p.add_argument(
+        "--contexts",
+        type=int_list,
+        help="run the comparison once per context length (comma-separated, e.g. "
+        "512,2048,8192; the preset's text_length and batch scaled to the same tokens per step) "
+        "into OUT/context-N, and chart the test metric against the length (contexts.md, "
+        "contexts.png)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue a run in --out: finished mechanisms are kept, an interrupted one "
@@ -122,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device is available")
     try:
-        summary = run_plan(plan)
+        if args.contexts is not None:
+            # imported when the command runs: the CLI imports this module to build its parser
+            from longseq.compare import contexts
+
+            summary = contexts.run(plan, args.contexts)
+        else:
+            summary = run_plan(plan)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -143,9 +157,12 @@ def run(args: argparse.Namespace) -> int:
         "sweep.png",
         "results.jsonl",
         "sweep.jsonl",
+        "contexts.md",
+        "contexts.png",
     ):
         if (summary.out / name).exists():
             print(f"wrote {summary.out / name}")
-    print(f"wrote {summary.out / 'patterns'}/ (attention patterns)")
+    if (summary.out / "patterns").is_dir():
+        print(f"wrote {summary.out / 'patterns'}/ (attention patterns)")
     print(f"compare took {summary.wall_seconds / 60:.1f} min")
     return 0 if summary.ok else 1

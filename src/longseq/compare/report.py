@@ -21,7 +21,7 @@ from longseq.compare import presets as P
 from longseq.tasks import CompareTask, Task
 
 Record = dict[str, Any]
-PERCENT = ("accuracy", "f1", "exact_match", "macro_f1")  # metrics shown in %
+PERCENT = ("accuracy", "f1", "exact_match", "macro_f1", "auroc")  # metrics shown in %
 
 
 def fmt_metric(value: float | None, task: CompareTask) -> str:

@@ -226,6 +226,7 @@ def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[
         "metric": metric,
         "val": result.best[metric] if result.best else None,
         "test": result.test[metric] if result.test else None,
+        "test_metrics": result.test,  # every metric of the test split (per-class F1, ...)
         "best_step": result.best["step"] if result.best else None,
         "steps": result.step,
         "train_seconds": result.train_seconds,

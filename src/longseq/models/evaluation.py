@@ -5,7 +5,8 @@ The sums over every evaluated example are (loss, items, a third and a fourth qua
 a confusion matrix for classification, reduced over processes before the metrics are
 computed, so a result never depends on how the examples were split into batches or processes:
 
-    ClassificationSums  summed CE and a confusion matrix -> accuracy, macro-F1, per class
+    ClassificationSums  summed CE and a confusion matrix -> accuracy, macro-F1, per class;
+                        with two classes also a histogram of the margin -> AUROC
     CausalLMSums        summed CE over real next tokens, their bytes -> loss, perplexity,
                         bits per byte (the shift and ignore rule of `ForCausalLM`)
     MaskedLMSums        summed CE over labelled tokens, correct argmax -> loss, accuracy
@@ -65,7 +66,15 @@ class EvalSums:
 
 
 class ClassificationSums(EvalSums):
-    """Summed CE and a confusion matrix -> accuracy, macro-F1, per-class F1."""
+    """Summed CE and a confusion matrix -> accuracy, macro-F1, per-class F1; with two classes,
+    a histogram of the margin logit_1 - logit_0 per true class -> AUROC."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+        super().__init__(model, tokenizer, device)
+        binary = self.confusion.shape[0] == 2
+        self.margins = (
+            torch.zeros(2, metrics.AUROC_BINS, dtype=torch.int64, device=device) if binary else None
+        )
 
     def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
         batch = dict(batch)
@@ -74,9 +83,19 @@ class ClassificationSums(EvalSums):
         self.sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         classes = self.confusion.shape[0]
         self.confusion += metrics.confusion_matrix(logits.argmax(-1), labels, classes)
+        if self.margins is not None:
+            self.margins += metrics.margin_histogram(logits[:, 1] - logits[:, 0], labels)
+
+    def reduce(self, all_reduce: Callable[[Tensor], Any]) -> None:
+        super().reduce(all_reduce)
+        if self.margins is not None:
+            all_reduce(self.margins)
 
     def result(self) -> dict[str, Any]:
-        return metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
+        out = metrics.classification_metrics(self.confusion.cpu(), float(self.sums[0]))
+        if self.margins is not None:
+            out["auroc"] = metrics.auroc(self.margins)
+        return out
 
 
 class MaskedLMSums(EvalSums):

@@ -8,6 +8,12 @@ Classification (and ListOps): a confusion matrix C (rows: true class, columns: p
     macro-F1 = mean of F1_k over the classes that occur in the labels or the predictions
                (as scikit-learn's f1_score(average="macro") without a `labels` argument)
 
+F1_k is reported per class as `f1_k`. Two classes: also the area under the ROC curve of the
+margin m = logit_1 - logit_0, computed by scikit-learn's `roc_auc_score` from a histogram of m
+per true class (AUROC_BINS bins over [-AUROC_RANGE, AUROC_RANGE], margins beyond clamped):
+a histogram adds up over batches and processes like the other sums, and it differs from the
+exact AUROC only through pairs whose margins share a bin (they count as ties, half a pair).
+
 Language modelling: L = summed cross-entropy (nats) over the predicted tokens, T their count,
 B the UTF-8 bytes those tokens stand for.
 
@@ -60,11 +66,43 @@ def macro_f1(confusion: Tensor) -> float:
 
 def classification_metrics(confusion: Tensor, loss_sum: float) -> dict[str, float]:
     n = int(confusion.sum())
-    return {
+    out = {
         "loss": loss_sum / n if n else float("nan"),
         "accuracy": accuracy(confusion),
         "macro_f1": macro_f1(confusion),
     }
+    out.update({f"f1_{k}": float(f) for k, f in enumerate(per_class_f1(confusion))})
+    return out
+
+
+AUROC_BINS = 8192
+AUROC_RANGE = 16.0  # logits: a bin is 2 * 16 / 8192 = 0.004 wide
+
+
+def margin_histogram(margin: Tensor, labels: Tensor) -> Tensor:
+    """(2, AUROC_BINS) counts of the binary margin logit_1 - logit_0 per true class."""
+    scaled = (margin.double().clamp(-AUROC_RANGE, AUROC_RANGE) + AUROC_RANGE) / (2 * AUROC_RANGE)
+    bins = (scaled * AUROC_BINS).long().clamp(0, AUROC_BINS - 1)
+    index = labels.long().flatten() * AUROC_BINS + bins.flatten()
+    return torch.bincount(index, minlength=2 * AUROC_BINS).view(2, AUROC_BINS)
+
+
+def auroc(histogram: Tensor) -> float:
+    """AUROC of class 1 against class 0 from `margin_histogram` counts (nan without both)."""
+    # imported here: scikit-learn is only needed when a binary classifier is scored
+    from sklearn.metrics import roc_auc_score
+
+    counts = histogram.cpu()
+    if not (counts[0].sum() > 0 and counts[1].sum() > 0):
+        return float("nan")
+    centres = torch.arange(AUROC_BINS, dtype=torch.float64)
+    truth, score, weight = [], [], []
+    for label in (0, 1):
+        kept = counts[label] > 0
+        truth.append(torch.full((int(kept.sum()),), label))
+        score.append(centres[kept])
+        weight.append(counts[label][kept].double())
+    return float(roc_auc_score(torch.cat(truth), torch.cat(score), sample_weight=torch.cat(weight)))
 
 
 def lm_metrics(loss_sum: float, tokens: float, num_bytes: float) -> dict[str, float]:

@@ -37,7 +37,7 @@ def _prepare(ct: CompareTask, folder: Path, paths: dict[str, Path], given: bool,
 class GenomeBases(Task):
     name = "genome-bases"
     architecture = "token-classification"
-    metrics = ("loss", "accuracy", "macro_f1")
+    metrics = ("loss", "accuracy", "macro_f1", "f1_0", "f1_1", "f1_2")  # f1_k: LABELS[k]
     best_metric = "macro_f1"
     split_suffix = "fa"
     compare = (
@@ -79,12 +79,14 @@ class GenomeBases(Task):
 
 class GenomePromoters(Classification):
     name = "genome-promoters"
+    metrics = ("loss", "accuracy", "auroc", "f1_1")  # f1_1: the promoter class's F1
+    best_metric = "auroc"
     compare = (
         CompareTask(
             "genome-promoters",
             "genome-promoters",
             "genome",
-            "accuracy",
+            "auroc",
             "promoters (2 kb upstream of a TSS) against GC-matched background, fruit fly chr2R",
         ),
     )
