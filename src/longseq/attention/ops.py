@@ -42,10 +42,11 @@ def check_hidden(hidden_states: Tensor, hidden_size: int) -> None:
 
 
 def tracing() -> bool:
-    """Whether a program is being traced (torch.export, ONNX, torch.compile): no branch on a
-    tensor's values then. Value checks are skipped and the general path (padding, global
-    tokens present) is taken, which computes the same as a fast path."""
-    return torch.compiler.is_exporting() or torch.compiler.is_compiling()
+    """Whether a program is being exported (torch.export, ONNX: longseq.convert.program): no
+    branch on a tensor's values then. Value checks are skipped and the general path (padding,
+    global tokens present) is taken, which computes the same as a fast path. (torch.compile
+    is not exporting: it guards on such branches and recompiles, keeping the fast paths.)"""
+    return torch.compiler.is_exporting()
 
 
 # A traced program's number of global-token slots per row (their count is data; see
@@ -137,7 +138,7 @@ def pad_to_multiple(x: Tensor, multiple: int, dim: int, value: float | bool = 0)
     """Pad `x` at the end of `dim` so its size is a multiple of `multiple` (no copy if it is)."""
     n = x.shape[dim]
     extra = -n % multiple
-    if isinstance(extra, torch.SymInt):  # traced: pad by a symbolic amount (maybe 0), no guard
+    if isinstance(extra, torch.SymInt) and tracing():  # pad a symbolic amount (maybe 0): no guard
         extra = torch.sym_max(extra, 0)
     elif extra == 0:
         return x
@@ -159,7 +160,7 @@ def pad_to_length(x: Tensor, length: int, dim: int, value: float | bool = 0) -> 
     """Pad `x` at the end of `dim` to `length` (>= its size). Where the length is a multiple
     already computed, this keeps a traced program's shapes exact (no modulo to prove)."""
     extra = length - x.shape[dim]
-    if not isinstance(extra, torch.SymInt) and extra == 0:
+    if not (isinstance(extra, torch.SymInt) and tracing()) and extra == 0:
         return x
     pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
     return F.pad(x, pad, value=value)
