@@ -109,8 +109,9 @@ def to_huggingface(model: LongseqModel, check: bool = True) -> nn.Module:
     module = importlib.import_module(CONVERTERS[family])
     hf_config = module.hf_config(config)
     cls = hf_class(config, family)
-    torch.manual_seed(0)
-    hf = cls(hf_config).to(dtype=next(model.parameters()).dtype).eval()
+    with torch.random.fork_rng():  # HF's random init (every weight is then overwritten)
+        torch.manual_seed(0)
+        hf = cls(hf_config).to(dtype=next(model.parameters()).dtype).eval()
     names, unused = module.weight_map(hf, config)
     fill(hf, model.state_dict(), names, unused, hf_offset=module.hf_position_offset(config))
     if check:
