@@ -3,7 +3,8 @@
 Each mechanism's own file registers the configurations that exercise its options; the
 invariants (padding, batching, causality, determinism, gradcheck) then run on all of them.
 Every mechanism with a grouped-query form has a case with `num_key_value_heads` (KV = 1 of
-HEADS = 2), causal where it can be, so the cache and prefix invariants cover it.
+HEADS = 2), causal where it can be, so the cache and prefix invariants cover it; every one
+with `global_tokens` has a causal case with them (attention sinks) and grouped-query heads.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
         {"window": 2, "dilation": 3, "bias": False},
         {"window": 4, "dilation": [1, 2], "causal": True, "num_key_value_heads": 1},
         {"window": 4, "num_key_value_heads": 1},
+        {"window": 4, "global_tokens": 2},
+        {"window": 2, "causal": True, "global_tokens": 3, "num_key_value_heads": 1},
+        {"window": 4, "dilation": [1, 2], "causal": True, "global_tokens": 1},
     ],
     "bigbird": [
         {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 2, "seed": 3},

@@ -331,3 +331,22 @@ def test_causal_output_depends_on_the_past_only(variant):
     y = x.clone()
     y[:, 30:] = torch.randn(1, 14, HID, dtype=torch.double)
     assert torch.allclose(layer(y)[:, :30], whole[:, :30], atol=1e-12, rtol=0)
+
+
+def test_causal_global_blocks_are_attention_sinks():
+    """Causal BigBird's global blocks are its first num_global_blocks blocks, seen by every
+    later query with the ordinary projections: without random blocks, exactly the mask
+    causal & (sliding blocks | j < g * block_size), the window + sinks mask of a decoder."""
+    from longseq.models import ModelConfig
+
+    b, g = 4, 2
+    layer = attention.build(
+        "bigbird", 16, 2, block_size=b, num_random_blocks=0, num_global_blocks=g, causal=True
+    )
+    n = 41
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    want = (j <= i) & ((i // b - j // b <= 1) | (j < g * b))
+    assert torch.equal(layer.pattern(n), want.expand(2, n, n))
+    # the model-wide `global_tokens` is Longformer's token-level setting: BigBird refuses it
+    with pytest.raises(ValueError, match=r"no layer of this model has global tokens.*num_global"):
+        ModelConfig(attention="bigbird", architecture="causal-lm", global_tokens=4)

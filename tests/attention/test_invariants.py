@@ -17,7 +17,8 @@ def make(name, opts):
 
 
 def _glob(name, opts, batch, n):
-    if not attention.get(name).supports_global or opts.get("causal"):
+    """Token 1 global (under a causal mask: a sink seen by every later query)."""
+    if not attention.get(name).supports_global:
         return None
     g = torch.zeros(batch, n, dtype=torch.long)
     g[:, 1] = 1
@@ -88,6 +89,38 @@ def test_causal_is_prefix_stable(case):
     # equal up to rounding: a changed tail can regroup earlier tokens' work (LSH's buckets)
     # into other matmul shapes, whose fp64 sums differ in the last bits on some CPUs
     torch.testing.assert_close(layer(y)[:, :15], full[:, :15], rtol=1e-12, atol=1e-12)
+
+
+def test_every_sink_mechanism_has_a_grouped_causal_case_with_sinks():
+    """Mechanisms with `global_tokens`: the cache and prefix invariants cover the sinks."""
+    takes = {m for m in attention.mechanisms() if "global_tokens" in attention.options(m)}
+    assert takes, "some mechanism has global tokens"
+    covered = {
+        name
+        for name, o in CASES
+        if o.get("causal") and o.get("global_tokens") and o.get("num_key_value_heads")
+    }
+    assert takes <= covered
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c[1].get("causal") and c[1].get("global_tokens")], ids=case_id
+)
+def test_a_ring_with_sinks_keeps_constant_memory(case):
+    """The ring holds the sinks plus the window, whatever the length decoded."""
+    name, opts = case
+    layer = make(name, opts)
+    cache = layer.new_cache()
+    sizes = []
+    for t in range(40):
+        layer(
+            torch.randn(1, 1, HIDDEN, dtype=torch.float64),
+            cache=cache,
+            positions=torch.full((1, 1), t),
+        )
+        sizes.append(sum(x.numel() for x in cache.tensors()))
+    assert cache.bounded and len(set(sizes)) == 1
+    assert cache.pos[0, : opts["global_tokens"]].tolist() == list(range(opts["global_tokens"]))
 
 
 def test_every_causal_mechanism_has_a_causal_case():

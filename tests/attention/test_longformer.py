@@ -37,9 +37,13 @@ def build(**opts):
 
 def reference(layer, x, real, glob, window=None):
     """Dense attention under patterns.longformer (+ key padding); global rows recomputed densely
-    with the global projections over all real keys."""
+    with the global projections over all real keys (bidirectional; causal, global tokens are
+    sinks and their rows ordinary causal rows). `global_tokens`: the first G real tokens."""
     q, k, v = layer.project(x)
     b, n = real.shape
+    if layer.global_tokens:
+        first = (torch.arange(n) < layer.global_tokens) & real
+        glob = first if glob is None else glob | first
     w = layer.window if window is None else window
     allowed = (
         torch.stack(
@@ -58,7 +62,7 @@ def reference(layer, x, real, glob, window=None):
         & real[:, None, None, :]
     )
     ctx = dense_attention(q, k, v, allowed)
-    if glob is not None:
+    if glob is not None and not layer.causal:
         h = layer.num_heads
         qg = ops.split_heads(layer.query_global(x), h) * layer.head_dim**-0.5
         kg = ops.split_heads(layer.key_global(x), h)
@@ -100,6 +104,11 @@ CONFIGS = [
     (31, [31, 28], {"window": 4, "dilation": 2, "bias": False}, (9, 8)),  # G * heads >= hidden
     (1, [1], {"window": 2}, ()),
     (150, [150, 97], {"window": 6}, (2, 1)),  # several default-sized blocks
+    # causal global tokens are sinks: seen by the queries after them, rows causal
+    (50, [50, 41, 17], {"window": 8, "dilation": 3, "causal": True}, (2, 1, 3)),
+    (30, [30, 2], {"window": 4, "causal": True, "global_tokens": 3}, ()),
+    (70, [70, 66], {"window": 6, "dilation": [1, 2], "causal": True, "global_tokens": 4}, (1, 0)),
+    (20, [20, 9], {"window": 4, "global_tokens": 2}, (0, 1)),  # bidirectional: global rows
 ]
 
 
@@ -166,7 +175,7 @@ def test_property_equals_dense(n, half, dilation, causal, pad, glob, blocks):
     longformer.MIN_BLOCK, longformer.MAX_BLOCK = blocks
     try:
         layer = build(window=2 * half, dilation=dilation, causal=causal)
-        x, real, g = inputs(n + pad, [n, max(1, n - pad)], (0,) if causal or not glob else (1, 2))
+        x, real, g = inputs(n + pad, [n, max(1, n - pad)], (1, 2) if glob else (0,))
         out = layer(x, attention_mask=real, global_attention_mask=g)
         torch.testing.assert_close(out, reference(layer, x, real, g), rtol=1e-10, atol=1e-10)
     finally:
@@ -289,12 +298,25 @@ def test_bad_dilation(dilation, match):
         attention.build("longformer", HIDDEN, HEADS, window=4, dilation=dilation)
 
 
-def test_causal_with_global_tokens():
-    layer = build(window=4, causal=True)
-    glob = torch.zeros(1, 8, dtype=torch.long)
-    glob[0, 2] = 1
-    with pytest.raises(ValueError, match="causal longformer attention cannot have global tokens"):
-        layer(torch.randn(1, 8, HIDDEN, dtype=torch.float64), global_attention_mask=glob)
+def test_causal_global_tokens_are_sinks():
+    """Causal: the sinks use the ordinary projections (the global ones change nothing), a
+    query far past the window still reads them, and a sink's row never sees the future."""
+    layer = build(window=2, causal=True, global_tokens=2)
+    x = torch.randn(1, 12, HIDDEN, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    (g,) = torch.autograd.grad(out[0, 11].sum(), x, retain_graph=True)
+    assert g[0, :2].abs().amax(-1).gt(0).all() and torch.all(g[0, 2:10] == 0)
+    (g,) = torch.autograd.grad(out[0, 0].sum(), x)
+    assert torch.all(g[0, 1:] == 0)
+    with torch.no_grad():
+        for lin in (layer.query_global, layer.key_global, layer.value_global):
+            lin.weight.add_(0.5 * torch.randn_like(lin.weight))
+    assert torch.equal(layer(x), out)
+    pattern = layer.pattern(12)[0]
+    assert pattern[11].nonzero().flatten().tolist() == [0, 1, 10, 11]
+    assert pattern[1].nonzero().flatten().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="global_tokens must be an integer >= 0"):
+        build(window=2, global_tokens=-1)
 
 
 def test_global_rows_under_bf16_autocast():

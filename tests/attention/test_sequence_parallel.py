@@ -2,7 +2,8 @@
 of the sequence gives, on every rank, the single-process layer's outputs and input gradients
 of that shard, and its parameter gradients summed over the ranks equal the single process's
 (fp64, 1e-10). Padding (at the end, at the start, and a shard of padding only), dilation,
-causal layers and rotary positions included; LSH is refused with the reason."""
+causal layers (with attention sinks) and rotary positions included; LSH is refused with the
+reason."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ CASES = [
     ("longformer", {"window": 6, "dilation": [1, 2], "globals": True}),
     ("longformer", {"window": 4, "globals": True, "rotary": True}),
     ("longformer", {"window": 6, "dilation": [1, 2], "globals": True, "rotary": True}),
+    # causal global tokens are sinks: every rank gets them, none sums a global row
+    ("longformer", {"window": 4, "causal": True, "globals": True, "rotary": True}),
+    (
+        "longformer",
+        {"window": 4, "causal": True, "global_tokens": 5, "rotary": True, "num_key_value_heads": 1},
+    ),
     ("local", {"chunk_length": 4}),
     ("local", {"chunk_length": 4, "num_chunks_before": 1, "num_chunks_after": 1}),
     ("local", {"chunk_length": 4, "causal": True}),

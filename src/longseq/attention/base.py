@@ -49,6 +49,12 @@ class SelfAttention(nn.Module):
     # why a traced program (torch.export, ONNX: longseq.convert.program) cannot hold this
     # mechanism; None: it can
     not_exportable: ClassVar[str | None] = None
+    # options that size a layer for a length rather than define its pattern (longify resets
+    # them for the new length)
+    length_options: ClassVar[tuple[str, ...]] = ()
+    # the first `global_tokens` positions are global (a layer option of the mechanisms that
+    # have token-level global tokens; under a causal mask they are attention sinks)
+    global_tokens: int = 0
 
     def __init__(
         self,
@@ -98,6 +104,15 @@ class SelfAttention(nn.Module):
         (causal LSH's fixed bucket count)."""
         return dict(given)
 
+    @classmethod
+    def longified_options(
+        cls, given: dict[str, Any], source_length: int, max_length: int
+    ) -> dict[str, Any]:
+        """The options of a layer of a model longified from `source_length` to `max_length`
+        tokens (`longseq.convert.longify`): `given` checked and completed with what makes the
+        longified layer exact where it can be."""
+        return dict(given)
+
     @property
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
@@ -113,6 +128,12 @@ class SelfAttention(nn.Module):
         sequence of one block is never taken (a program holds one path)."""
         m = self.export_block()
         return 2 * m if m > 1 else 1
+
+    def dense_up_to(self, limit: int) -> int:
+        """Largest n <= limit for which this layer's pattern is full attention (causal: the
+        lower triangle) for every head, so that it computes what dense attention with the
+        same weights does; 0 when no n is (`longseq.convert.longify`'s exactness)."""
+        return 0
 
     def reach_bound(
         self, n: int, num_layers: int, *, samples: int = 400, seed: int = 0
@@ -152,6 +173,9 @@ class SelfAttention(nn.Module):
             self.name,
             allow_empty=cache is not None or shard is not None,
         )
+        if self.global_tokens and cache is None:  # a cache keeps the sinks itself
+            start = 0 if shard is None else shard.start
+            glob = ops.first_tokens(real, glob, self.global_tokens, start)
         if attention_mask is not None:  # whatever padding holds (even NaN) stays out
             hidden_states = hidden_states.masked_fill(~real.unsqueeze(-1), 0.0)
         if cache is not None:
@@ -161,7 +185,7 @@ class SelfAttention(nn.Module):
         else:
             context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
-        return out.masked_fill(~real.unsqueeze(-1), 0.0)
+        return out if attention_mask is None else out.masked_fill(~real.unsqueeze(-1), 0.0)
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

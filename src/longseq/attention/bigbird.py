@@ -186,6 +186,21 @@ class BigBirdAttention(SelfAttention):
         self.refuse_global_tokens(is_global)
         return patterns.bigbird(n, block_size=self.block_size, **self._pattern_options())
 
+    def dense_up_to(self, limit: int) -> int:
+        """ITC: as long as the layout covers every block, read from `pattern` (there is no
+        dense fallback; ETC never: its extra global states are keys a dense layer lacks)."""
+        if self.extra_blocks:
+            return 0
+        b, nb = self.block_size, 0
+        # coverage is decided per block and is only lost as blocks are added (r is fixed)
+        while nb * b < limit:
+            mask = self.pattern((nb + 1) * b)
+            full = torch.ones_like(mask)
+            if not bool((mask == (full.tril() if self.causal else full)).all()):
+                break
+            nb += 1
+        return min(limit, nb * b)
+
     def new_cache(self) -> SlotCache:
         """Every earlier position (random blocks reach anywhere back). A query sees the
         positions of the key blocks its layout row lists (`patterns.bigbird_blocks`, the

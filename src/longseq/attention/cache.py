@@ -16,7 +16,10 @@ how the past was fed in: token by token, in chunks, or as one prompt.
 anywhere back); storage grows by doubling, so nothing is reserved for tokens not yet made.
 `SlotCache(rule, size=m)` is a ring of m slots, slot = position mod m, for rules that never
 look back more than m - 1 positions (Longformer's window, local attention's chunks): constant
-memory however long the generation runs. LSH keeps buckets beside its keys (`LSHCache`, in
+memory however long the generation runs. `SlotCache(rule, size=m, sinks=G)` also keeps
+positions 0..G-1 in G fixed slots before the ring (Longformer's global tokens under a causal
+mask, StreamingLLM's attention sinks): position p < G in slot p, p >= G in slot
+G + (p - G) mod m. LSH keeps buckets beside its keys (`LSHCache`, in
 `lsh.py`).
 
 Grouped-query layers (fewer key/value heads than query heads) store their KV heads only,
@@ -63,14 +66,28 @@ class SlotCache(AttentionCache):
 
     k, v: (B, KV, S, D), the layer's key/value heads; pos: (B, S). `rule` is the mechanism's
     pattern on positions (None: every earlier position); `size` makes a ring of that many
-    slots (None: grows).
+    slots (None: grows), after `sinks` fixed slots for positions 0..sinks-1.
     """
 
-    def __init__(self, rule: Rule | None = None, size: int | None = None) -> None:
+    def __init__(
+        self,
+        rule: Rule | None = None,
+        size: int | None = None,
+        sinks: int = 0,
+        ring_is_rule: bool = False,
+    ) -> None:
+        if sinks and size is None:
+            raise ValueError("sinks are slots kept beside a ring: give size too")
         self.rule = rule
         self.size = size
+        self.sinks = sinks
         self.bounded = size is not None
         self.kind = "kv" if size is None else "ring"
+        # a ring that holds exactly what its newest query may see (Longformer without
+        # dilation: the last w/2 + 1 positions): one token per row needs no rule, and no mask
+        # at all once every slot is filled (the decoding step, `_ring_step`)
+        self.ring_is_rule = ring_is_rule and size is not None
+        self.full = False  # every slot of every row holds a position
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.pos: Tensor | None = None
@@ -91,7 +108,9 @@ class SlotCache(AttentionCache):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
         if self.k is None:
-            self._allocate(k, self.size or _FIRST_CAPACITY)
+            self._allocate(k, self.slots or _FIRST_CAPACITY)
+        if self.ring_is_rule and q.shape[2] == 1 and bool(valid.all()):
+            return self._ring_step(q, k, v, qpos)
         kpos_new = qpos.masked_fill(~valid, -1)
         if self.size is not None and q.shape[2] > 1:
             # a chunk can overwrite ring slots its own earlier queries still need:
@@ -102,7 +121,7 @@ class SlotCache(AttentionCache):
             self.store(k, v, qpos, valid)
         else:
             self.store(k, v, qpos, valid)
-            n = self.size or self.hi
+            n = self.slots or self.hi
             keys, values, kpos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
         q4, k4 = qpos[:, None, :, None], kpos[:, None, None, :]
         ok = (k4 >= 0) & (k4 <= q4)
@@ -114,30 +133,62 @@ class SlotCache(AttentionCache):
             q, keys, values, attn_mask=ok, scale=1.0, enable_gqa=gqa
         )
 
+    def _ring_step(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
+        """`attend` for one new token in every row of a `ring_is_rule` ring: store it, then
+        attend over every filled slot (all of them, unmasked, once the ring is full). A
+        decoding step's few small ops instead of the rule's mask over every slot."""
+        assert self.k is not None and self.v is not None and self.pos is not None
+        rows = torch.arange(qpos.shape[0], device=qpos.device)
+        slot = self.slot(qpos[:, 0])
+        self.k[rows, :, slot] = k[:, :, 0]
+        self.v[rows, :, slot] = v[:, :, 0]
+        self.pos[rows, slot] = qpos[:, 0]
+        mask = None
+        if not self.full:
+            filled = self.pos >= 0
+            self.full = bool(filled.all())
+            mask = None if self.full else filled[:, None, None, :]
+        gqa = q.shape[1] != self.k.shape[1]
+        return F.scaled_dot_product_attention(
+            q, self.k, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
+        )
+
+    @property
+    def slots(self) -> int | None:
+        """A ring's slots (sinks included); None for a growing cache."""
+        return None if self.size is None else self.sinks + self.size
+
+    def slot(self, pos: Tensor) -> Tensor:
+        """The slot that holds position `pos` (a growing cache's capacity covers it)."""
+        if self.size is None:
+            return pos
+        ring = self.sinks + (pos - self.sinks) % self.size
+        return torch.where(pos < self.sinks, pos, ring) if self.sinks else ring
+
     def store(self, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> None:
         """Keep keys and values (B, H, C, D) at positions qpos (B, C) where `valid`."""
         if self.k is None:
-            self._allocate(k, self.size or _FIRST_CAPACITY)
+            self._allocate(k, self.slots or _FIRST_CAPACITY)
         assert self.k is not None and self.v is not None and self.pos is not None
         if self.size is None:
             top = int(qpos.masked_fill(~valid, -1).max()) + 1
             if top > self.k.shape[2]:
                 self._allocate(k, max(top, 2 * self.k.shape[2]))
             self.hi = max(self.hi, top)
-        size = self.k.shape[2]
         b, c = qpos.shape
         if c == 1:  # one token per row; invalid rows rewrite the slot with its old content
             rows = torch.arange(b, device=qpos.device)
-            slot = qpos[:, 0] % size
+            slot = self.slot(qpos[:, 0])
             ok = valid[:, 0]
             keep = ok[:, None, None]
             self.k[rows, :, slot] = torch.where(keep, k[:, :, 0], self.k[rows, :, slot])
             self.v[rows, :, slot] = torch.where(keep, v[:, :, 0], self.v[rows, :, slot])
             self.pos[rows, slot] = torch.where(ok, qpos[:, 0], self.pos[rows, slot])
-        else:  # a chunk: per row, its valid positions that fit (distinct slots)
+        else:  # a chunk: per row, its valid positions that fit (distinct slots), and sinks
             last = qpos.masked_fill(~valid, -1).amax(1, keepdim=True)
-            bi, ci = (valid & (qpos > last - size)).nonzero(as_tuple=True)
-            slot = qpos[bi, ci] % size
+            span = self.size or self.k.shape[2]
+            bi, ci = (valid & ((qpos > last - span) | (qpos < self.sinks))).nonzero(as_tuple=True)
+            slot = self.slot(qpos[bi, ci])
             self.k[bi, :, slot] = k[bi, :, ci]
             self.v[bi, :, slot] = v[bi, :, ci]
             self.pos[bi, slot] = qpos[bi, ci]

@@ -50,6 +50,9 @@ class FullAttention(SelfAttention):
             q, keys, values, attn_mask=allowed, dropout_p=p, scale=1.0
         )
 
+    def dense_up_to(self, limit: int) -> int:
+        return limit
+
     def new_cache(self) -> SlotCache:
         """Every earlier position (a key/value cache): O(t) per new token."""
         self._check_cacheable()

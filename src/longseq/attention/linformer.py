@@ -128,7 +128,23 @@ class LinformerAttention(SelfAttention):
 
     name = "linformer"
     sequence_parallel = True
+    length_options = ("max_seq_len",)
     supports_causal: ClassVar[bool] = False
+
+    @classmethod
+    def longified_options(
+        cls, given: dict[str, Any], source_length: int, max_length: int
+    ) -> dict[str, Any]:
+        """k = the source's length N0 by default: the identity fold is then exact at n = N0
+        (`longseq.convert.longify`); a max_seq_len shorter than max_length is refused."""
+        seq_len = given.get("max_seq_len")
+        if seq_len is not None and seq_len < max_length:
+            raise ValueError(
+                f"linformer max_seq_len={seq_len} < max_length={max_length}: inputs of "
+                "max_length tokens would not fit; leave max_seq_len out (it defaults to "
+                "max_length)"
+            )
+        return {"k": source_length, **given}
 
     @classmethod
     def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:

@@ -135,6 +135,14 @@ class LocalAttention(SelfAttention):
         right = 0 if self.causal else self.num_chunks_after * c
         return self._window_sharded(hidden_states, real, shard, left, right)
 
+    def dense_up_to(self, limit: int) -> int:
+        """Every pair is seen while the chunks in reach cover the sequence: causal, the
+        num_chunks_before + 1 chunks up to the query's; bidirectional, every chunk must reach
+        the first and the last (min(before, after) + 1 chunks)."""
+        before, after = self.num_chunks_before, self.num_chunks_after
+        chunks = before + 1 if self.causal else min(before, after) + 1
+        return min(limit, chunks * self.chunk_length)
+
     def new_cache(self) -> SlotCache:
         """A ring of (num_chunks_before + 1) * chunk_length slots (constant memory): a causal
         query in chunk i sees chunks i - num_chunks_before .. i, rule `patterns.chunked_local`."""

@@ -17,8 +17,15 @@ token is then recomputed with the separate global projections over ALL real toke
     out_g = sum_j softmax_j(qg_g . kg_j) vg_j,  qg = query_global(x) / sqrt(D),
                                                  kg = key_global(x), vg = value_global(x)
 
-This is the paper's and Hugging Face's `LongformerSelfAttention` (tested against it). Causal
-attention cannot have global tokens (they would see the future).
+This is the paper's and Hugging Face's `LongformerSelfAttention` (tested against it).
+
+Causal, global tokens are attention sinks (StreamingLLM, Xiao et al. 2023): query i sees the
+keys j <= i of its band plus the global keys j <= i, all with the ordinary projections q, k, v;
+a global token's own row is an ordinary causal row (a row over every token would see the
+future). The global projections are not used by a causal layer: a decoder trained with dense
+attention scored its first tokens with q, k, v, which is what keeps it exact under the mask
+causal & (band | global). `global_tokens=G` makes positions 0..G-1 global (with or without a
+`global_attention_mask`); the decoding cache then keeps those G keys beside the ring.
 
 Kernel (never n x n, memory linear in n). Heads are grouped by dilation; a group with
 dilation d reorders the sequence into d interleaved subsequences (position m*d + r ->
@@ -70,10 +77,14 @@ class LongformerAttention(SelfAttention):
             tokens plus itself. Even, >= 2.
         dilation: gap between the keys of the window: one int for all heads or one per head.
             A head with dilation d sees the keys i + d*t, |t| <= w/2.
-        causal, dropout, bias: as for every layer; global tokens need causal=False.
+        global_tokens: the first G positions are global, as if `global_attention_mask`
+            marked them (a model sets it from `ModelConfig.global_tokens`).
+        causal, dropout, bias: as for every layer.
 
-    Global tokens (`global_attention_mask`) are seen by every query and see every real token,
-    through the separate projections `query_global`, `key_global`, `value_global`.
+    Global tokens (`global_attention_mask`, `global_tokens`) are seen by every query and see
+    every real token, through the separate projections `query_global`, `key_global`,
+    `value_global`. Causal, they are sinks: seen by every later query, their rows causal, the
+    ordinary projections throughout (module docstring).
     """
 
     name = "longformer"
@@ -87,6 +98,7 @@ class LongformerAttention(SelfAttention):
         *,
         window: int = 512,
         dilation: int | Sequence[int] = 1,
+        global_tokens: int = 0,
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
@@ -117,6 +129,8 @@ class LongformerAttention(SelfAttention):
             raise ValueError(f"dilation must be an int or a sequence of ints, got {dilation!r}")
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations):
             raise ValueError(f"dilation values must be ints >= 1, got {dilation!r}")
+        ops.check_int("global_tokens", global_tokens, 0)
+        self.global_tokens = global_tokens
         self.window = window
         self.dilation = dilation if isinstance(dilation, int) else dilations
         self.dilations = dilations
@@ -127,7 +141,8 @@ class LongformerAttention(SelfAttention):
         self.value_global = nn.Linear(hidden_size, kv_size, bias=bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}"
+        sinks = f", global_tokens={self.global_tokens}" if self.global_tokens else ""
+        return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}{sinks}"
 
     @classmethod
     def options_at(cls, at: At, given: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +173,9 @@ class LongformerAttention(SelfAttention):
         maximum over all ranks, then all-reduce the exponentials' sums and their weighted
         values (exact, as FlashAttention combines blocks). Rotary positions: the stretch runs
         at 0.. and each appended global key at its own position relative to the stretch's
-        start, so every band score keeps its position difference. (Causal layers have no
-        global tokens: `attend` refuses them.)"""
+        start, so every band score keeps its position difference, and causal visibility
+        (a sink is seen from its own position on) is decided on those positions. Causal,
+        global rows are ordinary causal rows: nothing is summed over the ranks."""
         b, n, e = x.shape
         glob = torch.zeros_like(real) if glob is None else glob
         gmax = int(shard.maximum(glob.sum(1).max().double().reshape(1)))
@@ -184,6 +200,8 @@ class LongformerAttention(SelfAttention):
         pos_ext = torch.cat([stretch, torch.where(ok_all, pos_all - lo, 0)], 1)
         ctx = self.attend(x_all, r_all, torch.cat([g_ext, outside], 1), positions=pos_ext)
         ctx = ctx[:, :, reach : reach + n]
+        if self.causal:  # sinks: their own rows are ordinary causal rows, computed above
+            return ctx
         # the global tokens' own rows, over every rank's real tokens
         h, d = self.num_heads, self.head_dim
         qg = ops.split_heads(self.query_global(xg_all), h) * d**-0.5  # (B, H, G, D)
@@ -218,18 +236,38 @@ class LongformerAttention(SelfAttention):
         interleaved subsequence, so every shape is a product the trace can prove."""
         return math.lcm(*self.dilations) * self._full_block()
 
+    def dense_up_to(self, limit: int) -> int:
+        """The band covers every pair while n <= w/2 + 1 (dilation 1; global tokens, whose
+        projections longify copies from the local ones, add nothing there)."""
+        return min(limit, self.window // 2 + 1) if max(self.dilations) == 1 else 1
+
     def new_cache(self) -> SlotCache:
         """A ring of max(dilation) * window/2 + 1 slots: all a causal query can ever see again
-        (constant memory); the rule is `patterns.sliding_window`, one dilation per head."""
+        (constant memory), plus `global_tokens` fixed slots for the sinks; the rule is
+        `patterns.sliding_window`, one dilation per head, or `patterns.first_tokens`."""
         self._check_cacheable()
-        dil = torch.tensor(self.dilations)[:, None, None]  # (H, 1, 1): a dilation per head
+        # one dilation for every head: a mask shared by the heads, (B, 1, C, S); otherwise a
+        # dilation per head, (H, 1, 1), and a mask per head
+        uniform = len(set(self.dilations)) == 1
+        dil = torch.tensor(self.dilations)[:, None, None]
+        sinks = patterns.first_tokens(self.global_tokens)
 
         def rule(q: Tensor, k: Tensor) -> Tensor:
-            return patterns.sliding_window(self.window, dil.to(q.device), is_causal=True)(q, k)
+            d = self.dilations[0] if uniform else dil.to(q.device)
+            band = patterns.sliding_window(self.window, d, is_causal=True)(q, k)
+            return band | sinks(q, k) if self.global_tokens else band
 
-        return SlotCache(rule, size=max(self.dilations) * (self.window // 2) + 1)
+        size = max(self.dilations) * (self.window // 2) + 1
+        # without dilation the ring is the band of its newest query, and the sinks are seen
+        # by every query (ring_is_rule: a decoding step needs no mask)
+        return SlotCache(
+            rule, size=size, sinks=self.global_tokens, ring_is_rule=max(self.dilations) == 1
+        )
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
+        if self.global_tokens:
+            first = torch.arange(n) < self.global_tokens
+            is_global = first if is_global is None else is_global | first
         return patterns.longformer(
             n, self.window, self.dilations, self.causal, is_global, self.num_heads
         )
@@ -242,28 +280,30 @@ class LongformerAttention(SelfAttention):
         positions: Tensor | None = None,
     ) -> Tensor:
         """`positions` (B, N): the rotary positions of the rows (default 0 .. N - 1); the
-        sequence-parallel path gives the global keys appended to a stretch their own."""
-        if glob is not None and self.causal:
-            raise ValueError(
-                "causal longformer attention cannot have global tokens (they see every token, "
-                "the future included); pass global_attention_mask=None or use causal=False"
-            )
+        sequence-parallel path gives the global keys appended to a stretch their own (a causal
+        query sees a global key at a position up to its own)."""
         # work in the projections' own (B, N, H, D) memory: the fused kernel reads strided
         # inputs, writes (blocks, c, H, D), and merging the heads afterwards is free
         q, k, v = (t.transpose(1, 2) for t in self.project(hidden_states, positions))
         h, d = q.shape[2:]
         key_ok = real
-        gk = gv = g_ok = gidx = None
+        gk = gv = g_ok = gidx = g_bias = None
         if glob is not None:
             gidx, g_ok = _global_indices(glob)
             at = gidx[:, :, None, None].expand(-1, -1, h, d)
             gk, gv = k.gather(1, at), v.gather(1, at)  # (B, G, H, D)
             key_ok = real & ~glob  # global keys in the band are counted once, as global keys
+            if self.causal:  # sinks: a query sees the global keys up to its own position
+                pos = positions
+                if pos is None:
+                    pos = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
+                later = pos.gather(1, gidx)[:, None, :] > pos[:, :, None]  # (B, N, G)
+                g_bias = ops.mask_bias(~later, q.dtype)
         groups: dict[int, list[int]] = {}
         for i, dil in enumerate(self.dilations):
             groups.setdefault(dil, []).append(i)
         if len(groups) == 1:
-            ctx = self._band(q, k, v, key_ok, self.dilations[0], gk, gv, g_ok)
+            ctx = self._band(q, k, v, key_ok, self.dilations[0], gk, gv, g_ok, g_bias)
         else:
             outs = []
             for dil, heads in groups.items():
@@ -278,11 +318,12 @@ class LongformerAttention(SelfAttention):
                         None if gk is None else gk[:, :, sel],
                         None if gv is None else gv[:, :, sel],
                         g_ok,
+                        g_bias,
                     )
                 )
             order = torch.tensor([i for heads in groups.values() for i in heads])
             ctx = torch.cat(outs, dim=2).index_select(2, torch.argsort(order).to(q.device))
-        if glob is not None:
+        if glob is not None and not self.causal:  # causal: sink rows are ordinary rows
             rows = self._global_rows(hidden_states, real, gidx, g_ok)  # (B, G, H, D)
             bi, si = g_ok.nonzero(as_tuple=True)
             # under autocast the band and the global rows can come out in different dtypes
@@ -299,11 +340,13 @@ class LongformerAttention(SelfAttention):
         gk: Tensor | None,
         gv: Tensor | None,
         g_ok: Tensor | None,
+        g_bias: Tensor | None = None,
     ) -> Tensor:
         """Band (+ global keys) attention for the h heads of one dilation.
 
         q, k, v: (B, N, h, D); key_ok: (B, N) keys that may be seen in the band; gk, gv:
-        (B, G, h, D) global keys/values, g_ok: (B, G) valid global slots. Returns (B, N, h, D).
+        (B, G, h, D) global keys/values, g_ok: (B, G) valid global slots; g_bias: (B, N, G)
+        additive mask of each query's global keys (causal sinks). Returns (B, N, h, D).
         """
         b, n, h, d = q.shape
         half = self.window // 2
@@ -352,7 +395,11 @@ class LongformerAttention(SelfAttention):
         # not cached while tracing: a traced tensor must not outlive its trace
         bias = _band_bias.__wrapped__ if ops.tracing() else _band_bias
         band = bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
-        mask = (key_bias.unsqueeze(-2) + band).reshape(b * dil * nb, 1, c, width)
+        mask = key_bias.unsqueeze(-2) + band  # (B, dil, nb, c, width)
+        if g_bias is not None:  # per query: the first group's global slots, c - r.. in a window
+            qg = interleave(g_bias).reshape(b, dil, nb, c, g)
+            mask = mask + F.pad(qg, (c - r, width - (c - r) - g))
+        mask = mask.reshape(b * dil * nb, 1, c, width)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask, dropout_p=p, scale=1.0)
         # (B*dil*nb, h, c, D) -> (B, N, h, D); views only when dil == 1

@@ -116,6 +116,15 @@ def check_masks(
     return real, glob
 
 
+def first_tokens(real: Tensor, glob: Tensor | None, count: int, start: int = 0) -> Tensor | None:
+    """`glob` (B, N) or None with the real tokens at positions < `count` made global too; the
+    rows are positions start.. (a shard of a sequence). None when no token is global."""
+    n = real.shape[1]
+    first = (torch.arange(start, start + n, device=real.device) < count) & real
+    glob = first if glob is None else glob | first
+    return glob if bool(glob.any()) else None
+
+
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(B, N, H*D) -> (B, H, N, D)."""
     b, n, _ = x.shape

@@ -87,6 +87,18 @@ def global_tokens(is_global: Tensor) -> MaskMod:
     return lambda q, k: is_global[q] | is_global[k]
 
 
+def sinks(is_global: Tensor) -> MaskMod:
+    """Global tokens under a causal mask (StreamingLLM's attention sinks): every query sees the
+    global keys up to itself; a global token's own row is an ordinary causal row."""
+    return lambda q, k: is_global[k] & (k <= q)
+
+
+def first_tokens(count: int) -> MaskMod:
+    """The keys at positions < count (the sinks of a layer with `global_tokens=count`), seen
+    by every query at or after them: on positions, so a cache can evaluate it."""
+    return lambda q, k: (k < count) & (k <= q)
+
+
 def key_padding(real: Tensor) -> MaskMod:
     """Only real keys may be seen. `real`: (n,) bool."""
     return lambda q, k: real[k] & torch.ones_like(q, dtype=torch.bool)
@@ -100,13 +112,14 @@ def longformer(
     is_global: Tensor | None = None,
     num_heads: int | None = None,
 ) -> Tensor:
-    """Longformer's pattern for one sequence: (heads, n, n) bool (one head per dilation)."""
+    """Longformer's pattern for one sequence: (heads, n, n) bool (one head per dilation).
+    Causal, global tokens are sinks (`sinks`): seen by the queries after them, rows causal."""
     dilations = [dilation] * (num_heads or 1) if isinstance(dilation, int) else list(dilation)
     masks = []
     for d in dilations:
         mod = sliding_window(window, d, causal)
         if is_global is not None:
-            mod = or_masks(mod, global_tokens(is_global))
+            mod = or_masks(mod, (sinks if causal else global_tokens)(is_global))
         masks.append(materialize(mod, n))
     return torch.stack(masks)
 

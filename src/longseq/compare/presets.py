@@ -93,6 +93,14 @@ class Preset:
     sweep_batch: int = 1
     sweep_repeats: int = 3
     sweep_max_seconds: float = 60.0  # skip a length whose one fwd+bwd would take longer
+    # zero-shot tasks (`Task.zero_shot`, `longseq.compare.zero_shot`): the pre-trained model
+    # (None: the task's default, SmolLM2 converted from its installed GGUF), how many of the
+    # task's documents are read (each to text_length tokens), the attention sinks given to
+    # mechanisms with global tokens (0: none), and the report's bucket of positions
+    pretrained: str | None = None
+    documents: int = 2
+    sinks: int = 4
+    bucket: int = 1_024
     # where and how
     threads: int | None = 2  # torch threads per process (None: torch's default)
     precision: str = "fp32"
@@ -101,7 +109,7 @@ class Preset:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                low_ok = f.name in ("dropout", "weight_decay", "warmup_steps", "seed")
+                low_ok = f.name in ("dropout", "weight_decay", "warmup_steps", "seed", "sinks")
                 if value < 0 or (value == 0 and not low_ok):
                     raise ValueError(
                         f"preset {self.name!r}: {f.name} must be positive, got {value}"
@@ -259,6 +267,32 @@ PRESETS: dict[str, Preset] = {
         sweep_batch=1,
         sweep_repeats=3,
         sweep_max_seconds=60.0,
+    ),
+    "long-context": Preset(
+        name="long-context",
+        summary="zero-shot: SmolLM2-135M (8K trained) read to 16K tokens of 2 held-out plays "
+        "with each causal mechanism (one 16K forward: minutes on 2 idle CPU cores)",
+        # the model sizes are the pre-trained model's; these fields are unused
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        intermediate_size=1_536,
+        dropout=0.0,
+        text_length=16_384,
+        # a window of 1,024 earlier tokens (Longformer's window counts both sides: 2,048)
+        reach=2_048,
+        options={
+            # 64-token blocks: a 16-block window behind each query (1,024 tokens), the first
+            # block global (64 sinks), 2 random blocks
+            "bigbird": {"num_sliding_blocks": 33, "num_global_blocks": 1, "num_random_blocks": 2},
+            # Reformer's chunks, 2 rounds: each query sees the 256 latest keys of its buckets
+            "lsh": {"chunk_length": 256, "n_hashes": 2},
+        },
+        documents=2,
+        sinks=4,
+        bucket=1_024,
+        sweep_lengths=(16_384,),  # no sweep: the scoring times are reported instead
+        threads=2,
     ),
     "lra": Preset(
         name="lra",

@@ -36,7 +36,7 @@ import torch
 
 from longseq import attention, tasks
 from longseq.bench.attention import machine_info
-from longseq.compare import isolate, report, sweep
+from longseq.compare import isolate, report, sweep, zero_shot
 from longseq.compare import presets as P
 from longseq.compare import tasks as T
 from longseq.compare.isolate import peak_memory
@@ -357,6 +357,12 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Summary:
         "started": previous.get("started", time.strftime("%Y-%m-%d %H:%M:%S")),
     }
     (out / PLAN).write_text(json.dumps(state, indent=1) + "\n")
+
+    if plan.task_entry.zero_shot:  # a pre-trained model scored as it is: no training
+        results = zero_shot.run(plan, list(data.info["documents"]), say)
+        wall = time.perf_counter() - start
+        table = zero_shot.write_report(out, plan, state, results, wall)
+        return Summary(out, results, [], table, wall)
 
     # 2. training, one fresh process per mechanism and seed
     done = {k: r for k, r in latest(read_jsonl(out / RESULTS)).items() if r["status"] == "ok"}

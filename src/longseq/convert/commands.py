@@ -144,11 +144,13 @@ def _key_value(text: str) -> tuple[str, Any]:
 def _register_longify(commands: Any) -> None:
     p = commands.add_parser(
         "longify",
-        help="extend a short pre-trained encoder to a longer max length and a sparse mechanism",
-        description="Copy SRC (a longseq or Hugging Face model folder) into DST with a longer "
-        "max length and a new attention mechanism: position embeddings tiled out to the new "
-        "length, Longformer's global projections copied from the local ones, every other "
-        "weight kept. Prints the input lengths at which DST reproduces SRC exactly.",
+        help="extend a short pre-trained encoder or decoder to a longer max length and a sparse "
+        "mechanism",
+        description="Copy SRC (a longseq or Hugging Face model folder, encoder or decoder) into "
+        "DST with a longer max length and a new attention mechanism (causal for a decoder): "
+        "position embeddings tiled out to the new length (rotary positions have no table), "
+        "Longformer's global projections copied from the local ones, every other weight kept. "
+        "Prints the input lengths at which DST reproduces SRC exactly.",
     )
     p.add_argument("src", metavar="SRC", help="source model folder (longseq or Hugging Face)")
     p.add_argument("dst", metavar="DST", help="output folder")
@@ -156,7 +158,16 @@ def _register_longify(commands: Any) -> None:
     p.add_argument(
         "--attention",
         required=True,
-        help="mechanism of every layer: longformer, bigbird, linformer, lsh (or full)",
+        help="mechanism of every layer: longformer, bigbird, linformer, lsh, local (or full)",
+    )
+    p.add_argument(
+        "--global-tokens",
+        type=int,
+        default=None,
+        metavar="G",
+        help="the first G positions are global in every layer whose mechanism has global "
+        "tokens (longformer); in a decoder they are attention sinks, seen by every later "
+        "token (default: the source's setting)",
     )
     for name, text in _FLAGS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=text)
@@ -200,14 +211,18 @@ def run_longify(args: argparse.Namespace) -> int:
             options[name] = value
     try:
         source = load_source(args.src)
-        model, report = longify_with_report(source, args.max_length, args.attention, **options)
+        model, report = longify_with_report(
+            source, args.max_length, args.attention, global_tokens=args.global_tokens, **options
+        )
     except (ValueError, FileNotFoundError) as e:
         return _error(str(e))
     exact = exact_lengths(source.config, model.config)
     cfg = model.config
+    sinks = f", global_tokens {cfg.global_tokens}" if cfg.global_tokens else ""
     print(
         f"{args.src}: {source.config.attention}, max_length {source.config.max_length} -> "
         f"{cfg.attention} {json.dumps(cfg.attention_options)}, max_length {cfg.max_length}"
+        f"{sinks}"
     )
     for kind in ("extended", "derived", "initialised", "dropped"):
         if report[kind]:

@@ -1,4 +1,4 @@
-"""Longify: turn a short pre-trained encoder into a long one (the Longformer recipe).
+"""Longify: turn a short pre-trained encoder or decoder into a long one (the Longformer recipe).
 
 Beltagy et al. (2020) made Longformer-4096 from RoBERTa-512 by copying the position table out
 to the new length and initialising the global projections from the local ones; every other
@@ -9,7 +9,9 @@ model and any mechanism:
                         (N0 the old, N the new max_length, o = position_offset, 2 for RoBERTa)
     axial positions     E1'[i] = E1[i mod a]: axial_shape (a, b) -> (ceil(N / b), b), which is
                         the same tiling, P'[p] = P[p mod ab]
-    rotary, none        nothing to copy (rotary has no table; it is not trained past N0)
+    rotary, none        nothing to copy: rotary has no table, it rotates q and k by any
+                        position, so `full` longified only raises max_length (positions past
+                        N0 get angles the model was never trained on)
     Longformer globals  query_global, key_global, value_global = query, key, value
     Linformer E, F      a Linformer source's columns tiled like the positions; otherwise the
                         "identity fold" E[r, j] = F[r, j] = 1 if j mod k == r else 0
@@ -17,16 +19,31 @@ model and any mechanism:
                         dropped); a shared-QK source's query becomes every other key projection
     BigBird ETC         its extra global states are new (random N(0, 0.02))
 
+A decoder (a causal LM, e.g. a converted Llama) gets each mechanism's causal form; the
+weights above are all it has, trained with dense causal attention:
+
+    longformer          a causal band of w/2 + 1 keys; `global_tokens=G` adds the first G
+                        positions as attention sinks (StreamingLLM), scored with the ordinary
+                        q, k, v: the dense model under the mask causal & (band | j < G)
+    local               the causal chunks in reach (chunk_length, num_chunks_before)
+    bigbird             causal: its first num_global_blocks blocks are sinks (whole blocks),
+                        plus the window blocks and random blocks from before the window
+    lsh                 one shared query-key projection (the source's query): an approximation
+                        of q . k (its keys are unit-normalised queries), never exact; rotary
+                        rotates the shared vector; grouped-query values are repeated for every
+                        query head (LSH has no grouped heads: exact for the values)
+
 What is exact (eval mode; `exact_lengths` computes it for two configs). For an input of n <=
 N0 tokens the embeddings are unchanged, so the longified model equals the source wherever
 every layer computes the same attention as before:
 
 - same mechanism, same pattern options (e.g. a Longformer made longer): every n <= N0;
 - a dense source layer (full, or a sparse one whose pattern covers the input) and a target
-  layer whose pattern covers the input: Longformer with dilation 1 and n <= window/2 + 1
-  (global tokens included: their projections are copies), BigBird ITC while its layout covers
-  every block (there is no dense fallback: the layout itself must cover; ETC never, its new
-  global states are extra keys);
+  layer whose pattern covers the input (each mechanism's `dense_up_to`): Longformer with
+  dilation 1 and n <= window/2 + 1 (global tokens included: their projections are copies;
+  causal sinks use the ordinary ones), local attention while its chunks in reach cover the
+  input, BigBird ITC while its layout covers every block (there is no dense fallback: the
+  layout itself must cover; ETC never, its new global states are extra keys);
 - Linformer from a dense source: only at n = k (E[:, :k] = I). For n < k the k - n empty
   projected keys score 0 with value 0, so every output is the dense one scaled by
   Z / (Z + k - n), Z the row's sum of exp(scores); for n > k keys are summed in groups;
@@ -45,13 +62,10 @@ import torch
 from torch import Tensor, nn
 
 from longseq import attention
-from longseq.attention.bigbird import BigBirdAttention
 from longseq.convert.converters import from_huggingface
 from longseq.models import ModelConfig, build_model, from_pretrained, read_config
 from longseq.models.base import LongseqModel
 
-# Options that size a layer for a length rather than define its pattern.
-_LENGTH_OPTIONS = {"linformer": ("max_seq_len",)}
 _GLOBAL = {"query_global": "query", "key_global": "key", "value_global": "value"}
 
 
@@ -82,12 +96,18 @@ def load_source(model_or_dir: Any) -> LongseqModel:
 
 # ------------------------------------------------------------------------------- config
 def longified_config(
-    source: ModelConfig, max_length: int, attention_name: str, options: dict[str, Any]
+    source: ModelConfig,
+    max_length: int,
+    attention_name: str,
+    options: dict[str, Any],
+    global_tokens: int | None = None,
 ) -> ModelConfig:
     """The source config with the new max_length and mechanism for every layer.
 
     A layer whose source mechanism is the target keeps its options (per-layer ones included),
     except those that size it for the old length; `options` override them in every layer.
+    `global_tokens` sets `ModelConfig.global_tokens` (None: the source's, where the target
+    mechanism has global tokens, else 0).
     """
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise ValueError(f"max_length must be an int, got {max_length!r}")
@@ -100,30 +120,34 @@ def longified_config(
         raise ValueError(
             f"unknown attention {attention_name!r}; valid: {', '.join(attention.mechanisms())}"
         )
-    seq_len = options.get("max_seq_len")
-    if attention_name == "linformer" and seq_len is not None and seq_len < max_length:
-        raise ValueError(
-            f"linformer max_seq_len={seq_len} < max_length={max_length}: inputs of max_length "
-            "tokens would not fit; leave max_seq_len out (it defaults to max_length)"
-        )
+    target = attention.get(attention_name)
     per_layer = []
     for i in range(source.num_layers):
         name, opts = source.layer_spec(i)
         kept = {
             k: v
             for k, v in opts.items()
-            if name == attention_name and k not in _LENGTH_OPTIONS.get(name, ())
+            if name == attention_name and k not in attention.get(name).length_options
         }
-        per_layer.append({**kept, **options})
-    if attention_name == "linformer":
-        # k = N0 by default: the identity fold is then exact at n = N0 (see module doc)
-        per_layer = [{"k": source.max_length, **o} for o in per_layer]
+        # the mechanism's own defaults for a longified layer (Linformer: k = N0)
+        per_layer.append(
+            target.longified_options({**kept, **options}, source.max_length, max_length)
+        )
     same = all(o == per_layer[0] for o in per_layer)
+    if target.shared_qk and source.grouped:  # its keys are its queries: every head its own
+        changes_kv: dict[str, Any] = {"num_key_value_heads": None}
+    else:
+        changes_kv = {}
+    if global_tokens is None:
+        takes = "global_tokens" in attention.options(attention_name)
+        global_tokens = source.global_tokens if takes else 0
     changes: dict[str, Any] = {
+        "global_tokens": global_tokens,
         "max_length": max_length,
         "attention": attention_name,
         "attention_options": per_layer[0] if same else {},
         "layer_attention": None if same else per_layer,
+        **changes_kv,
     }
     if source.position == "axial":
         assert source.axial_shape is not None
@@ -177,6 +201,12 @@ def transfer(source: LongseqModel, target: LongseqModel) -> dict[str, list[str]]
         parent, _, module = stem.rpartition(".")
         if name in src and src[name].shape == param.shape:
             new[name], kind = take(name), "copied"
+        elif module == "value" and name in src and param.shape[0] > src[name].shape[0]:
+            # grouped-query values for a mechanism without grouped heads (LSH): each key/value
+            # head repeated for the query heads it served (exact: the same values)
+            groups = param.shape[0] // src[name].shape[0]
+            w = take(name).unflatten(0, (-1, cfg.head_dim))
+            new[name], kind = w.repeat_interleave(groups, 0).flatten(0, 1), "extended"
         elif name.endswith("embeddings.position.weight") and name in src:
             new[name], kind = tile_rows(take(name), param.shape[0], cfg.position_offset), "extended"
         elif name.endswith("embeddings.position.weight1") and name in src:
@@ -209,24 +239,41 @@ def transfer(source: LongseqModel, target: LongseqModel) -> dict[str, list[str]]
     return report
 
 
-def longify(model_or_dir: Any, max_length: int, attention: str, **options: Any) -> LongseqModel:
-    """A copy of a short encoder that takes `max_length` tokens with `attention` layers.
+def longify(
+    model_or_dir: Any,
+    max_length: int,
+    attention: str,
+    *,
+    global_tokens: int | None = None,
+    **options: Any,
+) -> LongseqModel:
+    """A copy of a short encoder or decoder that takes `max_length` tokens with `attention`
+    layers (causal layers for a causal model).
 
     `model_or_dir`: a longseq model, a folder saved by longseq, or a Hugging Face model or
     folder (converted by `longseq.convert.from_huggingface`). `options` are the mechanism's
-    (`longseq.attention.options(attention)`), e.g. `window=512` or `block_size=64`. The head,
+    (`longseq.attention.options(attention)`), e.g. `window=512` or `block_size=64`.
+    `global_tokens=G` makes the first G positions global in every layer whose mechanism has
+    global tokens (a decoder's attention sinks; `ModelConfig.global_tokens`). The head,
     tokens and every other setting are the source's. Returned in eval mode; the source is not
     changed. See the module docstring for which inputs give exactly the source's outputs.
     """
-    return longify_with_report(model_or_dir, max_length, attention, **options)[0]
+    return longify_with_report(
+        model_or_dir, max_length, attention, global_tokens=global_tokens, **options
+    )[0]
 
 
 def longify_with_report(
-    model_or_dir: Any, max_length: int, attention: str, **options: Any
+    model_or_dir: Any,
+    max_length: int,
+    attention: str,
+    *,
+    global_tokens: int | None = None,
+    **options: Any,
 ) -> tuple[LongseqModel, dict[str, list[str]]]:
     """`longify`, plus `transfer`'s account of where each weight came from."""
     source = load_source(model_or_dir)
-    config = longified_config(source.config, max_length, attention, options)
+    config = longified_config(source.config, max_length, attention, options, global_tokens)
     p = next(source.parameters())
     target = build_model(config, seed=0).to(device=p.device, dtype=p.dtype)
     report = transfer(source, target)
@@ -237,34 +284,20 @@ def longify_with_report(
 def _pattern_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """A layer's options with defaults filled in, less those that only size it."""
     full = {**attention.options(name), **opts}
-    for key in ("causal", "dropout", "bias", "projection", *_LENGTH_OPTIONS.get(name, ())):
+    for key in ("causal", "dropout", "bias", "projection", *attention.get(name).length_options):
         full.pop(key, None)
     return full
 
 
 def dense_up_to(name: str, opts: dict[str, Any], num_heads: int, causal: bool, limit: int) -> int:
     """Largest n <= limit for which the layer's pattern is full attention (causal: lower
-    triangle) for every head; 0 when no n is (Linformer, LSH, BigBird ETC)."""
-    o = _pattern_options(name, opts)
-    if name == "full":
-        return limit
-    if name == "longformer":
-        dilation = o["dilation"]
-        dilations = [dilation] if isinstance(dilation, int) else list(dilation)
-        return min(limit, o["window"] // 2 + 1) if max(dilations) == 1 else 1
-    # BigBird and its Hugging Face port (full attention for short inputs), read from pattern(n)
-    if issubclass(attention.get(name), BigBirdAttention) and o["variant"] == "itc":
-        layer = attention.build(name, num_heads, num_heads, causal=causal, **opts)
-        b, nb = layer.block_size, 0
-        # coverage is decided per block and is only lost as blocks are added (r is fixed)
-        while nb * b < limit:
-            mask = layer.pattern((nb + 1) * b)
-            full = torch.ones_like(mask)
-            if not bool((mask == (full.tril() if causal else full)).all()):
-                break
-            nb += 1
-        return min(limit, nb * b)
-    return 0
+    triangle) for every head; 0 when no n is (Linformer, LSH, BigBird ETC): the mechanism's
+    own `dense_up_to`, asked of a tiny layer with these options."""
+    return attention.build(name, num_heads, num_heads, causal=causal, **opts).dense_up_to(limit)
+
+
+def _global(name: str) -> bool:
+    return attention.get(name).supports_global
 
 
 def _shared_qk(name: str) -> bool:
@@ -279,9 +312,10 @@ def _bucket_causal(name: str) -> bool:
 def _built_spec(config: ModelConfig, i: int) -> tuple[str, dict[str, Any]]:
     name, opts = config.layer_spec(i)
     cls = attention.get(name)
-    return name, cls.options_at(
-        attention.At(config.max_length, layer=i, causal=config.causal), opts
-    )
+    opts = cls.options_at(attention.At(config.max_length, layer=i, causal=config.causal), opts)
+    if config.global_tokens and "global_tokens" in attention.options(name):
+        opts = {**opts, "global_tokens": config.global_tokens}  # part of the pattern
+    return name, opts
 
 
 def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
@@ -306,8 +340,8 @@ def exact_lengths(source: ModelConfig, target: ModelConfig) -> list[int]:
         elif _shared_qk(s) or _shared_qk(t):  # vs separate QK: equal only for a lone token
             other, opts = (t, to) if _shared_qk(s) else (s, so)
             ok = {1} if dense_up_to(other, opts, heads, causal, n0) else set()
-        elif s == "longformer" and t != "longformer":
-            ok = set()  # its trained global projections would be lost
+        elif _global(s) and not _global(t) and not causal:
+            ok = set()  # its trained global projections would be lost (causal: never used)
         elif t == "linformer":
             k = _pattern_options(t, to)["k"]
             ok = {k} if s != "linformer" and k <= dense_up_to(s, so, heads, causal, n0) else set()

@@ -41,7 +41,7 @@ FEED_FORWARDS: tuple[str, ...] = ("plain", "gated")  # gated: act(Wg x) * W1 x (
 # and the question left out of the span and given segment 0: HF's BigBirdForQuestionAnswering)
 QA_HEADS: tuple[str, ...] = ("linear", "bigbird")
 # Options the model sets itself from other fields; a user must not set them per mechanism.
-MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads")
+MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads", "global_tokens")
 
 
 # Integer fields (a "32" or 32.0 from a hand-edited config.json is an error, not a crash)
@@ -57,6 +57,7 @@ INT_FIELDS: tuple[str, ...] = (
     "pad_token_id",
     "cls_token_id",
     "num_labels",
+    "global_tokens",
 )
 MAX_TENSOR_ELEMENTS = 2**33  # 32 GiB in fp32: far beyond any real model's embedding table
 
@@ -118,6 +119,9 @@ class ModelConfig:
     classifier_activation: str = "tanh"  # after that dense (BigBird: its hidden_act)
     global_cls: bool = True  # mechanisms with global tokens make the first token global
     qa_head: str = "linear"  # QA_HEADS ("bigbird" needs sep_token_id)
+    # the first G positions are global in every layer whose mechanism has global tokens
+    # (Longformer); under a causal mask they are attention sinks (StreamingLLM)
+    global_tokens: int = 0
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -212,10 +216,26 @@ class ModelConfig:
                 "reversible_output='concat' gives width 2 * hidden_size, which cannot be "
                 "tied to the embeddings; set tie_word_embeddings=False"
             )
+        if self.global_tokens < 0:
+            raise ValueError(f"global_tokens must be >= 0, got {self.global_tokens}")
+        if self.global_tokens:
+            self._check_global_tokens()
         if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
             raise ValueError(
                 f"layer_attention has {len(self.layer_attention)} entries but num_layers="
                 f"{self.num_layers}"
+            )
+
+    def _check_global_tokens(self) -> None:
+        """Some layer must have token-level global tokens (the others ignore the setting)."""
+        names = {self.layer_spec(i)[0] for i in range(self.num_layers)}
+        if not any("global_tokens" in attention.options(m) for m in names):
+            takers = [m for m in attention.mechanisms() if "global_tokens" in attention.options(m)]
+            raise ValueError(
+                f"global_tokens={self.global_tokens}, but no layer of this model has global "
+                f"tokens (attention {', '.join(sorted(names))}); mechanisms that have them: "
+                f"{', '.join(takers)}. BigBird's global tokens are whole blocks: its first "
+                "num_global_blocks blocks (causal) already act as sinks"
             )
 
     def _check_positions(self) -> None:
@@ -266,12 +286,6 @@ class ModelConfig:
                     f"(num_key_value_heads={self.num_key_value_heads} < num_heads); set "
                     "num_key_value_heads to null or choose another mechanism"
                 )
-        if self.position == "rotary" and cls.shared_qk:
-            raise ValueError(
-                f"layer {i}: rotary positions rotate queries and keys differently, which "
-                f"breaks {name!r}'s shared query-key hashing; use position='axial' or "
-                "'learned'"
-            )
 
     # ----------------------------------------------------------------------------- derived
     @property

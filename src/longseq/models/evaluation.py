@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from longseq.data.gcide_qa import best_spans, span_scores
 from longseq.labels import IGNORE
 from longseq.models import metrics
+from longseq.models.positions import PositionSums, token_losses
 
 QA_MAX_ANSWER = 128  # tokens: the longest span that evaluation predicts
 
@@ -131,18 +132,24 @@ class TokenLabelSums(EvalSums):
 
 
 class CausalLMSums(EvalSums):
-    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes."""
+    """Every real next token (the shift and padding rule of `ForCausalLM`), and its bytes;
+    also the loss by target position (`positions`, this process's only: not reduced), which
+    `longseq evaluate` buckets. The LM head runs a chunk of positions at a time
+    (`positions.token_losses`), so long inputs never hold all their logits."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
+        super().__init__(model, tokenizer, device)
+        self.positions = PositionSums()
 
     def add(self, batch: dict[str, Tensor], cpu_batch: dict[str, Tensor]) -> None:
-        batch = dict(batch)
-        labels = batch.pop("labels")
-        logits = self.model(**batch).logits.float()
-        keep = batch["attention_mask"][:, 1:].bool()
-        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(
-            ~cpu_batch["attention_mask"][:, 1:].bool(), IGNORE
+        nll, real = token_losses(
+            self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"]
         )
+        cpu_targets = cpu_batch["labels"][:, 1:].masked_fill(~real.cpu(), IGNORE)
         self.sums[2] += metrics.target_bytes(cpu_targets, self.tokenizer)
-        self._tokens(logits[:, :-1], labels[:, 1:].masked_fill(~keep, IGNORE))
+        self.sums[0] += nll.sum()
+        self.sums[1] += real.sum()
+        self.positions.add(nll, real)
 
     def result(self) -> dict[str, Any]:
         loss_sum, n, num_bytes, _ = self.sums.tolist()

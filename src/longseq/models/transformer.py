@@ -110,6 +110,8 @@ class AttentionSublayer(nn.Module):
         opts = attention.get(name).options_at(at, opts)
         if config.grouped:  # only then: a mechanism without GQA keeps its signature
             opts = {**opts, "num_key_value_heads": config.kv_heads}
+        if config.global_tokens and "global_tokens" in attention.options(name):
+            opts = {**opts, "global_tokens": config.global_tokens}
         self.attention = attention.build(
             name,
             config.hidden_size,

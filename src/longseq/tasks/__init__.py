@@ -28,6 +28,7 @@ _REGISTRY: dict[str, str | type[Task]] = {
     "qa": "longseq.tasks.qa:QuestionAnswering",
     "genome-bases": "longseq.tasks.genome:GenomeBases",
     "genome-promoters": "longseq.tasks.genome:GenomePromoters",
+    "long-context": "longseq.tasks.longctx:LongContext",
 }
 _INSTANCES: dict[str, Task] = {}
 

@@ -86,6 +86,9 @@ class Task:
     best_metric: ClassVar[str] = "loss"  # run.metric auto: picks the best checkpoint
     causal: ClassVar[bool] = False  # its model is causal: compare keeps causal mechanisms
     several_files: ClassVar[bool] = False  # a split may be several files (LM text)
+    # a pre-trained model evaluated as it is: compare trains nothing and runs
+    # `longseq.compare.zero_shot` instead (each mechanism substituted by `longify`)
+    zero_shot: ClassVar[bool] = False
     compare: ClassVar[tuple[CompareTask, ...]] = ()
     # "module:function" of its report.md section (compare calls it; None: no section)
     report_section: ClassVar[str | None] = None

@@ -1,7 +1,7 @@
 """`longseq train`, `longseq evaluate` and `longseq predict`.
 
     longseq train --config FILE.yaml [--resume] [--set section.key=value ...]
-    longseq evaluate --model DIR --data FILE [--task T] [--max-length N] [--out FILE.json]
+    longseq evaluate --model DIR --data FILE|FOLDER [--task T] [--max-length N] [--out FILE.json]
 
 `train` runs data parallel under torchrun too:
 
@@ -10,7 +10,10 @@
 `evaluate` scores a saved model (a run's `best/` or `last/`, or any save_pretrained folder)
 on a data file with the trainer's own evaluation (`longseq.train.evaluation`), so its metrics
 are those the run logged. The task and its data settings come from the run's config.yaml
-beside the model folder when there is one, else from the model's architecture.
+beside the model folder when there is one, else from the model's architecture. A causal LM's
+record also holds its loss and perplexity by position bucket (`longseq.models.positions`), and
+a chart of them is drawn (--plot, or beside --out); a --max-length past the model's own
+extends its positions first (`longify`, same mechanism), so it reads past its trained context.
 """
 
 from __future__ import annotations
@@ -128,10 +131,52 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, help="tokens per example (default: the run's)")
     p.add_argument("--batch-size", type=int, default=8, help="(default 8)")
     p.add_argument("--out", help="write the JSON here instead of stdout")
+    p.add_argument(
+        "--bucket-size",
+        type=positive(int),
+        help="causal LM: positions per bucket of the loss by position (default: an eighth "
+        "of the model's max_length)",
+    )
+    p.add_argument(
+        "--buckets",
+        help="causal LM: bucket edges instead, comma-separated target positions "
+        "(e.g. 1,1024,4096,8192,16384)",
+    )
+    p.add_argument(
+        "--plot",
+        help="causal LM: the loss-by-position chart (PNG; default: beside --out, same name)",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_evaluate, evaluate_parser=p)
+
+
+def _data_files(paths: list[str]) -> list[str]:
+    """The data paths with each folder replaced by the .txt files in it (sorted)."""
+    out: list[str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            found = sorted(str(f) for f in Path(path).glob("*.txt"))
+            if not found:
+                raise FileNotFoundError(f"no .txt files in the folder {path}")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def _extend(model: Any, max_length: int | None) -> Any:
+    """`model`, longified (same mechanism and options) when --max-length exceeds its
+    max_length: a longer position range, past the trained context."""
+    if max_length is None or max_length <= model.config.max_length:
+        return model
+    from longseq.convert.longify import longify
+
+    old = model.config.max_length
+    model = longify(model, max_length, model.config.attention)
+    print(f"note: positions extended from {old} to {max_length} (longify)", file=sys.stderr)
+    return model
 
 
 def _run_data(model_dir: str) -> Any:
@@ -181,8 +226,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from longseq.data.collate import make_collate
     from longseq.data.tokenizers import load_tokenizer
     from longseq.models import from_pretrained
+    from longseq.models.positions import bucket_edges, parse_edges
     from longseq.train.data import eval_loader
-    from longseq.train.evaluation import evaluate, model_inputs
+    from longseq.train.evaluation import evaluation_pass, model_inputs
 
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -191,7 +237,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     try:
+        args.data = _data_files(args.data)
+        edges = parse_edges(args.buckets) if args.buckets else None
         model = from_pretrained(args.model, device=args.device)
+        trained = model.config.max_length  # marked on the chart when read past
+        model = _extend(model, args.max_length)
         tokenizer = load_tokenizer(args.model)
         cfg = _data_config(args, model)
         arch, task = model.config.architecture, tasks.get(cfg.task)
@@ -222,20 +272,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
-    result = evaluate(
+    sums = evaluation_pass(
         model,
         batches,
         tokenizer=tokenizer,
         to_device=lambda b: model_inputs(model, b, torch.device(args.device)),
     )
     record = {"model": str(args.model), "data": args.data, "task": cfg.task,
-              "examples": len(dataset), **result}  # fmt: skip
+              "examples": len(dataset), "max_length": cfg.max_length,
+              **sums.result()}  # fmt: skip
+    positions = getattr(sums, "positions", None)
+    plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if positions is not None:  # a causal LM: loss and perplexity by position bucket
+        edges = edges or bucket_edges(
+            cfg.max_length, args.bucket_size or max(1, cfg.max_length // 8)
+        )
+        record["by_position"] = positions.buckets(edges)
+        if plot:
+            from longseq.viz.positions import plot_loss_by_position
+
+            title = f"{args.model}: {record['examples']} block(s) of {cfg.max_length} tokens"
+            plot_loss_by_position(
+                {"loss": record["by_position"]},
+                plot,
+                trained=trained if trained < cfg.max_length else None,
+                title=title,
+            )
     text = json.dumps(record, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)
+    if positions is not None and plot:
+        print(f"wrote {plot}", file=sys.stderr)
     return 0
 
 

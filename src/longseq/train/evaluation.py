@@ -62,6 +62,24 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of `model` over `batches` (collated CPU batches), in eval mode (the model's
     mode is restored). `to_device` picks the model inputs and moves them."""
+    return evaluation_pass(
+        model, batches, tokenizer=tokenizer, to_device=to_device, autocast=autocast,
+        all_reduce=all_reduce,
+    ).result()  # fmt: skip
+
+
+@torch.no_grad()
+def evaluation_pass(
+    model: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    *,
+    tokenizer: Any,
+    to_device: Callable[[dict[str, Tensor]], dict[str, Tensor]],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    all_reduce: Callable[[Tensor], Any] | None = None,
+) -> EvalSums:
+    """`evaluate`'s pass, returning its sums (`result()` gives the metrics; a causal LM's
+    also hold the loss by position, `positions`)."""
     was_training = model.training
     model.eval()
     try:
@@ -71,9 +89,9 @@ def evaluate(
                 ev.add(to_device(cpu_batch), cpu_batch)
         if all_reduce is not None:
             ev.reduce(all_reduce)
-        return ev.result()
+        return ev
     finally:
         model.train(was_training)
 
 
-__all__ = ["MODEL_INPUTS", "evaluate", "model_inputs", "sums_for"]
+__all__ = ["MODEL_INPUTS", "evaluate", "evaluation_pass", "model_inputs", "sums_for"]
