@@ -138,6 +138,10 @@ def tiny(**changes) -> ModelConfig:
         ),
         ({"attention": "full"}, r"norm='pre' \(needs 'post'\)"),
         (
+            {"attention": "longformer", "architecture": "causal-lm", "global_tokens": 2},
+            "attention sinks",
+        ),
+        (
             {
                 "attention": "longformer",
                 "norm": "post",

@@ -117,6 +117,12 @@ def test_cli_writes_program_and_record(tmp_path, capsys) -> None:
     assert main(args) == 0
 
 
+def test_attention_sinks_are_refused_with_the_reason(tmp_path) -> None:
+    m = model("longformer", "causal-lm", global_tokens=2, position="rotary")
+    with pytest.raises(ValueError, match="sinks"):
+        program.export_program(m, tmp_path / "p", "torch")
+
+
 def test_lengths_a_program_takes() -> None:
     """Blocked mechanisms: a multiple of the block, at least a block and its halo (Longformer:
     query block 64 at window 8, two blocks; local: before + after + 2 chunks); full: any."""

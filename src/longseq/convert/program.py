@@ -75,7 +75,6 @@ class Program(nn.Module):
         self.pad = pad
         self.multiple = multiple
         self.names = outputs_of(model)
-        self.uses_global = model.supports_global
 
     def forward(
         self,
@@ -100,6 +99,12 @@ def fit(inputs: tuple[Tensor, ...], pad: int, multiple: int, pad_id: int = 0) ->
     return (ids, *(F.pad(x, (0, length - n)) for x in inputs[1:]))
 
 
+def takes_global(model: LongseqModel) -> bool:
+    """Whether the program has a global_attention_mask input (a causal LM has none: its
+    global tokens, if any, are the config's `global_tokens`, attention sinks)."""
+    return model.supports_global and model.config.architecture != "causal-lm"
+
+
 def example_inputs(model: LongseqModel, n: int, batch: int = 2) -> tuple[Tensor, ...]:
     g = torch.Generator().manual_seed(n)
     cfg = model.config
@@ -107,7 +112,7 @@ def example_inputs(model: LongseqModel, n: int, batch: int = 2) -> tuple[Tensor,
     mask = torch.ones_like(ids)
     mask[-1, n - n // 3 :] = 0
     inputs: tuple[Tensor, ...] = (ids.masked_fill(mask == 0, cfg.pad_token_id), mask)
-    if model.supports_global:
+    if takes_global(model):
         glob = torch.zeros_like(ids)
         glob[:, 0] = 1
         glob[0, n // 2] = 1
@@ -117,12 +122,18 @@ def example_inputs(model: LongseqModel, n: int, batch: int = 2) -> tuple[Tensor,
 
 def input_names(model: LongseqModel) -> tuple[str, ...]:
     names = ("input_ids", "attention_mask")
-    return (*names, "global_attention_mask") if model.supports_global else names
+    return (*names, "global_attention_mask") if takes_global(model) else names
 
 
 def check_exportable(model: LongseqModel) -> None:
     """ValueError naming a layer whose mechanism cannot be traced, and why (the mechanism's
     `not_exportable`)."""
+    if model.config.global_tokens:
+        raise ValueError(
+            f"global_tokens={model.config.global_tokens} (attention sinks under a causal mask) "
+            "cannot be exported as a program yet: that path branches on values the trace "
+            "cannot see (measured: a data-dependent guard in torch.export)"
+        )
     for i, block in enumerate(model.body.layers):
         layer = block.attn.attention
         if layer.not_exportable:
@@ -186,7 +197,7 @@ def export_program(model: LongseqModel, folder: str | Path, fmt: str) -> Path:
         "min_length": wrapper.pad,
         "length_multiple": wrapper.multiple,
         "max_length": model.config.max_length // wrapper.multiple * wrapper.multiple,
-        "global_slots": ops.TRACE_GLOBAL_SLOTS if model.supports_global else 0,
+        "global_slots": ops.TRACE_GLOBAL_SLOTS if takes_global(model) else 0,
         "config": model.config.to_dict(),
     }
     (out / "export.json").write_text(json.dumps(meta, indent=2))

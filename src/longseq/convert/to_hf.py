@@ -62,6 +62,11 @@ CHECK_TOL = 1e-4  # relative to the largest output; float32 rounding is ~1e-6
 
 def hf_family(config: ModelConfig) -> str:
     """The Hugging Face `model_type` that computes `config`'s model, or ValueError why none."""
+    if config.global_tokens:
+        raise ValueError(
+            f"global_tokens={config.global_tokens} (the first positions global in every layer; "
+            "attention sinks under a causal mask): no Hugging Face architecture has them"
+        )
     mechanisms = [config.layer_spec(i)[0] for i in range(config.num_layers)]
     kinds = set(mechanisms)
     if kinds <= {"lsh-hf", "local-hf"}:
