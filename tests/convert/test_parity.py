@@ -44,7 +44,6 @@ FAMILIES = {
 }
 HEADS = ["Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"]
 CASES = [(f, h) for f in FAMILIES for h in [*HEADS, "ForQuestionAnswering"]]
-CASES = [(f, h) for f, h in CASES if not (f.startswith("bigbird") and h.endswith("Answering"))]
 
 
 @pytest.fixture(autouse=True)
@@ -103,6 +102,53 @@ def test_outputs_match_hugging_face(family: str, head: str) -> None:
 def test_longformer_classification_makes_the_first_token_global_as_hf() -> None:
     hf = hf_model("longformer", "ForSequenceClassification")
     assert max_diff(hf, from_huggingface(hf), "ForSequenceClassification", inputs(hf)) < TOL
+
+
+def qa_batch(hf, n: int = 50, lengths: tuple[int, ...] = (50, 37)) -> dict[str, torch.Tensor]:
+    """A question of 5 tokens, <sep><sep>, the context, a final <sep>: the layout HF's
+    Longformer QA requires (exactly three separators) and BigBird's QA reads (the first)."""
+    batch = inputs(hf, n, lengths)
+    ids, sep = batch["input_ids"], hf.config.sep_token_id
+    ids[ids == sep] = sep + 1
+    ids[:, [5, 6]] = sep
+    ids[torch.arange(len(lengths)), torch.tensor(lengths) - 1] = sep
+    return batch
+
+
+def test_longformer_qa_makes_the_question_global_as_hf() -> None:
+    """No global_attention_mask: HF makes the tokens before the first separator global, and
+    so does the converted model (sep_token_id from the config)."""
+    hf = hf_model("longformer", "ForQuestionAnswering", num_labels=2)
+    ours = from_huggingface(hf)
+    assert ours.config.sep_token_id == hf.config.sep_token_id
+    batch = qa_batch(hf)
+    assert max_diff(hf, ours, "ForQuestionAnswering", batch) < TOL
+    first_token_only = ours.config.replace(sep_token_id=None)  # control: the old rule differs
+    control = build_model(first_token_only)
+    control.load_state_dict(ours.state_dict())
+    assert max_diff(hf, control.eval(), "ForQuestionAnswering", batch) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["bigbird-sparse", "bigbird-full"])
+def test_bigbird_qa_masks_the_question_as_hf(family: str) -> None:
+    """BigBirdForQuestionAnswering: its extra block, the question's logits at -1e6 and the
+    segment ids it derives (question 0, context 1), with the separators in place."""
+    hf = hf_model(family, "ForQuestionAnswering", num_labels=2)
+    with torch.no_grad():  # segment 1 must differ from 0 for the derived ids to matter
+        hf.bert.embeddings.token_type_embeddings.weight.normal_(std=0.3)
+    ours = from_huggingface(hf)
+    assert ours.config.qa_head == "bigbird"
+    batch = qa_batch(hf)
+    real = batch["attention_mask"].bool()
+    question = torch.zeros_like(real)
+    question[:, 1:6] = True
+    with torch.no_grad():
+        a, b = hf(**batch), ours(**batch)
+    answer = real & ~question
+    for x, y in ((a.start_logits, b.start_logits), (a.end_logits, b.end_logits)):
+        # relative to the largest logit (about 10 here: float32 rounding near 1e-6 of it)
+        assert (x - y)[answer].abs().max() < TOL * max(1.0, float(x[answer].abs().max()))
+        assert (x[question] < -1e5).all() and (y[question] < -1e5).all()
 
 
 def test_longformer_one_window_for_all_layers() -> None:

@@ -52,6 +52,9 @@ class SelfAttention(nn.Module):
         "it defines no FlexAttention mask (a `flex_mask` method, see longseq/attention/flex.py)"
     )
     auto_flex: ClassVar[bool] = False  # backend="auto" runs flex on CUDA
+    # why a traced program (torch.export, ONNX: longseq.convert.program) cannot hold this
+    # mechanism; None: it can
+    not_exportable: ClassVar[str | None] = None
     # options that size a layer for a length rather than define its pattern (longify resets
     # them for the new length)
     length_options: ClassVar[tuple[str, ...]] = ()
@@ -123,6 +126,17 @@ class SelfAttention(nn.Module):
     def length_multiple(self) -> int:
         """Lengths that are a multiple of this need no padding inside the layer (1: any)."""
         return 1
+
+    def export_block(self) -> int:
+        """A traced program's lengths are multiples of this (longseq.convert.program), so
+        that the kernel's blocks are whole and every shape is a product the trace proves."""
+        return self.length_multiple
+
+    def export_padding(self) -> int:
+        """A traced program's shortest length: two blocks, so that the kernel's branch for a
+        sequence of one block is never taken (a program holds one path)."""
+        m = self.export_block()
+        return 2 * m if m > 1 else 1
 
     def dense_up_to(self, limit: int) -> int:
         """Largest n <= limit for which this layer's pattern is full attention (causal: the

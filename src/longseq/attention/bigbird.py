@@ -78,6 +78,10 @@ _layout = functools.lru_cache(maxsize=128)(patterns.bigbird_layout)
 
 class BigBirdAttention(SelfAttention):
     name = "bigbird"
+    not_exportable = (
+        "its block layout (the random blocks) is built in Python for each row's number of "
+        "real blocks, so a traced program would hold one layout for one length"
+    )
     sequence_parallel = True
     supports_global = False
     flex_refusal = None

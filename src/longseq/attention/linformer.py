@@ -228,9 +228,10 @@ class LinformerAttention(SelfAttention):
         self.projection = projection
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
-        padded = not bool(real.all())
+        # traced (longseq.convert.program): every key is projected, padding as zero keys
+        padded = ops.tracing() or not bool(real.all())
         # trailing padding contributes nothing: only the longest real length is projected
-        n = int(real.sum(dim=1).max()) if padded else hidden_states.shape[1]
+        n = int(real.sum(dim=1).max()) if padded and not ops.tracing() else hidden_states.shape[1]
         if n > self.max_seq_len:
             raise ValueError(
                 f"sequence length {n} exceeds max_seq_len={self.max_seq_len} of linformer "
@@ -241,13 +242,16 @@ class LinformerAttention(SelfAttention):
         if padded:
             keep = real[:, None, :, None]
             k, v = k.masked_fill(~keep, 0.0), v.masked_fill(~keep, 0.0)
-            if not bool((real[:, 1:] <= real[:, :-1]).all()):
+            if ops.tracing() or not bool((real[:, 1:] <= real[:, :-1]).all()):
                 # padding before a real token: move real tokens to the front, in order, so
                 # real token i meets column i of E, F as it does in the sequence alone
-                order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
+                order = ops.front(real)
                 idx = order[:, None, :, None].expand_as(k)
                 k, v = k.gather(2, idx), v.gather(2, idx)
             k, v = k[:, :, :n], v[:, :, :n]
+        if ops.tracing():  # zero keys up to max_seq_len: all of E, F, no length-shaped slice
+            n = self.max_seq_len
+            k, v = (ops.pad_to_length(t, n, dim=2) for t in (k, v))
         e, f = self.projection.matrices(n)
         pk, pv = _project(e, k), _project(f, v)  # (B, H, k, D)
         p = self.dropout if self.training else 0.0

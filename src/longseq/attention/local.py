@@ -45,6 +45,12 @@ class LocalAttention(SelfAttention):
     flex_refusal = None
     auto_flex = True
 
+    def export_padding(self) -> int:
+        """A traced program's shortest length: more chunks than one window spans, so that no
+        window meets a chunk twice (a branch the program would otherwise hold)."""
+        chunks = (self.num_chunks_before + self.num_chunks_after + 2) * self.chunk_length
+        return max(chunks, 2 * self.export_block())
+
     def __init__(
         self,
         hidden_size: int,
@@ -94,7 +100,11 @@ class LocalAttention(SelfAttention):
         pos = torch.arange(
             -self.num_chunks_before * c, n + self.num_chunks_after * c, device=device
         )
-        return pos % n, (pos >= 0) & (pos < n)
+        exists = (pos >= 0) & (pos < n)
+        if ops.tracing():  # pos % n without a modulo by a symbolic size (ONNX lacks it);
+            # exact while a window spans fewer than n positions, as a program's lengths are
+            return torch.where(pos < 0, pos + n, torch.where(pos >= n, pos - n, pos)), exists
+        return pos % n, exists
 
     def attend(self, hidden_states: Tensor, real: Tensor, glob: Tensor | None) -> Tensor:
         n0 = hidden_states.shape[1]

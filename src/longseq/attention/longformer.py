@@ -47,6 +47,7 @@ sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv, so a few (G x N) products rep
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -222,6 +223,23 @@ class LongformerAttention(SelfAttention):
         ctx[bi, :, pos_all[bi, gi] - shard.start] = rows[bi, :, gi].to(ctx.dtype)
         return ctx
 
+    def export_padding(self) -> int:
+        """Tokens a traced program appends (longseq.convert.program): with them every input
+        is long enough for the full-size block and halo, so the trace holds at any length,
+        and holds the global slots."""
+        half = self.window // 2
+        need = max(self.dilations) * self.export_block() * (-(-half // self._full_block()) + 1)
+        return max(need, ops.TRACE_GLOBAL_SLOTS)
+
+    def _full_block(self) -> int:
+        half = self.window // 2
+        return _block_size(half, MAX_BLOCK * (half + 1))
+
+    def export_block(self) -> int:
+        """A traced program's lengths are multiples of this: whole blocks in every
+        interleaved subsequence, so every shape is a product the trace can prove."""
+        return math.lcm(*self.dilations) * self._full_block()
+
     def dense_up_to(self, limit: int) -> int:
         """The band covers every pair while n <= w/2 + 1 (dilation 1; global tokens, whose
         projections longify copies from the local ones, add nothing there)."""
@@ -375,7 +393,8 @@ class LongformerAttention(SelfAttention):
         c = _block_size(half, sub)
         nb = -(-sub // c)
         lp = nb * c
-        m = min(-(-half // c), nb - 1)  # halo blocks on each side (none past the sequence)
+        m = -(-half // c)  # halo blocks on each side (none past the sequence)
+        m = m if nb - 1 >= m else nb - 1  # a branch, not min(): see _block_size
         right = 0 if self.causal else m
         r = max(m * c - half, 0)  # keys of the first halo block that no query needs
         g = 0 if g_ok is None else g_ok.shape[1]
@@ -383,7 +402,7 @@ class LongformerAttention(SelfAttention):
         width = (m + right) * s + c - r - (r if right else 0) + (g if m == 0 else 0)
 
         def interleave(x: Tensor) -> Tensor:  # (B, N, ...) -> (B, dil, lp, ...)
-            x = ops.pad_to_multiple(x, dil * lp, dim=1)
+            x = ops.pad_to_length(x, dil * lp, dim=1)
             return x.unflatten(1, (lp, dil)).transpose(1, 2)
 
         def windows(x: Tensor, gx: Tensor | None) -> Tensor:
@@ -412,7 +431,9 @@ class LongformerAttention(SelfAttention):
         # additive mask (B*dil*nb, 1, c, width) = key bias (padding, global slots, halo)
         # + band bias (the exact band and the first global slots in each window), in one op
         key_bias = ops.mask_bias(windows(interleave(key_ok), g_ok), q.dtype)
-        band = _band_bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
+        # not cached while tracing: a traced tensor must not outlive its trace
+        bias = _band_bias.__wrapped__ if ops.tracing() else _band_bias
+        band = bias(c, m, r, half, g, width, self.causal, q.dtype, q.device)
         mask = key_bias.unsqueeze(-2) + band  # (B, dil, nb, c, width)
         if g_bias is not None:  # per query: the first group's global slots, c - r.. in a window
             qg = interleave(g_bias).reshape(b, dil, nb, c, g)
@@ -497,8 +518,12 @@ def _global_indices(glob: Tensor) -> tuple[Tensor, Tensor]:
     Returns gidx (B, G) long (padding slots point at a valid position) and g_ok (B, G) bool.
     """
     counts = glob.sum(1)
-    g = int(counts.max())
-    gidx = torch.sort((~glob).to(torch.uint8), dim=1, stable=True).indices[:, :g]
+    if ops.tracing():  # a fixed number of slots: the count is data (see ops.TRACE_GLOBAL_SLOTS)
+        g = ops.TRACE_GLOBAL_SLOTS
+        torch._check(counts.max().item() <= g, lambda: f"more than {g} global tokens in a row")
+    else:
+        g = int(counts.max())
+    gidx = ops.front(glob)[:, :g]
     g_ok = torch.arange(g, device=glob.device) < counts[:, None]
     return gidx, g_ok
 

@@ -41,6 +41,19 @@ def check_hidden(hidden_states: Tensor, hidden_size: int) -> None:
         raise ValueError("hidden_states has an empty batch (batch = 0)")
 
 
+def tracing() -> bool:
+    """Whether a program is being exported (torch.export, ONNX: longseq.convert.program): no
+    branch on a tensor's values then. Value checks are skipped and the general path (padding,
+    global tokens present) is taken, which computes the same as a fast path. (torch.compile
+    is not exporting: it guards on such branches and recompiles, keeping the fast paths.)"""
+    return torch.compiler.is_exporting()
+
+
+# A traced program's number of global-token slots per row (their count is data; see
+# longseq.convert.program). Rows with more global tokens fail at run time.
+TRACE_GLOBAL_SLOTS = 16
+
+
 def check_mask(mask: Tensor | None, name: str, batch: int, seq: int) -> Tensor | None:
     """Validate a (batch, seq) 0/1 mask and return it as bool (None stays None)."""
     if mask is None:
@@ -58,7 +71,7 @@ def check_mask(mask: Tensor | None, name: str, batch: int, seq: int) -> Tensor |
             f"{name} must be bool or integer (1 = keep, 0 = mask), got {mask.dtype}; "
             "additive float masks are not accepted: pass mask.bool() / mask.long() instead"
         )
-    if ((mask != 0) & (mask != 1)).any():
+    if not tracing() and ((mask != 0) & (mask != 1)).any():
         raise ValueError(f"{name} must contain only 0 and 1")
     return mask.bool()
 
@@ -82,7 +95,7 @@ def check_masks(
         real = torch.ones(batch, seq, dtype=torch.bool, device=hidden_states.device)
     else:
         real = real.to(hidden_states.device)
-        empty = [] if allow_empty else (~real.any(dim=1)).nonzero().flatten().tolist()
+        empty = [] if allow_empty or tracing() else (~real.any(dim=1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(
                 f"attention_mask leaves no real token in sequence(s) {empty}: every query would "
@@ -90,7 +103,7 @@ def check_masks(
             )
     if glob is not None:
         glob = glob.to(hidden_states.device)
-        if not glob.any():
+        if not tracing() and not glob.any():
             glob = None
         elif not supports_global:
             raise ValueError(
@@ -98,7 +111,7 @@ def check_masks(
                 "(use 'longformer' for token-level global attention; BigBird's globals are "
                 "blocks, set by num_global_blocks)"
             )
-        elif (glob & ~real).any():
+        elif not tracing() and (glob & ~real).any():
             raise ValueError("global_attention_mask marks padding positions (attention_mask = 0)")
     return real, glob
 
@@ -134,7 +147,29 @@ def pad_to_multiple(x: Tensor, multiple: int, dim: int, value: float | bool = 0)
     """Pad `x` at the end of `dim` so its size is a multiple of `multiple` (no copy if it is)."""
     n = x.shape[dim]
     extra = -n % multiple
-    if extra == 0:
+    if isinstance(extra, torch.SymInt) and tracing():  # pad a symbolic amount (maybe 0): no guard
+        extra = torch.sym_max(extra, 0)
+    elif extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
+def front(mask: Tensor) -> Tensor:
+    """(B, N) indices that put each row's True positions first, in order, then the others:
+    a stable sort, or while tracing a top-k of a key (ONNX has no stable sort)."""
+    if not tracing():
+        return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    n = mask.shape[1]
+    key = mask.long() * n + (n - 1 - torch.arange(n, device=mask.device))
+    return torch.topk(key, n, dim=1).indices
+
+
+def pad_to_length(x: Tensor, length: int, dim: int, value: float | bool = 0) -> Tensor:
+    """Pad `x` at the end of `dim` to `length` (>= its size). Where the length is a multiple
+    already computed, this keeps a traced program's shapes exact (no modulo to prove)."""
+    extra = length - x.shape[dim]
+    if not (isinstance(extra, torch.SymInt) and tracing()) and extra == 0:
         return x
     pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
     return F.pad(x, pad, value=value)
@@ -165,7 +200,7 @@ def dense_attention(
     pre-scaled. Padding queries keep their own key (no empty row; their output is dropped).
     k, v may have fewer heads than q (grouped-query: a divisor), read without copies."""
     gqa = q.shape[1] != k.shape[1]
-    if bool(real.all()):
+    if not tracing() and bool(real.all()):
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout_p, is_causal=causal, scale=1.0, enable_gqa=gqa
         )

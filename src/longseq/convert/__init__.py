@@ -17,6 +17,10 @@ every weight by name with shape checks (`longseq.convert.common`). A converted m
 like the original (input_ids, attention_mask, global_attention_mask for Longformer) and its
 outputs equal the original's in eval mode (tests/convert; docs/convert.md has the figures).
 
+Back out (`longseq export MODEL OUT --format hf|torch|onnx`): `longseq.convert.to_hf` builds
+the transformers model with the same outputs (each family's name table read the other way),
+`longseq.convert.program` a torch.export program or an ONNX file (docs/convert.md, Export).
+
 `transformers` is needed only here, to read the HF model (the `convert` extra).
 """
 

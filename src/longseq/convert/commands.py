@@ -1,4 +1,4 @@
-"""`longseq convert` and `longseq longify`.
+"""`longseq convert`, `longseq longify` and `longseq export`.
 
 `longseq convert SRC DST`: a local Hugging Face model folder, or a GGUF file -> a longseq
 model folder. DST gets config.json + model.safetensors, and the tokenizer when SRC has a
@@ -10,6 +10,11 @@ SRC is a folder saved by longseq or a Hugging Face model folder (converted on th
 gets the longified model and SRC's tokenizer. Mechanism options come from the named flags or
 `--option key=value` (the value is read as JSON when it parses: 3, 0.5, [1, 2], null, true;
 otherwise as a string). See `longseq.convert.longify` for what is copied and what is exact.
+
+`longseq export MODEL OUT --format hf|torch|onnx`: a longseq model folder -> a Hugging Face
+folder (`longseq.convert.to_hf`: config.json, model.safetensors, tokenizer files), a
+torch.export program (model.pt2) or an ONNX file (model.onnx) (`longseq.convert.program`).
+Each is checked against the model before the command succeeds; OUT also gets export.json.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from longseq.data.tokenizers import HFTokenizer, load_tokenizer
 def register(commands: Any) -> None:
     _register_convert(commands)
     _register_longify(commands)
+    _register_export(commands)
 
 
 def _register_convert(commands: Any) -> None:
@@ -254,4 +260,86 @@ def _error(message: str) -> int:
     return 2
 
 
-__all__ = ["register", "run", "run_longify"]
+# ----------------------------------------------------------------------------------- export
+
+
+def _register_export(commands: Any) -> None:
+    p = commands.add_parser(
+        "export",
+        help="export a longseq model to a Hugging Face folder, a torch.export program or ONNX",
+        description="Write MODEL (a folder saved by longseq) as a Hugging Face folder that "
+        "transformers loads with from_pretrained (--format hf), a torch.export program "
+        "(--format torch: model.pt2) or an ONNX file (--format onnx: model.onnx), with a "
+        "dynamic batch and sequence length. The result is compared with the model before the "
+        "command succeeds; a model no format can express is refused with the reason.",
+    )
+    p.add_argument("model", metavar="MODEL", help="longseq model folder")
+    p.add_argument("out", metavar="OUT", help="output folder (created)")
+    p.add_argument("--format", choices=("hf", "torch", "onnx"), default="hf", help="default: hf")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty OUT that an earlier longseq command wrote",
+    )
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from longseq.convert import program, to_hf
+    from longseq.models import from_pretrained
+
+    refused = destination.check(args.model, args.out, args.force)
+    if refused:
+        return _export_error(refused)
+    try:
+        model = from_pretrained(args.model).eval()
+        tokenizer = _tokenizer(args.model)
+        if args.format == "hf":
+            _quiet_transformers()
+            destination.write(args.out, lambda f: _write_hf(model, f, tokenizer, args.model))
+            family = to_hf.hf_family(model.config)
+            print(
+                f"exported {args.model} -> {args.out}: Hugging Face {family} "
+                f"({to_hf.hf_class(model.config, family).__name__})"
+            )
+            return 0
+        results: dict[str, Any] = {}
+        destination.write(
+            args.out, lambda f: results.update(program.export_checked(model, f, args.format))
+        )
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        return _export_error(str(e))
+    print(
+        f"exported {args.model} -> {args.out}/{program.FILES[args.format]}: inputs "
+        f"{', '.join(results['inputs'])}; outputs {', '.join(results['outputs'])}; batch and "
+        f"sequence length dynamic (1 to {results['max_length']} tokens)"
+    )
+    for n, diff in results["checked"].items():
+        print(f"  n={n}: max |program - eager| {diff:.1e}")
+    return 0
+
+
+def _write_hf(model: Any, folder: Path, tokenizer: Any, source: str) -> None:
+    from longseq.convert import to_hf
+
+    to_hf.export_hf(model, folder, tokenizer)
+    record = {"format": "hf", "source": str(source)}
+    (folder / destination.EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def _quiet_transformers() -> None:
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # one folder, no progress to show
+    except ImportError:
+        pass
+
+
+def _export_error(message: str) -> int:
+    print(f"longseq export: error: {message}", file=sys.stderr)
+    return 2
+
+
+__all__ = ["register", "run", "run_export", "run_longify"]

@@ -136,6 +136,106 @@ def bert_family_config(
     return ModelConfig(**values)
 
 
+# longseq activation -> the HF `hidden_act` that computes it (export)
+HF_ACTIVATIONS: dict[str, str] = {
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+    "silu": "silu",
+}
+
+
+def refuse(family: str, problems: list[str]) -> None:
+    """ValueError naming every setting of a config that `family` cannot express."""
+    if problems:
+        raise ValueError(f"no Hugging Face {family} computes this model: " + "; ".join(problems))
+
+
+def hf_class_name(prefix: str, config: ModelConfig, heads: Iterable[str] = HEADS) -> str:
+    """e.g. ("Bert", masked-lm) -> "BertForMaskedLM"; ValueError for a head HF lacks."""
+    if config.architecture == "encoder":
+        return f"{prefix}Model"
+    for suffix in heads:
+        if HEADS[suffix] == config.architecture:
+            return prefix + suffix
+    raise ValueError(f"Hugging Face's {prefix} has no {config.architecture} head")
+
+
+def bert_family_problems(config: ModelConfig, classifier: tuple[str, ...] = ("tanh",)) -> list[str]:
+    """What keeps `config` from being a BERT-family body (post-LN, embedding LayerNorm,
+    learned positions, biases) with `classifier` activations before its classifier."""
+    want: dict[str, Any] = {
+        "norm": "post",
+        "norm_type": "layer",
+        "embedding_norm": True,
+        "position": "learned",
+        "feed_forward": "plain",
+        "bias": True,
+        "feed_forward_bias": True,
+        "reversible": False,
+        "causal": False,
+        "grouped": False,
+    }
+    if config.architecture == "masked-lm":
+        want.update(lm_transform=True, output_bias=True)
+    if config.architecture == "sequence-classification":
+        want.update(pooling="cls", classifier_dense=True)
+    if "tanh" in classifier:  # BERT, RoBERTa, Longformer (BigBird checks its QA head itself)
+        want["qa_head"] = "linear"
+    problems = [
+        f"{k}={getattr(config, k)!r} (needs {v!r})"
+        for k, v in want.items()
+        if getattr(config, k) != v
+    ]
+    if config.architecture == "sequence-classification" and (
+        config.classifier_activation not in classifier
+    ):
+        problems.append(
+            f"classifier_activation={config.classifier_activation!r} (needs "
+            f"{' or '.join(map(repr, classifier))})"
+        )
+    if config.architecture == "question-answering" and config.num_labels != 2:
+        problems.append(f"num_labels={config.num_labels} (question answering needs 2)")
+    return problems
+
+
+def bert_family_hf_fields(config: ModelConfig, max_positions: int) -> dict[str, Any]:
+    """The HF config fields of a BERT-family body (the inverse of `bert_family_config`)."""
+    fields: dict[str, Any] = {
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": max_positions,
+        "type_vocab_size": max(config.type_vocab_size, 1),
+        "layer_norm_eps": config.layer_norm_eps,
+        "hidden_act": HF_ACTIVATIONS[config.activation],
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "pad_token_id": config.pad_token_id,
+        "initializer_range": config.init_std,
+        "num_labels": config.num_labels,
+        "tie_word_embeddings": config.tie_word_embeddings,
+    }
+    if config.label_names:
+        fields["id2label"] = dict(enumerate(config.label_names))
+        fields["label2id"] = {n: i for i, n in enumerate(config.label_names)}
+    for role in ("cls", "sep"):
+        value = getattr(config, f"{role}_token_id", None)
+        if value is not None:
+            fields[f"{role}_token_id"] = value
+    return fields
+
+
+def bert_family_unused(config: ModelConfig, prefix: str, unused: list[str]) -> list[str]:
+    """HF weights an export leaves as zeros: the segment table of a model without segments
+    (one row, which adds zero), besides the converter's `unused` (the pooler)."""
+    if not config.type_vocab_size:
+        unused = [*unused, f"{prefix}embeddings.token_type_embeddings."]
+    return unused
+
+
 def lm_tied(hf_model: nn.Module) -> bool:
     """Whether the LM decoder shares the word embeddings (True when there is no decoder)."""
     out = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
@@ -266,6 +366,22 @@ def load_mapped(
     return model
 
 
+def bert_family_names(
+    hf_model: nn.Module,
+    config: ModelConfig,
+    style: str,
+    projections: Iterable[str] = ("query", "key", "value"),
+) -> tuple[dict[str, str], list[str]]:
+    """(longseq name -> HF name, HF names unused on purpose) of a BERT-family model: the one
+    table that both converting (`convert_bert_family`) and exporting
+    (`longseq.convert.to_hf`) read."""
+    prefix = body_prefix(hf_model)
+    names = bert_body_names(config, prefix, projections)
+    head, unused = head_names(config, style, prefix)
+    names.update(head)
+    return names, unused
+
+
 def convert_bert_family(
     hf_model: nn.Module,
     config: ModelConfig,
@@ -273,10 +389,7 @@ def convert_bert_family(
     projections: Iterable[str] = ("query", "key", "value"),
 ) -> LongseqModel:
     """Build the longseq model of `config` and fill it from a BERT-family HF model."""
-    prefix = body_prefix(hf_model)
-    names = bert_body_names(config, prefix, projections)
-    head, unused = head_names(config, style, prefix)
-    names.update(head)
+    names, unused = bert_family_names(hf_model, config, style, projections)
     model = build_model(config, seed=0)
     return load_mapped(model, hf_model.state_dict(), names, unused, type(hf_model).__name__)
 
@@ -284,14 +397,21 @@ def convert_bert_family(
 __all__ = [
     "ACTIVATIONS",
     "HEADS",
+    "HF_ACTIVATIONS",
     "activation",
     "architecture_of",
     "bert_body_names",
     "bert_family_config",
+    "bert_family_hf_fields",
+    "bert_family_names",
+    "bert_family_problems",
+    "bert_family_unused",
     "body_prefix",
     "convert_bert_family",
     "head_names",
+    "hf_class_name",
     "label_names",
     "lm_tied",
     "load_mapped",
+    "refuse",
 ]

@@ -3,7 +3,8 @@ someone else's files.
 
 `check(src, dst, force)` refuses a destination that is the source, lies inside it or contains
 it, is a file, or is a non-empty folder (unless `force`, and then only a folder a longseq
-command wrote: one whose config.json is a longseq model config). `write(dst, save)` writes
+command wrote: one whose config.json is a longseq model config, or one holding the
+export.json that `longseq export` writes). `write(dst, save)` writes
 through a sibling `DST.tmp` folder and swaps it in, so an interrupted command leaves either
 the old folder or the new one, never a mix.
 """
@@ -15,8 +16,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+EXPORT_RECORD = "export.json"  # what `longseq export` writes beside its files
+
 
 def _is_longseq_output(folder: Path) -> bool:
+    if (folder / EXPORT_RECORD).is_file():
+        return True
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import nn
 
-from longseq.convert.common import activation, lm_tied, load_mapped
+from longseq.convert.common import HF_ACTIVATIONS, activation, lm_tied, load_mapped, refuse
 from longseq.models import LongseqModel, ModelConfig, build_model
 
 
@@ -114,20 +114,80 @@ def llama_names(config: ModelConfig, prefix: str) -> dict[str, str]:
 def convert(hf_model: nn.Module) -> LongseqModel:
     name = type(hf_model).__name__
     if getattr(hf_model, "base_model", None) is hf_model:
-        architecture, prefix = "encoder", ""
+        architecture = "encoder"
     elif name.endswith("ForCausalLM"):
-        architecture, prefix = "causal-lm", f"{hf_model.base_model_prefix}."
+        architecture = "causal-lm"
     else:
         raise ValueError(
             f"{name}: this head is not supported; supported classes: LlamaModel, LlamaForCausalLM"
         )
     config = llama_config(hf_model, architecture)
+    names, unused = weight_map(hf_model, config)
+    model = build_model(config, seed=0)
+    return load_mapped(model, hf_model.state_dict(), names, unused, name)
+
+
+def weight_map(hf_model: nn.Module, config: ModelConfig) -> tuple[dict[str, str], list[str]]:
+    """(longseq name -> HF name, HF names unused on purpose): what convert and export read."""
+    prefix = "" if config.architecture == "encoder" else f"{hf_model.base_model_prefix}."
     names = llama_names(config, prefix)
     unused = []
-    if architecture == "causal-lm":
+    if config.architecture == "causal-lm":
         if config.tie_word_embeddings:
             unused.append("lm_head.weight")  # the word embeddings
         else:
             names["lm_head.decoder.weight"] = "lm_head.weight"
-    model = build_model(config, seed=0)
-    return load_mapped(model, hf_model.state_dict(), names, unused, name)
+    return names, unused
+
+
+# ----------------------------------------------------------------------- export (to_hf.py)
+def hf_class_name(config: ModelConfig) -> str:
+    return "LlamaModel" if config.architecture == "encoder" else "LlamaForCausalLM"
+
+
+def hf_position_offset(config: ModelConfig) -> None:
+    return None  # rotary: no table
+
+
+def hf_config(config: ModelConfig) -> Any:
+    """The inverse of `llama_config`, refusing what a Llama cannot be."""
+    from transformers import LlamaConfig
+
+    want = {
+        "causal": True,
+        "position": "rotary",
+        "norm": "pre",
+        "norm_type": "rms",
+        "feed_forward": "gated",
+        "embedding_norm": False,
+        "type_vocab_size": 0,
+        "output_bias": False,
+        "reversible": False,
+    }
+    problems = [
+        f"{k}={getattr(config, k)!r} (needs {v!r})"
+        for k, v in want.items()
+        if getattr(config, k) != v
+    ]
+    if config.architecture not in ("encoder", "causal-lm"):
+        problems.append(f"architecture {config.architecture!r} (Llama: encoder, causal-lm)")
+    refuse("Llama", problems)
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.kv_heads,
+        max_position_embeddings=config.max_length,
+        rms_norm_eps=config.layer_norm_eps,
+        hidden_act=HF_ACTIVATIONS[config.activation],
+        rope_parameters={"rope_type": "default", "rope_theta": config.rotary_base},
+        attention_bias=config.bias,
+        mlp_bias=config.feed_forward_bias,
+        attention_dropout=config.attention_dropout,
+        tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.cls_token_id,
+        initializer_range=config.init_std,
+    )

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from longseq import attention
-from longseq.convert.common import activation, body_prefix, load_mapped
+from longseq.convert.common import HF_ACTIVATIONS, activation, body_prefix, load_mapped, refuse
 from longseq.models import LongseqModel, ModelConfig, build_model
 
 # HF class -> longseq architecture. Sequence classification and QA are not converted: HF's
@@ -225,4 +225,123 @@ def convert(hf_model: nn.Module) -> LongseqModel:
     return load_mapped(model, state, names, unused, type(hf_model).__name__).eval()
 
 
-__all__ = ["CLASSES", "architecture", "convert", "layer_options", "model_config", "weight_names"]
+# ----------------------------------------------------------------------- export (to_hf.py)
+_KINDS = {"lsh-hf": "lsh", "local-hf": "local"}
+# ReformerConfig field <- the option of that kind's layers (one value per kind in HF)
+_HF_OPTIONS = {
+    "lsh": {
+        "lsh_attn_chunk_length": "chunk_length",
+        "num_buckets": "num_buckets",
+        "num_hashes": "n_hashes",
+        "hash_seed": "seed",
+    },
+    "local": {
+        "local_attn_chunk_length": "chunk_length",
+        "local_num_chunks_before": "num_chunks_before",
+        "local_num_chunks_after": "num_chunks_after",
+    },
+}
+
+
+def hf_class_name(config: ModelConfig) -> str:
+    return {v: k for k, v in CLASSES.items()}[config.architecture]
+
+
+def hf_position_offset(config: ModelConfig) -> int | None:
+    return 0 if config.position == "learned" else None
+
+
+def hf_config(config: ModelConfig) -> Any:
+    """The inverse of `model_config`: one value per kind of layer, as ReformerConfig has."""
+    from transformers import ReformerConfig
+
+    want = {
+        "reversible": True,
+        "reversible_output": "concat",
+        "norm": "pre",
+        "norm_type": "layer",
+        "bias": False,
+        "embedding_norm": False,
+        "type_vocab_size": 0,
+        "feed_forward": "plain",
+        "tie_word_embeddings": False,
+    }
+    problems = [
+        f"{k}={getattr(config, k)!r} (needs {v!r})"
+        for k, v in want.items()
+        if getattr(config, k) != v
+    ]
+    if config.architecture not in CLASSES.values():
+        problems.append(
+            f"architecture {config.architecture!r} (Reformer: {', '.join(CLASSES.values())})"
+        )
+    if config.position not in ("axial", "learned"):
+        problems.append(f"position={config.position!r} (Reformer: axial or learned)")
+    specs = [config.layer_spec(i) for i in range(config.num_layers)]
+    chunk = math.lcm(*(o.get("chunk_length", 64) for _, o in specs))
+    values: dict[str, dict[str, Any]] = {"lsh": {}, "local": {}}
+    for i, (name, opts) in enumerate(specs):
+        kind = _KINDS[name]
+        if opts.get("pad_multiple", opts.get("chunk_length", 64)) != chunk:
+            problems.append(
+                f"layer {i}: pad_multiple must be the lcm of the chunk lengths, {chunk}"
+            )
+        if kind == "lsh" and opts.get("seed") is None:
+            problems.append(f"layer {i}: no LSH seed (HF's hash_seed)")
+        for field, option in _HF_OPTIONS[kind].items():
+            value = opts.get(option, _default(name, option))
+            value = tuple(value) if isinstance(value, list) else value
+            if values[kind].setdefault(field, value) != value:
+                problems.append(
+                    f"{kind} layers differ in {option} (ReformerConfig has one {field})"
+                )
+    refuse("Reformer", problems)
+    fields = {
+        k: (list(v) if isinstance(v, tuple) else v) for d in values.values() for k, v in d.items()
+    }
+    axial = config.position == "axial"
+    return ReformerConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_heads,
+        attention_head_size=config.head_dim,
+        attn_layers=[_KINDS[name] for name, _ in specs],
+        feed_forward_size=config.intermediate_size,
+        hidden_act=HF_ACTIVATIONS[config.activation],
+        hidden_dropout_prob=config.dropout,
+        lsh_attention_probs_dropout_prob=config.attention_dropout,
+        local_attention_probs_dropout_prob=config.attention_dropout,
+        layer_norm_eps=config.layer_norm_eps,
+        is_decoder=config.causal,
+        chunk_size_feed_forward=config.feed_forward_chunk_size or 0,
+        axial_pos_embds=axial,
+        axial_pos_shape=list(config.axial_shape) if axial else [64, 64],
+        axial_pos_embds_dim=list(config.axial_dims) if axial else [64, 192],
+        max_position_embeddings=math.prod(config.axial_shape) if axial else config.max_length,
+        lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0,
+        pad_token_id=config.pad_token_id,
+        tie_word_embeddings=False,
+        initializer_range=config.init_std,
+        **fields,
+    )
+
+
+def _default(name: str, option: str) -> Any:
+    return attention.options(name).get(option)
+
+
+def weight_map(hf_model: nn.Module, config: ModelConfig) -> tuple[dict[str, str], list[str]]:
+    return weight_names(hf_model, config)
+
+
+__all__ = [
+    "CLASSES",
+    "architecture",
+    "convert",
+    "hf_config",
+    "layer_options",
+    "model_config",
+    "weight_map",
+    "weight_names",
+]

@@ -14,10 +14,13 @@ question answering.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from longseq.convert import common
 from longseq.convert.common import architecture_of, bert_family_config, convert_bert_family
-from longseq.models import LongseqModel
+from longseq.models import LongseqModel, ModelConfig
 
 
 def check_lm_head(config_hidden_act: str, architecture: str) -> None:
@@ -36,3 +39,28 @@ def convert(hf_model: nn.Module) -> LongseqModel:
     offset = hf_model.config.pad_token_id + 1
     config = bert_family_config(hf_model, arch, attention="full", position_offset=offset)
     return convert_bert_family(hf_model, config, style="roberta")
+
+
+# ----------------------------------------------------------------------- export (to_hf.py)
+def hf_class_name(config: ModelConfig) -> str:
+    return common.hf_class_name("Roberta", config)
+
+
+def hf_position_offset(config: ModelConfig) -> int:
+    return config.pad_token_id + 1  # the first real token's position
+
+
+def hf_config(config: ModelConfig) -> Any:
+    from transformers import RobertaConfig
+
+    problems = common.bert_family_problems(config)
+    if config.architecture == "masked-lm" and config.activation != "gelu":
+        problems.append(f"activation={config.activation!r} (RoBERTa's LM head applies 'gelu')")
+    common.refuse("RoBERTa", problems)
+    fields = common.bert_family_hf_fields(config, config.max_length + hf_position_offset(config))
+    return RobertaConfig(**fields)
+
+
+def weight_map(hf_model: nn.Module, config: ModelConfig) -> tuple[dict[str, str], list[str]]:
+    names, unused = common.bert_family_names(hf_model, config, style="roberta")
+    return names, common.bert_family_unused(config, common.body_prefix(hf_model), unused)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import longseq
 from longseq import attention
+from longseq.attention import ops
 from longseq.models.config import ModelConfig
 from longseq.models.transformer import Transformer
 
@@ -97,7 +98,8 @@ class LongseqModel(nn.Module):
                 "truncate the input or build a model with a larger max_length "
                 "(`longseq longify` extends a trained one)"
             )
-        lo, hi = int(input_ids.min()), int(input_ids.max())
+        # a traced program (torch.export, ONNX) cannot branch on values: the ids go unchecked
+        lo, hi = (0, 0) if ops.tracing() else (int(input_ids.min()), int(input_ids.max()))
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(
                 f"token ids must lie in [0, {cfg.vocab_size}) (vocab_size), got min {lo} max {hi}"
@@ -112,8 +114,7 @@ class LongseqModel(nn.Module):
                 )
         if global_attention_mask is None and cfg.global_cls and self.uses_cls_global:
             if self.supports_global and first_token:
-                global_attention_mask = torch.zeros_like(input_ids)
-                global_attention_mask[:, 0] = 1
+                global_attention_mask = self.default_global(input_ids)
         elif global_attention_mask is not None and not self.supports_global:
             takers = [m for m in attention.mechanisms() if attention.get(m).supports_global]
             raise ValueError(
@@ -123,6 +124,13 @@ class LongseqModel(nn.Module):
         return attention_mask, global_attention_mask
 
     uses_cls_global: ClassVar[bool] = False  # heads that read the first token set this
+
+    def default_global(self, input_ids: Tensor) -> Tensor:
+        """The global tokens of a head that sets `uses_cls_global`, when the caller gives none:
+        the first token (QA overrides it)."""
+        mask = torch.zeros_like(input_ids)
+        mask[:, 0] = 1
+        return mask
 
     @property
     def supports_global(self) -> bool:

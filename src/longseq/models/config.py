@@ -37,6 +37,9 @@ POOLINGS: tuple[str, ...] = ("mean", "cls")
 REVERSIBLE_OUTPUTS: tuple[str, ...] = ("mean", "concat")
 ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
 FEED_FORWARDS: tuple[str, ...] = ("plain", "gated")  # gated: act(Wg x) * W1 x (SwiGLU)
+# question answering: a linear layer on the body's states, or BigBird's head (an extra block,
+# and the question left out of the span and given segment 0: HF's BigBirdForQuestionAnswering)
+QA_HEADS: tuple[str, ...] = ("linear", "bigbird")
 # Options the model sets itself from other fields; a user must not set them per mechanism.
 MODEL_OWNED = ("causal", "dropout", "bias", "layer_idx", "num_key_value_heads", "global_tokens")
 
@@ -103,6 +106,9 @@ class ModelConfig:
     # tokens and heads
     pad_token_id: int = 0
     cls_token_id: int = 1
+    # the separator; set, a QA head with global tokens makes the question (the tokens before
+    # the first separator) global when no global_attention_mask is given, as HF's Longformer
+    sep_token_id: int | None = None
     tie_word_embeddings: bool = True
     output_bias: bool = True  # a bias in the LM heads' output projection (Llama: none)
     lm_transform: bool = False  # BERT's MLM head: dense -> act -> LayerNorm before the decoder
@@ -112,6 +118,7 @@ class ModelConfig:
     classifier_dense: bool = False  # dense + tanh before the classifier (BERT/RoBERTa heads)
     classifier_activation: str = "tanh"  # after that dense (BigBird: its hidden_act)
     global_cls: bool = True  # mechanisms with global tokens make the first token global
+    qa_head: str = "linear"  # QA_HEADS ("bigbird" needs sep_token_id)
     # the first G positions are global in every layer whose mechanism has global tokens
     # (Longformer); under a causal mask they are attention sinks (StreamingLLM)
     global_tokens: int = 0
@@ -142,6 +149,7 @@ class ModelConfig:
             ("reversible_output", REVERSIBLE_OUTPUTS),
             ("activation", ACTIVATIONS),
             ("classifier_activation", ("tanh", *ACTIVATIONS)),
+            ("qa_head", QA_HEADS),
         ):
             value = getattr(self, name)
             if value not in valid:
@@ -186,6 +194,13 @@ class ModelConfig:
             raise ValueError(
                 f"{len(self.label_names)} label_names given but num_labels={self.num_labels}"
             )
+        sep = self.sep_token_id
+        if sep is not None and (isinstance(sep, bool) or not isinstance(sep, int)):
+            raise ValueError(f"sep_token_id must be an integer or null, got {sep!r}")
+        if sep is not None and not 0 <= sep < self.vocab_size:
+            raise ValueError(f"sep_token_id={sep} outside vocab_size")
+        if self.qa_head == "bigbird" and sep is None:
+            raise ValueError("qa_head='bigbird' finds the question by sep_token_id: set it")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"pad_token_id={self.pad_token_id} outside vocab_size")
         if self.reversible and self.norm != "pre":

@@ -226,7 +226,31 @@ class ForQuestionAnswering(_Head):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
+        self.block = QuestionBlock(self.config) if self.config.qa_head == "bigbird" else None
         self.qa = nn.Linear(self.config.output_size, 2)
+
+    def question(self, input_ids: Tensor) -> Tensor:
+        """(B, N) bool: each row's question, the tokens up to its first separator (from 1; as
+        HF's BigBird QA, a row without one has none)."""
+        first = (input_ids == self.config.sep_token_id).int().argmax(1, keepdim=True)
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return (pos <= first) & (pos > 0)
+
+    def default_global(self, input_ids: Tensor) -> Tensor:
+        """With `sep_token_id`, the question (the tokens before each row's first separator)
+        is global, as Hugging Face's LongformerForQuestionAnswering makes it; else the first
+        token."""
+        sep = self.config.sep_token_id
+        if sep is None:
+            return super().default_global(input_ids)
+        is_sep = input_ids == sep
+        if not bool(is_sep.any(1).all()):
+            raise ValueError(
+                f"a row of input_ids has no separator (sep_token_id={sep}), so its question "
+                "cannot be made global; give global_attention_mask"
+            )
+        first = is_sep.int().argmax(1, keepdim=True)
+        return (torch.arange(input_ids.shape[1], device=input_ids.device) < first).long()
 
     def forward(
         self,
@@ -241,6 +265,12 @@ class ForQuestionAnswering(_Head):
     ) -> ModelOutput:
         """Span logits (B, N) each; with `shard`, this rank's positions of them, and the loss
         of the whole sequence (positions are absolute; a softmax over every rank's)."""
+        question = None
+        if self.block is not None:
+            question = self.question(input_ids)
+            if token_type_ids is None and self.config.type_vocab_size > 1:
+                token_type_ids = (~question).long()  # HF: segment 0 up to the separator
+                token_type_ids[:, 0] = 0
         h, states, mask = self.encode(
             input_ids,
             attention_mask,
@@ -249,7 +279,9 @@ class ForQuestionAnswering(_Head):
             output_hidden_states,
             shard=shard,
         )
-        logits = self.qa(h)
+        logits = self.qa(h if self.block is None else self.block(h))
+        if question is not None:  # the answer is never in the question (HF: minus 1e6)
+            logits = logits - question.unsqueeze(-1) * 1e6
         start, end = logits.unbind(-1)
         if mask is not None:  # a span never starts or ends on padding
             start = start.masked_fill(~mask.bool(), torch.finfo(start.dtype).min)
@@ -273,6 +305,24 @@ class ForQuestionAnswering(_Head):
             last_hidden_state=h,
             hidden_states=states,
         )
+
+
+class QuestionBlock(nn.Module):
+    """BigBird's QA block before the span layer: x -> LN(x + fc2(act(fc1(x)))) (HF's
+    BigBirdForQuestionAnsweringHead: intermediate, output)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        w = config.output_size
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc1 = nn.Linear(w, config.intermediate_size)
+        self.act = ACTIVATIONS[config.activation]
+        self.fc2 = nn.Linear(config.intermediate_size, w)
+        self.norm = norm_of(config, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc2(self.act(self.fc1(self.dropout(x))))
+        return self.norm(x + self.dropout(h))
 
 
 class LMHead(nn.Module):
@@ -477,4 +527,5 @@ __all__ = [
     "ForSequenceClassification",
     "ForTokenClassification",
     "LMHead",
+    "QuestionBlock",
 ]
