@@ -42,6 +42,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], int]] = {
         {"block_size": 64, "num_sliding_blocks": 5, "num_global_blocks": 1, "num_random_blocks": 1},
         0,
     ),
+    # shared QK from the source's query (its key dropped), values expanded from the 3 KV heads
+    "lsh c128 b8 x2": ("lsh", {"chunk_length": 128, "num_buckets": 8, "n_hashes": 2}, 0),
 }
 BUCKETS = ((0, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 4096))
 

@@ -1,11 +1,29 @@
+import os
+
 import pytest
 import torch
+
+
+def _threads() -> int:
+    """Intra-op threads per test process: the cores shared out among pytest-xdist's workers
+    (`make test` runs `-n auto --maxprocesses 2`), so that two workers on two cores use one
+    thread each instead of four threads fighting over two cores; 2 in a plain `pytest` run."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers <= 1:
+        return 2
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+THREADS = _threads()
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # what the processes a test starts (the CLI, torchrun, the fork server) inherit
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 

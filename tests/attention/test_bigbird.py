@@ -348,5 +348,5 @@ def test_causal_global_blocks_are_attention_sinks():
     want = (j <= i) & ((i // b - j // b <= 1) | (j < g * b))
     assert torch.equal(layer.pattern(n), want.expand(2, n, n))
     # the model-wide `global_tokens` is Longformer's token-level setting: BigBird refuses it
-    with pytest.raises(ValueError, match="no layer of this model has global tokens.*num_global"):
+    with pytest.raises(ValueError, match=r"no layer of this model has global tokens.*num_global"):
         ModelConfig(attention="bigbird", architecture="causal-lm", global_tokens=4)

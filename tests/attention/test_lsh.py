@@ -395,3 +395,21 @@ def test_factorised_buckets():
 def test_bad_factor_options(opts, match):
     with pytest.raises(ValueError, match=match):
         attention.build("lsh", HIDDEN, HEADS, **opts)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rotary_rotates_the_shared_vector(causal):
+    """Under rotary positions (a longified rotary decoder) the shared vector of position p is
+    rotated by p before hashing and scoring: q_i . k_j then depends on i - j, as the dense
+    model's scores did; one chunk still equals dense shared-QK attention over those vectors."""
+    from longseq.layers import RotaryEmbedding
+
+    layer = make(num_buckets=2, chunk_length=16, causal=causal)
+    layer.rotary = RotaryEmbedding(layer.head_dim, 100.0)
+    x, real = padded_batch([13, 9], 13)
+    qk, _ = layer.qk_and_value(x)
+    plain = ops.split_heads(layer.query(x), HEADS)
+    want, _ = layer.rotary(plain, plain)
+    torch.testing.assert_close(qk, want)
+    assert not torch.allclose(qk, plain)
+    assert_same_with_grads(layer, x, real, lambda t: dense_shared_qk(layer, t, real))

@@ -242,8 +242,10 @@ def test_cli_global_tokens_and_refusals(tmp_path, capsys):
     assert main([*argv, "--attention", "bigbird", "--global-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert "no layer of this model has global tokens" in err and "num_global_blocks" in err
-    assert main([*argv, "--attention", "lsh"]) == 2  # LSH shares Q and K: no GQA
-    assert "grouped-query" in capsys.readouterr().err
+    # LSH's keys are its queries: no grouped heads, so the values are expanded to every head
+    assert main([*argv, "--attention", "lsh", "--option", "num_buckets=4"]) == 0
+    assert "extended (2): body.layers.0.attn.attention.value.weight" in capsys.readouterr().out
+    assert from_pretrained(tmp_path / "dst").config.num_key_value_heads is None
 
 
 @pytest.mark.parametrize(
@@ -252,6 +254,7 @@ def test_cli_global_tokens_and_refusals(tmp_path, capsys):
         ("local", {"chunk_length": 8, "num_chunks_before": 1}),
         ("bigbird", {"block_size": 4, "num_random_blocks": 1, "num_global_blocks": 1}),
         ("full", {}),
+        ("lsh", {"chunk_length": 8, "num_buckets": 4}),  # rotary and GQA (values expanded)
     ],
 )
 def test_every_causal_mechanism_takes_the_decoder(name, options):

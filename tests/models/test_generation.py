@@ -67,6 +67,14 @@ CASES = {
     "full-learned-pre": {},
     "full-llama": LLAMA,
     "longformer-llama": {**LLAMA, **LF},
+    "longformer-llama-sinks": {**LLAMA, **LF, "global_tokens": 2},  # the ring keeps the sinks
+    "longformer-local-sinks": {  # global_tokens reaches the Longformer layer only
+        "global_tokens": 3,
+        "layer_attention": [
+            {"attention": "longformer", "window": 2},
+            {"attention": "local", "chunk_length": 3},
+        ],
+    },
     "local-llama": {**LLAMA, "attention": "local", "attention_options": {"chunk_length": 3}},
     "bigbird-llama": {**LLAMA, **BIGBIRD, "num_key_value_heads": 1},
     "full-rotary-post": {"position": "rotary", "norm": "post"},
@@ -109,6 +117,11 @@ CASES = {
     "lsh-axial-3-rounds": {
         **LSH,
         "attention_options": {"chunk_length": 3, "num_buckets": 4, "n_hashes": 3},
+    },
+    "lsh-rotary": {  # the shared vector rotated at its position (a longified rotary decoder)
+        "attention": "lsh",
+        "attention_options": {"chunk_length": 4, "num_buckets": 4, "n_hashes": 2},
+        "position": "rotary",
     },
     "lsh-factorised-post": {
         **LSH,

@@ -78,7 +78,6 @@ def test_config_json_round_trip(tmp_path):
             {"architecture": "causal-lm", "attention": "linformer", "attention_options": {}},
             "no causal form",
         ),
-        ({"position": "rotary", "attention": "lsh", "attention_options": {}}, "rotary"),
         ({"reversible": True, "norm": "post"}, "norm='pre'"),
         ({"hidden_size": 30}, "divisible"),
         ({"position": "axial", "axial_shape": [4, 4]}, "max_length"),

@@ -171,7 +171,7 @@ class SelfAttention(nn.Module):
         else:
             context = self.attend(hidden_states, real, glob)
         out = self.out(ops.merge_heads(context))
-        return out.masked_fill(~real.unsqueeze(-1), 0.0)
+        return out if attention_mask is None else out.masked_fill(~real.unsqueeze(-1), 0.0)
 
     def attend_sharded(
         self, hidden_states: Tensor, real: Tensor, glob: Tensor | None, shard: Shard

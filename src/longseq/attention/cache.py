@@ -69,7 +69,13 @@ class SlotCache(AttentionCache):
     slots (None: grows), after `sinks` fixed slots for positions 0..sinks-1.
     """
 
-    def __init__(self, rule: Rule | None = None, size: int | None = None, sinks: int = 0) -> None:
+    def __init__(
+        self,
+        rule: Rule | None = None,
+        size: int | None = None,
+        sinks: int = 0,
+        ring_is_rule: bool = False,
+    ) -> None:
         if sinks and size is None:
             raise ValueError("sinks are slots kept beside a ring: give size too")
         self.rule = rule
@@ -77,6 +83,11 @@ class SlotCache(AttentionCache):
         self.sinks = sinks
         self.bounded = size is not None
         self.kind = "kv" if size is None else "ring"
+        # a ring that holds exactly what its newest query may see (Longformer without
+        # dilation: the last w/2 + 1 positions): one token per row needs no rule, and no mask
+        # at all once every slot is filled (the decoding step, `_ring_step`)
+        self.ring_is_rule = ring_is_rule and size is not None
+        self.full = False  # every slot of every row holds a position
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.pos: Tensor | None = None
@@ -98,6 +109,8 @@ class SlotCache(AttentionCache):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
         if self.k is None:
             self._allocate(k, self.slots or _FIRST_CAPACITY)
+        if self.ring_is_rule and q.shape[2] == 1 and bool(valid.all()):
+            return self._ring_step(q, k, v, qpos)
         kpos_new = qpos.masked_fill(~valid, -1)
         if self.size is not None and q.shape[2] > 1:
             # a chunk can overwrite ring slots its own earlier queries still need:
@@ -118,6 +131,26 @@ class SlotCache(AttentionCache):
         gqa = q.shape[1] != keys.shape[1]  # query head i reads KV head i // (H / KV)
         return F.scaled_dot_product_attention(
             q, keys, values, attn_mask=ok, scale=1.0, enable_gqa=gqa
+        )
+
+    def _ring_step(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
+        """`attend` for one new token in every row of a `ring_is_rule` ring: store it, then
+        attend over every filled slot (all of them, unmasked, once the ring is full). A
+        decoding step's few small ops instead of the rule's mask over every slot."""
+        assert self.k is not None and self.v is not None and self.pos is not None
+        rows = torch.arange(qpos.shape[0], device=qpos.device)
+        slot = self.slot(qpos[:, 0])
+        self.k[rows, :, slot] = k[:, :, 0]
+        self.v[rows, :, slot] = v[:, :, 0]
+        self.pos[rows, slot] = qpos[:, 0]
+        mask = None
+        if not self.full:
+            filled = self.pos >= 0
+            self.full = bool(filled.all())
+            mask = None if self.full else filled[:, None, None, :]
+        gqa = q.shape[1] != self.k.shape[1]
+        return F.scaled_dot_product_attention(
+            q, self.k, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
         )
 
     @property

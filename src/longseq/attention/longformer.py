@@ -228,15 +228,23 @@ class LongformerAttention(SelfAttention):
         (constant memory), plus `global_tokens` fixed slots for the sinks; the rule is
         `patterns.sliding_window`, one dilation per head, or `patterns.first_tokens`."""
         self._check_cacheable()
-        dil = torch.tensor(self.dilations)[:, None, None]  # (H, 1, 1): a dilation per head
+        # one dilation for every head: a mask shared by the heads, (B, 1, C, S); otherwise a
+        # dilation per head, (H, 1, 1), and a mask per head
+        uniform = len(set(self.dilations)) == 1
+        dil = torch.tensor(self.dilations)[:, None, None]
         sinks = patterns.first_tokens(self.global_tokens)
 
         def rule(q: Tensor, k: Tensor) -> Tensor:
-            band = patterns.sliding_window(self.window, dil.to(q.device), is_causal=True)(q, k)
+            d = self.dilations[0] if uniform else dil.to(q.device)
+            band = patterns.sliding_window(self.window, d, is_causal=True)(q, k)
             return band | sinks(q, k) if self.global_tokens else band
 
         size = max(self.dilations) * (self.window // 2) + 1
-        return SlotCache(rule, size=size, sinks=self.global_tokens)
+        # without dilation the ring is the band of its newest query, and the sinks are seen
+        # by every query (ring_is_rule: a decoding step needs no mask)
+        return SlotCache(
+            rule, size=size, sinks=self.global_tokens, ring_is_rule=max(self.dilations) == 1
+        )
 
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         if self.global_tokens:

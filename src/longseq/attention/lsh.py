@@ -172,13 +172,18 @@ class LSHAttention(SelfAttention):
 
     # ----------------------------------------------------------------------------- hashing
 
-    def qk_and_value(self, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
-        """Shared query/key vectors and values, (B, H, N, D), before any normalisation."""
+    def qk_and_value(
+        self, hidden_states: Tensor, positions: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Shared query/key vectors and values, (B, H, N, D), before any normalisation. Under
+        rotary positions the shared vector of position p is rotated by p (default 0 .. N - 1)
+        before hashing and scoring, so q_i . k_j depends on i - j as in the dense model (its
+        buckets then depend on the position too)."""
         h = self.num_heads
-        return (
-            ops.split_heads(self.query(hidden_states), h),
-            ops.split_heads(self.value(hidden_states), h),
-        )
+        qk = ops.split_heads(self.query(hidden_states), h)
+        if self.rotary is not None:
+            qk, _ = self.rotary(qk, qk, positions=positions)
+        return qk, ops.split_heads(self.value(hidden_states), h)
 
     def bucket_factors(self, padded_len: int) -> list[int]:
         """[f_1, ...]: the factors of the bucket count (one factor unless factorised)."""
@@ -309,7 +314,7 @@ class LSHAttention(SelfAttention):
         self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
     ) -> Tensor:
         assert isinstance(cache, LSHCache)
-        qk, v = self.qk_and_value(hidden_states)
+        qk, v = self.qk_and_value(hidden_states, positions)
         key = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * self.head_dim**-0.5
         with torch.no_grad():
             buckets = self.hash(qk, real)  # (B, H, R, C); a fixed bucket count
@@ -346,7 +351,7 @@ class LSHAttention(SelfAttention):
         ops.check_hidden(hidden_states, self.hidden_size)
         real, _ = ops.check_masks(hidden_states, attention_mask, None, False, self.name)
         with torch.no_grad():
-            qk = ops.split_heads(self.query(hidden_states), self.num_heads)
+            qk = self.qk_and_value(hidden_states)[0]
         m = self.length_multiple
         return ops.pad_to_multiple(qk, m, dim=2), ops.pad_to_multiple(real, m, dim=1, value=False)
 

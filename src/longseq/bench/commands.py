@@ -1,4 +1,6 @@
-"""`longseq bench attention --out DIR [...]`: time and memory of the attention layers."""
+"""`longseq bench attention --out DIR [...]`: time and memory of the attention layers;
+`longseq bench generate --model DIR --out DIR [...]`: decoding time and memory of a causal LM
+against transformers' generate."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 
 from longseq.argtypes import int_list, positive
 from longseq.bench import attention as ba
+from longseq.bench import generate as bg
 
 
 def register(commands: Any) -> None:
@@ -66,6 +69,91 @@ def register(commands: Any) -> None:
     att.add_argument("--no-progress", dest="progress", action="store_false")
     att.add_argument("--out", required=True, help="output directory")
     att.set_defaults(func=run, parser=att)  # errors against the right usage line
+    _register_generate(which)
+
+
+def _register_generate(which: Any) -> None:
+    d = bg.Config(model="", out="")
+    p = which.add_parser(
+        "generate",
+        help="per-token decoding time and peak memory of a causal LM vs transformers' generate",
+        description="Greedy decoding after prompts of several context lengths: time to the "
+        "first token, per-token time after it and peak memory, each row in a fresh process, "
+        "for longseq's window + attention sinks, window and full attention (made with "
+        "longify) and transformers' generate on the same weights (Llama architecture). "
+        "Writes results.jsonl (one line per row as it ends) and table.md to --out.",
+    )
+    p.add_argument("--model", required=True, help="a causal LM folder (e.g. longseq convert's)")
+    p.add_argument(
+        "--contexts",
+        type=int_list,
+        default=d.contexts,
+        help=f"prompt lengths in tokens (default {','.join(map(str, d.contexts))})",
+    )
+    p.add_argument(
+        "--contenders",
+        default=",".join(d.contenders),
+        help=f"comma-separated, from: {', '.join(bg.CONTENDERS)} "
+        f"(default {','.join(d.contenders)})",
+    )
+    p.add_argument("--new-tokens", type=positive(int), default=d.new_tokens)
+    p.add_argument(
+        "--window",
+        type=positive(int),
+        default=d.window,
+        help=f"Longformer window: a query sees the window/2 tokens before it (default {d.window})",
+    )
+    p.add_argument(
+        "--sinks", type=int, default=d.sinks, help=f"global first tokens (default {d.sinks})"
+    )
+    p.add_argument("--threads", type=positive(int), default=d.threads)
+    p.add_argument("--dtype", choices=list(bg.DTYPES), default=d.dtype)
+    p.add_argument("--repeats", type=positive(int), default=d.repeats)
+    p.add_argument(
+        "--max-dense-context",
+        type=positive(int),
+        default=d.max_dense_context,
+        help="skip the dense contenders above this context (their prefill is O(n^2); "
+        f"default {d.max_dense_context})",
+    )
+    p.add_argument("--timeout", type=positive(float), default=d.timeout, help="seconds per row")
+    p.add_argument("--resume", action="store_true", help="keep the rows of results.jsonl")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run_generate, parser=p)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [c for c in contenders if c not in bg.CONTENDERS]
+    if unknown or not contenders:
+        parser.error(
+            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; valid: "
+            f"{', '.join(bg.CONTENDERS)}"
+        )
+    if args.sinks < 0:
+        parser.error(f"--sinks must be >= 0, got {args.sinks}")
+    if not (Path(args.model) / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json (a folder saved by longseq)")
+    cfg = bg.Config(
+        model=args.model,
+        out=args.out,
+        contexts=args.contexts,
+        contenders=contenders,
+        new_tokens=args.new_tokens,
+        window=args.window,
+        sinks=args.sinks,
+        threads=args.threads,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        max_dense_context=args.max_dense_context,
+        timeout=args.timeout,
+        resume=args.resume,
+    )
+    records = bg.run(cfg)
+    print(bg.table(records))
+    print(f"wrote {Path(args.out) / 'results.jsonl'} and {Path(args.out) / 'table.md'}")
+    return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,4 +196,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if any(r["status"] == "ok" for r in records) else 1
 
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "run_generate"]

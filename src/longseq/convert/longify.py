@@ -29,7 +29,9 @@ weights above are all it has, trained with dense causal attention:
     bigbird             causal: its first num_global_blocks blocks are sinks (whole blocks),
                         plus the window blocks and random blocks from before the window
     lsh                 one shared query-key projection (the source's query): an approximation
-                        of q . k (its keys are unit-normalised queries), never exact
+                        of q . k (its keys are unit-normalised queries), never exact; rotary
+                        rotates the shared vector; grouped-query values are repeated for every
+                        query head (LSH has no grouped heads: exact for the values)
 
 What is exact (eval mode; `exact_lengths` computes it for two configs). For an input of n <=
 N0 tokens the embeddings are unchanged, so the longified model equals the source wherever
@@ -132,6 +134,10 @@ def longified_config(
             target.longified_options({**kept, **options}, source.max_length, max_length)
         )
     same = all(o == per_layer[0] for o in per_layer)
+    if target.shared_qk and source.grouped:  # its keys are its queries: every head its own
+        changes_kv: dict[str, Any] = {"num_key_value_heads": None}
+    else:
+        changes_kv = {}
     if global_tokens is None:
         takes = "global_tokens" in attention.options(attention_name)
         global_tokens = source.global_tokens if takes else 0
@@ -141,6 +147,7 @@ def longified_config(
         "attention": attention_name,
         "attention_options": per_layer[0] if same else {},
         "layer_attention": None if same else per_layer,
+        **changes_kv,
     }
     if source.position == "axial":
         assert source.axial_shape is not None
@@ -194,6 +201,12 @@ def transfer(source: LongseqModel, target: LongseqModel) -> dict[str, list[str]]
         parent, _, module = stem.rpartition(".")
         if name in src and src[name].shape == param.shape:
             new[name], kind = take(name), "copied"
+        elif module == "value" and name in src and param.shape[0] > src[name].shape[0]:
+            # grouped-query values for a mechanism without grouped heads (LSH): each key/value
+            # head repeated for the query heads it served (exact: the same values)
+            groups = param.shape[0] // src[name].shape[0]
+            w = take(name).unflatten(0, (-1, cfg.head_dim))
+            new[name], kind = w.repeat_interleave(groups, 0).flatten(0, 1), "extended"
         elif name.endswith("embeddings.position.weight") and name in src:
             new[name], kind = tile_rows(take(name), param.shape[0], cfg.position_offset), "extended"
         elif name.endswith("embeddings.position.weight1") and name in src:

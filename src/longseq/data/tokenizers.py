@@ -12,8 +12,9 @@ Three kinds behind one protocol:
   `transformers`), and finds the special ids among the usual tokens ([PAD]/<pad>, ...).
 
 `encode` never adds special tokens: datasets add cls/sep where a task wants them.
-`save(dir)` writes `tokenizer_config.json` (+ `tokenizer.json` for HF) into a folder, which is
-how a tokenizer travels with a saved model; `load_tokenizer(dir or "byte")` reads it back.
+`save(dir)` writes `tokenizer_config.json` (+ `tokenizer.json` for HF, and an instruct model's
+`chat_template.jinja`) into a folder, which is how a tokenizer travels with a saved model;
+`load_tokenizer(dir or "byte")` reads it back.
 Nothing is ever downloaded.
 """
 
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 CONFIG_NAME = "tokenizer_config.json"
 HF_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 # The tokenizers a task's data defines: the "type" in tokenizer_config.json -> "module:Class"
 # with a `from_config(config)` classmethod, imported by name (those modules import this one).
 TOKENIZER_TYPES: dict[str, str] = {
@@ -207,6 +209,39 @@ class HFTokenizer(_SpecialAliases):
         self.sep_id = self._tok.token_to_id(self.special_tokens["sep"])
         mask = self.special_tokens.get("mask")
         self.mask_id = None if mask is None else self._tok.token_to_id(mask)
+        # an instruct model's chat template (Jinja), kept beside tokenizer.json
+        self.chat_template = read_chat_template(folder) if path.is_dir() else None
+        self._chat: Any = None  # transformers' tokenizer that renders it, made when first used
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """The conversation `messages` ([{"role": "user", "content": ...}, ...]) as the text
+        the model was trained on, rendered by transformers' `apply_chat_template` from the
+        model's own template (ending with the assistant's turn opened, by default)."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"the tokenizer in {self.path.parent} has no chat template (no "
+                f"{CHAT_TEMPLATE_FILE}, no chat_template in {CONFIG_NAME}): it is not an "
+                "instruct model's, or it was converted by an older longseq (convert it again)"
+            )
+        if self._chat is None:
+            try:
+                from transformers import PreTrainedTokenizerFast
+            except ImportError:
+                raise ImportError(
+                    "applying a chat template needs transformers: pip install 'longseq[convert]'"
+                ) from None
+            specials = {
+                "bos_token": self.special_tokens["cls"],
+                "eos_token": self.special_tokens["sep"],
+            }
+            self._chat = PreTrainedTokenizerFast(
+                tokenizer_file=str(self.path), chat_template=self.chat_template, **specials
+            )
+        return self._chat.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _find_specials(self, hints: dict[str, str]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -250,10 +285,32 @@ class HFTokenizer(_SpecialAliases):
             shutil.copyfile(self.path, out / HF_FILE)
         config = {"type": "hf", **{f"{r}_token": t for r, t in self.special_tokens.items()}}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if self.chat_template is not None:
+            (out / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
         return out
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+def read_chat_template(folder: Path) -> str | None:
+    """The chat template of a tokenizer folder: `chat_template.jinja` (transformers >= 4.43
+    writes it), else the `chat_template` of its tokenizer_config.json (a string, or a list of
+    named templates: the one named "default"); None when there is none."""
+    file = folder / CHAT_TEMPLATE_FILE
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    config_file = folder / CONFIG_NAME
+    if not config_file.is_file():
+        return None
+    try:
+        template = json.loads(config_file.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON: {e}") from None
+    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def _hf_config_hints(path: Path) -> dict[str, str]:

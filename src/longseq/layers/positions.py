@@ -21,6 +21,9 @@ so the parameters are a * d1 + b * d2 instead of a * b * hidden.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -86,6 +89,23 @@ class RotaryEmbedding(nn.Module):
         self.base = base
         inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # The last tables made, reused while the same ones are asked for: every layer of a
+        # model shares this module, so a forward computes its cos/sin once, not once per layer.
+        self._memo: tuple[tuple[Any, ...], tuple[Tensor, Tensor], Any] | None = None
+
+    def _remembered(
+        self, key: tuple[Any, ...], make: Callable[[], tuple[Tensor, Tensor]], keep: Any = None
+    ) -> tuple[Tensor, Tensor]:
+        """make(), or the tables of the previous call when its `key` (plain values) is the
+        same; `keep` is held with them (an object whose id is in the key stays alive, so the
+        id is not reused). Not while compiling (a graph has no Python state); tables made in
+        inference mode are not reused outside it (autograd refuses them)."""
+        if torch.compiler.is_compiling():
+            return make()
+        key = (*key, torch.is_inference_mode_enabled(), str(self.inv_freq.device))
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, make(), keep)
+        return self._memo[1]
 
     def cos_sin(
         self,
@@ -96,6 +116,14 @@ class RotaryEmbedding(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> tuple[Tensor, Tensor]:
         """cos, sin tables (n, head_dim) for positions offset .. offset + n - 1."""
+        return self._remembered(
+            ("range", n, offset, str(device), dtype),
+            lambda: self._cos_sin(n, offset, device=device, dtype=dtype),
+        )
+
+    def _cos_sin(
+        self, n: int, offset: int, *, device: torch.device | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
         pos = torch.arange(offset, offset + n, dtype=torch.float64, device=self.inv_freq.device)
         angles = torch.outer(pos, self.inv_freq)  # angles in fp64: exact for long sequences
         angles = torch.cat((angles, angles), dim=-1)
@@ -123,9 +151,17 @@ class RotaryEmbedding(nn.Module):
         `positions` (B, N) (incremental decoding)."""
         if positions is None:
             return self.rotate(q, k, offset)
-        lo = int(positions.min())
-        cos, sin = self.cos_sin(int(positions.max()) - lo + 1, lo, device=q.device, dtype=q.dtype)
-        cos, sin = cos[positions - lo][:, None], sin[positions - lo][:, None]  # (B, 1, N, D)
+
+        def gathered() -> tuple[Tensor, Tensor]:
+            lo = int(positions.min())
+            n = int(positions.max()) - lo + 1
+            cos, sin = self._cos_sin(n, lo, device=q.device, dtype=q.dtype)
+            return cos[positions - lo][:, None], sin[positions - lo][:, None]  # (B, 1, N, D)
+
+        # the same positions tensor (one decoding step's, passed to every layer): its id (it
+        # is kept alive with the tables) and its version (an in-place change is seen)
+        key = ("positions", id(positions), positions._version, str(q.device), q.dtype)
+        cos, sin = self._remembered(key, gathered, keep=positions)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 

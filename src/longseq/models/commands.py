@@ -5,13 +5,17 @@ other heads, is in `longseq.train.commands`, beside evaluate: it asks the task).
 
     longseq generate --model DIR --prompt "To be, or not" --max-new-tokens 200 \
         [--temperature 0.8 --top-k 40 --top-p 0.95 --seed 0] [--stop $'\n\n'] [--no-stream]
+    longseq generate --model DIR --prompt-file LONG.txt --chat [--system TEXT]
 
 The model comes from `longseq.models.from_pretrained(DIR)` and its tokenizer from the same
 folder (`longseq.data.tokenizers.load_tokenizer(DIR)`; a folder without tokenizer files falls
-back to the byte tokenizer when the model's vocabulary is the byte vocabulary, 260). The prompt
-is echoed, then the new text is printed as it is generated; a summary (time to the first
-token, then milliseconds per token, cache kind, why it stopped) goes to stderr. Temperature 0
-(the default) is greedy decoding.
+back to the byte tokenizer when the model's vocabulary is the byte vocabulary, 260). `--chat`
+sends the prompt as the user's message through the model's chat template (an instruct model's
+tokenizer keeps it: `chat_template.jinja`), rendered by transformers. The mechanism is the
+model's: make a copy with another one (a window and attention sinks, to read past the trained
+length in constant memory) with `longseq longify`. The prompt is echoed, then the new text is
+printed as it is generated; a summary (time to the first token, then milliseconds per token,
+cache kind, why it stopped) goes to stderr. Temperature 0 (the default) is greedy decoding.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from longseq.argtypes import nonnegative, positive
 from longseq.data.tokenizers import ByteTokenizer, load_tokenizer
 from longseq.models import from_pretrained, read_config
-from longseq.models.generation import TextStreamer, generate
+from longseq.models.generation import TextStreamer, generate, position_limit
 
 
 def register(commands: Any) -> None:
@@ -59,6 +63,13 @@ def _register_generate(commands: Any) -> None:
         "--stop", action="append", default=[], help="stop when this text appears (repeatable)"
     )
     p.add_argument("--add-bos", action="store_true", help="start the prompt with the bos token")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="an instruct model: send the prompt as the user's message, through the model's "
+        "chat template (kept by longseq convert), and answer as the assistant",
+    )
+    p.add_argument("--system", default=None, help="with --chat: a system message first")
     p.add_argument(
         "--no-stream", dest="stream", action="store_false", help="print the text at the end"
     )
@@ -96,16 +107,28 @@ def run(args: argparse.Namespace) -> int:
     sampling = args.temperature > 0
     if not sampling and (args.top_k is not None or args.top_p is not None):
         parser.error("--top-k/--top-p need sampling: give --temperature > 0 as well")
+    if args.system is not None and not args.chat:
+        parser.error("--system is a message of the chat: give --chat as well")
     try:
         model, tokenizer = load_model(args, "causal-lm")
         prompt = args.prompt if args.prompt_file is None else read_text(args.prompt_file)
-    except (FileNotFoundError, ValueError) as e:
+        if args.chat:
+            prompt = chat_prompt(tokenizer, prompt, args.system, args.model)
+    except (FileNotFoundError, ValueError, ImportError) as e:
         parser.error(str(e))
     ids = tokenizer.encode(prompt)
     if args.add_bos:
         ids = [tokenizer.bos_id, *ids]
     if not ids:
         parser.error("the prompt is empty: give some text, or --add-bos to start from nothing")
+    limit = position_limit(model, args.use_cache)
+    if limit is not None and len(ids) >= limit:
+        parser.error(
+            f"the prompt is {len(ids)} tokens and --model {args.model} reads at most {limit} "
+            f"(prompt and answer; {_why_limited(model)}); shorten it, or make a copy that reads "
+            "further with longseq longify (e.g. --attention longformer --window 1024 "
+            "--global-tokens 4: a fixed window plus attention sinks, no length limit)"
+        )
 
     clock = _Clock(TextStreamer(tokenizer) if args.stream else None)
     if args.stream:
@@ -144,6 +167,25 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def chat_prompt(tokenizer: Any, text: str, system: str | None, model: str) -> str:
+    """`text` as the user's message of a chat (after `system`'s, if given), rendered by the
+    tokenizer's chat template, the assistant's turn opened; ValueError without a template."""
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise ValueError(
+            f"--chat: --model {model} has a {type(tokenizer).__name__}, which has no chat "
+            "template (only an instruct model's Hugging Face tokenizer has one)"
+        )
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    return tokenizer.apply_chat_template([*messages, {"role": "user", "content": text}])
+
+
+def _why_limited(model: Any) -> str:
+    cfg = model.config
+    if cfg.position in ("learned", "axial"):
+        return f"its {cfg.position} position table ends at max_length"
+    return "some layer keeps every position and was trained on at most max_length tokens"
 
 
 def load_model(args: argparse.Namespace, architecture: str | None = None) -> tuple[Any, Any]:

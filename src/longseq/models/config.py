@@ -271,12 +271,6 @@ class ModelConfig:
                     f"(num_key_value_heads={self.num_key_value_heads} < num_heads); set "
                     "num_key_value_heads to null or choose another mechanism"
                 )
-        if self.position == "rotary" and cls.shared_qk:
-            raise ValueError(
-                f"layer {i}: rotary positions rotate queries and keys differently, which "
-                f"breaks {name!r}'s shared query-key hashing; use position='axial' or "
-                "'learned'"
-            )
 
     # ----------------------------------------------------------------------------- derived
     @property

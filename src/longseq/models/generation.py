@@ -211,25 +211,31 @@ class _Cached:
     def prefill(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """(B, V) logits at each row's last prompt token; prompts right-padded (B, N)."""
         b, n = ids.shape
-        rows = torch.arange(b, device=ids.device)
         last = lengths - 1
         out: Tensor | None = None
         for s in range(0, n, PREFILL_CHUNK):
             chunk = ids[:, s : s + PREFILL_CHUNK]
-            cols = torch.arange(s, s + chunk.shape[1], device=ids.device)
+            c = chunk.shape[1]
+            cols = torch.arange(s, s + c, device=ids.device)
             valid = cols[None] < lengths[:, None]
-            logits = self.model(chunk, attention_mask=valid.long(), cache=self.cache).logits
+            here = (last >= s) & (last < s + c)
+            # one position's logits per row, its last prompt token where this chunk holds it
+            # (the (hidden x vocab) output layer over every prompt token would be a large
+            # part of the prefill's work)
+            at = (last - s).clamp(0, c - 1)[:, None]
+            mask = None if bool(valid.all()) else valid.long()  # None: no per-layer masking
+            logits = self.model(chunk, attention_mask=mask, cache=self.cache, logits_at=at)
+            logits = logits.logits[:, 0]
             if out is None:
                 out = logits.new_zeros(b, logits.shape[-1])
-            here = (last >= s) & (last < s + chunk.shape[1])
-            out[here] = logits[rows[here], (last - s)[here]]
+            out[here] = logits[here]
         assert out is not None
         return out
 
     @torch.no_grad()
     def step(self, tokens: Tensor, active: Tensor) -> Tensor:
         """(B, V) logits after appending one token to each active row."""
-        mask = active[:, None].long()
+        mask = None if bool(active.all()) else active[:, None].long()
         return self.model(tokens[:, None], attention_mask=mask, cache=self.cache).logits[:, 0]
 
 
