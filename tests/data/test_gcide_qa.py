@@ -179,6 +179,24 @@ def test_trainer_trains_and_scores_qa(built: Path, tmp_path: Path, attention: st
         gcide_qa.QADataset(built / "test.jsonl", tok, 512),
     )
     assert result.test["f1"] == pytest.approx(sum(r[2] for r in rows) / len(rows))
+    # longseq evaluate --buckets: every example of the file, those beyond reach as misses
+    from longseq.cli import main
+
+    cut = sorted(r[3] for r in rows)[len(rows) // 2] + 1
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--model", str(tmp_path / "run" / "best"), "--data"]
+    args += [str(built / "test.jsonl"), "--max-length", str(cut), "--buckets", f"0,{cut},4096"]
+    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    split = json.loads(out.read_text())["by_position"]
+    lines = (built / "test.jsonl").read_text().splitlines()
+    assert sum(b["examples"] for b in split) == len(lines) == len(rows)
+    far = sum(r[3] >= cut for r in rows)
+    assert split[-1] == {"start": cut, "end": 4096, "examples": far, "exact_match": 0.0,
+                         "f1": 0.0}  # fmt: skip
+    kept = gcide_qa.QADataset(built / "test.jsonl", tok, cut, keep_unreachable=True)
+    rows = scores_by_distance(from_pretrained(tmp_path / "run" / "best"), kept)
+    near = [r for r in rows if r[3] < cut]
+    assert split[0]["f1"] == pytest.approx(100 * sum(r[2] for r in near) / len(near))
 
 
 def test_best_spans_equal_a_brute_force_search() -> None:
@@ -192,3 +210,89 @@ def test_best_spans_equal_a_brute_force_search() -> None:
             spans = [(s, e) for s in range(int(first[b]), n) for e in range(s, min(n, s + w))]
             best = max(spans, key=lambda se: float(start[b, se[0]] + end[b, se[1]]))
             assert tuple(got[b]) == best
+
+
+# ------------------------------------------------------------------ scores by answer position
+class _Oracle:
+    """A stand-in QA model that points at each example's gold span (in dataset order)."""
+
+    supports_global = False
+
+    def __init__(self, golds: list[tuple[int, int]]) -> None:
+        self.golds = iter(golds)
+
+    def pad_multiple(self, length: int | None = None) -> int:
+        return 1
+
+    def eval(self) -> _Oracle:
+        return self
+
+    def __call__(self, input_ids: torch.Tensor, **_: object) -> object:
+        b, n = input_ids.shape
+        start, end = torch.zeros(b, n), torch.zeros(b, n)
+        for i in range(b):
+            s, e = next(self.golds)
+            # out of reach: point at the last token, which is never the answer
+            start[i, s if s >= 0 else n - 1] = end[i, e if e >= 0 else n - 1] = 9.0
+        return type("Out", (), {"start_logits": start, "end_logits": end})()
+
+
+def test_unreachable_answers_are_kept_for_scoring_and_miss(built: Path) -> None:
+    from longseq.tasks.qa import by_position, scores_by_distance
+
+    tok = load_tokenizer(built / "tokenizer.json")
+    whole = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=1024)
+    ends = sorted(item["end"] for item in whole.items)
+    cut = ends[len(ends) // 2] + 1
+    kept = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=cut, keep_unreachable=True)
+    short = gcide_qa.QADataset(built / "test.jsonl", tok, max_length=cut)
+    assert len(kept) == len(whole) and kept.dropped == 0 and short.dropped > 0
+    reach = [it for it in kept.items if it["start_positions"] >= 0]
+    assert reach == short.items  # the reachable ones are exactly the training items
+    for it, full in zip(kept.items, whole.items, strict=True):
+        assert it["end"] == full["end"] and len(it["input_ids"]) <= cut
+        assert (it["end_positions"] == -1) == (it["end"] >= cut)
+    golds = [(it["start_positions"], it["end_positions"]) for it in kept.items]
+    rows = scores_by_distance(_Oracle(golds), kept, batch_size=3)
+    assert [r[2] for r in rows] == [float(it["end"] < cut) for it in kept.items]
+    split = by_position(rows, [0, cut, 10**6])
+    assert split == [
+        {"start": 0, "end": cut, "examples": len(short), "exact_match": 100.0, "f1": 100.0},
+        {"start": cut, "end": 10**6, "examples": short.dropped, "exact_match": 0.0, "f1": 0.0},
+    ]
+
+
+def test_by_position_buckets_by_the_answers_last_token() -> None:
+    from longseq.tasks.qa import by_position
+
+    # [distance, exact, f1, end]
+    rows = [[0, 1.0, 1.0, 511], [500, 0.0, 0.5, 512], [900, 1.0, 1.0, 2047], [3, 0, 0, 5]]
+    got = by_position(rows, [0, 512, 1024, 2048, 4096])
+    assert [(r["start"], r["end"], r["examples"]) for r in got] == [
+        (0, 512, 2),
+        (512, 1024, 1),
+        (1024, 2048, 1),
+    ]  # the empty bucket 2048-4096 is left out, as the LM's
+    assert (got[0]["exact_match"], got[0]["f1"]) == (50.0, 50.0)
+    assert (got[1]["exact_match"], got[1]["f1"]) == (0.0, 50.0)
+    assert (got[2]["exact_match"], got[2]["f1"]) == (100.0, 100.0)
+    assert by_position(rows, [512, 1024])[0]["examples"] == 1  # only [512, 1024)
+    for bad in ([], [0], [512, 512], [-1, 5]):
+        with pytest.raises(ValueError, match="increasing"):
+            by_position(rows, bad)
+
+
+def test_qa_reads_a_pretrained_models_own_vocabulary(built: Path, tmp_path: Path) -> None:
+    """data.tokenizer > the init_from model's tokenizer > the data's tokenizer.json."""
+    from longseq import tasks
+    from longseq.train.config import DataConfig
+
+    saved = tmp_path / "pretrained"
+    ByteTokenizer().save(saved)
+    qa = tasks.get("qa")
+    cfg = DataConfig(task="qa", train=str(built / "train.jsonl"))
+    assert isinstance(qa.tokenizer(cfg, init_from=str(saved)), ByteTokenizer)
+    assert not isinstance(qa.tokenizer(cfg), ByteTokenizer)  # the data's BPE
+    assert not isinstance(qa.tokenizer(cfg, init_from=str(tmp_path)), ByteTokenizer)
+    given = DataConfig(task="qa", train=str(built / "train.jsonl"), tokenizer=str(built))
+    assert not isinstance(qa.tokenizer(given, init_from=str(saved)), ByteTokenizer)

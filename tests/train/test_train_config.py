@@ -134,6 +134,19 @@ def test_example_configs_load(name):
     assert cfg.data.train.startswith("data/" + name.split("-")[0])
 
 
+@pytest.mark.parametrize("form", ["truncated", "longformer", "bigbird"])
+def test_minilm_qa_configs_start_from_pretrained_weights(form):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / f"gcide-qa-minilm-{form}.yaml")
+    # the converted (truncated) or longified folder; the model section adds nothing to it
+    assert cfg.model == {
+        "init_from": "runs/minilm" + ("" if form == "truncated" else f"-{form}-2048")
+    }
+    assert cfg.data.task == "qa" and cfg.data.tokenizer is None  # the model's own vocabulary
+    assert cfg.data.max_length == (512 if form == "truncated" else 1024)
+
+
 @pytest.mark.parametrize(
     ("name", "text"),
     [

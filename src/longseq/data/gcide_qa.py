@@ -25,7 +25,11 @@ one or a few tokens), `stats.json` and `README.md`.
 `QADataset` turns an example into `[cls] question [sep] context` token ids with the answer's
 first and last token (`start_positions`, `end_positions`) and `global_attention_mask` on
 `[cls] question [sep]` (the Longformer paper's QA set-up). Examples whose answer falls beyond
-`max_length` tokens are left out, and counted.
+`max_length` tokens are left out, and counted; for scoring (`keep_unreachable=True`) they are
+kept, cut to `max_length`, with no answer position (-1): a truncated model is scored on the
+same examples as a long one, and misses what it cannot see. Each item also records where the
+answer lies: `distance` (context tokens before its first token) and `end` (its last token's
+position in the whole input, past `max_length` where out of reach).
 
 Scores (`span_scores`): exact match (predicted first and last token equal the answer's) and
 F1 over the tokens of the two spans, the best span of at most `max_answer` tokens that
@@ -253,9 +257,12 @@ English (GPL), Debian package dict-gcide. Format: `longseq/data/gcide_qa.py`.
 class QADataset:
     """`[cls] question [sep] context` ids, answer tokens, global mask on the question."""
 
-    def __init__(self, path: str | Path, tokenizer: Any, max_length: int) -> None:
+    def __init__(
+        self, path: str | Path, tokenizer: Any, max_length: int, keep_unreachable: bool = False
+    ) -> None:
         self.path = Path(path)
         self.tokenizer, self.max_length = tokenizer, max_length
+        self.keep_unreachable = keep_unreachable
         self.items: list[dict[str, Any]] = []
         self.dropped = 0
         with self.path.open(encoding="utf-8") as f:
@@ -291,14 +298,18 @@ class QADataset:
             raise ValueError(f"the question alone takes {len(head)} >= max_length tokens")
         first = next((i for i, (a, b) in enumerate(offsets) if b > start), None)
         last = max((i for i, (a, _b) in enumerate(offsets) if a < end), default=None)
-        if first is None or last is None or last >= room:
+        if first is None or last is None:
+            return None
+        reachable = last < room
+        if not reachable and not self.keep_unreachable:
             return None
         return {
             "input_ids": head + ids[:room],
-            "start_positions": len(head) + first,
-            "end_positions": len(head) + last,
+            "start_positions": len(head) + first if reachable else -1,
+            "end_positions": len(head) + last if reachable else -1,
             "global_attention_mask": [1] * len(head) + [0] * min(room, len(ids)),
             "distance": first,  # context tokens between the question and the answer
+            "end": len(head) + last,  # the answer's last token in the whole input
         }
 
     def __len__(self) -> int:

@@ -6,7 +6,8 @@ A task answers four groups of questions, each a method with a default a new task
 - data: `tokenizer`, `dataset` (one split; the only method without a default),
   `label_names`;
 - scoring: `metrics` (what evaluation reports; the model's head computes them), `best_metric`
-  (run.metric auto), `by_distance` (per-bucket scores of the test split beyond the metrics);
+  (run.metric auto), `by_distance` (per-bucket scores of the test split beyond the metrics),
+  `scores_by_position` (`longseq evaluate --buckets`: where the target lies);
 - predict: `predict_input` (a JSON line as the model's Predictor takes it);
 - compare: `compare` (its named data sets), `prepare` (build or find their splits),
   `chart_lines`, `describe_data` and `report_section` (its part of report.md).
@@ -132,6 +133,14 @@ class Task:
     def by_distance(self, model: Any, cfg: Any, tokenizer: Any) -> list[list[float]] | None:
         """Per-bucket scores of `model` on the test split cfg.test, rows the report section
         reads (recall: [distance, correct, total]); None: the metrics are all there is."""
+        return None
+
+    def scores_by_position(
+        self, model: Any, source: SplitSource, edges: list[int], batch_size: int = 16
+    ) -> list[dict[str, Any]] | None:
+        """Scores by where the target lies in the input, one row per bucket [edges[i],
+        edges[i+1]) of token positions, every example of the file counted, those out of the
+        model's reach as misses (`longseq evaluate --buckets`); None: no such split."""
         return None
 
     # ------------------------------------------------------------------------ predict

@@ -14,6 +14,8 @@ beside the model folder when there is one, else from the model's architecture. A
 record also holds its loss and perplexity by position bucket (`longseq.models.positions`), and
 a chart of them is drawn (--plot, or beside --out); a --max-length past the model's own
 extends its positions first (`longify`, same mechanism), so it reads past its trained context.
+A QA model's record holds, with --buckets, exact match and F1 by where the answer ends, every
+example counted (those out of reach as misses): truncated and long models on one footing.
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def _register_evaluate(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--buckets",
         help="causal LM: bucket edges instead, comma-separated target positions "
-        "(e.g. 1,1024,4096,8192,16384)",
+        "(e.g. 1,1024,4096,8192,16384); QA: exact match and F1 by where the answer ends "
+        "(e.g. 0,512,2048), every example of the file counted, answers beyond --max-length "
+        "as misses",
     )
     p.add_argument(
         "--plot",
@@ -252,7 +256,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
         names = model.config.label_names or task.label_names(cfg, tokenizer)
         path = args.data if task.several_files else args.data[0]
-        dataset = task.dataset(tasks.SplitSource(cfg, tokenizer, path, label_names=names))
+        source = tasks.SplitSource(cfg, tokenizer, path, label_names=names)
+        dataset = task.dataset(source)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     multiple = model.pad_multiple(cfg.max_length)
@@ -282,6 +287,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
               "examples": len(dataset), "max_length": cfg.max_length,
               **sums.result()}  # fmt: skip
     positions = getattr(sums, "positions", None)
+    if edges is not None and positions is None:  # QA: by where the answer ends
+        by_answer = task.scores_by_position(model, source, edges, args.batch_size)
+        if by_answer is None:
+            parser.error(f"--buckets: task {cfg.task!r} has no scores by position")
+        record["by_position"] = by_answer
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if positions is not None:  # a causal LM: loss and perplexity by position bucket
         edges = edges or bucket_edges(
