@@ -147,7 +147,8 @@ def test_evaluate_reports_loss_by_position_past_the_trained_length(tmp_path: Pat
     ids = torch.stack([blocks[i]["input_ids"] for i in range(len(blocks))]).long()
     full_blocks = [i for i in range(len(blocks)) if len(blocks[i]["input_ids"]) == 128]
     assert full_blocks == list(range(len(blocks)))  # every block full: no padding here
-    logits = long(ids).logits
+    with torch.no_grad():
+        logits = long(ids).logits
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
     for row in got["by_position"]:
         want = nll[:, row["start"] - 1 : row["end"] - 1]

@@ -225,7 +225,8 @@ def section(
         fine,
         out / "positions.png",
         trained=trained,
-        title=f"{info.get('model', 'pre-trained LM')}: loss by position, "
+        title=f"{Path(p.pretrained).name if p.pretrained else 'SmolLM2-135M-Instruct'}: "
+        "loss by position, "
         f"{len(docs)} held-out play(s), buckets of {p.bucket}",
     )
     lines += ["![loss against position](positions.png)", ""]

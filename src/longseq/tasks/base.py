@@ -14,7 +14,9 @@ A task answers four groups of questions, each a method with a default a new task
   `chart_lines`, `describe_data` and `report_section` (its part of report.md).
 
 A zero-shot task (a pre-trained model, no training) needs only `dataset` for its val/test
-files and `longseq evaluate`; a task with per-bucket metrics returns them from `by_distance`.
+files and `longseq evaluate`; one with `zero_shot = True` is run by `longseq compare` without
+training (`longseq.compare.zero_shot`: each mechanism substituted into the model). A task
+with per-bucket metrics returns them from `by_distance`.
 """
 
 from __future__ import annotations
