@@ -112,6 +112,7 @@ def test_options_and_registry():
         "dropout": 0.0,
         "bias": True,
         "num_key_value_heads": None,
+        "backend": "native",
     }
     layer = make(chunk_length=8, bias=False)
     assert layer.key.bias is None and "chunk_length=8" in repr(layer)

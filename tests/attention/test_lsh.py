@@ -276,6 +276,7 @@ def test_shares_query_and_key_projection():
         "dropout": 0.0,
         "bias": True,
         "num_key_value_heads": None,
+        "backend": "native",
     }
 
 
