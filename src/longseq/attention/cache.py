@@ -22,6 +22,11 @@ mask, StreamingLLM's attention sinks): position p < G in slot p, p >= G in slot
 G + (p - G) mod m. LSH keeps buckets beside its keys (`LSHCache`, in
 `lsh.py`).
 
+Attention sinks at cache positions (Longformer's `sink_positions="cache"`): the layer gives
+`sink_queries`, its queries rotated as if at the cache position, which score the sink slots
+(positions < sinks) while the queries score the rest; one attention call over the keys
+[k, 0] (ring) and [0, k] (sinks) against [q, sink_queries].
+
 Grouped-query layers (fewer key/value heads than query heads) store their KV heads only,
 never copies expanded to the query heads: the attention expands them (`enable_gqa`).
 
@@ -106,11 +111,21 @@ class SlotCache(AttentionCache):
             k[:, :, :n], v[:, :, :n], pos[:, :n] = self.k, self.v, self.pos
         self.k, self.v, self.pos = k, v, pos
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, valid: Tensor) -> Tensor:
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        qpos: Tensor,
+        valid: Tensor,
+        sink_queries: Tensor | None = None,
+    ) -> Tensor:
+        """See `AttentionCache.attend`; `sink_queries` (B, H, C, D): what scores the sink
+        slots instead of q (module docstring)."""
         if self.k is None:
             self._allocate(k, self.slots or _FIRST_CAPACITY)
         if self.ring_is_rule and q.shape[2] == 1 and bool(valid.all()):
-            return self._ring_step(q, k, v, qpos)
+            return self._ring_step(q, k, v, qpos, sink_queries)
         kpos_new = qpos.masked_fill(~valid, -1)
         if self.size is not None and q.shape[2] > 1:
             # a chunk can overwrite ring slots its own earlier queries still need:
@@ -128,12 +143,16 @@ class SlotCache(AttentionCache):
         if self.rule is not None:
             ok = ok & self.rule(q4, k4)
         ok = ok | ~valid[:, None, :, None]  # padding queries: any finite row, never used
+        if sink_queries is not None:
+            q, keys = _sink_scores(q, sink_queries, keys, (kpos >= 0) & (kpos < self.sinks))
         gqa = q.shape[1] != keys.shape[1]  # query head i reads KV head i // (H / KV)
         return F.scaled_dot_product_attention(
             q, keys, values, attn_mask=ok, scale=1.0, enable_gqa=gqa
         )
 
-    def _ring_step(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor) -> Tensor:
+    def _ring_step(
+        self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor, sink_queries: Tensor | None = None
+    ) -> Tensor:
         """`attend` for one new token in every row of a `ring_is_rule` ring: store it, then
         attend over every filled slot (all of them, unmasked, once the ring is full). A
         decoding step's few small ops instead of the rule's mask over every slot."""
@@ -148,9 +167,13 @@ class SlotCache(AttentionCache):
             filled = self.pos >= 0
             self.full = bool(filled.all())
             mask = None if self.full else filled[:, None, None, :]
-        gqa = q.shape[1] != self.k.shape[1]
+        keys = self.k
+        if sink_queries is not None:
+            is_sink = (self.pos >= 0) & (self.pos < self.sinks)
+            q, keys = _sink_scores(q, sink_queries, keys, is_sink)
+        gqa = q.shape[1] != keys.shape[1]
         return F.scaled_dot_product_attention(
-            q, self.k, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
+            q, keys, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
         )
 
     @property
@@ -192,6 +215,15 @@ class SlotCache(AttentionCache):
             self.k[bi, :, slot] = k[bi, :, ci]
             self.v[bi, :, slot] = v[bi, :, ci]
             self.pos[bi, slot] = qpos[bi, ci]
+
+
+def _sink_scores(q: Tensor, qs: Tensor, keys: Tensor, is_sink: Tensor) -> tuple[Tensor, Tensor]:
+    """([q, qs], keys widened to [k, 0] or, where is_sink (B, S), [0, k]): one product then
+    scores the ordinary slots with q and the sinks with qs."""
+    zero = torch.zeros_like(keys)
+    sink = is_sink[:, None, :, None]
+    wide = torch.cat((torch.where(sink, zero, keys), torch.where(sink, keys, zero)), -1)
+    return torch.cat((q, qs), -1), wide
 
 
 __all__ = ["AttentionCache", "Rule", "SlotCache"]

@@ -27,6 +27,18 @@ attention scored its first tokens with q, k, v, which is what keeps it exact und
 causal & (band | global). `global_tokens=G` makes positions 0..G-1 global (with or without a
 `global_attention_mask`); the decoding cache then keeps those G keys beside the ring.
 
+Sink positions (rotary models). With `sink_positions="absolute"` (the default) a sink is
+scored at its distance i - j from the query, as under the dense model's mask; past the
+trained context those distances are ones the model never saw. `sink_positions="cache"` is
+StreamingLLM's rule, positions within the cache: the sinks sit just before the window, so
+the query is rotated as if at min(i, cap), cap = G + max(d) * w/2, when it scores a sink:
+
+    score(i, sink j) = rot(q_i, min(i, cap)) . rot(k_j, j)       (band keys: as before)
+
+identical to "absolute" while i <= cap (the sinks still inside or next to the band). The
+kernel scores both kinds of key in its one call by doubling the query-key width:
+[q_i, q'_i] . [k_j, 0] for band keys and [q_i, q'_i] . [0, k_g] for the sinks.
+
 Kernel (never n x n, memory linear in n). Heads are grouped by dilation; a group with
 dilation d reorders the sequence into d interleaved subsequences (position m*d + r ->
 subsequence r, index m), where the dilated band becomes an ordinary band of half-width h=w/2.
@@ -57,7 +69,7 @@ from torch import Tensor, nn
 
 from longseq.attention import flex, ops, patterns, pictures
 from longseq.attention.base import At, SelfAttention
-from longseq.attention.cache import SlotCache
+from longseq.attention.cache import AttentionCache, SlotCache
 from longseq.attention.shard import Shard
 
 # Query block size c: w/2 clamped to [MIN_BLOCK, MAX_BLOCK] (see _block_size). Scores computed
@@ -66,6 +78,8 @@ from longseq.attention.shard import Shard
 # 192, 256 within noise of each other at w = 512; c = 64 best at w = 64 and 128. 256 keeps the
 # window copies (memory) smallest.
 MIN_BLOCK, MAX_BLOCK = 64, 256
+# where a causal layer's sinks sit for the rotary scores (module docstring)
+SINK_POSITIONS: tuple[str, ...] = ("absolute", "cache")
 
 
 class LongformerAttention(SelfAttention):
@@ -79,6 +93,9 @@ class LongformerAttention(SelfAttention):
             A head with dilation d sees the keys i + d*t, |t| <= w/2.
         global_tokens: the first G positions are global, as if `global_attention_mask`
             marked them (a model sets it from `ModelConfig.global_tokens`).
+        sink_positions: causal with global tokens and rotary positions, "absolute" scores a
+            sink at its distance from the query, "cache" as if it sat just before the
+            window (StreamingLLM; module docstring).
         causal, dropout, bias: as for every layer.
 
     Global tokens (`global_attention_mask`, `global_tokens`) are seen by every query and see
@@ -101,6 +118,7 @@ class LongformerAttention(SelfAttention):
         window: int = 512,
         dilation: int | Sequence[int] = 1,
         global_tokens: int = 0,
+        sink_positions: str = "absolute",
         causal: bool = False,
         dropout: float = 0.0,
         bias: bool = True,
@@ -135,9 +153,28 @@ class LongformerAttention(SelfAttention):
             raise ValueError(f"dilation values must be ints >= 1, got {dilation!r}")
         ops.check_int("global_tokens", global_tokens, 0)
         self.global_tokens = global_tokens
+        if sink_positions not in SINK_POSITIONS:
+            raise ValueError(
+                f"unknown sink_positions {sink_positions!r}; valid: {', '.join(SINK_POSITIONS)}"
+            )
+        if sink_positions == "cache" and not (causal and global_tokens):
+            raise ValueError(
+                "sink_positions='cache' places a causal layer's attention sinks just before "
+                f"its window; it needs causal=True and global_tokens > 0 (got causal={causal}, "
+                f"global_tokens={global_tokens})"
+            )
+        if sink_positions == "cache" and backend != "native":
+            raise ValueError(
+                "sink_positions='cache' runs on backend='native' only (its sinks are scored "
+                f"with queries at other positions, which a FlexAttention mask cannot say), got "
+                f"backend={backend!r}"
+            )
+        self.sink_positions = sink_positions
         self.window = window
         self.dilation = dilation if isinstance(dilation, int) else dilations
         self.dilations = dilations
+        # cache positions: a query scores the sinks as if at most this far along
+        self.sink_cap = global_tokens + max(dilations) * (window // 2)
         self.query_global = nn.Linear(hidden_size, hidden_size, bias=bias)
         # grouped-query layers: the global keys and values have the KV heads too
         kv_size = self.num_key_value_heads * self.head_dim
@@ -146,6 +183,8 @@ class LongformerAttention(SelfAttention):
 
     def extra_repr(self) -> str:
         sinks = f", global_tokens={self.global_tokens}" if self.global_tokens else ""
+        if self.sink_positions != "absolute":
+            sinks += f", sink_positions={self.sink_positions!r}"
         return f"{super().extra_repr()}, window={self.window}, dilation={self.dilation}{sinks}"
 
     @classmethod
@@ -159,6 +198,11 @@ class LongformerAttention(SelfAttention):
     ) -> Tensor:
         """The band needs max(d) * w/2 neighbours on each side (the left only when causal): a
         halo from the neighbouring ranks, then this layer's own kernel on the stretch."""
+        if self.sink_positions == "cache":
+            raise ValueError(
+                "sink_positions='cache' has no sequence-parallel form (a stretch's rows do not "
+                "know their absolute positions); use sink_positions='absolute' or one process"
+            )
         reach = max(self.dilations) * (self.window // 2)
         left, right = reach, 0 if self.causal else reach
         held = (torch.zeros(1) if glob is None else glob.sum().reshape(1)).double()
@@ -268,6 +312,18 @@ class LongformerAttention(SelfAttention):
             rule, size=size, sinks=self.global_tokens, ring_is_rule=max(self.dilations) == 1
         )
 
+    def attend_cached(
+        self, hidden_states: Tensor, cache: AttentionCache, positions: Tensor, real: Tensor
+    ) -> Tensor:
+        """As every layer's, with the sinks scored by queries at cache positions when
+        sink_positions="cache" (the ring's fixed slots are the sinks)."""
+        q, k, v = self.project(hidden_states, positions, expand=False)
+        qs = self._sink_queries(q, positions)
+        if qs is None:
+            return cache.attend(q, k, v, positions, real)
+        assert isinstance(cache, SlotCache)
+        return cache.attend(q, k, v, positions, real, sink_queries=qs)
+
     def pattern(self, n: int, is_global: Tensor | None = None) -> Tensor:
         if self.global_tokens:
             first = torch.arange(n) < self.global_tokens
@@ -288,11 +344,19 @@ class LongformerAttention(SelfAttention):
         query sees a global key at a position up to its own)."""
         # work in the projections' own (B, N, H, D) memory: the fused kernel reads strided
         # inputs, writes (blocks, c, H, D), and merging the heads afterwards is free
-        q, k, v = (t.transpose(1, 2) for t in self.project(hidden_states, positions))
+        q, k, v = self.project(hidden_states, positions)
+        qs = None if glob is None else self._sink_queries(q, positions)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        qs = None if qs is None else qs.transpose(1, 2)
         h, d = q.shape[2:]
         key_ok = real
         gk = gv = g_ok = gidx = g_bias = None
         if glob is not None:
+            if qs is not None and bool(glob[:, self.global_tokens :].any()):
+                raise ValueError(
+                    "sink_positions='cache' keeps the first global_tokens positions as sinks; "
+                    "a global_attention_mask marking other tokens has no place in the cache"
+                )
             gidx, g_ok = _global_indices(glob)
             at = gidx[:, :, None, None].expand(-1, -1, h, d)
             gk, gv = k.gather(1, at), v.gather(1, at)  # (B, G, H, D)
@@ -307,7 +371,7 @@ class LongformerAttention(SelfAttention):
         for i, dil in enumerate(self.dilations):
             groups.setdefault(dil, []).append(i)
         if len(groups) == 1:
-            ctx = self._band(q, k, v, key_ok, self.dilations[0], gk, gv, g_ok, g_bias)
+            ctx = self._band(q, k, v, key_ok, self.dilations[0], gk, gv, g_ok, g_bias, qs)
         else:
             outs = []
             for dil, heads in groups.items():
@@ -323,6 +387,7 @@ class LongformerAttention(SelfAttention):
                         None if gv is None else gv[:, :, sel],
                         g_ok,
                         g_bias,
+                        None if qs is None else qs[:, :, sel],
                     )
                 )
             order = torch.tensor([i for heads in groups.values() for i in heads])
@@ -330,6 +395,21 @@ class LongformerAttention(SelfAttention):
         if glob is not None and not self.causal:  # causal: sink rows are ordinary rows
             ctx = self._put_global_rows(ctx, hidden_states, real, glob)
         return ctx.transpose(1, 2)
+
+    def _sink_queries(self, q: Tensor, positions: Tensor | None) -> Tensor | None:
+        """sink_positions="cache": the queries q (B, H, N, D), rotated at their positions,
+        turned back to min(position, sink_cap) for scoring the sinks; None when no query is
+        past the cap (or the layer has no rotary positions, or "absolute")."""
+        if self.sink_positions != "cache" or self.rotary is None:
+            return None
+        if positions is None:
+            if q.shape[-2] <= self.sink_cap + 1:
+                return None
+            positions = torch.arange(q.shape[-2], device=q.device).expand(q.shape[0], -1)
+        back = positions.clamp(max=self.sink_cap) - positions  # <= 0: rotations compose
+        if not bool((back < 0).any()):
+            return None
+        return self.rotary(q, q, positions=back)[0]
 
     def _put_global_rows(self, ctx: Tensor, x: Tensor, real: Tensor, glob: Tensor) -> Tensor:
         """ctx (B, N, H, D) with the global tokens' rows replaced by their own attention
@@ -380,14 +460,20 @@ class LongformerAttention(SelfAttention):
         gv: Tensor | None,
         g_ok: Tensor | None,
         g_bias: Tensor | None = None,
+        qs: Tensor | None = None,
     ) -> Tensor:
         """Band (+ global keys) attention for the h heads of one dilation.
 
         q, k, v: (B, N, h, D); key_ok: (B, N) keys that may be seen in the band; gk, gv:
         (B, G, h, D) global keys/values, g_ok: (B, G) valid global slots; g_bias: (B, N, G)
-        additive mask of each query's global keys (causal sinks). Returns (B, N, h, D).
+        additive mask of each query's global keys (causal sinks); qs (B, N, h, D): the queries
+        that score the global keys (sink_positions="cache"; None: q). Returns (B, N, h, D).
         """
         b, n, h, d = q.shape
+        if qs is not None and gk is not None:  # [q, qs] . [k, 0] in the band, . [0, gk] sinks
+            q = torch.cat((q, qs), -1)
+            k = torch.cat((k, torch.zeros_like(k)), -1)
+            gk = torch.cat((torch.zeros_like(gk), gk), -1)
         half = self.window // 2
         sub = -(-n // dil)  # length of each interleaved subsequence
         c = _block_size(half, sub)
@@ -424,9 +510,10 @@ class LongformerAttention(SelfAttention):
 
         def kv(x: Tensor, gx: Tensor | None) -> Tensor:  # -> (B*dil*nb, h, width, D)
             x = windows(interleave(x), gx).transpose(-1, -2)
-            return x.reshape(b * dil * nb, h, width, d)  # a view when b * dil == 1 and g == 0
+            # a view when b * dil == 1 and g == 0
+            return x.reshape(b * dil * nb, h, width, x.shape[-1])
 
-        qb = interleave(q).reshape(b * dil * nb, c, h, d).transpose(1, 2)
+        qb = interleave(q).reshape(b * dil * nb, c, h, q.shape[-1]).transpose(1, 2)
         kw, vw = kv(k, gk), kv(v, gv)
         # additive mask (B*dil*nb, 1, c, width) = key bias (padding, global slots, halo)
         # + band bias (the exact band and the first global slots in each window), in one op

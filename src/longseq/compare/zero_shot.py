@@ -10,7 +10,9 @@ variant, one fresh process (`isolate`, so peak memory is its own):
 Variants: every compared causal mechanism with the options it derives from the preset's
 `reach` (`SelfAttention.options_at`) under the preset's own, and, for each mechanism with
 token-level global tokens (`supports_global`), the same with `global_tokens = sinks`: the first
-`sinks` positions global, which under a causal mask are attention sinks (StreamingLLM).
+`sinks` positions global, which under a causal mask are attention sinks (StreamingLLM), and
+where the mechanism can place them (`sink_positions`, Longformer), once more with the sinks
+scored at cache positions (StreamingLLM's own rule: "@cache").
 
 Each finished (variant, document) is a line of OUT/results.jsonl holding its NLL summed per
 target position, so any bucketing is computed afterwards; --resume keeps finished lines and
@@ -59,6 +61,9 @@ def variants(plan: Any) -> list[Variant]:
         out.append(Variant(m, m, opts))
         if p.sinks and cls.supports_global:
             out.append(Variant(f"{m}+{p.sinks} sinks", m, opts, p.sinks))
+            if "sink_positions" in attention.options(m):
+                cached = {**opts, "sink_positions": "cache"}
+                out.append(Variant(f"{m}+{p.sinks} sinks@cache", m, cached, p.sinks))
     return out
 
 
