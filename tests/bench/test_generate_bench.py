@@ -66,6 +66,10 @@ def test_a_row_measures_prefill_tokens_and_memory(tmp_path):
         assert row["peak_mb"] >= 0
     assert bg.build(cfg, "window", 80).config.max_length == 80
     assert bg.build(cfg, "dense", 16).config.max_length == 64  # the model itself
+    sinks = bg.build(cfg, "sinks", 80).config
+    assert sinks.global_tokens == 4 and "sink_positions" not in sinks.attention_options
+    cached = bg.build(cfg, "sinks-cache", 80).config
+    assert cached.global_tokens == 4 and cached.attention_options["sink_positions"] == "cache"
 
 
 def test_table_ratios_and_reasons():

@@ -14,7 +14,8 @@ with the same threads and dtype for everyone, and records:
   is given back to the system first, so that the generation cannot reuse it unseen).
 
 Contenders (`CONTENDERS`): longseq with a Longformer window and the first `sinks` tokens
-global (attention sinks; its cache a ring of constant size), the window alone, full attention
+global (attention sinks; its cache a ring of constant size; `sinks-cache`: the sinks scored at
+cache positions, StreamingLLM's rule), the window alone, full attention
 (a growing key/value cache), each made from the model with `longseq.convert.longify` for the
 longest context; and transformers' `LlamaForCausalLM.generate` (SDPA, DynamicCache) with the
 same weights (a Llama-architecture model). The prompt is random token ids (seeded: decoding
@@ -49,6 +50,7 @@ from longseq.forkserver import ChildError, Server
 MIB = 2**20
 CONTENDERS: dict[str, str] = {
     "sinks": "longseq: Longformer window + attention sinks (ring cache)",
+    "sinks-cache": "longseq: the same, sinks at cache positions (StreamingLLM's rule)",
     "window": "longseq: Longformer window, no sinks (ring cache)",
     "dense": "longseq: full attention (key/value cache)",
     "hf-dense": "transformers generate: full attention (DynamicCache)",
@@ -129,7 +131,11 @@ def build(cfg: GenerateBench, contender: str, length: int) -> Any:
         return transformers_llama(model)
     if contender == "dense":
         return longify(model, longest, "full") if longest > model.config.max_length else model
-    sinks = {"global_tokens": cfg.sinks} if contender == "sinks" and cfg.sinks else {}
+    sinks: dict[str, Any] = {}
+    if contender.startswith("sinks") and cfg.sinks:
+        sinks["global_tokens"] = cfg.sinks
+        if contender == "sinks-cache":
+            sinks["sink_positions"] = "cache"
     return longify(model, longest, "longformer", window=cfg.window, **sinks)
 
 
@@ -237,7 +243,7 @@ def run(cfg: GenerateBench) -> list[dict[str, Any]]:
                 "threads": cfg.threads,
                 "dtype": cfg.dtype,
                 "window": cfg.window,
-                "sinks": cfg.sinks if contender == "sinks" else 0,
+                "sinks": cfg.sinks if contender.startswith("sinks") else 0,
                 "load_average": os.getloadavg()[0],
             }
             if contender in DENSE and n > cfg.max_dense_context:
