@@ -470,10 +470,16 @@ class LongformerAttention(SelfAttention):
         that score the global keys (sink_positions="cache"; None: q). Returns (B, N, h, D).
         """
         b, n, h, d = q.shape
-        if qs is not None and gk is not None:  # [q, qs] . [k, 0] in the band, . [0, gk] sinks
+        wide = qs is not None and gk is not None
+        if wide:  # [q, qs] . [k, 0] in the band, . [0, gk] sinks
+            assert gk is not None and gv is not None and qs is not None
             q = torch.cat((q, qs), -1)
             k = torch.cat((k, torch.zeros_like(k)), -1)
             gk = torch.cat((torch.zeros_like(gk), gk), -1)
+            # values as wide as the keys (zeros after them): PyTorch's fused CPU kernel wants
+            # one head size for q, k and v, and falls back to materialising the scores
+            v = F.pad(v, (0, d))
+            gv = F.pad(gv, (0, d))
         half = self.window // 2
         sub = -(-n // dil)  # length of each interleaved subsequence
         c = _block_size(half, sub)
@@ -528,6 +534,8 @@ class LongformerAttention(SelfAttention):
         mask = mask.reshape(b * dil * nb, 1, c, width)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=mask, dropout_p=p, scale=1.0)
+        if wide:
+            out = out[..., :d]
         # (B*dil*nb, h, c, D) -> (B, N, h, D); views only when dil == 1
         out = out.transpose(1, 2).reshape(b, dil, lp, h, d).transpose(1, 2)
         return out.reshape(b, lp * dil, h, d)[:, :n]
