@@ -272,7 +272,9 @@ def test_greedy_is_argmax_of_the_forward():
     assert out.finish_reasons == ["max_new_tokens"]
 
 
-@pytest.mark.parametrize("name", ["longformer-rotary-post", "lsh-axial-3-rounds"])
+@pytest.mark.parametrize(
+    "name", ["longformer-rotary-post", "longformer-llama-sinks-cache", "lsh-axial-3-rounds"]
+)
 def test_batch_with_left_or_right_padding_equals_each_prompt_alone(name):
     model = lm(**CASES[name])
     a, b = torch.randint(4, 260, (9,)), torch.randint(4, 260, (4,))
