@@ -139,12 +139,9 @@ def test_minilm_qa_configs_start_from_pretrained_weights(form):
     from pathlib import Path
 
     cfg = load_config(Path(__file__).parents[2] / "examples" / f"gcide-qa-minilm-{form}.yaml")
-    # the converted (truncated) or longified folder; the model section adds only the
-    # Longformer's separator (its question's tokens are global)
-    extra = {"sep_token_id": 102} if form == "longformer" else {}
+    # the converted (truncated) or longified folder; the model section adds nothing to it
     assert cfg.model == {
-        "init_from": "runs/minilm" + ("" if form == "truncated" else f"-{form}-2048"),
-        **extra,
+        "init_from": "runs/minilm" + ("" if form == "truncated" else f"-{form}-2048")
     }
     assert cfg.data.task == "qa" and cfg.data.tokenizer is None  # the model's own vocabulary
     assert cfg.data.max_length == (512 if form == "truncated" else 1024)
