@@ -73,3 +73,17 @@ def test_the_estimate_covers_a_measured_step_without_overshooting(attention):
                          capture_output=True, text=True, check=True)  # fmt: skip
     peak = int(out.stdout.split()[-1])
     assert 0.8 * peak <= est.need <= 2 * peak, (peak, est.need)
+
+
+def test_a_qa_model_that_finds_its_question_by_separator_is_measured():
+    """A QA head with sep_token_id makes the question global when no mask is given; random
+    ids have no separator, so the probe gives the global mask itself (as a QA batch does)."""
+    cfg = ModelConfig(
+        architecture="question-answering", attention="longformer", hidden_size=32,
+        num_heads=2, num_layers=1, intermediate_size=32, max_length=64, sep_token_id=2,
+        attention_options={"window": 8},
+    )  # fmt: skip
+    model = build_model(cfg, seed=0)
+    with pytest.raises(ValueError, match="no separator"):
+        model(input_ids=torch.full((1, 16), 5))
+    assert memory.saved_bytes(model, 32, torch.device("cpu"), contextlib.nullcontext()) > 0

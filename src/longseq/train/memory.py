@@ -64,7 +64,13 @@ def saved_bytes(model: nn.Module, n: int, device: torch.device, autocast: Contex
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     with torch.random.fork_rng(devices=devices), autocast, hooks:
         ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
-        out = model(input_ids=ids)
+        # a model with global tokens gets one, as a batch's mask gives them (a QA head with
+        # sep_token_id would otherwise look for a question in random ids)
+        glob = None
+        if getattr(model, "supports_global", False):
+            glob = torch.zeros_like(ids)
+            glob[:, 0] = 1
+        out = model(input_ids=ids, **({} if glob is None else {"global_attention_mask": glob}))
     del out
     return sum(seen.values())
 
