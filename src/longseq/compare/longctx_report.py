@@ -179,7 +179,6 @@ def section(
     edges = bucket_edges(length, p.bucket)
     fine = curves(ok, edges)
     table_spans = spans(trained, length)
-    coarse = curves(ok, sorted({a for a, _ in table_spans} | {length}))
     by_variant: dict[str, list[Record]] = {}
     for r in ok:
         by_variant.setdefault(r["variant"], []).append(r)
@@ -187,6 +186,10 @@ def section(
         v: shape_of(rs[0]["mechanism"], rs[0]["options"], rs[0]["global_tokens"], 2 * p.reach)
         for v, rs in by_variant.items()
     }
+    # bucket edges at the table's spans and where token 0 leaves each window (its verdict
+    # compares the loss before that point with the baseline's)
+    leaves = {s.leaves for s in shapes.values() if s.kind == "window" and s.leaves}
+    coarse = curves(ok, sorted({a for a, _ in table_spans} | {length} | leaves))
     docs = sorted({r["document"] for r in ok})
     lines = [
         "## Loss by position (nats per token)",
