@@ -23,9 +23,9 @@ G + (p - G) mod m. LSH keeps buckets beside its keys (`LSHCache`, in
 `lsh.py`).
 
 Attention sinks at cache positions (Longformer's `sink_positions="cache"`): the layer gives
-`sink_queries`, its queries rotated as if at the cache position, which score the sink slots
-(positions < sinks) while the queries score the rest; one attention call over the keys
-[k, 0] (ring) and [0, k] (sinks) against [q, sink_queries].
+`sink_queries` q', its queries rotated as if at the cache position, which score the sink
+slots (positions < sinks) while the queries score the rest: the attention call adds
+(q' - q) . k_s to the scores of the sink slots s (a float mask), so that they are q' . k_s.
 
 Grouped-query layers (fewer key/value heads than query heads) store their KV heads only,
 never copies expanded to the query heads: the attention expands them (`enable_gqa`).
@@ -143,11 +143,14 @@ class SlotCache(AttentionCache):
         if self.rule is not None:
             ok = ok & self.rule(q4, k4)
         ok = ok | ~valid[:, None, :, None]  # padding queries: any finite row, never used
+        mask: Tensor = ok
         if sink_queries is not None:
-            q, keys = _sink_scores(q, sink_queries, keys, (kpos >= 0) & (kpos < self.sinks))
+            is_sink = (kpos >= 0) & (kpos < self.sinks)
+            extra = _sink_bias(q, sink_queries, keys) * is_sink[:, None, None, :]
+            mask = extra.masked_fill(~ok, float("-inf"))
         gqa = q.shape[1] != keys.shape[1]  # query head i reads KV head i // (H / KV)
         return F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=ok, scale=1.0, enable_gqa=gqa
+            q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=gqa
         )
 
     def _ring_step(
@@ -167,13 +170,13 @@ class SlotCache(AttentionCache):
             filled = self.pos >= 0
             self.full = bool(filled.all())
             mask = None if self.full else filled[:, None, None, :]
-        keys = self.k
-        if sink_queries is not None:
-            is_sink = (self.pos >= 0) & (self.pos < self.sinks)
-            q, keys = _sink_scores(q, sink_queries, keys, is_sink)
-        gqa = q.shape[1] != keys.shape[1]
+        if sink_queries is not None:  # the sinks are slots 0..sinks-1 (position p < sinks: p)
+            g = self.sinks
+            extra = F.pad(_sink_bias(q, sink_queries, self.k[:, :, :g]), (0, self.k.shape[2] - g))
+            mask = extra if mask is None else extra.masked_fill(~mask, float("-inf"))
+        gqa = q.shape[1] != self.k.shape[1]
         return F.scaled_dot_product_attention(
-            q, keys, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
+            q, self.k, self.v, attn_mask=mask, scale=1.0, enable_gqa=gqa
         )
 
     @property
@@ -217,13 +220,13 @@ class SlotCache(AttentionCache):
             self.pos[bi, slot] = qpos[bi, ci]
 
 
-def _sink_scores(q: Tensor, qs: Tensor, keys: Tensor, is_sink: Tensor) -> tuple[Tensor, Tensor]:
-    """([q, qs], keys widened to [k, 0] or, where is_sink (B, S), [0, k]): one product then
-    scores the ordinary slots with q and the sinks with qs."""
-    zero = torch.zeros_like(keys)
-    sink = is_sink[:, None, :, None]
-    wide = torch.cat((torch.where(sink, zero, keys), torch.where(sink, keys, zero)), -1)
-    return torch.cat((q, qs), -1), wide
+def _sink_bias(q: Tensor, qs: Tensor, keys: Tensor) -> Tensor:
+    """(qs - q) . k for queries q, qs (B, H, C, D) and keys (B, KV, S, D), KV dividing H
+    (query head i reads KV head i // (H / KV)): (B, H, C, S), what turns q . k into qs . k."""
+    b, h, c, d = q.shape
+    kv = keys.shape[1]
+    diff = (qs - q).reshape(b, kv, (h // kv) * c, d) @ keys.transpose(-1, -2)
+    return diff.reshape(b, h, c, -1)
 
 
 __all__ = ["AttentionCache", "Rule", "SlotCache"]
