@@ -17,6 +17,7 @@ memory available.
 
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ def saved_bytes(model: nn.Module, n: int, device: torch.device, autocast: Contex
         # a model with global tokens gets one, as a batch's mask gives them (a QA head with
         # sep_token_id would otherwise look for a question in random ids)
         glob = None
-        if getattr(model, "supports_global", False):
+        takes = "global_attention_mask" in inspect.signature(model.forward).parameters
+        if takes and getattr(model, "supports_global", False):
             glob = torch.zeros_like(ids)
             glob[:, 0] = 1
         out = model(input_ids=ids, **({} if glob is None else {"global_attention_mask": glob}))
