@@ -39,14 +39,16 @@ from longseq.tasks import summarise
 SPARSE_LENGTH = 16_384  # the sparse forms read at most this many tokens
 # name -> (attention, its options, document tokens read at most; None: all the model takes).
 # The sparse forms' options give each query about 1,024 keys: the causal window w/2 = 1,024
-# previous tokens (with the first 4 tokens global: attention sinks, StreamingLLM's; and
-# without); BigBird 128-token blocks (3 sliding, the 2 first blocks global, which are sinks
-# under a causal mask, 3 random); local 512-token chunks and the chunk before; LSH 256-token
-# chunks, 2 hashes (longify shares the query projection as LSH's and expands SmolLM2's 3
-# key/value heads to 9 for it).
+# previous tokens (with the first 4 tokens global: attention sinks, StreamingLLM's, at their
+# positions or at cache positions; and without); BigBird 128-token blocks (3 sliding, the 2
+# first blocks global, which are sinks under a causal mask, 3 random); local 512-token
+# chunks and the chunk before; LSH 256-token chunks, 2 hashes (longify shares the query
+# projection as LSH's and expands SmolLM2's 3 key/value heads to 9 for it).
 FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "first-2048": ("full", {}, 2048),
     "window+sinks": ("longformer", {"window": 2048, "global_tokens": 4}, None),
+    "window+sinks@cache": ("longformer", {"window": 2048, "global_tokens": 4,
+                                          "sink_positions": "cache"}, None),
     "bigbird": ("bigbird", {"block_size": 128, "num_sliding_blocks": 3,
                             "num_global_blocks": 2, "num_random_blocks": 3}, None),
     "dense-8K": ("full", {}, None),
