@@ -380,6 +380,9 @@ def test_sink_positions_errors():
     glob[0, 8] = 1
     with pytest.raises(ValueError, match="global_attention_mask marking other tokens"):
         layer(torch.randn(1, 12, HIDDEN, dtype=torch.float64), global_attention_mask=glob)
+    real = torch.ones(1, 4, dtype=torch.bool)  # refused before the shard is read
+    with pytest.raises(ValueError, match="no sequence-parallel form"):
+        layer.attend_sharded(torch.zeros(1, 4, HIDDEN, dtype=torch.float64), real, None, None)
 
 
 def test_global_rows_under_bf16_autocast():
