@@ -17,7 +17,6 @@ memory available.
 
 from __future__ import annotations
 
-import inspect
 import os
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from longseq.bench.attention import extrapolate
+from longseq.models.base import LongseqModel
 
 # Peak of a training step / bytes its forward saves: backward holds the gradients of the
 # activations beside them. Measured (growth of the resident set over one forward+backward,
@@ -65,14 +65,13 @@ def saved_bytes(model: nn.Module, n: int, device: torch.device, autocast: Contex
     hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
     with torch.random.fork_rng(devices=devices), autocast, hooks:
         ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
-        # a model with global tokens gets one, as a batch's mask gives them (a QA head with
-        # sep_token_id would otherwise look for a question in random ids)
-        glob = None
-        takes = "global_attention_mask" in inspect.signature(model.forward).parameters
-        if takes and getattr(model, "supports_global", False):
-            glob = torch.zeros_like(ids)
-            glob[:, 0] = 1
-        out = model(input_ids=ids, **({} if glob is None else {"global_attention_mask": glob}))
+        # a head that makes tokens global by default gets the base rule's (the first token),
+        # as a batch's mask gives them: a QA head with sep_token_id would otherwise look for
+        # a question in random ids
+        extra = {}
+        if model.uses_cls_global and model.supports_global:
+            extra["global_attention_mask"] = LongseqModel.default_global(model, ids)
+        out = model(input_ids=ids, **extra)
     del out
     return sum(seen.values())
 
