@@ -134,17 +134,28 @@ def test_example_configs_load(name):
     assert cfg.data.train.startswith("data/" + name.split("-")[0])
 
 
-@pytest.mark.parametrize("form", ["truncated", "longformer", "bigbird"])
+@pytest.mark.parametrize("form", ["truncated", "short", "longformer", "bigbird"])
 def test_minilm_qa_configs_start_from_pretrained_weights(form):
     from pathlib import Path
 
     cfg = load_config(Path(__file__).parents[2] / "examples" / f"gcide-qa-minilm-{form}.yaml")
-    # the converted (truncated) or longified folder; the model section adds nothing to it
-    assert cfg.model == {
-        "init_from": "runs/minilm" + ("" if form == "truncated" else f"-{form}-2048")
-    }
+    # the converted (truncated, short) or longified folder; the model section adds nothing
+    short = form in ("truncated", "short")
+    assert cfg.model == {"init_from": "runs/minilm" + ("" if short else f"-{form}-2048")}
     assert cfg.data.task == "qa" and cfg.data.tokenizer is None  # the model's own vocabulary
-    assert cfg.data.max_length == (512 if form == "truncated" else 1024)
+    assert cfg.data.max_length == {"truncated": 512, "short": 384}.get(form, 1024)
+    # the short documents' answers all fit: the longest of the build's sample is 365 BPE
+    # tokens (stats.json), a little more in WordPiece
+    assert (form == "short") == cfg.data.train.startswith("data/gcide-qa-1000/")
+
+
+def test_minilm_classification_config_reads_the_kernel_docs_truncated():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "kernel-docs-minilm-truncated.yaml")
+    assert cfg.model == {"init_from": "runs/minilm"} and cfg.data.task == "classification"
+    assert cfg.data.max_length == 512 and cfg.data.tokenizer is None
+    assert all(p.startswith("data/kernel-docs/") for p in (cfg.data.train, cfg.data.val))
 
 
 @pytest.mark.parametrize(
