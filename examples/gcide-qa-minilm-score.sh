@@ -3,7 +3,8 @@
 # tokens (its trained length) and longified after fine-tuning to 2,048 tokens (Longformer
 # window 512 with the question global; BigBird blocks of 64), on the same test documents,
 # by where the answer ends: within the first 512 tokens, 512-1023, and beyond. A step
-# whose output exists is skipped, so the script resumes. docs/experiments.md has the results and set-up.
+# whose output exists is skipped, so the script resumes. docs/experiments.md has the
+# results and set-up.
 #
 #   RUN=runs/gcide-qa-minilm-truncated CKPT=best TEST=data/gcide-qa-7000/test.jsonl \
 #       examples/gcide-qa-minilm-score.sh
