@@ -60,15 +60,23 @@ FORMS: dict[str, tuple[str, dict[str, Any], int | None]] = {
 BASELINE = "first-2048"
 
 
+def reads_as_given(name: str) -> bool:
+    """Whether form `name` is the converted model unchanged (its mechanism is the registry's
+    baseline, so nothing is longified) rather than longified to a sparse pattern."""
+    from longseq.attention import get
+
+    return get(FORMS[name][0]).baseline
+
+
 def form_model(base: Any, name: str, sparse_length: int = SPARSE_LENGTH) -> tuple[Any, int]:
     """The model of form `name` and the longest input it reads: dense forms are `base`; a
     sparse form is `base` longified to `sparse_length` with the form's options, its parameters
     the very tensors of `base` (no copy) where they have the same shape."""
     from longseq.convert.longify import longify
 
-    mech, opts, _ = FORMS[name]
-    if mech == "full":
+    if reads_as_given(name):
         return base, base.config.max_length
+    mech, opts, _ = FORMS[name]
     model = longify(base, sparse_length, mech, **opts)
     own = model.state_dict()  # LSH: grouped-query values expanded, kept as longify made them
     shared = {k: v for k, v in base.state_dict().items() if k in own and own[k].shape == v.shape}
@@ -184,7 +192,9 @@ def report(out: Path, title: str) -> str:
     rows = read_rows(out / "results.jsonl")
     loss = [r for r in rows if r["kind"] == "loss"]
     rouge = [r for r in rows if r["kind"] == "rouge"]
-    order = ["first-512", "first-2048", "dense-8K", *(f for f in FORMS if FORMS[f][0] != "full")]
+    # the model as given, shortest read first, then the sparse forms in FORMS' order
+    dense = sorted(filter(reads_as_given, FORMS), key=lambda f: FORMS[f][2] or math.inf)
+    order = [*dense, *(f for f in FORMS if not reads_as_given(f))]
     forms = [f for f in order if any(r["form"] == f for r in rows)]
     base = {r["id"]: r["loss"] for r in loss if r["form"] == BASELINE}
     lines = [f"# {title}", "",
