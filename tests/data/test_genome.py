@@ -212,9 +212,15 @@ def test_genome_tasks_train_and_score(built, tmp_path, capsys):
 
     out, _ = built
     fa = {s: str(out / f"{s}.fa") for s in ("train", "val", "test")}
+    stem = {"conv_layers": 1, "conv_kernel": 5, "conv_pool": 4}  # 64 positions of 4 bases
     result = train(
         {
-            "model": {**MODEL, "attention": "longformer", "attention_options": {"window": 16}},
+            "model": {
+                **MODEL,
+                **stem,
+                "attention": "longformer",
+                "attention_options": {"window": 8},
+            },
             "data": {"task": "genome-bases", **fa, "max_length": 256, "batch_size": 8},
             "optim": {"lr": 3e-3, "max_steps": 3},
             "run": {"out": str(tmp_path / "bases"), "eval_every": 3, "progress": False},
@@ -222,6 +228,7 @@ def test_genome_tasks_train_and_score(built, tmp_path, capsys):
     )
     model = result.model.eval()
     assert model.config.label_names == list(genome.LABELS) and model.config.vocab_size == 9
+    assert model.config.conv_pool == 4 and model.body.stem is not None
     assert result.metric == "macro_f1"
     test = genome.GenomeWindows(fa["test"], 256)
     with torch.no_grad():

@@ -67,6 +67,10 @@ def hf_family(config: ModelConfig) -> str:
             f"global_tokens={config.global_tokens} (the first positions global in every layer; "
             "attention sinks under a causal mask): no Hugging Face architecture has them"
         )
+    if config.stem:
+        raise ValueError(
+            "a convolutional stem (conv_layers, conv_pool): no Hugging Face architecture has one"
+        )
     mechanisms = [config.layer_spec(i)[0] for i in range(config.num_layers)]
     kinds = set(mechanisms)
     if kinds <= {"lsh-hf", "local-hf"}:

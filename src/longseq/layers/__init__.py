@@ -1,4 +1,5 @@
-"""Building blocks around attention: reversible residuals, chunked feed-forward, positions.
+"""Building blocks around attention: reversible residuals, chunked feed-forward, positions,
+the convolutional stem.
 
 `layers` depends only on `longseq.attention` (never on models or training).
 """
@@ -13,11 +14,13 @@ from longseq.layers.positions import (
     rotate_half,
 )
 from longseq.layers.reversible import ReversibleSequence
+from longseq.layers.stem import ConvStem
 
 __all__ = [
     "NORM_TYPES",
     "AxialPositions",
     "ChunkedFeedForward",
+    "ConvStem",
     "FeedForward",
     "LearnedPositions",
     "ReversibleSequence",

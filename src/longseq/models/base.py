@@ -148,6 +148,7 @@ class LongseqModel(nn.Module):
         multiple = 1
         for b in self.body.layers:  # each mechanism says what it pads to
             multiple = math.lcm(multiple, b.attn.attention.length_multiple)
+        multiple *= self.config.conv_pool  # a stem's position holds conv_pool inputs
         if length is not None and -(-length // multiple) * multiple > self.config.max_length:
             return 1
         return multiple

@@ -58,6 +58,9 @@ INT_FIELDS: tuple[str, ...] = (
     "cls_token_id",
     "num_labels",
     "global_tokens",
+    "conv_layers",
+    "conv_kernel",
+    "conv_pool",
 )
 MAX_TENSOR_ELEMENTS = 2**33  # 32 GiB in fp32: far beyond any real model's embedding table
 
@@ -122,6 +125,12 @@ class ModelConfig:
     # the first G positions are global in every layer whose mechanism has global tokens
     # (Longformer); under a causal mask they are attention sinks (StreamingLLM)
     global_tokens: int = 0
+    # a convolutional stem before the blocks (`longseq.layers.stem`, for DNA one base per
+    # token): conv_layers residual convolutions of width conv_kernel over the embeddings, then
+    # conv_pool inputs per attention position (the output comes back to one per input)
+    conv_layers: int = 0
+    conv_kernel: int = 9
+    conv_pool: int = 1
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -220,11 +229,30 @@ class ModelConfig:
             raise ValueError(f"global_tokens must be >= 0, got {self.global_tokens}")
         if self.global_tokens:
             self._check_global_tokens()
+        if self.stem:
+            self._check_stem()
         if self.layer_attention is not None and len(self.layer_attention) != self.num_layers:
             raise ValueError(
                 f"layer_attention has {len(self.layer_attention)} entries but num_layers="
                 f"{self.num_layers}"
             )
+
+    def _check_stem(self) -> None:
+        if self.conv_layers < 0:
+            raise ValueError(f"conv_layers must be >= 0, got {self.conv_layers}")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(
+                f"conv_kernel must be odd and positive ('same' padding), got {self.conv_kernel}"
+            )
+        if self.conv_pool < 1:
+            raise ValueError(f"conv_pool must be >= 1, got {self.conv_pool}")
+        if self.causal:
+            raise ValueError(
+                "a convolutional stem (conv_layers, conv_pool) sees both sides of each input: "
+                "it is for encoders, not causal models"
+            )
+        if self.conv_pool > 1 and self.type_vocab_size:
+            raise ValueError("conv_pool > 1 cannot pool segment embeddings; type_vocab_size=0")
 
     def _check_global_tokens(self) -> None:
         """Some layer must have token-level global tokens (the others ignore the setting)."""
@@ -243,10 +271,10 @@ class ModelConfig:
             if not self.axial_shape or not self.axial_dims:
                 raise ValueError("position='axial' needs axial_shape and axial_dims (pairs)")
             a, b = self.axial_shape
-            if a * b < self.max_length:
+            if a * b < self.positions_length:
                 raise ValueError(
-                    f"axial_shape {self.axial_shape} holds {a * b} positions < max_length="
-                    f"{self.max_length}"
+                    f"axial_shape {self.axial_shape} holds {a * b} positions < "
+                    f"{self.positions_length} (max_length / conv_pool)"
                 )
             if sum(self.axial_dims) != self.hidden_size:
                 raise ValueError(
@@ -291,6 +319,16 @@ class ModelConfig:
     @property
     def causal(self) -> bool:
         return self.architecture == "causal-lm" or self.causal_attention
+
+    @property
+    def stem(self) -> bool:
+        """A convolutional stem runs before the blocks."""
+        return bool(self.conv_layers) or self.conv_pool != 1
+
+    @property
+    def positions_length(self) -> int:
+        """The most positions the blocks see: max_length inputs, conv_pool per position."""
+        return -(-self.max_length // max(1, self.conv_pool))
 
     @property
     def kv_heads(self) -> int:

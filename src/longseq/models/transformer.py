@@ -13,6 +13,11 @@ instead recomputes each ordinary block in backward.
 
 The attention mechanism of each layer comes from `ModelConfig.layer_spec(i)`; the body pads
 nothing itself: each mechanism handles its own block multiples (see `longseq.attention`).
+
+With a convolutional stem (`conv_layers`, `conv_pool`; `longseq.layers.stem`) the token
+embeddings pass through the stem's convolutions, every `conv_pool` inputs become one position
+of the blocks (masks pooled: a position is real if any of its inputs is), and the final states
+come back to one per input. The hidden states a caller may ask for are the positions'.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from longseq.attention.cache import AttentionCache
 from longseq.attention.shard import Shard
 from longseq.layers import (
     AxialPositions,
+    ConvStem,
     FeedForward,
     LearnedPositions,
     ReversibleSequence,
@@ -65,7 +71,7 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(config.vocab_size, h, padding_idx=config.pad_token_id)
         self.position: nn.Module | None = None
         if config.position == "learned":
-            self.position = LearnedPositions(config.max_length + config.position_offset, h)
+            self.position = LearnedPositions(config.positions_length + config.position_offset, h)
         elif config.position == "axial":
             assert config.axial_shape and config.axial_dims
             self.position = AxialPositions(
@@ -84,14 +90,19 @@ class Embeddings(nn.Module):
         positions: Tensor | None = None,
     ) -> Tensor:
         """`positions` (batch, seq): each token's position (default 0 .. seq - 1)."""
-        x = self.word(input_ids)
+        return self.finish(self.word(input_ids), token_type_ids, positions)
+
+    def finish(
+        self, x: Tensor, token_type_ids: Tensor | None = None, positions: Tensor | None = None
+    ) -> Tensor:
+        """Token vectors x (batch, seq, h) -> embeddings: positions, segments, norm, dropout."""
         if isinstance(self.position, LearnedPositions):
             x = self.position(x, offset=self.config.position_offset, positions=positions)
         elif self.position is not None:
             x = self.position(x, positions=positions)
         if self.token_type is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = x.new_zeros(x.shape[:2], dtype=torch.long)
             x = x + self.token_type(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the model has no segment embeddings")
@@ -106,7 +117,7 @@ class AttentionSublayer(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         name, opts = config.layer_spec(layer)
-        at = attention.At(config.max_length, layer=layer, causal=config.causal)
+        at = attention.At(config.positions_length, layer=layer, causal=config.causal)
         opts = attention.get(name).options_at(at, opts)
         if config.grouped:  # only then: a mechanism without GQA keeps its signature
             opts = {**opts, "num_key_value_heads": config.kv_heads}
@@ -200,6 +211,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
+        self.stem = (
+            ConvStem(
+                config.hidden_size,
+                config.conv_layers,
+                config.conv_kernel,
+                config.conv_pool,
+                config.output_size,
+            )
+            if config.stem
+            else None
+        )
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.final_norm = norm_of(config, config.output_size) if config.norm == "pre" else None
         if config.position == "rotary":
@@ -232,7 +254,17 @@ class Transformer(nn.Module):
         if shard is not None:
             b, n = input_ids.shape
             positions = (shard.start + torch.arange(n, device=input_ids.device)).expand(b, n)
-        x = self.embeddings(input_ids, token_type_ids, positions)
+        n, skip, stem_mask, per_input = input_ids.shape[1], None, None, attention_mask
+        if self.stem is None:
+            x = self.embeddings(input_ids, token_type_ids, positions)
+        else:
+            if shard is not None:
+                raise ValueError("a model with a convolutional stem cannot be split by positions")
+            x, stem_mask, skip = self.stem(self.embeddings.word(input_ids), attention_mask)
+            x = self.embeddings.finish(x, token_type_ids)
+            if self.stem.pool > 1:
+                attention_mask = _pool(stem_mask, self.stem.pool)
+                global_attention_mask = _pool(global_attention_mask, self.stem.pool)
         states: list[Tensor] = [x]
         if cache is not None:
             x = self._cached(x, attention_mask, cache, positions, states)
@@ -268,6 +300,9 @@ class Transformer(nn.Module):
                 states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if self.stem is not None and skip is not None and self.stem.pool > 1:
+            x = self.stem.unpool(x, skip, n, stem_mask)
+            attention_mask = per_input
         if attention_mask is not None:
             x = x.masked_fill(~attention_mask.bool().unsqueeze(-1), 0.0)
         return x, (tuple(states) if output_hidden_states else None)
@@ -315,6 +350,14 @@ class Transformer(nn.Module):
         if not (all(c.bounded for c in caches) and self.config.position in ("rotary", "none")):
             limit = self.config.max_length
         return DecodingCache(caches, batch, device, limit)
+
+
+def _pool(mask: Tensor | None, pool: int) -> Tensor | None:
+    """A per-input mask (B, n) -> per position (B, ceil(n / pool)): any of its inputs set."""
+    if mask is None:
+        return None
+    mask = torch.nn.functional.pad(mask, (0, -mask.shape[1] % pool))
+    return mask.view(mask.shape[0], -1, pool).amax(-1)
 
 
 class DecodingCache:
