@@ -46,7 +46,15 @@ def test_a_task_whose_length_ignores_text_length_is_refused(tmp_path, monkeypatc
 
 def record(m: str, seed: int, test: float, f1: list[float]) -> dict:
     metrics = {"macro_f1": test, **{f"f1_{k}": v for k, v in enumerate(f1)}}
-    return {"mechanism": m, "seed": seed, "status": "ok", "test": test, "test_metrics": metrics}
+    config = {"label_names": ["intergenic", "intron", "exon"]}
+    return {
+        "mechanism": m,
+        "seed": seed,
+        "status": "ok",
+        "test": test,
+        "test_metrics": metrics,
+        "model_config": config,
+    }
 
 
 def test_the_report_says_where_a_longer_context_pays(tmp_path):
@@ -82,5 +90,6 @@ def test_the_report_says_where_a_longer_context_pays(tmp_path):
     assert "| full | 41.0 ± 1.4 | 61.0 ± 1.4 | helps: +20.0 points" in table
     text = (tmp_path / contexts.CONTEXTS_MD).read_text()
     assert "| full | 8,192 | 30.0 | 70.0 | 80.0 |" in text  # per-class F1
+    assert "| mechanism | context | intergenic | intron | exon |" in text  # f1_k by name
     contexts.chart(tmp_path / "c.png", task, rows)
     assert (tmp_path / "c.png").stat().st_size > 1000

@@ -129,6 +129,10 @@ def collect(parts: list[Plan], results: list[list[dict[str, Any]]]) -> list[dict
                     "sd": statistics.stdev(values) if len(values) > 1 else None,
                     "failed": sum(r.get("status") != "ok" for r in records if r["mechanism"] == m),
                     "test_metrics": {k: statistics.fmean(v) for k, v in others.items()},
+                    "label_names": next(
+                        (r["model_config"].get("label_names") for r in ok if "model_config" in r),
+                        None,
+                    ),
                 }
             )
     return rows
@@ -204,7 +208,8 @@ def write_report(out: Path, base: Plan, rows: list[dict[str, Any]]) -> str:
 
 
 def _per_class(rows: list[dict[str, Any]], mechanisms: list[str], contexts: list[int]) -> list[str]:
-    """A per-class F1 table where the runs recorded one (f1_0, f1_1, ...)."""
+    """A per-class F1 table where the runs recorded one (f1_0, f1_1, ...), headed by the
+    class names the models were trained with (f1_k where a run recorded none)."""
     keys = sorted(
         {k for r in rows for k in r["test_metrics"] if k.startswith("f1_")},
         key=lambda k: int(k[3:]),
@@ -212,10 +217,12 @@ def _per_class(rows: list[dict[str, Any]], mechanisms: list[str], contexts: list
     if not keys:
         return []
     at = {(r["mechanism"], r["context"]): r for r in rows}
+    names = next((r["label_names"] for r in rows if r.get("label_names")), None) or []
+    heads = [names[int(k[3:])] if int(k[3:]) < len(names) else k for k in keys]
     lines = [
-        "Per-class test F1 (%, mean over the seeds), class k as in the task's label names:",
+        "Per-class test F1 (%, mean over the seeds):",
         "",
-        "| mechanism | context | " + " | ".join(keys) + " |",
+        "| mechanism | context | " + " | ".join(heads) + " |",
         "|---|---:|" + "---:|" * len(keys),
     ]
     for m in mechanisms:

@@ -55,6 +55,12 @@ class Preset:
     intermediate_size: int
     dropout: float = 0.1
     pooling: str = "cls"  # classification: the first token's state, as LRA's models
+    # a convolutional stem (`longseq.layers.stem`; 0 layers, pool 1: none): for DNA, whose
+    # bases are tokens; text_length then counts bases and `reach` positions of conv_pool bases
+    conv_layers: int = 0
+    conv_kernel: int = 9
+    conv_pool: int = 1
+    conv_dilation: int = 1
     # optimisation (AdamW, linear warm-up then linear decay to 0)
     steps: int = 300
     batch_size: int = 16
@@ -109,7 +115,14 @@ class Preset:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                low_ok = f.name in ("dropout", "weight_decay", "warmup_steps", "seed", "sinks")
+                low_ok = f.name in (
+                    "dropout",
+                    "weight_decay",
+                    "warmup_steps",
+                    "seed",
+                    "sinks",
+                    "conv_layers",
+                )
                 if value < 0 or (value == 0 and not low_ok):
                     raise ValueError(
                         f"preset {self.name!r}: {f.name} must be positive, got {value}"

@@ -5,6 +5,9 @@ sites), `ConvStem` runs L residual 1-D convolutions of width k over the token em
 
     h_0 = E[x],   h_l = h_{l-1} + GELU(conv_l(h_{l-1}))      (l = 1 .. L, 'same' padding)
 
+(layer l dilated by d^(l-1), WaveNet style, so L layers see 1 + (k - 1)(d^L - 1)/(d - 1)
+inputs; d = 1: 1 + L(k - 1))
+
 and, with `pool` P > 1, turns every P consecutive inputs into one position of the Transformer
 by a strided convolution (kernel P, stride P): the attention then runs over n / P positions, so
 16,384 bases are 2,048 positions at P = 8 (as BigBird's DNA tokens averaged 8.8 bp), and a
@@ -28,7 +31,13 @@ from torch import Tensor, nn
 
 class ConvStem(nn.Module):
     def __init__(
-        self, hidden: int, layers: int, kernel: int, pool: int = 1, output: int | None = None
+        self,
+        hidden: int,
+        layers: int,
+        kernel: int,
+        pool: int = 1,
+        output: int | None = None,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
@@ -37,8 +46,11 @@ class ConvStem(nn.Module):
             raise ValueError(f"conv_pool must be >= 1, got {pool}")
         self.pool = pool
         pad = kernel // 2
+        if dilation < 1:
+            raise ValueError(f"conv_dilation must be >= 1, got {dilation}")
         self.convs = nn.ModuleList(
-            nn.Conv1d(hidden, hidden, kernel, padding=pad) for _ in range(layers)
+            nn.Conv1d(hidden, hidden, kernel, padding=pad * dilation**i, dilation=dilation**i)
+            for i in range(layers)
         )
         self.down = nn.Conv1d(hidden, hidden, pool, stride=pool) if pool > 1 else None
         out = output or hidden

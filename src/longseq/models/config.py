@@ -61,6 +61,7 @@ INT_FIELDS: tuple[str, ...] = (
     "conv_layers",
     "conv_kernel",
     "conv_pool",
+    "conv_dilation",
 )
 MAX_TENSOR_ELEMENTS = 2**33  # 32 GiB in fp32: far beyond any real model's embedding table
 
@@ -131,6 +132,7 @@ class ModelConfig:
     conv_layers: int = 0
     conv_kernel: int = 9
     conv_pool: int = 1
+    conv_dilation: int = 1  # stem layer l is dilated by conv_dilation ** l (WaveNet)
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -246,6 +248,8 @@ class ModelConfig:
             )
         if self.conv_pool < 1:
             raise ValueError(f"conv_pool must be >= 1, got {self.conv_pool}")
+        if self.conv_dilation < 1:
+            raise ValueError(f"conv_dilation must be >= 1, got {self.conv_dilation}")
         if self.causal:
             raise ValueError(
                 "a convolutional stem (conv_layers, conv_pool) sees both sides of each input: "

@@ -218,6 +218,7 @@ class Transformer(nn.Module):
                 config.conv_kernel,
                 config.conv_pool,
                 config.output_size,
+                config.conv_dilation,
             )
             if config.stem
             else None
