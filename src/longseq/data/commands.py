@@ -92,6 +92,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     genome.add_arguments(p)
     p.set_defaults(func=genome.run)
+    from longseq.data import bacteria
+
+    p = which.add_parser(
+        "genome-cds",
+        help="coding sequence per base (non-coding / + strand / - strand) of Leptospira "
+        "kirschneri, NCBI annotation (Debian any2fasta-examples)",
+        description="Build the genome-cds task (format: longseq/data/bacteria.py): whole "
+        "contigs per split, their sequence and per-base labels.",
+    )
+    bacteria.add_arguments(p)
+    p.set_defaults(func=bacteria.run)
     from longseq.data import aclsum, manpages
 
     p = which.add_parser(

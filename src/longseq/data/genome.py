@@ -47,6 +47,7 @@ import numpy as np
 
 from longseq.data.real import SPLITS, SourceNotFoundError
 from longseq.data.tokenizers import DNATokenizer
+from longseq.labels import IGNORE
 
 CHROM = "chr2R"
 # Half-open split regions on chr2R, in bp (the test region runs to the end).
@@ -310,10 +311,12 @@ def _readme(stats: dict[str, Any], source: str | Path | None) -> str:
 
 
 class GenomeWindows:
-    """Windows of `length` bases of one split's region (`{split}.fa`, labels in
-    `{split}_labels.npy` beside it) for per-base labelling: item i is `{"input_ids",
-    "labels"}` (long tensors, one id and one label per base) of the window starting at
-    i * stride. Windows with more than a fraction `max_n` of Ns are skipped."""
+    """Windows of `length` bases of one split (`{split}.fa`, labels in `{split}_labels.npy`
+    beside it, the records' bases in order) for per-base labelling: item i is
+    `{"input_ids", "labels"}` (long tensors, one id and one label per base). Windows start
+    every `stride` bases from each record's start and never cross a record's end (a record
+    shorter than `length` gives none); those with more than a fraction `max_n` of Ns are
+    skipped. A label of 255 (`bacteria.BOTH`) is read as IGNORE."""
 
     def __init__(
         self, fasta: str | Path, length: int, stride: int | None = None, max_n: float = 0.1
@@ -327,16 +330,22 @@ class GenomeWindows:
                 raise FileNotFoundError(f"{path} not found: build it with `longseq data genome`")
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
-        seq = "".join(s for _id, _d, s in read_fasta(fa))
+        records = [s for _id, _d, s in read_fasta(fa)]
+        seq = "".join(records)
         labels = np.load(npy, allow_pickle=False)
         if len(labels) != len(seq):
             raise ValueError(f"{npy} has {len(labels)} labels for {len(seq)} bases in {fa}")
         tok = DNATokenizer()
         self.ids = torch.tensor(tok.encode(seq), dtype=torch.long)
-        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.labels = torch.from_numpy(labels.astype(np.int64)).masked_fill(
+            torch.from_numpy(labels == 255), IGNORE
+        )
         stride = stride or length
         is_n = (self.ids == tok.ids["N"]).float()
-        starts = range(0, len(seq) - length + 1, stride)
+        starts, offset = [], 0
+        for record in records:
+            starts += range(offset, offset + len(record) - length + 1, stride)
+            offset += len(record)
         self.starts = [s for s in starts if float(is_n[s : s + length].mean()) <= max_n]
         self.length = length
         self.lengths = [length] * len(self.starts)  # for length-bucketed batches

@@ -3,7 +3,7 @@
 For inputs whose signal is local and dense, such as DNA one base per token (codons, splice
 sites), `ConvStem` runs L residual 1-D convolutions of width k over the token embeddings
 
-    h_0 = E[x],   h_l = h_{l-1} + GELU(conv_l(h_{l-1}))      (l = 1 .. L, 'same' padding)
+    h_0 = E[x],   h_l = h_{l-1} + conv_l(GELU(LN(h_{l-1})))      (l = 1 .. L, 'same' padding)
 
 (layer l dilated by d^(l-1), WaveNet style, so L layers see 1 + (k - 1)(d^L - 1)/(d - 1)
 inputs; d = 1: 1 + L(k - 1))
@@ -52,6 +52,7 @@ class ConvStem(nn.Module):
             nn.Conv1d(hidden, hidden, kernel, padding=pad * dilation**i, dilation=dilation**i)
             for i in range(layers)
         )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.down = nn.Conv1d(hidden, hidden, pool, stride=pool) if pool > 1 else None
         out = output or hidden
         # the way back: the position's output and the input's own stem features, mixed
@@ -75,8 +76,8 @@ class ConvStem(nn.Module):
         h = x.transpose(1, 2)  # (B, h, n): Conv1d's layout
         if keep is not None:
             h = h * keep
-        for conv in self.convs:
-            h = h + F.gelu(conv(h))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = h + conv(F.gelu(norm(h.transpose(1, 2)).transpose(1, 2)))
             if keep is not None:
                 h = h * keep
         if self.down is None:

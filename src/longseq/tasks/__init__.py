@@ -27,6 +27,7 @@ _REGISTRY: dict[str, str | type[Task]] = {
     "recall": "longseq.tasks.recall:Recall",
     "qa": "longseq.tasks.qa:QuestionAnswering",
     "genome-bases": "longseq.tasks.genome:GenomeBases",
+    "genome-cds": "longseq.tasks.genome:GenomeCDS",
     "genome-promoters": "longseq.tasks.genome:GenomePromoters",
     "summarisation": "longseq.tasks.summarise:Summarisation",
     "long-context": "longseq.tasks.longctx:LongContext",

@@ -1,6 +1,9 @@
 """The genome tasks (`longseq data genome`): exon / intron / intergenic per base on windows
 of the fruit fly's chr2R, and promoter detection against composition-matched background.
 
+`genome-cds` is the same per-base task on a bacterium (`longseq data genome-cds`): non-coding
+/ CDS on the + strand / CDS on the - strand.
+
 `genome-bases` trains a token classifier on windows of `data.max_length` bases cut from each
 split's region (`data.train: data/genome/train.fa`), so one build serves every context length;
 its metric is macro-F1 over the bases. `genome-promoters` is text classification of the 2 kb
@@ -14,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from longseq.data import genome
+from longseq.data import bacteria, genome
 from longseq.data.tokenizers import load_tokenizer
 from longseq.tasks.base import CompareTask, Log, Splits, SplitSource, Task, class_info
 from longseq.tasks.text import Classification
@@ -77,6 +80,41 @@ class GenomeBases(Task):
         return f"; test bases: {shares}"
 
 
+class GenomeCDS(GenomeBases):
+    """Coding sequence per base of Leptospira kirschneri (`longseq data genome-cds`): the
+    same windows, tokenizer and metric as genome-bases, on whole contigs per split."""
+
+    name = "genome-cds"
+    compare = (
+        CompareTask(
+            "genome-cds",
+            "genome-cds",
+            "genome-cds",
+            "macro_f1",
+            "non-coding / CDS + strand / CDS - strand per base of Leptospira kirschneri",
+        ),
+    )
+
+    def label_names(self, cfg: Any, tokenizer: Any) -> list[str]:
+        return list(bacteria.LABELS)
+
+    def prepare(
+        self, ct: CompareTask, preset: Any, seed: int, folder: Path, given: bool, log: Log
+    ) -> Splits:
+        paths = {s: folder / f"{s}.fa" for s in ("train", "val", "test")}
+        if not all(p.is_file() for p in paths.values()):
+            if given:
+                raise FileNotFoundError(
+                    f"--data {folder}: no {{train,val,test}}.fa (written by "
+                    "`longseq data genome-cds --out DIR`)"
+                )
+            log(f"data: building {ct.dataset} into {folder}")
+            bacteria.build(folder, progress=False)
+        stats = json.loads((folder / "stats.json").read_text())
+        info = {"source": str(folder), "bases": {s: v["bases"] for s, v in stats["splits"].items()}}
+        return Splits(*(str(paths[s]) for s in paths), preset.text_length, info)
+
+
 class GenomePromoters(Classification):
     name = "genome-promoters"
     metrics = ("loss", "accuracy", "auroc", "f1_1")  # f1_1: the promoter class's F1
@@ -112,4 +150,4 @@ class GenomePromoters(Classification):
         return Splits(*(str(paths[s]) for s in paths), genome.UPSTREAM + 2, info)  # + cls, sep
 
 
-__all__ = ["GenomeBases", "GenomePromoters"]
+__all__ = ["GenomeBases", "GenomeCDS", "GenomePromoters"]
