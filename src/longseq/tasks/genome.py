@@ -92,6 +92,7 @@ class GenomeCDS(GenomeBases):
             "genome-cds",
             "macro_f1",
             "non-coding / CDS + strand / CDS - strand per base of Leptospira kirschneri",
+            preset="genome",
         ),
     )
 
