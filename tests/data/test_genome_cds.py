@@ -154,3 +154,38 @@ def test_real_leptospira(tmp_path):
     kept = sum(len(s["contigs"]) for s in stats["splits"].values())
     bases = {k: sum(s["bases"][k] for s in stats["splits"].values()) for k in bacteria.LABELS}
     assert kept == 41 and 0.7 < (bases["cds+"] + bases["cds-"]) / sum(bases.values()) < 0.85
+
+
+def test_masked_lm_pre_training_then_fine_tuning(built, tmp_path):
+    """genome-mlm masks bases of the same windows (labels unused); its body then starts a
+    genome-cds model (`model.init_from`), whose head is new."""
+    import torch
+
+    from longseq.train import train
+
+    out, _ = built
+    fa = {s: str(out / f"{s}.fa") for s in ("train", "val", "test")}
+    model = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+    model |= {"conv_layers": 1, "conv_kernel": 5, "conv_pool": 8, "attention": "full"}
+    pre = train(
+        {
+            "model": model,
+            "data": {"task": "genome-mlm", **fa, "max_length": 1024, "batch_size": 4},
+            "optim": {"lr": 3e-3, "max_steps": 2},
+            "run": {"out": str(tmp_path / "mlm"), "eval_every": 2, "progress": False},
+        }
+    )
+    assert pre.model.config.architecture == "masked-lm" and "perplexity" in pre.test
+    masked = pre.model  # a window's labels are the masked bases only
+    assert masked.config.vocab_size == 9
+    tuned = train(
+        {
+            "model": {**model, "init_from": str(pre.best_dir)},
+            "data": {"task": "genome-cds", **fa, "max_length": 1024, "batch_size": 4},
+            "optim": {"lr": 1e-12, "max_steps": 1},
+            "run": {"out": str(tmp_path / "cds"), "eval_every": 1, "progress": False},
+        }
+    )
+    assert tuned.model.config.architecture == "token-classification"
+    for name, value in masked.body.state_dict().items():  # lr ~0: the body is the loaded one
+        torch.testing.assert_close(tuned.model.body.state_dict()[name], value)

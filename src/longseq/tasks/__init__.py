@@ -28,6 +28,7 @@ _REGISTRY: dict[str, str | type[Task]] = {
     "qa": "longseq.tasks.qa:QuestionAnswering",
     "genome-bases": "longseq.tasks.genome:GenomeBases",
     "genome-cds": "longseq.tasks.genome:GenomeCDS",
+    "genome-mlm": "longseq.tasks.genome:GenomeMLM",
     "genome-promoters": "longseq.tasks.genome:GenomePromoters",
     "summarisation": "longseq.tasks.summarise:Summarisation",
     "long-context": "longseq.tasks.longctx:LongContext",

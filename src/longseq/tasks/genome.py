@@ -20,6 +20,7 @@ from typing import Any
 from longseq.data import bacteria, genome
 from longseq.data.tokenizers import load_tokenizer
 from longseq.tasks.base import CompareTask, Log, Splits, SplitSource, Task, class_info
+from longseq.tasks.lm import MaskedExamples
 from longseq.tasks.text import Classification
 
 
@@ -116,6 +117,26 @@ class GenomeCDS(GenomeBases):
         return Splits(*(str(paths[s]) for s in paths), preset.text_length, info)
 
 
+class GenomeMLM(Task):
+    """Masked-LM pre-training on a genome split's windows (BigBird pre-trained on DNA before
+    fine-tuning it): the per-base task's windows (`data.train: data/genome-cds/train.fa`),
+    their labels unused, BERT masking of `data.mlm_probability` of the bases. Fine-tune with
+    `model.init_from: RUN/best` (the body is kept, the head starts fresh)."""
+
+    name = "genome-mlm"
+    architecture = "masked-lm"
+    metrics = ("loss", "perplexity", "accuracy")
+    split_suffix = "fa"
+
+    def tokenizer(self, cfg: Any, init_from: str | None = None) -> Any:
+        self.own_vocabulary(cfg, allowed=(None, "dna"))
+        return load_tokenizer("dna")
+
+    def dataset(self, source: SplitSource) -> MaskedExamples:
+        windows = genome.GenomeWindows(source.files(self), source.cfg.max_length)
+        return MaskedExamples(windows, source.tokenizer, source.cfg.mlm_probability, source.seed)
+
+
 class GenomePromoters(Classification):
     name = "genome-promoters"
     metrics = ("loss", "accuracy", "auroc", "f1_1")  # f1_1: the promoter class's F1
@@ -151,4 +172,4 @@ class GenomePromoters(Classification):
         return Splits(*(str(paths[s]) for s in paths), genome.UPSTREAM + 2, info)  # + cls, sep
 
 
-__all__ = ["GenomeBases", "GenomeCDS", "GenomePromoters"]
+__all__ = ["GenomeBases", "GenomeCDS", "GenomeMLM", "GenomePromoters"]
