@@ -10,8 +10,8 @@ bins are 0-63, 64-255, 256-1,023 and 1,024+ bases. Accuracy and macro-F1 come fr
 scikit-learn; cells are the mean over seeds (the spread of the seeds in brackets where there
 are two). Writes `by_distance.md` and `by_distance.png` into --out.
 
-    python examples/genome_by_distance.py results/genome-cds --data data/genome-cds \\
-        --out docs/genome-cds-contexts
+    python examples/genome_by_distance.py results/genome-cds [MORE_FOLDERS] \\
+        --data data/genome-cds --out docs/genome-cds-contexts
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ def predict(run: Path, fasta: Path, threads: int) -> tuple[np.ndarray, np.ndarra
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folder", type=Path, help="a `longseq compare --contexts` output folder")
+    p.add_argument(
+        "folders", type=Path, nargs="+", help="`longseq compare --contexts` output folder(s)"
+    )
     p.add_argument("--data", type=Path, required=True, help="the task's data folder")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=2)
@@ -81,14 +83,17 @@ def main() -> None:
     labels = np.load(args.data / "test_labels.npy", allow_pickle=False).astype(np.int64)
     labels[labels == 255] = IGNORE
     distance = distance_to_boundary(labels)
-    runs = sorted(args.folder.glob("context-*/runs/*/seed*"))
-    if not runs:
-        raise SystemExit(f"no runs under {args.folder}/context-*/runs/")
     preds = {}
-    for run in runs:
-        context = int(run.parts[-4].split("-")[1])
-        preds[run.parts[-2], context, run.name] = predict(run, args.data / "test.fa", args.threads)
-        print(f"{run}: predicted", flush=True)
+    for folder in args.folders:
+        runs = sorted(folder.glob("context-*/runs/*/seed*"))
+        if not runs:
+            raise SystemExit(f"no runs under {folder}/context-*/runs/")
+        for run in runs:
+            context = int(run.parts[-4].split("-")[1])
+            # several folders: each row says which one (e.g. a longer training)
+            name = run.parts[-2] if len(args.folders) == 1 else f"{folder.name}: {run.parts[-2]}"
+            preds[name, context, run.name] = predict(run, args.data / "test.fa", args.threads)
+            print(f"{run}: predicted", flush=True)
     covered = np.logical_and.reduce([c for _, c in preds.values()]) & (labels != IGNORE)
     names = json.loads((args.data / "labels.json").read_text())
     rows: dict[tuple[str, int], list[list[float]]] = {}
@@ -103,7 +108,9 @@ def main() -> None:
     heads = [f"{lo:,}-{hi - 1:,}" if hi < 10**9 else f"{lo:,}+" for lo, hi in BINS]
     counts = [int((covered & (distance >= lo) & (distance < hi)).sum()) for lo, hi in BINS]
     lines = [
-        f"# Accuracy by distance to the nearest label boundary ({args.folder})",
+        "# Accuracy by distance to the nearest label boundary ("
+        + ", ".join(str(f) for f in args.folders)
+        + ")",
         "",
         f"Test bases scored: {int(covered.sum()):,} (covered by every run's windows); classes "
         f"{', '.join(names)}. Cells: accuracy (%) of the bases whose nearest boundary lies in "
