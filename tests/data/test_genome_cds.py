@@ -189,3 +189,20 @@ def test_masked_lm_pre_training_then_fine_tuning(built, tmp_path):
     assert tuned.model.config.architecture == "token-classification"
     for name, value in masked.body.state_dict().items():  # lr ~0: the body is the loaded one
         torch.testing.assert_close(tuned.model.body.state_dict()[name], value)
+
+
+def test_compare_prepares_the_task_from_a_built_folder(built, tmp_path):
+    """`longseq compare --task genome-cds --data DIR`: the folder's splits at the preset's
+    length, its preset `genome`; a folder without them names the builder."""
+    from longseq import tasks
+    from longseq.compare.presets import PRESETS
+
+    out, _ = built
+    task = tasks.get("genome-cds")
+    (ct,) = task.compare
+    assert ct.preset == "genome"
+    splits = task.prepare(ct, PRESETS["genome"], 0, out, True, print)
+    assert splits.test == str(out / "test.fa") and splits.max_length == 512
+    assert set(splits.info["bases"]["test"]) == set(bacteria.LABELS)
+    with pytest.raises(FileNotFoundError, match="longseq data genome-cds"):
+        task.prepare(ct, PRESETS["genome"], 0, tmp_path, True, print)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,26 @@ from longseq.tasks.lm import MaskedExamples
 from longseq.tasks.text import Classification
 
 
-def _prepare(ct: CompareTask, folder: Path, paths: dict[str, Path], given: bool, log: Log) -> None:
-    """Build the genome data into `folder` unless its files are there (or, `given`, say
-    which are missing)."""
+def _prepare(
+    ct: CompareTask,
+    folder: Path,
+    paths: dict[str, Path],
+    given: bool,
+    log: Log,
+    command: str = "genome",
+    build: Callable[..., Any] = genome.build,
+) -> None:
+    """Build the data into `folder` with `build` (`longseq data COMMAND`) unless its files are
+    there (or, `given`, say which are missing)."""
     if all(p.is_file() for p in paths.values()):
         return
     if given:
         missing = ", ".join(p.name for p in paths.values() if not p.is_file())
         raise FileNotFoundError(
-            f"--data {folder}: {missing} missing (written by `longseq data genome --out DIR`)"
+            f"--data {folder}: {missing} missing (written by `longseq data {command} --out DIR`)"
         )
     log(f"data: building {ct.dataset} into {folder}")
-    genome.build(folder, progress=False)
+    build(folder, progress=False)
 
 
 class GenomeBases(Task):
@@ -54,6 +63,9 @@ class GenomeBases(Task):
         ),
     )
 
+    data_command = "genome"  # the `longseq data` builder of its files, and its function
+    build = staticmethod(genome.build)
+
     def tokenizer(self, cfg: Any, init_from: str | None = None) -> Any:
         """One id per nucleotide: the labels are per base."""
         self.own_vocabulary(cfg, allowed=(None, "dna"))
@@ -69,7 +81,7 @@ class GenomeBases(Task):
         self, ct: CompareTask, preset: Any, seed: int, folder: Path, given: bool, log: Log
     ) -> Splits:
         paths = {s: folder / f"{s}.fa" for s in ("train", "val", "test")}
-        _prepare(ct, folder, paths, given, log)
+        _prepare(ct, folder, paths, given, log, self.data_command, self.build)
         stats = json.loads((folder / "stats.json").read_text())
         info = {"source": str(folder), "bases": {s: v["bases"] for s, v in stats["splits"].items()}}
         return Splits(*(str(paths[s]) for s in paths), preset.text_length, info)
@@ -97,24 +109,11 @@ class GenomeCDS(GenomeBases):
         ),
     )
 
+    data_command = "genome-cds"
+    build = staticmethod(bacteria.build)
+
     def label_names(self, cfg: Any, tokenizer: Any) -> list[str]:
         return list(bacteria.LABELS)
-
-    def prepare(
-        self, ct: CompareTask, preset: Any, seed: int, folder: Path, given: bool, log: Log
-    ) -> Splits:
-        paths = {s: folder / f"{s}.fa" for s in ("train", "val", "test")}
-        if not all(p.is_file() for p in paths.values()):
-            if given:
-                raise FileNotFoundError(
-                    f"--data {folder}: no {{train,val,test}}.fa (written by "
-                    "`longseq data genome-cds --out DIR`)"
-                )
-            log(f"data: building {ct.dataset} into {folder}")
-            bacteria.build(folder, progress=False)
-        stats = json.loads((folder / "stats.json").read_text())
-        info = {"source": str(folder), "bases": {s: v["bases"] for s, v in stats["splits"].items()}}
-        return Splits(*(str(paths[s]) for s in paths), preset.text_length, info)
 
 
 class GenomeMLM(Task):
