@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from longseq.data.genome import GenomeWindows
+from longseq.data.genome import UNLABELLED, GenomeWindows
 from longseq.labels import IGNORE
 from longseq.models import from_pretrained
 
@@ -81,7 +81,7 @@ def main() -> None:
     args = p.parse_args()
 
     labels = np.load(args.data / "test_labels.npy", allow_pickle=False).astype(np.int64)
-    labels[labels == 255] = IGNORE
+    labels[labels == UNLABELLED] = IGNORE
     distance = distance_to_boundary(labels)
     preds = {}
     for folder in args.folders:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, roc_auc_score
 
-from longseq.data.genome import read_fasta
+from longseq.data.genome import UNLABELLED, read_fasta
 
 CODE = np.full(256, 4, np.int64)  # A C G T -> 0..3, anything else (N) -> 4
 for _i, _b in enumerate(b"ACGT"):
@@ -115,16 +115,17 @@ def centred_kmers(codes: np.ndarray, k: int) -> np.ndarray:
 def bases(folder: Path, ks: list[int]) -> None:
     train_codes, train_labels = region(folder, "train")
     test_codes, test_labels = region(folder, "test")
-    # genome-cds marks bases coding on both strands 255: neither fitted nor scored
-    scored = test_labels != 255
-    classes = int(max(train_labels[train_labels != 255].max(), test_labels[scored].max())) + 1
+    # genome-cds marks bases coding on both strands UNLABELLED: neither fitted nor scored
+    scored = test_labels != UNLABELLED
+    labelled = train_labels != UNLABELLED
+    classes = int(max(train_labels[labelled].max(), test_labels[scored].max())) + 1
     majority = np.bincount(train_labels, minlength=classes).argmax()
     print(f"train {len(train_codes):,} bases, test {len(test_codes):,} bases")
     for k in ks:
         if k % 2 == 0:
             raise SystemExit(f"--k: k must be odd (centred on the base), got {k}")
         tr, te = centred_kmers(train_codes, k), centred_kmers(test_codes, k)
-        ok = (tr >= 0) & (train_labels != 255)
+        ok = (tr >= 0) & labelled
         counts = np.bincount(tr[ok] * classes + train_labels[ok], minlength=4**k * classes)
         counts = counts.reshape(4**k, classes)
         # an unseen k-mer (or one with an N) gets the training region's majority label

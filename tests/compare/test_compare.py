@@ -208,6 +208,7 @@ def test_preset_mechanisms_build(name: str) -> None:
             intermediate_size=p.hidden_size,
             max_length=p.listops_max_length,
             num_labels=10,
+            **presets.stem_fields(p),  # the options count the stem's positions
         )
         model = build_model(config, seed=0).eval()
         layer = model.body.layers[0].attn.attention

@@ -206,6 +206,11 @@ def _parse(text: str, tp: Any, key: str) -> Any:
     return text
 
 
+# the stem's fields at their no-op values (no stem), read off the dataclass
+STEM_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Preset) if f.name.startswith("conv_")
+}
+
 PRESETS: dict[str, Preset] = {
     "recall": Preset(
         name="recall",
@@ -370,11 +375,21 @@ def get(name: str) -> Preset:
 
 
 def mechanism_options(preset: Preset, mechanism: str, length: int) -> dict[str, Any]:
-    """The attention options of `mechanism` under `preset` for sequences of up to `length`:
-    what the mechanism derives from the preset's reach (`options_at`), under those the preset
-    sets for it by name."""
+    """The attention options of `mechanism` under `preset` for sequences of up to `length`
+    tokens (bases, with a stem: the attention sees length / conv_pool positions): what the
+    mechanism derives from the preset's reach (`options_at`), under those the preset sets for
+    it by name."""
     given = preset.options.get(mechanism, {})
-    return attention.get(mechanism).options_at(attention.At(length, reach=preset.reach), given)
+    positions = -(-length // preset.conv_pool)
+    return attention.get(mechanism).options_at(attention.At(positions, reach=preset.reach), given)
+
+
+def stem_fields(preset: Preset) -> dict[str, int]:
+    """The preset's convolutional stem as model fields; none (an empty dict) at the defaults,
+    so the configs of runs without a stem read as before."""
+    if all(getattr(preset, k) == STEM_DEFAULTS[k] for k in STEM_DEFAULTS):
+        return {}
+    return {k: getattr(preset, k) for k in STEM_DEFAULTS}
 
 
 def describe_options(preset: Preset, mechanism: str, length: int) -> str:
@@ -389,4 +404,5 @@ __all__ = [
     "describe_options",
     "get",
     "mechanism_options",
+    "stem_fields",
 ]

@@ -136,19 +136,11 @@ class Plan:
         }
 
 
-# fields added to Preset later, at the value that changes nothing (folders made before them
-# still resume)
-_LATER_DEFAULTS = {"conv_layers": 0, "conv_kernel": 9, "conv_pool": 1, "conv_dilation": 1}
-
-
 def _settings_only(preset: dict[str, Any]) -> dict[str, Any]:
-    """A preset without its description (rewording a summary changes no result) nor the
-    fields added later that are at their no-op value."""
-    return {
-        k: v
-        for k, v in preset.items()
-        if k != "summary" and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
-    }
+    """A preset without its description (rewording a summary changes no result) nor the stem
+    fields at their no-op values (they came later: folders made before them still resume)."""
+    stem = P.STEM_DEFAULTS
+    return {k: v for k, v in preset.items() if k != "summary" and not (k in stem and v == stem[k])}
 
 
 # ----------------------------------------------------------------------------- training
@@ -168,10 +160,8 @@ def train_config(
             "dropout": p.dropout,
             "pooling": p.pooling,
             "attention": mechanism,
-            "attention_options": P.mechanism_options(
-                p, mechanism, -(-data.max_length // p.conv_pool)
-            ),
-            **_stem(p),
+            "attention_options": P.mechanism_options(p, mechanism, data.max_length),
+            **P.stem_fields(p),
         },
         "data": {
             "task": task.task,
@@ -204,15 +194,6 @@ def train_config(
             "tensorboard": False,
         },
     }
-
-
-def _stem(p: P.Preset) -> dict[str, int]:
-    """The preset's convolutional stem, as model fields (none: nothing, so the configs of
-    runs without one read as before)."""
-    if not p.conv_layers and p.conv_pool == 1:
-        return {}
-    names = ("conv_layers", "conv_kernel", "conv_pool", "conv_dilation")
-    return {k: getattr(p, k) for k in names}
 
 
 def train_mechanism(config: dict[str, Any], mechanism: str, echo: bool) -> dict[str, Any]:
@@ -529,9 +510,7 @@ def _config_at(base: dict[str, Any], plan: Plan, mechanism: str) -> Callable[[in
         return {
             **base,
             "attention": mechanism,
-            "attention_options": P.mechanism_options(
-                plan.preset_spec, mechanism, -(-n // plan.preset_spec.conv_pool)
-            ),
+            "attention_options": P.mechanism_options(plan.preset_spec, mechanism, n),
             "layer_attention": None,
             "max_length": n,
         }

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from longseq.data.genome import UNLABELLED
 from longseq.data.real import SPLITS, SourceNotFoundError
 
 PACKAGE = "any2fasta-examples"
 FILE = "usr/share/doc/any2fasta/examples/test.gbk.gz"
 LABELS = ("non-coding", "cds+", "cds-")
-BOTH = 255  # both strands coding: ignored
+BOTH = UNLABELLED  # both strands coding: ignored
 MIN_CONTIG = 16_384
 INSTALL = (
     "the Leptospira genome and its annotation come from a Debian package; fetch and unpack it:\n"

@@ -54,6 +54,7 @@ CHROM = "chr2R"
 SPLIT_STARTS = {"train": 0, "val": 17_000_000, "test": 19_000_000}
 LABELS = ("intergenic", "intron", "exon")
 PROMOTER_LABELS = ("background", "promoter")
+UNLABELLED = 255  # a base's uint8 label that no class describes: read as IGNORE
 UPSTREAM = 2000
 PACKAGES = ("augustus-doc", "chromhmm-example", "r-bioc-biostrings")
 # Each file's path inside its package.
@@ -316,7 +317,8 @@ class GenomeWindows:
     `{"input_ids", "labels"}` (long tensors, one id and one label per base). Windows start
     every `stride` bases from each record's start and never cross a record's end (a record
     shorter than `length` gives none); those with more than a fraction `max_n` of Ns are
-    skipped. A label of 255 (`bacteria.BOTH`) is read as IGNORE."""
+    skipped. A label of UNLABELLED (255: genome-cds's bases coding on both strands) is read
+    as IGNORE."""
 
     def __init__(
         self, fasta: str | Path, length: int, stride: int | None = None, max_n: float = 0.1
@@ -338,7 +340,7 @@ class GenomeWindows:
         tok = DNATokenizer()
         self.ids = torch.tensor(tok.encode(seq), dtype=torch.long)
         self.labels = torch.from_numpy(labels.astype(np.int64)).masked_fill(
-            torch.from_numpy(labels == 255), IGNORE
+            torch.from_numpy(labels == UNLABELLED), IGNORE
         )
         stride = stride or length
         is_n = (self.ids == tok.ids["N"]).float()

@@ -40,14 +40,9 @@ class ConvStem(nn.Module):
         dilation: int = 1,
     ) -> None:
         super().__init__()
-        if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"conv_kernel must be odd and positive ('same' padding), got {kernel}")
-        if pool < 1:
-            raise ValueError(f"conv_pool must be >= 1, got {pool}")
+        self.check(layers, kernel, pool, dilation)
         self.pool = pool
         pad = kernel // 2
-        if dilation < 1:
-            raise ValueError(f"conv_dilation must be >= 1, got {dilation}")
         self.convs = nn.ModuleList(
             nn.Conv1d(hidden, hidden, kernel, padding=pad * dilation**i, dilation=dilation**i)
             for i in range(layers)
@@ -58,6 +53,26 @@ class ConvStem(nn.Module):
         # the way back: the position's output and the input's own stem features, mixed
         self.up = nn.Conv1d(out + hidden, out, kernel, padding=pad) if pool > 1 else None
         self.up_norm = nn.LayerNorm(out) if pool > 1 else None
+
+    @staticmethod
+    def check(layers: int, kernel: int, pool: int, dilation: int) -> None:
+        """ValueError naming the config field that no stem can be built with."""
+        if layers < 0:
+            raise ValueError(f"conv_layers must be >= 0, got {layers}")
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd and positive ('same' padding), got {kernel}")
+        if pool < 1:
+            raise ValueError(f"conv_pool must be >= 1, got {pool}")
+        if dilation < 1:
+            raise ValueError(f"conv_dilation must be >= 1, got {dilation}")
+
+    def pool_mask(self, mask: Tensor | None) -> Tensor | None:
+        """A per-input mask (B, n) -> per position (B, ceil(n / P)): set where any of the
+        position's inputs is (padded to a multiple of P with zeros)."""
+        if mask is None or self.pool == 1:
+            return mask
+        mask = F.pad(mask, (0, -mask.shape[1] % self.pool))
+        return mask.view(mask.shape[0], -1, self.pool).amax(-1)
 
     def forward(
         self, x: Tensor, mask: Tensor | None = None

@@ -22,6 +22,7 @@ from typing import Any
 
 from longseq import attention
 from longseq.layers.norms import NORM_TYPES
+from longseq.layers.stem import ConvStem
 
 ARCHITECTURES: tuple[str, ...] = (
     "encoder",
@@ -240,16 +241,7 @@ class ModelConfig:
             )
 
     def _check_stem(self) -> None:
-        if self.conv_layers < 0:
-            raise ValueError(f"conv_layers must be >= 0, got {self.conv_layers}")
-        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
-            raise ValueError(
-                f"conv_kernel must be odd and positive ('same' padding), got {self.conv_kernel}"
-            )
-        if self.conv_pool < 1:
-            raise ValueError(f"conv_pool must be >= 1, got {self.conv_pool}")
-        if self.conv_dilation < 1:
-            raise ValueError(f"conv_dilation must be >= 1, got {self.conv_dilation}")
+        ConvStem.check(self.conv_layers, self.conv_kernel, self.conv_pool, self.conv_dilation)
         if self.causal:
             raise ValueError(
                 "a convolutional stem (conv_layers, conv_pool) sees both sides of each input: "
@@ -332,7 +324,7 @@ class ModelConfig:
     @property
     def positions_length(self) -> int:
         """The most positions the blocks see: max_length inputs, conv_pool per position."""
-        return -(-self.max_length // max(1, self.conv_pool))
+        return -(-self.max_length // self.conv_pool)
 
     @property
     def kv_heads(self) -> int:

@@ -263,9 +263,8 @@ class Transformer(nn.Module):
                 raise ValueError("a model with a convolutional stem cannot be split by positions")
             x, stem_mask, skip = self.stem(self.embeddings.word(input_ids), attention_mask)
             x = self.embeddings.finish(x, token_type_ids)
-            if self.stem.pool > 1:
-                attention_mask = _pool(stem_mask, self.stem.pool)
-                global_attention_mask = _pool(global_attention_mask, self.stem.pool)
+            attention_mask = self.stem.pool_mask(stem_mask)
+            global_attention_mask = self.stem.pool_mask(global_attention_mask)
         states: list[Tensor] = [x]
         if cache is not None:
             x = self._cached(x, attention_mask, cache, positions, states)
@@ -301,7 +300,7 @@ class Transformer(nn.Module):
                 states.append(x)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        if self.stem is not None and skip is not None and self.stem.pool > 1:
+        if self.stem is not None:
             x = self.stem.unpool(x, skip, n, stem_mask)
             attention_mask = per_input
         if attention_mask is not None:
@@ -351,14 +350,6 @@ class Transformer(nn.Module):
         if not (all(c.bounded for c in caches) and self.config.position in ("rotary", "none")):
             limit = self.config.max_length
         return DecodingCache(caches, batch, device, limit)
-
-
-def _pool(mask: Tensor | None, pool: int) -> Tensor | None:
-    """A per-input mask (B, n) -> per position (B, ceil(n / pool)): any of its inputs set."""
-    if mask is None:
-        return None
-    mask = torch.nn.functional.pad(mask, (0, -mask.shape[1] % pool))
-    return mask.view(mask.shape[0], -1, pool).amax(-1)
 
 
 class DecodingCache:

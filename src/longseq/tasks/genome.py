@@ -67,7 +67,7 @@ class GenomeBases(Task):
     build = staticmethod(genome.build)
 
     def tokenizer(self, cfg: Any, init_from: str | None = None) -> Any:
-        """One id per nucleotide: the labels are per base."""
+        """One id per nucleotide: the labels (or masks) are per base."""
         self.own_vocabulary(cfg, allowed=(None, "dna"))
         return load_tokenizer("dna")
 
@@ -127,9 +127,7 @@ class GenomeMLM(Task):
     metrics = ("loss", "perplexity", "accuracy")
     split_suffix = "fa"
 
-    def tokenizer(self, cfg: Any, init_from: str | None = None) -> Any:
-        self.own_vocabulary(cfg, allowed=(None, "dna"))
-        return load_tokenizer("dna")
+    tokenizer = GenomeBases.tokenizer  # one id per nucleotide: bases are what is masked
 
     def dataset(self, source: SplitSource) -> MaskedExamples:
         windows = genome.GenomeWindows(source.files(self), source.cfg.max_length)
